@@ -1,0 +1,197 @@
+"""``livepatch-lab``: the command line.
+
+Exit status: 0 success; 1 a check failed (``doctor``); 2 bad usage or input;
+``boot`` exits with the guest command's own status, or 125 when the lab could
+not boot the guest or run the command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .errors import BootError, ConfigError, HarnessError
+from .settings import ACCELS, Settings
+
+log = logging.getLogger("harness")
+
+DEFAULT_KERNEL = "debian-6.1"
+EXIT_LAB = 125
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"[lab {time.strftime('%H:%M:%S')}] {level}{record.getMessage()}"
+
+
+def _setup_logging(verbosity: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("harness")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity >= 0 else logging.WARNING)
+    root.propagate = False
+    if verbosity > 2:
+        logging.getLogger("paramiko").setLevel(logging.DEBUG)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings.from_env(cache_dir=args.cache_dir, accel=getattr(args, "accel", None),
+                             memory_mib=getattr(args, "memory", None), cpus=getattr(args, "cpus", None))
+
+
+# commands -----------------------------------------------------------------
+def cmd_kernels(args: argparse.Namespace) -> int:
+    from . import kernels
+    settings = _settings(args)
+    defs = kernels.load_definitions()
+    rows = []
+    for name, d in sorted(defs.items()):
+        cached = kernels.cached(d, settings)
+        have = f"{cached.version} ({cached.release})" if cached else "-"
+        latest = "-"
+        if d.kind == "debian" and not args.offline:
+            try:
+                release, version = kernels.resolve(d, settings, refresh=args.refresh)
+                latest = f"{version} ({release})"
+            except HarnessError as exc:
+                latest = f"unresolved: {str(exc).splitlines()[0]}"
+        where = ",".join(d.suites) if d.kind == "debian" else str(d.vmlinuz)
+        rows.append((name, d.kind, where + (f" pin={d.pin}" if d.pin else ""), latest, have))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "kind", "source", "archive", "cached"), r)) for r in rows],
+                         indent=2))
+        return 0
+    _table(("KERNEL", "KIND", "SOURCE", "ARCHIVE VERSION", "CACHED"), rows)
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from . import kernels
+    settings = _settings(args)
+    for spec in args.kernel:
+        k = kernels.fetch(kernels.get_definition(spec), settings, refresh=args.refresh)
+        print(f"{k.name}\t{k.version}\t{k.release}\t{k.vmlinuz}")
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from . import images
+    settings = _settings(args)
+    image = images.build(images.load_recipe(Path(args.recipe)), settings, force=args.force)
+    print(f"{image.name}\t{image.digest[:12]}\t{image.path}")
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from . import images, kernels, session
+    settings = _settings(args)
+    session.raise_on_sigterm()
+    defn = kernels.get_definition(args.kernel)
+    recipe = images.load_recipe(Path(args.recipe))
+    command = " ".join(args.command) if args.command else "uname -a"
+    kernel = kernels.fetch(defn, settings)
+    image = images.build(recipe, settings)
+    artifacts = Path(args.artifacts) if args.artifacts else None
+    try:
+        with session.boot(kernel, image, settings, artifacts_dir=artifacts) as guest:
+            result = guest.run(command, timeout=args.timeout)
+    except BootError as exc:
+        log.error("%s", exc)
+        return EXIT_LAB
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    log.info("%s %s on %s: exit %d (boot %.1fs, command %.2fs, shutdown %.1fs)", kernel.name,
+             kernel.version, guest.accel.upper(), result.rc, guest.timings.get("ssh_ready", 0),
+             result.seconds, guest.timings.get("shutdown", 0))
+    return result.rc
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run_checks
+    settings = _settings(args)
+    failed = 0
+    for check in run_checks(settings):
+        failed += check.status == "FAIL"
+        print(f"{check.status:<5} {check.name:<18} {check.detail}")
+    return 1 if failed else 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+# parser -------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from .images import DEFAULT_RECIPE
+    p = argparse.ArgumentParser(prog="livepatch-lab",
+                                description="Prove a kernel livepatch in real QEMU guests.")
+    p.add_argument("--cache-dir", help="cache for kernels, images and runs "
+                   "(env LIVEPATCH_LAB_CACHE; default ~/.cache/livepatch-lab)")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-q", "--quiet", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    k = sub.add_parser("kernels", help="list defined kernels, their exact versions and cache state")
+    k.add_argument("--refresh", action="store_true", help="re-read the archive's package lists")
+    k.add_argument("--offline", action="store_true", help="show the cache only; no archive look-up")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_kernels)
+
+    f = sub.add_parser("fetch", help="download and unpack kernels into the cache")
+    f.add_argument("kernel", nargs="+", help="kernel name, optionally NAME@VERSION")
+    f.add_argument("--refresh", action="store_true", help="look for a newer version in the archive")
+    f.set_defaults(func=cmd_fetch)
+
+    img = sub.add_parser("image", help="guest images")
+    isub = img.add_subparsers(dest="image_cmd", required=True, metavar="ACTION")
+    ib = isub.add_parser("build", help="build (or find cached) the guest base image")
+    ib.add_argument("--recipe", default=str(DEFAULT_RECIPE))
+    ib.add_argument("--force", action="store_true", help="rebuild even if cached")
+    ib.set_defaults(func=cmd_image_build)
+
+    b = sub.add_parser("boot", help="boot KERNEL, run CMD over SSH, print its output, exit with its status",
+                       usage="livepatch-lab boot [options] KERNEL [-- CMD...]")
+    b.add_argument("kernel", help=f"kernel name, optionally NAME@VERSION (e.g. {DEFAULT_KERNEL})")
+    b.add_argument("command", nargs=argparse.REMAINDER, help="command to run in the guest (default: uname -a)")
+    b.add_argument("--accel", choices=ACCELS, help="default auto: KVM if it really works, else TCG")
+    b.add_argument("--memory", type=int, help="guest memory in MiB (default 1024)")
+    b.add_argument("--cpus", type=int, help="guest vCPUs (default 2)")
+    b.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="image recipe")
+    b.add_argument("--timeout", type=float, help="deadline for CMD in seconds")
+    b.add_argument("--artifacts", help="keep the console log in this directory")
+    b.set_defaults(func=cmd_boot)
+
+    d = sub.add_parser("doctor", help="check this host: qemu, KVM, image tools, compiler, disk, cache")
+    d.set_defaults(func=cmd_doctor)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) and args.command[0] == "--":
+        args.command = args.command[1:]
+    _setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted; the guest was shut down and its overlay removed")
+        return 130
+    except HarnessError as exc:
+        log.error("%s", exc)
+        return EXIT_LAB if args.cmd == "boot" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

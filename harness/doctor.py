@@ -1,0 +1,114 @@
+"""Host checks for ``livepatch-lab doctor``: can this machine run the lab?"""
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import accel, mirror
+from .errors import HarnessError
+from .settings import Settings
+
+MIN_FREE_GIB = 10
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str   # OK | WARN | FAIL
+    detail: str
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"({exc})"
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def _tool(name: str, why: str, package: str, version_flag: str = "--version") -> Check:
+    path = shutil.which(name)
+    if not path:
+        return Check(name, "FAIL", f"missing ({why}); install Debian package {package}")
+    return Check(name, "OK", f"{path} {_version([path, version_flag]) if version_flag else ''}".strip())
+
+
+def _static(path: str) -> bool:
+    try:
+        out = subprocess.run(["file", "-L", path], capture_output=True, text=True, timeout=10).stdout
+        return "statically linked" in out or "static-pie" in out
+    except (OSError, subprocess.TimeoutExpired):
+        data = Path(path).read_bytes()[:4096]
+        return b"/lib64/ld-linux" not in data and b"/lib/ld-linux" not in data
+
+
+def run_checks(settings: Settings) -> Iterator[Check]:
+    for mod in ("paramiko", "yaml", "tenacity", "xdist"):
+        try:
+            importlib.import_module(mod)
+            yield Check(f"python:{mod}", "OK", "importable")
+        except ImportError:
+            yield Check(f"python:{mod}", "FAIL", "missing; pip install livepatch-lab's dependencies")
+    yield _tool(settings.qemu_binary, "runs the guests", "qemu-system-x86")
+    yield _tool("qemu-img", "makes overlays", "qemu-utils")
+    ok, why = accel.kvm_device_usable()
+    if not ok:
+        yield Check("kvm", "WARN", f"{why}: guests will run under TCG (slower)")
+    else:
+        store = settings.cache_dir / "kvm-probe.json"
+        detail = why + "; whether guests really run is probed on the first boot"
+        if store.exists():
+            try:
+                import json
+                saved = json.loads(store.read_text())
+                state = "usable" if saved["usable"] else "UNUSABLE, TCG will be used"
+                detail = f"{why}; last probe: {state}: {saved['why']}"
+                if not saved["usable"]:
+                    yield Check("kvm", "WARN", detail)
+                    detail = ""
+            except (ValueError, KeyError, OSError):
+                pass
+        if detail:
+            yield Check("kvm", "OK", detail)
+    yield _tool("mmdebstrap", "builds the guest image", "mmdebstrap")
+    yield _tool("mke2fs", "writes image filesystems", "e2fsprogs", "-V")
+    yield _tool("dpkg-deb", "unpacks kernel packages", "dpkg")
+    yield _tool("apt-get", "fetches verified kernel packages", "apt")
+    yield _tool("depmod", "indexes kernel modules", "kmod")
+    yield _tool("cpio", "packs the initramfs", "cpio")
+    busybox = shutil.which("busybox")
+    if not busybox:
+        yield Check("busybox", "FAIL", "missing (initramfs); install busybox-static")
+    elif not _static(busybox):
+        yield Check("busybox", "FAIL", f"{busybox} is dynamically linked; install busybox-static")
+    else:
+        yield Check("busybox", "OK", f"{busybox} (static)")
+    yield _tool("gcc", "builds livepatch modules", "gcc")
+    yield _tool("make", "drives kbuild", "make")
+    if mirror.KEYRING.exists():
+        yield Check("keyring", "OK", str(mirror.KEYRING))
+    else:
+        yield Check("keyring", "FAIL", f"{mirror.KEYRING} missing; install debian-archive-keyring")
+    try:
+        m = mirror.debian_mirrors(settings.debian_mirror)
+        yield Check("mirror", "OK", f"{m.archive} (+ {m.security})")
+    except HarnessError as exc:
+        yield Check("mirror", "FAIL", str(exc))
+    cache = settings.cache_dir
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        probe = cache / ".doctor-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+        st = os.statvfs(cache)
+        free = st.f_bavail * st.f_frsize / 2**30
+        status = "OK" if free >= MIN_FREE_GIB else "WARN"
+        yield Check("cache", status, f"{cache}: writable, {free:.0f} GiB free"
+                    + ("" if status == "OK" else f" (want >= {MIN_FREE_GIB} GiB)"))
+    except OSError as exc:
+        yield Check("cache", "FAIL", f"{cache}: {exc}")

@@ -1,0 +1,87 @@
+"""Classify kernel and console lines: what is trouble, and what is livepatch news.
+
+One ordered table of patterns (after syzkaller's report rules); the first
+match names the line's kind. Timestamps and log-level prefixes are stripped
+first, so the same rules serve the serial console and ``dmesg`` output.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Optional
+
+# "[    1.234567] " (console / dmesg) and "<4>" (raw kmsg level) prefixes
+_PREFIX = re.compile(r"^(?:<\d+>)?(?:\[\s*\d+\.\d+\]\s?)?")
+
+# (kind, fatal, pattern). fatal: the guest cannot be trusted to answer any more.
+RULES: tuple[tuple[str, bool, re.Pattern[str]], ...] = tuple(
+    (kind, fatal, re.compile(rx)) for kind, fatal, rx in (
+        ("panic", True, r"Kernel panic - not syncing"),
+        ("lab-fatal", True, r"^livepatch-lab: FATAL:"),
+        ("oops", False, r"\bOops:|general protection fault|Unable to handle kernel|"
+                        r"BUG: unable to handle|invalid opcode:"),
+        ("bug", False, r"kernel BUG at|^BUG:|\bBUG: "),
+        ("warning", False, r"^WARNING:|\bWARNING: CPU: \d+ PID:"),
+        ("hung-task", False, r"INFO: task .* blocked for more than"),
+        ("rcu-stall", False, r"rcu_\w+ (?:self-)?detected.* stall|INFO: rcu_\w+ detected stalls"),
+        ("soft-lockup", False, r"soft lockup - CPU#?\d+ stuck"),
+        ("hard-lockup", False, r"[Hh]ard LOCKUP"),
+        ("ubsan", False, r"UBSAN:"),
+        ("list-corruption", False, r"list_(?:add|del) corruption"),
+        ("refcount", False, r"refcount_t: "),
+        ("oom", False, r"Out of memory: Killed process"),
+        ("call-trace", False, r"^Call Trace:"),
+    ))
+
+_LINUX_VERSION = re.compile(r"^Linux version (\S+)")
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    fatal: bool
+    line: str
+    lineno: int
+
+
+def strip_prefix(line: str) -> str:
+    return _PREFIX.sub("", line.rstrip("\r\n"), count=1)
+
+
+def classify(line: str) -> Optional[tuple[str, bool]]:
+    """(kind, fatal) for a line that means trouble, else None."""
+    text = strip_prefix(line)
+    for kind, fatal, rx in RULES:
+        if rx.search(text):
+            return kind, fatal
+    return None
+
+
+class Scanner:
+    """Stateful line scanner: also catches a reboot (a second ``Linux version``)."""
+
+    def __init__(self) -> None:
+        self.boots = 0
+        self.release: Optional[str] = None
+        self.lineno = 0
+
+    def feed(self, line: str) -> Optional[Finding]:
+        self.lineno += 1
+        text = strip_prefix(line)
+        m = _LINUX_VERSION.match(text)
+        if m:
+            self.boots += 1
+            self.release = self.release or m.group(1)
+            if self.boots > 1:
+                return Finding("reboot", True, text, self.lineno)
+            return None
+        hit = classify(text)
+        return Finding(hit[0], hit[1], text, self.lineno) if hit else None
+
+
+def scan(lines: Iterable[str]) -> Iterator[Finding]:
+    scanner = Scanner()
+    for line in lines:
+        finding = scanner.feed(line)
+        if finding:
+            yield finding

@@ -1,0 +1,43 @@
+"""Inter-process file locks with a deadline, for caches shared by xdist workers."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+from .errors import DeadlineExceeded
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing).
+
+    Waiting is announced once, so a worker blocked behind another one's
+    download says why it is idle. The lock dies with the process, so a crash
+    never leaves a stale lock behind.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not announced:
+                    log.info("waiting for another process: %s", what)
+                    announced = True
+                if time.monotonic() >= deadline:
+                    raise DeadlineExceeded(f"lock for {what} ({path})", timeout) from None
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,126 @@
+"""One frozen settings object, and every deadline of the lab in one place.
+
+Values come from keyword overrides (CLI, pytest options) over environment
+variables over defaults. A bad environment value is a ``ConfigError`` naming
+the variable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .errors import ConfigError
+
+ACCELS = ("auto", "kvm", "tcg")
+ENV_PREFIX = "LIVEPATCH_LAB_"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Every deadline, in seconds.
+
+    Guest-side deadlines are written for KVM; ``scaled(factor)`` stretches them
+    for TCG, where the same guest work runs several times slower. Host-side
+    deadlines (downloads, image builds, QEMU's own reaction to QMP) do not
+    depend on the accelerator and are never scaled.
+    """
+
+    # guest side: scaled for TCG
+    first_console: float = 10.0   # QEMU start -> first console byte
+    boot: float = 20.0            # QEMU start -> an SSH command answered
+    ssh_connect: float = 5.0      # one SSH connection attempt
+    command: float = 60.0         # a guest command, unless the caller says otherwise
+    poweroff: float = 8.0         # guest poweroff -> QEMU exits
+    # host side: never scaled
+    kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
+    qmp: float = 5.0              # QMP socket up / one QMP command answered
+    kill: float = 5.0             # SIGTERM -> exit, then SIGKILL -> exit
+    host_command: float = 120.0   # small host tools (qemu-img, mke2fs, depmod)
+    apt_update: float = 300.0
+    download: float = 900.0
+    image_build: float = 1200.0
+    lock: float = 1800.0          # waiting for another process's fetch or build
+
+    SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff")
+
+    def scaled(self, factor: float) -> "Timeouts":
+        return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "livepatch-lab"
+
+
+@dataclass(frozen=True)
+class Settings:
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    accel: str = "auto"                 # auto | kvm | tcg
+    memory_mib: int = 1024
+    cpus: int = 2
+    qemu_binary: str = "qemu-system-x86_64"
+    debian_mirror: Optional[str] = None  # None: the host's own apt configuration
+    tcg_factor: float = 3.0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        if self.accel not in ACCELS:
+            raise ConfigError(f"accel must be one of {', '.join(ACCELS)}, not {self.accel!r}",
+                              field="accel")
+        for name in ("memory_mib", "cpus", "tcg_factor"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"must be positive, not {getattr(self, name)!r}", field=name)
+
+    def timeouts_for(self, accel: str) -> Timeouts:
+        """Deadlines for a guest running under ``accel`` (``kvm`` or ``tcg``)."""
+        return self.timeouts.scaled(self.tcg_factor) if accel == "tcg" else self.timeouts
+
+    # cache layout: one directory, every part below it
+    @property
+    def kernels_dir(self) -> Path:
+        return self.cache_dir / "kernels"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.cache_dir / "images"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.cache_dir / "downloads"
+
+    @property
+    def apt_dir(self) -> Path:
+        return self.cache_dir / "apt"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.cache_dir / "runs"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.cache_dir / "locks"
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        conv = {"CACHE": ("cache_dir", Path), "ACCEL": ("accel", str),
+                "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
+                "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),
+                "TCG_FACTOR": ("tcg_factor", float)}
+        for suffix, (name, kind) in conv.items():
+            raw = env.get(ENV_PREFIX + suffix)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"not a valid {kind.__name__}: {raw!r}",
+                                  source="environment", field=ENV_PREFIX + suffix) from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "cache_dir" in values:
+            values["cache_dir"] = Path(values["cache_dir"]).expanduser().absolute()
+        return cls(**values)

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# livepatch-lab's set-up-and-run entry point for a fresh Debian or Ubuntu machine.
+#
+#   ./lab.sh main [KERNEL]   install what is missing, then boot KERNEL (default debian-6.1,
+#                            fetched from Debian's archive) on the default image (built here)
+#                            and print its `uname -r`
+#   ./lab.sh test [ARGS]     install what is missing, then run the test suite (pytest ARGS)
+#   ./lab.sh install         only install
+#
+# Idempotent: installed packages and an up-to-date .venv are left alone.
+# Run as root or as a user with sudo.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils        # the guests and their overlays
+  mmdebstrap debian-archive-keyring # the guest image; verified kernel downloads
+  e2fsprogs cpio busybox-static kmod dpkg file  # image filesystems, initramfs, depmod
+  gcc make libelf-dev               # livepatch modules are built against each kernel's headers
+  python3 python3-venv openssh-client
+)
+
+say() { printf '[lab.sh] %s\n' "$*" >&2; }
+
+install_system() {
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+install_python() {
+  local stamp=.venv/.installed want
+  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    python3 -m venv .venv
+  fi
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    say "installing livepatch-lab and its dependencies into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e . >/dev/null
+    echo "$want" > "$stamp"
+  fi
+}
+
+cmd=${1:-}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  install)
+    install_system; install_python ;;
+  main)
+    install_system; install_python
+    exec .venv/bin/livepatch-lab boot "${1:-debian-6.1}" -- uname -r ;;
+  test)
+    install_system; install_python
+    set +e
+    .venv/bin/python -m pytest "$@"
+    rc=$?
+    set -e
+    if [ "$rc" = 5 ]; then say "pytest collected no tests: that is a failure"; exit 1; fi
+    exit "$rc" ;;
+  *)
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
