@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from . import accel as accel_mod
-from . import bootfiles, images, retry
+from . import bootfiles, images, retry, vmlinux
 from .backends.base import Disk, Forward, MachineSpec
 from .backends.qemu import QemuConfig, QemuMachine
 from .errors import BootError, DeadlineExceeded, GuestConnectionError, HarnessError
@@ -131,6 +131,16 @@ def _shutdown(guest: Optional[Guest], machine: Optional[QemuMachine], timeouts: 
         machine.destroy()
 
 
+def _kernel_image(kernel: Kernel, settings: Settings) -> Path:
+    if settings.boot_protocol == "pvh":
+        try:
+            return vmlinux.pvh_kernel(kernel.vmlinuz, settings.cache_dir / "vmlinux",
+                                      settings.timeouts.lock) or kernel.vmlinuz
+        except vmlinux.NotExtractable as exc:
+            log.info("booting the bzImage: %s", exc)
+    return kernel.vmlinuz
+
+
 @contextlib.contextmanager
 def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
          forward_ports: Sequence[int] = (), append: str = "",
@@ -138,6 +148,7 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
     """Boot ``kernel`` with ``image``; yield a ``Guest`` whose SSH answers."""
     reap_stale(settings.runs_dir)
     files = bootfiles.prepare(kernel, settings)
+    kernel_image = _kernel_image(kernel, settings)
     accel = accel_mod.choose(settings.accel, kernel.vmlinuz, settings)
     timeouts = settings.timeouts_for(accel)
     run = RunDir.create(settings.runs_dir, kernel.name)
@@ -155,7 +166,7 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
             ports.clear()
             ports.update({g: free_port() for g in guest_ports})
             return MachineSpec(
-                name=f"lab-{run.id}", kernel=kernel.vmlinuz, initrd=files.initramfs,
+                name=f"lab-{run.id}", kernel=kernel_image, initrd=files.initramfs,
                 append=f"{BASE_APPEND} {append}".strip(), console_log=run.path / "console.log",
                 disks=(Disk(overlay, "qcow2"), Disk(files.modules_disk, "raw", readonly=True)),
                 forwards=tuple(Forward(h, g) for g, h in ports.items()),

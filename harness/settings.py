@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 from .errors import ConfigError
 
 ACCELS = ("auto", "kvm", "tcg")
+BOOT_PROTOCOLS = ("pvh", "bzimage")
 ENV_PREFIX = "LIVEPATCH_LAB_"
 
 
@@ -64,12 +65,16 @@ class Settings:
     qemu_binary: str = "qemu-system-x86_64"
     debian_mirror: Optional[str] = None  # None: the host's own apt configuration
     tcg_factor: float = 3.0
+    boot_protocol: str = "pvh"          # pvh: enter the unpacked kernel directly (see vmlinux.py)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
         if self.accel not in ACCELS:
             raise ConfigError(f"accel must be one of {', '.join(ACCELS)}, not {self.accel!r}",
                               field="accel")
+        if self.boot_protocol not in BOOT_PROTOCOLS:
+            raise ConfigError(f"boot_protocol must be one of {', '.join(BOOT_PROTOCOLS)}, "
+                              f"not {self.boot_protocol!r}", field="boot_protocol")
         for name in ("memory_mib", "cpus", "tcg_factor"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"must be positive, not {getattr(self, name)!r}", field=name)
@@ -110,7 +115,7 @@ class Settings:
         conv = {"CACHE": ("cache_dir", Path), "ACCEL": ("accel", str),
                 "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
                 "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),
-                "TCG_FACTOR": ("tcg_factor", float)}
+                "TCG_FACTOR": ("tcg_factor", float), "BOOT_PROTOCOL": ("boot_protocol", str)}
         for suffix, (name, kind) in conv.items():
             raw = env.get(ENV_PREFIX + suffix)
             if raw is None or raw == "":
