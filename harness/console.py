@@ -60,6 +60,11 @@ class ConsoleFollower:
                     self._consume(chunk)
                 else:
                     self._stop.wait(self.POLL)
+            if fh is None:  # the file may have appeared since the last poll
+                try:
+                    fh = open(self.path, "rb")
+                except FileNotFoundError:
+                    pass
             if fh is not None:  # final drain after stop
                 self._consume(fh.read(), final=True)
         finally:
@@ -70,13 +75,15 @@ class ConsoleFollower:
         now = time.monotonic()
         data = self._partial + chunk
         parts = data.split(b"\n")
-        self._partial = b"" if final else parts.pop()
+        rest = parts.pop()  # after the last newline: a line still being printed
+        if final and rest:
+            parts.append(rest)
+            rest = b""
         with self._cond:
+            self._partial = rest
             if self.first_output is None and data:
                 self.first_output = now
             for raw in parts:
-                if not raw and final:
-                    continue
                 text = raw.decode(errors="replace").rstrip("\r")
                 self.lines.append(Line(now, text))
                 finding = self._scanner.feed(text)

@@ -23,7 +23,7 @@ class ConfigError(HarnessError):
 
     def __init__(self, message: str, *, source: Optional[str] = None,
                  field: Optional[str] = None, line: Optional[int] = None):
-        self.source, self.field, self.line = source, field, line
+        self.message, self.source, self.field, self.line = message, source, field, line
         where = ""
         if source:
             where = source + (f":{line}" if line else "")

@@ -73,6 +73,8 @@ class GuestChannel:
             sock = socket.create_connection((self.host, self.port), timeout=timeout)
         except OSError as exc:
             raise GuestConnectionError(f"ssh {self.host}:{self.port}: {exc}") from exc
+        # Small request/response exchanges: without NODELAY each command waits on delayed ACKs.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport = paramiko.Transport(sock)
         transport.banner_timeout = transport.handshake_timeout = timeout
         transport.auth_timeout = timeout
@@ -118,16 +120,13 @@ class GuestChannel:
             chan = self._transport.open_session(timeout=timeout)
             chan.settimeout(0.0)
             chan.exec_command(command)
-            if stdin is not None:
-                data = stdin.encode() if isinstance(stdin, str) else stdin
-                chan.settimeout(max(0.1, deadline - time.monotonic()))
-                chan.sendall(data)
-                chan.settimeout(0.0)
-            chan.shutdown_write()
-            out, err = self._drain(chan, deadline, command, timeout)
+            data = b"" if stdin is None else stdin.encode() if isinstance(stdin, str) else stdin
+            # stdin is fed from the drain loop: a command that answers while it reads
+            # (cat) would otherwise fill both windows and deadlock
+            out, err = self._drain(chan, deadline, command, timeout, data)
             rc = chan.recv_exit_status()  # output is fully read: cannot block
         except (paramiko.SSHException, EOFError, OSError) as exc:
-            raise GuestConnectionError(f"ssh: {command!r}: {exc or type(exc).__name__}") from exc
+            raise GuestConnectionError(f"ssh: {command!r}: {str(exc) or type(exc).__name__}") from exc
         result = Result(command, rc, out.decode(errors="replace"), err.decode(errors="replace"),
                         time.monotonic() - start)
         if check and rc != 0:
@@ -135,10 +134,20 @@ class GuestChannel:
         return result
 
     def _drain(self, chan: paramiko.Channel, deadline: float, command: str,
-               timeout: float) -> tuple[bytes, bytes]:
+               timeout: float, stdin: bytes = b"") -> tuple[bytes, bytes]:
         out, err = bytearray(), bytearray()
+        pending = memoryview(stdin)
+        if not pending:
+            chan.shutdown_write()
         try:
             while True:
+                while pending and not chan.closed and chan.send_ready():
+                    try:
+                        pending = pending[chan.send(pending[:1 << 15]):]
+                    except socket.timeout:  # the window closed again meanwhile
+                        break
+                    if not pending:
+                        chan.shutdown_write()
                 while chan.recv_ready():
                     out += chan.recv(1 << 16)
                 while chan.recv_stderr_ready():
@@ -152,7 +161,8 @@ class GuestChannel:
                                            (bytes(out) + bytes(err)).decode(errors="replace"))
                 if not self._transport.is_active():
                     raise GuestConnectionError(f"ssh: connection lost during {command!r}")
-                select.select([chan], [], [], min(left, 0.5))
+                # select() sees incoming data only, not the send window opening
+                select.select([chan], [], [], min(left, 0.01 if pending else 0.5))
         finally:
             if not chan.closed and chan.exit_status_ready() is False:
                 chan.close()

@@ -13,12 +13,18 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen) -> str:
+    """Kill the command's process group; return what it printed so far."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    proc.wait()
+    try:
+        out, _ = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:  # a grandchild left the group and holds the pipe
+        proc.kill()
+        out = b""
+    return (out or b"").decode(errors="replace")
 
 
 def run(cmd: Sequence[PathLike], *, what: str, timeout: float,
@@ -41,8 +47,9 @@ def run(cmd: Sequence[PathLike], *, what: str, timeout: float,
     try:
         out, _ = proc.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        raise HostCommandError(what, argv, None, f"(killed after {timeout:.0f}s)") from None
+        partial = _kill_group(proc)
+        raise HostCommandError(what, argv, None,
+                               f"{partial}\n(killed after {timeout:g}s)".lstrip()) from None
     except BaseException:
         _kill_group(proc)
         raise

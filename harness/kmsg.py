@@ -19,18 +19,20 @@ RULES: tuple[tuple[str, bool, re.Pattern[str]], ...] = tuple(
         ("panic", True, r"Kernel panic - not syncing"),
         ("lab-fatal", True, r"^livepatch-lab: FATAL:"),
         ("oops", False, r"\bOops:|general protection fault|Unable to handle kernel|"
-                        r"BUG: unable to handle|invalid opcode:"),
+                        r"BUG: unable to handle|BUG: kernel NULL pointer dereference|invalid opcode:"),
+        # before "bug": the kernel prints "watchdog: BUG: soft lockup - CPU#1 stuck for 26s!"
+        ("soft-lockup", False, r"soft lockup - CPU#?\d+ stuck"),
+        ("hard-lockup", False, r"[Hh]ard LOCKUP"),
         ("bug", False, r"kernel BUG at|^BUG:|\bBUG: "),
         ("warning", False, r"^WARNING:|\bWARNING: CPU: \d+ PID:"),
         ("hung-task", False, r"INFO: task .* blocked for more than"),
         ("rcu-stall", False, r"rcu_\w+ (?:self-)?detected.* stall|INFO: rcu_\w+ detected stalls"),
-        ("soft-lockup", False, r"soft lockup - CPU#?\d+ stuck"),
-        ("hard-lockup", False, r"[Hh]ard LOCKUP"),
         ("ubsan", False, r"UBSAN:"),
         ("list-corruption", False, r"list_(?:add|del) corruption"),
         ("refcount", False, r"refcount_t: "),
         ("oom", False, r"Out of memory: Killed process"),
-        ("call-trace", False, r"^Call Trace:"),
+        # "Call Trace:" alone is no rule: a deliberate dump (sysrq, dump_stack) prints it too;
+        # it only confirms one of the findings above.
     ))
 
 _LINUX_VERSION = re.compile(r"^Linux version (\S+)")

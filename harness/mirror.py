@@ -60,7 +60,9 @@ def archive_from_sources(files: Iterable[Path]) -> Optional[str]:
             continue
         for uri, suites in _entries(text, path.suffix == ".sources"):
             base = {s.split("-")[0].split("/")[0] for s in suites}
-            if base & DEBIAN_SUITES and not uri.rstrip("/").endswith("-security"):
+            security = uri.rstrip("/").endswith("-security") or all(
+                s.endswith(("-security", "/updates")) for s in suites)
+            if base & DEBIAN_SUITES and not security:
                 return uri.rstrip("/")
     return None
 

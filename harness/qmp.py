@@ -42,13 +42,40 @@ class QMPClient:
                     raise DeadlineExceeded(f"QMP socket {self.path}", timeout) from None
                 time.sleep(0.02)
         self._sock = sock
-        self._read_message(deadline)  # greeting
+        self._read_message(deadline, timeout=timeout)  # greeting
         self.execute("qmp_capabilities", timeout=max(0.1, deadline - time.monotonic()))
 
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+
+    def pending_events(self) -> list[dict[str, Any]]:
+        """Collect, without waiting, the events QEMU already sent (e.g. SHUTDOWN just
+        before it exited, when no command was running to read it); return ``events``."""
+        if self._sock is not None:
+            old = self._sock.gettimeout()
+            try:
+                self._sock.settimeout(0)
+                while True:
+                    chunk = self._sock.recv(65536)
+                    if not chunk:
+                        break
+                    self._buf += chunk
+            except OSError:  # nothing more to read now (BlockingIOError), or the socket broke
+                pass
+            finally:
+                self._sock.settimeout(old)
+            while b"\n" in self._buf:
+                line, self._buf = self._buf.split(b"\n", 1)
+                try:
+                    msg = json.loads(line) if line.strip() else {}
+                except ValueError:
+                    continue
+                if "event" in msg:
+                    self.events.append(msg)
+                # anything else is a late reply to a command that already gave up
+        return self.events
 
     def execute(self, command: str, arguments: Optional[dict] = None, *, timeout: float) -> Any:
         if self._sock is None:
@@ -63,7 +90,7 @@ class QMPClient:
         except OSError as exc:
             raise QMPError(f"QMP {command}: {exc}") from exc
         while True:
-            reply = self._read_message(deadline, what=f"QMP {command}")
+            reply = self._read_message(deadline, what=f"QMP {command}", timeout=timeout)
             if reply.get("id") != self._id:
                 continue
             if "error" in reply:
@@ -71,7 +98,8 @@ class QMPClient:
                 raise QMPError(f"QMP {command}: {err.get('class')}: {err.get('desc')}")
             return reply.get("return")
 
-    def _read_message(self, deadline: float, what: str = "QMP greeting") -> dict:
+    def _read_message(self, deadline: float, what: str = "QMP greeting", *, timeout: float) -> dict:
+        """The next reply (events are kept aside); ``timeout`` is the whole wait, for the error."""
         assert self._sock is not None
         while True:
             if b"\n" in self._buf:
@@ -85,12 +113,12 @@ class QMPClient:
                 return msg
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DeadlineExceeded(what, 0)
+                raise DeadlineExceeded(what, timeout)
             self._sock.settimeout(left)
             try:
                 chunk = self._sock.recv(65536)
             except socket.timeout:
-                raise DeadlineExceeded(what, left) from None
+                raise DeadlineExceeded(what, timeout) from None
             except OSError as exc:
                 raise QMPError(f"{what}: {exc}") from exc
             if not chunk:

@@ -82,6 +82,14 @@ def _is_our_qemu(pid: int, run_path: Path) -> bool:
     return str(run_path).encode() in cmdline
 
 
+def _is_our_sock_dir(sock_dir: object) -> bool:
+    """Only a directory ``RunDir.create`` could have made: ``<tempdir>/lab-*``."""
+    if not isinstance(sock_dir, str) or not sock_dir:
+        return False
+    path = Path(sock_dir)
+    return path.parent == Path(tempfile.gettempdir()) and path.name.startswith("lab-")
+
+
 def reap_stale(runs_dir: Path) -> int:
     """Remove run directories whose owner process is gone; kill their QEMU if still up."""
     if not runs_dir.is_dir():
@@ -110,7 +118,7 @@ def reap_stale(runs_dir: Path) -> int:
                 os.kill(int(qemu), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if data.get("sock_dir", "").startswith(tempfile.gettempdir()):
+        if _is_our_sock_dir(data.get("sock_dir")):
             shutil.rmtree(data["sock_dir"], ignore_errors=True)
         shutil.rmtree(path, ignore_errors=True)
         reaped += 1

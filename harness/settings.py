@@ -7,6 +7,7 @@ the variable.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,9 @@ class Settings:
             raise ConfigError(f"boot_protocol must be one of {', '.join(BOOT_PROTOCOLS)}, "
                               f"not {self.boot_protocol!r}", field="boot_protocol")
         for name in ("memory_mib", "cpus", "tcg_factor"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"must be positive, not {getattr(self, name)!r}", field=name)
+            if not 0 < getattr(self, name) < math.inf:  # also refuses nan
+                raise ConfigError(f"must be positive and finite, not {getattr(self, name)!r}",
+                                  field=name)
 
     def timeouts_for(self, accel: str) -> Timeouts:
         """Deadlines for a guest running under ``accel`` (``kvm`` or ``tcg``)."""
@@ -112,6 +114,7 @@ class Settings:
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Settings":
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        from_env: dict[str, str] = {}   # setting name -> the variable it came from
         conv = {"CACHE": ("cache_dir", Path), "ACCEL": ("accel", str),
                 "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
                 "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),
@@ -125,7 +128,16 @@ class Settings:
             except ValueError:
                 raise ConfigError(f"not a valid {kind.__name__}: {raw!r}",
                                   source="environment", field=ENV_PREFIX + suffix) from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
+            from_env[name] = ENV_PREFIX + suffix
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
         if "cache_dir" in values:
             values["cache_dir"] = Path(values["cache_dir"]).expanduser().absolute()
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            # a value that parsed but is invalid: say which variable it came from
+            if exc.field in from_env and exc.field not in given:
+                raise ConfigError(exc.message, source="environment",
+                                  field=from_env[exc.field]) from None
+            raise

@@ -40,6 +40,11 @@ class QemuConfig:
     machine: str = "pc"
 
 
+def _opt(value: object) -> str:
+    """A value inside a QEMU ``key=value,...`` option: commas are doubled."""
+    return str(value).replace(",", ",,")
+
+
 def build_command(cfg: QemuConfig) -> list[str]:
     """The full QEMU command line for ``cfg``. Pure: no I/O, unit-tested."""
     s = cfg.spec
@@ -53,11 +58,11 @@ def build_command(cfg: QemuConfig) -> list[str]:
     cmd += ["-kernel", str(s.kernel), "-append", s.append]
     if s.initrd is not None:
         cmd += ["-initrd", str(s.initrd)]
-    cmd += ["-chardev", f"file,id=con0,path={s.console_log}", "-serial", "chardev:con0",
-            "-qmp", f"unix:{cfg.qmp_socket},server=on,wait=off"]
+    cmd += ["-chardev", f"file,id=con0,path={_opt(s.console_log)}", "-serial", "chardev:con0",
+            "-qmp", f"unix:{_opt(cfg.qmp_socket)},server=on,wait=off"]
     for i, disk in enumerate(s.disks):
         # The overlay is thrown away after the run: no host flushes needed.
-        opts = [f"file={disk.path}", "if=none", f"id=disk{i}", f"format={disk.format}",
+        opts = [f"file={_opt(disk.path)}", "if=none", f"id=disk{i}", f"format={disk.format}",
                 "cache=unsafe"]
         if disk.readonly:
             opts.append("readonly=on")
@@ -154,7 +159,7 @@ class QemuMachine:
             return False
 
     def exit_reason(self) -> str:
-        for event in reversed(self.qmp.events):
+        for event in reversed(self.qmp.pending_events()):
             if event.get("event") == "SHUTDOWN":
                 reason = event.get("data", {}).get("reason", "")
                 return {"guest-shutdown": "poweroff", "guest-reset": "reset",
@@ -177,6 +182,7 @@ class QemuMachine:
                         self._signal(signal.SIGKILL)
                         self.wait_exit(self.timeouts.kill)
         finally:
+            self.qmp.pending_events()  # keep the SHUTDOWN reason for exit_reason()
             self.qmp.close()
             self.console.stop()
 

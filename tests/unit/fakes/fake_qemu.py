@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""A stand-in for qemu-system-x86_64: just enough process behaviour for QemuMachine.
+
+It reads the command line QemuMachine builds, writes a few console lines to
+the ``-chardev file,...,path=`` file, serves a minimal QMP on the
+``-qmp unix:PATH,server=on,wait=off`` socket (greeting, ``qmp_capabilities``,
+``query-status``, ``quit`` -> reply, SHUTDOWN event, exit 0) and otherwise
+idles like a running guest. ``FAKE_QEMU_MODE`` picks a misbehaviour:
+
+  normal          as above
+  ignore-quit     answers ``quit`` but keeps running (a wedged QEMU): needs SIGTERM
+  ignore-term     as ignore-quit, and ignores SIGTERM too: needs SIGKILL
+  port-in-use     exits at once, as QEMU does when a host forward's port is taken
+  exit-at-start   exits at once with another error
+  no-qmp          runs, but never creates the QMP socket
+  poweroff        the guest powers itself off shortly after QMP is negotiated
+
+Only the standard library: it runs under whatever python3 is on PATH.
+"""
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+
+def option(argv, name):
+    for i, arg in enumerate(argv[:-1]):
+        if arg == name:
+            return argv[i + 1]
+    return None
+
+
+def suboption(value, key):
+    for part in value.split(","):
+        if part.startswith(key + "="):
+            return part[len(key) + 1:]
+    return None
+
+
+def send(conn, msg):
+    conn.sendall(json.dumps(msg).encode() + b"\r\n")
+
+
+def shutdown_event(reason):
+    now = time.time()
+    return {"event": "SHUTDOWN", "data": {"guest": reason != "host-qmp-quit", "reason": reason},
+            "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1e6)}}
+
+
+def main(argv):
+    mode = os.environ.get("FAKE_QEMU_MODE", "normal")
+    qmp = option(argv, "-qmp")
+    chardev = option(argv, "-chardev")
+    netdev = option(argv, "-netdev") or ""
+    prog = "qemu-system-x86_64"
+
+    if mode == "port-in-use":
+        fwd = next((p for p in netdev.split(",") if p.startswith("hostfwd=")), "hostfwd=tcp::2222-:22")
+        sys.stderr.write(f"{prog}: -netdev {netdev}: Could not set up host forwarding rule "
+                         f"'{fwd[len('hostfwd='):]}'\n")
+        return 1
+    if mode == "exit-at-start":
+        sys.stderr.write(f"{prog}: -drive file=/nonexistent.qcow2: Could not open '/nonexistent.qcow2': "
+                         "No such file or directory\n")
+        return 1
+    if mode == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    console_path = suboption(chardev, "path")
+    with open(console_path, "ab", buffering=0) as console:
+        console.write(b"SeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n")
+        console.write(b"Booting from ROM..\r\n")
+        console.write(b"[    0.000000] Linux version 6.1.0-18-amd64 (debian-kernel@lists.debian.org) "
+                      b"#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1 (2024-02-01)\r\n")
+        console.write(b"[    0.000000] Command line: " + (option(argv, "-append") or "").encode() + b"\r\n")
+
+        if mode == "no-qmp":
+            while True:
+                time.sleep(1)
+
+        assert qmp.startswith("unix:") and ",server=on" in qmp and ",wait=off" in qmp, qmp
+        path = qmp[len("unix:"):].split(",")[0]
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(1)
+        sys.stderr.write(f"{prog}: fake QEMU up, QMP on {path}\n")
+        sys.stderr.flush()
+        while True:
+            conn, _ = listener.accept()
+            if serve(conn, mode, console) == "exit":
+                return 0
+
+
+def serve(conn, mode, console):
+    send(conn, {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
+                        "capabilities": ["oob"]}})
+    buf = b""
+    conn.settimeout(0.2 if mode == "poweroff" else None)
+    while True:
+        try:
+            chunk = conn.recv(4096)
+        except socket.timeout:   # poweroff mode: the guest shuts itself down
+            console.write(b"[    3.210000] reboot: Power down\r\n")
+            send(conn, shutdown_event("guest-shutdown"))
+            return "exit"
+        if not chunk:
+            return "closed"
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            msg = json.loads(line)
+            cmd, msg_id = msg.get("execute"), msg.get("id")
+            if cmd == "qmp_capabilities":
+                send(conn, {"return": {}, "id": msg_id})
+            elif cmd == "query-status":
+                send(conn, {"return": {"status": "running", "running": True}, "id": msg_id})
+            elif cmd == "quit":
+                send(conn, {"return": {}, "id": msg_id})
+                if mode in ("ignore-quit", "ignore-term"):
+                    continue
+                send(conn, shutdown_event("host-qmp-quit"))
+                return "exit"
+            else:
+                send(conn, {"error": {"class": "CommandNotFound",
+                                      "desc": f"The command {cmd} has not been found"}, "id": msg_id})
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,270 @@
+"""The QEMU backend: the command line (a pure function) and the process lifecycle,
+the latter against a fake ``qemu-system-x86_64`` (tests/unit/fakes/fake_qemu.py)."""
+import os
+import re
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.backends.base import Disk, Forward, MachineSpec
+from harness.backends.qemu import PortInUse, QemuConfig, QemuMachine, build_command
+from harness.errors import DeadlineExceeded, InfraError
+from harness.settings import Timeouts
+
+FAKE_QEMU = Path(__file__).parent / "fakes" / "fake_qemu.py"
+
+
+def spec(**kw) -> MachineSpec:
+    base = dict(name="lab-test", kernel=Path("/cache/kernels/6.1.0-18/vmlinux"),
+                append="console=ttyS0,115200 panic=-1 lab.root=/dev/vda",
+                console_log=Path("/cache/runs/r1/console.log"),
+                initrd=Path("/cache/kernels/6.1.0-18/initramfs.cpio.gz"),
+                disks=(Disk(Path("/cache/runs/r1/root.qcow2"), "qcow2"),
+                       Disk(Path("/cache/kernels/6.1.0-18/modules.img"), "raw", readonly=True)),
+                forwards=(Forward(40022, 22), Forward(40080, 8080)), cpus=2, memory_mib=1024)
+    base.update(kw)
+    return MachineSpec(**base)
+
+
+def command(accel="tcg", **kw) -> list[str]:
+    return build_command(QemuConfig(spec(**kw), accel, Path("/tmp/lab-x/qmp.sock")))
+
+
+def values(cmd: list[str], flag: str) -> list[str]:
+    """Every value given to ``flag`` on the command line."""
+    return [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == flag]
+
+
+# -- the command line -----------------------------------------------------------------------
+
+def test_kvm_uses_the_host_cpu():
+    cmd = command("kvm")
+    assert values(cmd, "-accel") == ["kvm"] and values(cmd, "-cpu") == ["host"]
+
+
+def test_tcg_is_multithreaded_emulation_and_never_mentions_kvm():
+    cmd = command("tcg")
+    assert values(cmd, "-accel") == ["tcg,thread=multi"] and values(cmd, "-cpu") == ["max"]
+    assert not any("kvm" in arg for arg in cmd)
+
+
+def test_the_machine_is_bare_headless_and_does_not_reboot():
+    cmd = command()
+    assert cmd[0] == "qemu-system-x86_64"
+    for flag in ("-nodefaults", "-no-user-config", "-no-reboot"):
+        assert flag in cmd
+    assert values(cmd, "-display") == ["none"] and values(cmd, "-M") == ["pc"]
+    assert values(cmd, "-smp") == ["2"] and values(cmd, "-m") == ["1024"]
+    assert values(cmd, "-name") == ["lab-test"]
+
+
+def test_kernel_initrd_and_the_whole_append_line_are_single_arguments():
+    cmd = command()
+    assert values(cmd, "-kernel") == ["/cache/kernels/6.1.0-18/vmlinux"]
+    assert values(cmd, "-initrd") == ["/cache/kernels/6.1.0-18/initramfs.cpio.gz"]
+    assert values(cmd, "-append") == ["console=ttyS0,115200 panic=-1 lab.root=/dev/vda"]
+    assert "-initrd" not in command(initrd=None)
+
+
+def test_host_forwards_listen_on_loopback_only_and_the_guest_reaches_nothing():
+    netdevs = values(command(), "-netdev")
+    assert len(netdevs) == 1
+    opts = netdevs[0].split(",")
+    assert opts[:2] == ["user", "id=net0"] and "restrict=on" in opts
+    fwds = [o for o in opts if o.startswith("hostfwd=")]
+    assert fwds == ["hostfwd=tcp:127.0.0.1:40022-:22", "hostfwd=tcp:127.0.0.1:40080-:8080"]
+    assert all(re.fullmatch(r"hostfwd=tcp:127\.0\.0\.1:\d+-:\d+", f) for f in fwds)
+    assert values(command(), "-device").count("virtio-net-pci,netdev=net0") == 1
+
+
+def test_no_network_at_all_when_the_spec_says_so():
+    cmd = command(network=False)
+    assert not {"-netdev", "-net", "-nic"} & set(cmd)
+    assert not any("hostfwd" in a or "virtio-net" in a or "netdev" in a for a in cmd)
+    assert "-nodefaults" in cmd   # so QEMU adds no default NIC either
+
+
+def test_disks_are_virtio_with_the_readonly_one_marked_readonly():
+    cmd = command()
+    drives = values(cmd, "-drive")
+    assert drives == [
+        "file=/cache/runs/r1/root.qcow2,if=none,id=disk0,format=qcow2,cache=unsafe",
+        "file=/cache/kernels/6.1.0-18/modules.img,if=none,id=disk1,format=raw,cache=unsafe,readonly=on",
+    ]
+    devices = values(cmd, "-device")
+    assert "virtio-blk-pci,drive=disk0" in devices and "virtio-blk-pci,drive=disk1" in devices
+    assert not any("-drive" == a for a in command(disks=()))
+
+
+def test_the_console_goes_to_a_file_and_qmp_to_a_unix_socket_that_does_not_wait():
+    cmd = command()
+    assert values(cmd, "-chardev") == ["file,id=con0,path=/cache/runs/r1/console.log"]
+    assert values(cmd, "-serial") == ["chardev:con0"]
+    assert values(cmd, "-qmp") == ["unix:/tmp/lab-x/qmp.sock,server=on,wait=off"]
+
+
+def test_entropy_comes_from_the_host_unless_disabled():
+    assert "virtio-rng-pci,rng=rng0" in values(command(), "-device")
+    assert not any("rng" in a for a in command(rng=False))
+
+
+def test_building_is_pure_and_uses_the_configured_binary_and_machine():
+    cfg = QemuConfig(spec(), "tcg", Path("/tmp/lab-x/qmp.sock"), binary="/opt/q/qemu", machine="q35")
+    first = build_command(cfg)
+    assert first == build_command(cfg)
+    assert first[0] == "/opt/q/qemu" and values(first, "-M") == ["q35"]
+
+
+# -- the process lifecycle, against a fake QEMU ------------------------------------------------
+
+KILL = 0.2
+TIMEOUTS = Timeouts(qmp=2.0, kill=KILL)
+
+
+@pytest.fixture
+def sock_dir():
+    d = Path(tempfile.mkdtemp(prefix="lab-q-"))   # AF_UNIX path limit: keep it short
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def machine(tmp_path, sock_dir):
+    """machine(mode) -> a QemuMachine whose binary is the fake QEMU in that mode."""
+    made = []
+
+    def make(mode="normal", timeouts=TIMEOUTS, network=True):
+        binary = tmp_path / f"qemu-{mode}"
+        binary.write_text(f"#!/bin/sh\nFAKE_QEMU_MODE={mode} exec {sys.executable} {FAKE_QEMU} \"$@\"\n")
+        binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+        cfg = QemuConfig(spec(console_log=tmp_path / "console.log", network=network), "tcg",
+                         sock_dir / "qmp.sock", binary=str(binary))
+        m = QemuMachine(cfg, timeouts, tmp_path / "qemu.log")
+        made.append(m)
+        return m
+
+    yield make
+    for m in made:
+        m.destroy()
+        assert not m.is_running()
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_start_returns_with_qmp_up_and_the_console_being_followed(machine):
+    m = machine()
+    m.start()
+    assert m.is_running() and m.pid
+    assert m.qmp.execute("query-status", timeout=2) == {"status": "running", "running": True}
+    assert m.console.wait_for(lambda c: c.contains("Linux version 6.1.0-18-amd64"), 2)
+    assert m.exit_reason() == ""
+    assert m.describe() == {"backend": "qemu", "accel": "tcg", "command": m.command, "pid": m.pid}
+    assert "fake QEMU up" in m.qemu_output()
+
+
+def test_destroy_quits_through_qmp_promptly(machine):
+    m = machine()
+    m.start()
+    pid = m.pid
+    start = time.monotonic()
+    m.destroy()
+    assert time.monotonic() - start < KILL   # no signal needed
+    assert m.proc.returncode == 0 and gone(pid)
+    assert m.exit_reason() == "host-qmp-quit"   # QEMU's event, sent after its reply to quit
+
+
+def test_destroy_is_idempotent_and_never_raises(machine):
+    m = machine()
+    m.destroy()    # never started
+    m.start()
+    m.destroy()
+    m.destroy()
+    assert not m.is_running()
+
+
+def test_a_qemu_that_ignores_quit_gets_sigterm_after_the_kill_deadline(machine):
+    m = machine("ignore-quit")
+    m.start()
+    start = time.monotonic()
+    m.destroy()
+    took = time.monotonic() - start
+    assert m.proc.returncode == -signal.SIGTERM
+    assert KILL <= took < 2 * KILL + 0.5
+
+
+def test_a_qemu_that_ignores_sigterm_too_gets_sigkill(machine):
+    m = machine("ignore-term")
+    m.start()
+    start = time.monotonic()
+    m.destroy()
+    took = time.monotonic() - start
+    assert m.proc.returncode == -signal.SIGKILL
+    assert 2 * KILL <= took < 3 * KILL + 0.5
+    assert gone(m.pid)
+
+
+def test_a_taken_host_port_is_port_in_use_and_leaves_nothing_running(machine):
+    m = machine("port-in-use")
+    with pytest.raises(PortInUse) as err:
+        m.start()
+    assert "Could not set up host forwarding rule 'tcp:127.0.0.1:40022-:22'" in str(err.value)
+    assert isinstance(err.value, InfraError)
+    assert not m.is_running() and m.proc.returncode == 1
+
+
+def test_another_early_exit_is_an_infra_error_with_the_command_and_output(machine):
+    m = machine("exit-at-start")
+    with pytest.raises(InfraError) as err:
+        m.start()
+    assert not isinstance(err.value, PortInUse)
+    text = str(err.value)
+    assert "status 1" in text and "Could not open '/nonexistent.qcow2'" in text
+    assert " ".join(m.command) in text
+
+
+def test_a_qemu_that_never_opens_qmp_is_stopped_after_the_qmp_deadline(machine):
+    m = machine("no-qmp", timeouts=Timeouts(qmp=0.3, kill=KILL))
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="QMP socket"):
+        m.start()
+    assert 0.3 <= time.monotonic() - start < 0.3 + 3 * KILL + 0.5
+    assert not m.is_running()   # start() cleaned up after itself
+    assert m.console.contains("Linux version")   # and the console was drained on the way out
+
+
+def test_a_missing_binary_is_an_infra_error_naming_it(tmp_path, sock_dir):
+    cfg = QemuConfig(spec(console_log=tmp_path / "c.log"), "tcg", sock_dir / "qmp.sock",
+                     binary=str(tmp_path / "no-such-qemu"))
+    m = QemuMachine(cfg, TIMEOUTS, tmp_path / "qemu.log")
+    with pytest.raises(InfraError, match="no-such-qemu not found"):
+        m.start()
+    m.destroy()
+
+
+def test_a_guest_poweroff_ends_the_machine_with_reason_poweroff(machine):
+    m = machine("poweroff")
+    m.start()
+    assert m.wait_exit(3)
+    assert m.proc.returncode == 0   # the exit status cannot tell a poweroff from a reset ...
+    assert m.exit_reason() == "poweroff"   # ... the SHUTDOWN event QEMU sent before exiting can
+    m.destroy()
+    assert m.exit_reason() == "poweroff"
+    assert m.console.contains("reboot: Power down")
+
+
+def test_qemu_runs_in_its_own_process_group(machine):
+    m = machine()
+    m.start()
+    assert os.getpgid(m.pid) == m.pid != os.getpgid(0)

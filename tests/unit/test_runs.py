@@ -1,0 +1,201 @@
+"""Run directories, and reaping what runs killed outright left behind."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import runs
+from harness.runs import OWNER, RunDir, reap_stale
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    return tmp_path / "runs"
+
+
+@pytest.fixture
+def made(runs_dir):
+    """RunDir.create, with every socket dir removed after the test whatever happens."""
+    created = []
+
+    def make(label="bookworm"):
+        run = RunDir.create(runs_dir, label)
+        created.append(run)
+        return run
+
+    yield make
+    for run in created:
+        run.remove()
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def set_owner(run: RunDir, **changes) -> None:
+    path = run.path / OWNER
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+def test_a_run_dir_records_its_owner_and_has_a_short_socket_dir(made, runs_dir):
+    run = made("6.1.0-18-amd64")
+    assert run.path.parent == runs_dir and run.path.is_dir()
+    assert "6.1.0-18-amd64" in run.id
+    owner = json.loads((run.path / OWNER).read_text())
+    assert owner["pid"] == os.getpid()
+    assert owner["sock_dir"] == str(run.sock_dir) and owner["qemu_pid"] is None
+    assert run.sock_dir.is_dir() and str(run.sock_dir).startswith(tempfile.gettempdir())
+    assert len(str(run.sock_dir / "qmp.sock")) < 100   # AF_UNIX limit is 107 bytes
+
+    run.record_qemu(4242)
+    assert json.loads((run.path / OWNER).read_text())["qemu_pid"] == 4242
+    assert not (run.path / (OWNER + ".tmp")).exists()
+
+
+def test_two_runs_of_the_same_kernel_get_distinct_dirs(made):
+    a, b = made("k"), made("k")
+    assert a.path != b.path and a.sock_dir != b.sock_dir
+
+
+def test_remove_deletes_the_run_and_socket_dirs(made):
+    run = made()
+    (run.path / "console.log").write_text("x")
+    run.remove()
+    assert not run.path.exists() and not run.sock_dir.exists()
+
+
+def test_a_run_whose_owner_died_is_reaped_with_its_socket_dir(made, runs_dir):
+    run = made()
+    (run.sock_dir / "qmp.sock").write_text("")
+    set_owner(run, pid=dead_pid())
+    assert reap_stale(runs_dir) == 1
+    assert not run.path.exists() and not run.sock_dir.exists()
+
+
+def test_a_run_whose_owner_is_alive_is_kept(made, runs_dir):
+    mine = made()   # owned by this very process
+    assert reap_stale(runs_dir) == 0
+    assert mine.path.is_dir() and mine.sock_dir.is_dir()
+
+
+def test_only_the_dead_runs_go(made, runs_dir):
+    alive, dead = made("alive"), made("dead")
+    set_owner(dead, pid=dead_pid())
+    assert reap_stale(runs_dir) == 1
+    assert alive.path.is_dir() and not dead.path.exists()
+
+
+def test_a_qemu_left_running_by_a_dead_run_is_killed(made, runs_dir):
+    run = made()
+    # stands in for QEMU: its command line names the run directory, as QEMU's does
+    qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                             "-chardev", f"file,id=con0,path={run.path}/console.log"])
+    try:
+        set_owner(run, pid=dead_pid(), qemu_pid=qemu.pid)
+        assert reap_stale(runs_dir) == 1
+        assert qemu.wait(timeout=5) == -signal.SIGKILL
+        assert not run.path.exists() and not run.sock_dir.exists()
+    finally:
+        if qemu.poll() is None:
+            qemu.kill()
+            qemu.wait()
+
+
+def test_a_recorded_qemu_pid_now_used_by_another_program_is_left_alone(made, runs_dir):
+    run = made()
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        set_owner(run, pid=dead_pid(), qemu_pid=stranger.pid)
+        assert reap_stale(runs_dir) == 1
+        time.sleep(0.1)
+        assert stranger.poll() is None   # not ours: its command line does not name the run
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_after_a_reboot_every_old_run_is_stale_and_no_pid_is_trusted(made, runs_dir):
+    run = made()
+    # a pid recorded before a reboot means nothing now: this one happens to be alive
+    other = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(60)  # {run.path}"])
+    try:
+        set_owner(run, boot_id="an-earlier-boot", qemu_pid=other.pid)
+        assert reap_stale(runs_dir) == 1
+        assert not run.path.exists()
+        time.sleep(0.1)
+        assert other.poll() is None      # pid from another boot: never killed
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_dir_without_owner_file_is_reaped_only_once_clearly_old(runs_dir):
+    young, old = runs_dir / "half-created", runs_dir / "abandoned"
+    young.mkdir(parents=True)
+    old.mkdir()
+    hour_ago = time.time() - 3700
+    os.utime(old, (hour_ago, hour_ago))
+    assert reap_stale(runs_dir) == 1
+    assert young.is_dir() and not old.exists()
+
+
+@pytest.fixture
+def temp_root(tmp_path, monkeypatch):
+    """A private stand-in for /tmp, so a reaper bug cannot touch the real one."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+@pytest.mark.parametrize("where", ["outside", "the temp dir itself", "a sibling with the same prefix",
+                                   "not made by the lab"])
+def test_only_a_socket_dir_the_lab_made_is_ever_deleted(made, runs_dir, temp_root, where):
+    precious = {"outside": temp_root.parent / "precious",
+                "the temp dir itself": temp_root,
+                "a sibling with the same prefix": Path(str(temp_root) + "-other") / "lab-x",
+                "not made by the lab": temp_root / "someone-elses"}[where]
+    precious.mkdir(parents=True, exist_ok=True)
+    (precious / "keep").write_text("")
+    run = made()
+    assert run.sock_dir.parent == temp_root
+    set_owner(run, pid=dead_pid(), sock_dir=str(precious))
+    assert reap_stale(runs_dir) == 1
+    assert (precious / "keep").exists()
+
+
+@pytest.mark.parametrize("owner", [{"sock_dir": None}, {"qemu_pid": None, "sock_dir": None},
+                                   {"boot_id": None}])
+def test_odd_owner_values_do_not_stop_the_reaper(made, runs_dir, owner):
+    run = made()
+    set_owner(run, pid=dead_pid(), **owner)
+    assert reap_stale(runs_dir) == 1
+    assert not run.path.exists()
+
+
+def test_unreadable_owner_files_and_stray_files_are_skipped(runs_dir):
+    broken = runs_dir / "broken"
+    broken.mkdir(parents=True)
+    (broken / OWNER).write_text("{not json")
+    (runs_dir / "stray-file").write_text("")
+    assert reap_stale(runs_dir) == 0
+    assert broken.is_dir()
+
+
+def test_a_missing_runs_dir_is_nothing_to_reap(tmp_path):
+    assert reap_stale(tmp_path / "nope") == 0
+
+
+def test_liveness_check(monkeypatch):
+    assert runs._alive(os.getpid())
+    assert not runs._alive(dead_pid())
