@@ -35,9 +35,10 @@ def file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
                 if not announced:
                     log.info("waiting for another process: %s", what)
                     announced = True
-                if time.monotonic() >= deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise DeadlineExceeded(f"lock for {what} ({path})", timeout) from None
-                time.sleep(0.2)
+                time.sleep(min(0.2, left))
         yield
     finally:
         os.close(fd)

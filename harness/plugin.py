@@ -29,6 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: boots real QEMU guests (slow)")
     config.addinivalue_line("markers", "network: downloads from Debian's archive on first run")
+    import logging
+    # SSH attempts to a booting guest fail by design; keep paramiko's tracebacks out of reports.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     from .session import raise_on_sigterm
     raise_on_sigterm()  # so a SIGTERM'd test run still tears its guests down
 

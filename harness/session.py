@@ -33,7 +33,9 @@ from .settings import Settings, Timeouts
 log = logging.getLogger(__name__)
 
 SSH_PORT = 22
-BASE_APPEND = ("console=ttyS0,115200 panic=-1 net.ifnames=0 random.trust_cpu=on "
+READY_MARKER = "livepatch-lab: ready"   # printed by images/guest/ready once sshd listens
+# pci=noacpi: on -M pc each virtio device costs ~100 ms of ACPI IRQ-routing evaluation under TCG.
+BASE_APPEND = ("console=ttyS0,115200 panic=-1 net.ifnames=0 random.trust_cpu=on pci=noacpi "
                "lab.root=/dev/vda lab.modules=/dev/vdb")
 
 
@@ -91,7 +93,12 @@ def _start_machine(spec_for, run: RunDir, accel: str, settings: Settings,
 
 
 def _wait_ready(guest: Guest, deadline: float) -> None:
-    """Until a real command answers over SSH; a dead or panicked guest ends the wait at once."""
+    """Until a real command answers over SSH; a dead or panicked guest ends the wait at once.
+
+    The guest announces on the console when sshd listens. Until then an SSH
+    attempt would sit in QEMU's user networking until its own timeout, so
+    attempts before the announcement are short, and the wait is for the console.
+    """
     machine, t = guest.machine, guest.timeouts
 
     def attempt_once() -> None:
@@ -103,8 +110,13 @@ def _wait_ready(guest: Guest, deadline: float) -> None:
             raise BootError(f"QEMU ended during boot ({machine.exit_reason()})",
                             machine.console.tail(), str(machine.spec.console_log))
         left = deadline - time.monotonic()
-        guest.channel.connect(timeout=max(0.5, min(t.ssh_connect, left)))
-        guest.channel.run("true", timeout=max(0.5, min(t.ssh_connect, left)), check=True)
+        announced = machine.console.wait_for(
+            lambda c: c.contains(READY_MARKER) or c.fatal() is not None, min(1.0, max(0.0, left)))
+        if machine.console.fatal():
+            return attempt_once()  # report the finding
+        per_try = max(0.5, min(t.ssh_connect if announced else 1.0, left))
+        guest.channel.connect(timeout=per_try)
+        guest.channel.run("true", timeout=per_try, check=True)
 
     try:
         for attempt in retry.ssh_ready_policy(max(0.0, deadline - time.monotonic())):

@@ -52,8 +52,8 @@ def decompress(data: bytes) -> bytes:
     if data.startswith(b"\x28\xb5\x2f\xfd"):
         if not shutil.which("zstd"):
             raise NotExtractable("zstd-compressed kernel and no zstd tool on the host")
-        # the kernel appends its decompressed size after the frame: zstd stops at the frame end
-        return subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=True,
+        # kbuild appends the decompressed size (4 bytes) after the frame; zstd rejects it
+        return subprocess.run(["zstd", "-dcq"], input=data[:-4], capture_output=True, check=True,
                               timeout=120).stdout
     raise NotExtractable(f"unknown kernel compression (magic {data[:6].hex()})")
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Boot benchmark: where the seconds go from nothing to a guest answering SSH.
+
+    python bench/boot.py [--kernel debian-6.1] [--runs 5] [--accel auto]
+
+Prints median/min/max over N boots of: overlay creation, QEMU start -> first
+console byte, -> kernel "Linux version", -> guest init ready, -> SSH command
+answered, command round-trip (`true`), shutdown; and peak memory (QEMU's
+resident high-water mark, this process's). Kernel and image come from the
+cache (fetched/built on first use, outside the timings).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness import images, kernels, session  # noqa: E402
+from harness.settings import Settings  # noqa: E402
+
+
+def _line_time(guest, needle: str) -> float:
+    for line in guest.machine.console.lines:
+        if needle in line.text:
+            return line.t - guest.machine.started_at
+    return float("nan")
+
+
+def _vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--kernel", default="debian-6.1")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--accel", default=None)
+    ap.add_argument("--round-trips", type=int, default=20)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="[bench] %(message)s")
+
+    settings = Settings.from_env(accel=args.accel)
+    kernel = kernels.fetch(kernels.get_definition(args.kernel), settings)
+    image = images.build(images.load_recipe(images.DEFAULT_RECIPE), settings)
+    rows: dict[str, list[float]] = {}
+    hwm: list[float] = []
+    accel = "?"
+    for i in range(args.runs):
+        t0 = time.monotonic()
+        with session.boot(kernel, image, settings) as guest:
+            accel = guest.accel
+            rtt = []
+            for _ in range(args.round_trips):
+                rtt.append(guest.run("true", check=True).seconds)
+            sample = {
+                "overlay": guest.timings["overlay"],
+                "first console byte": guest.timings.get("first_console", float("nan")),
+                "kernel 'Linux version'": _line_time(guest, "Linux version"),
+                "guest init ready": _line_time(guest, "livepatch-lab: ready"),
+                "SSH command answered": guest.timings["ssh_ready"],
+                "command round-trip": statistics.median(rtt),
+            }
+            hwm.append(_vm_hwm_mib(guest.machine.pid))
+            timings = guest.timings
+        sample["shutdown"] = timings["shutdown"]
+        sample["whole boot->shutdown"] = time.monotonic() - t0
+        for k, v in sample.items():
+            rows.setdefault(k, []).append(v)
+        print(f"run {i + 1}/{args.runs}: ssh ready {sample['SSH command answered']:.2f}s", file=sys.stderr)
+
+    print(f"\n{kernel.name} {kernel.version} ({kernel.release}), accel={accel}, "
+          f"{settings.cpus} vCPU, {settings.memory_mib} MiB, {args.runs} runs")
+    print(f"{'step (from QEMU start unless noted)':<38}{'median':>9}{'min':>9}{'max':>9}")
+    for k, v in rows.items():
+        print(f"{k:<38}{statistics.median(v):>8.3f}s{min(v):>8.3f}s{max(v):>8.3f}s")
+    self_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"{'peak memory: QEMU (VmHWM)':<38}{statistics.median(hwm):>7.0f}MiB{min(hwm):>6.0f}MiB{max(hwm):>6.0f}MiB")
+    print(f"{'peak memory: this process':<38}{self_mib:>7.0f}MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Booting every kernel line for real, and failing to boot the right way."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import session
+from harness.errors import BootError
+from harness.kernels import load_definitions
+
+from .conftest import qemu_processes_under
+
+pytestmark = [pytest.mark.vm, pytest.mark.network]
+
+KERNELS = sorted(n for n, d in load_definitions().items() if d.kind == "debian")
+
+
+@pytest.mark.parametrize("kernel_name", KERNELS)
+def test_guest_runs_exactly_the_requested_kernel_and_its_modules_load(
+        kernel_name, lab_boot, lab_kernel, lab_image, no_leftovers):
+    kernel = lab_kernel(kernel_name)
+    base = lab_image.path.stat()
+    with lab_boot(kernel_name) as guest:
+        assert guest.run("uname -r", check=True).stdout.strip() == kernel.release
+        loaded = guest.run("modprobe dummy && grep -c '^dummy ' /proc/modules", check=True)
+        assert loaded.stdout.strip() == "1"
+        assert guest.run("exit 7").rc == 7
+    after = lab_image.path.stat()
+    assert (after.st_mtime_ns, after.st_size) == (base.st_mtime_ns, base.st_size), "base image modified"
+
+
+def test_a_panicking_boot_is_a_boot_error_with_the_console_tail(lab_boot, lab_settings, no_leftovers):
+    start = time.monotonic()
+    with pytest.raises(BootError) as err:
+        with lab_boot("debian-6.1", append="lab.root=/dev/vdz"):
+            pytest.fail("booted without a root disk")
+    assert "livepatch-lab: FATAL:" in err.value.console_tail
+    assert "Kernel panic" in err.value.console_tail or "FATAL" in str(err.value)
+    # found on the console at once, not by waiting out the SSH deadline
+    assert time.monotonic() - start < lab_settings.timeouts_for("tcg").boot
+
+
+def test_a_guest_that_never_answers_ssh_fails_within_the_boot_deadline(
+        lab_settings, lab_kernel, lab_image, no_leftovers):
+    tight = dataclasses.replace(lab_settings, tcg_factor=1.0,
+                                timeouts=dataclasses.replace(lab_settings.timeouts, boot=1.5))
+    start = time.monotonic()
+    with pytest.raises(BootError, match="SSH did not answer within") as err:
+        with session.boot(lab_kernel("debian-6.1"), lab_image, tight):
+            pytest.fail("answered impossibly fast")
+    assert time.monotonic() - start < 1.5 + 15  # deadline + teardown
+    assert err.value.console_log
+
+
+BOOT_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from harness import images, kernels, session
+    from harness.settings import Settings
+    s = Settings.from_env()
+    session.raise_on_sigterm()
+    k = kernels.fetch(kernels.get_definition("debian-6.1"), s)
+    img = images.build(images.load_recipe(images.DEFAULT_RECIPE), s)
+    print("booting", flush=True)
+    with session.boot(k, img, s) as g:
+        print("ready", flush=True)
+        time.sleep(600)
+""")
+
+
+def _start_boot(tmp_path: Path, lab_settings) -> subprocess.Popen:
+    env = dict(os.environ, LIVEPATCH_LAB_CACHE=str(lab_settings.cache_dir))
+    if lab_settings.accel != "auto":
+        env["LIVEPATCH_LAB_ACCEL"] = lab_settings.accel
+    return subprocess.Popen([sys.executable, "-c", BOOT_SCRIPT], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+
+
+def _wait_for_qemu(runs_dir: Path, deadline: float = 120) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if qemu_processes_under(runs_dir):
+            return
+        time.sleep(0.1)
+    raise AssertionError("QEMU never started")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_boot_leaves_no_process_and_no_overlay(sig, tmp_path, lab_settings,
+                                                              lab_kernel, lab_image, no_leftovers):
+    lab_kernel("debian-6.1")  # fetched outside the timed part
+    proc = _start_boot(tmp_path, lab_settings)
+    try:
+        _wait_for_qemu(lab_settings.runs_dir)
+        time.sleep(1.0)  # mid-boot: the kernel is starting
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0, out
+    assert "\nready\n" not in out, "the guest came up before the signal: the test proved nothing"
+
+
+def test_a_killed_host_process_takes_its_qemu_along_and_the_next_run_reaps_its_dir(
+        tmp_path, lab_settings, lab_kernel, lab_image, lab_boot, no_leftovers):
+    proc = _start_boot(tmp_path, lab_settings)
+    try:
+        _wait_for_qemu(lab_settings.runs_dir)
+        proc.kill()  # SIGKILL: no finally runs
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    end = time.monotonic() + 10
+    while qemu_processes_under(lab_settings.runs_dir) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert qemu_processes_under(lab_settings.runs_dir) == [], "QEMU outlived its parent"
+    with lab_boot("debian-6.1") as guest:  # the next run reaps the dead run's directory
+        assert guest.run("true").ok

@@ -1,0 +1,44 @@
+"""The pytest plugin as a user's project sees it (pytester: a fresh pytest in a temp dir)."""
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+def test_options_and_markers_are_registered(pytester: pytest.Pytester):
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["*livepatch-lab*", "*--lab-cache-dir*", "*--lab-accel*",
+                                 "*--lab-kernel*"])
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.vm:*"])
+
+
+def test_lab_settings_follow_options_over_ini_over_environment(pytester: pytest.Pytester,
+                                                              monkeypatch, tmp_path):
+    monkeypatch.setenv("LIVEPATCH_LAB_ACCEL", "kvm")
+    monkeypatch.setenv("LIVEPATCH_LAB_CACHE", str(tmp_path / "from-env"))
+    pytester.makeini(f"[pytest]\nlab_cache_dir = {tmp_path / 'from-ini'}\n")
+    pytester.makepyfile(f"""
+        def test_settings(lab_settings):
+            assert str(lab_settings.cache_dir) == {str(tmp_path / 'from-ini')!r}
+            assert lab_settings.accel == "tcg"
+    """)
+    pytester.runpytest("--lab-accel", "tcg").assert_outcomes(passed=1)
+
+
+def test_a_bad_option_value_is_refused_with_its_name(pytester: pytest.Pytester):
+    result = pytester.runpytest("--lab-accel", "warp")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*--lab-accel*invalid choice*warp*"])
+
+
+def test_kernel_names_default_to_every_defined_kernel(pytester: pytest.Pytester):
+    pytester.makepyfile("""
+        def test_names(lab_kernel_names):
+            assert {"debian-5.10", "debian-6.1", "debian-6.12", "debian-7"} <= set(lab_kernel_names)
+    """)
+    pytester.runpytest().assert_outcomes(passed=1)
+    pytester.makepyfile("""
+        def test_names(lab_kernel_names):
+            assert lab_kernel_names == ["debian-6.1"]
+    """)
+    pytester.runpytest("--lab-kernel", "debian-6.1").assert_outcomes(passed=1)

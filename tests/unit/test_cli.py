@@ -1,0 +1,46 @@
+"""The CLI's surface: parsing, exit codes, errors that name the bad input."""
+import pytest
+
+from harness import cli
+
+
+def test_boot_takes_the_command_after_a_double_dash():
+    args = cli.build_parser().parse_args(["boot", "debian-6.1", "--", "uname", "-r"])
+    assert args.kernel == "debian-6.1"
+    assert args.command[-2:] == ["uname", "-r"]
+
+
+def test_an_unknown_kernel_is_a_usage_error_naming_it_and_the_known_ones(capsys, tmp_path):
+    rc = cli.main(["--cache-dir", str(tmp_path), "fetch", "debian-99"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "debian-99" in err and "debian-6.1" in err
+
+
+def test_a_bad_environment_value_is_a_usage_error_naming_the_variable(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("LIVEPATCH_LAB_MEMORY_MIB", "lots")
+    rc = cli.main(["--cache-dir", str(tmp_path), "kernels", "--offline"])
+    assert rc == 2
+    assert "LIVEPATCH_LAB_MEMORY_MIB" in capsys.readouterr().err
+
+
+def test_kernels_offline_lists_every_definition_without_touching_the_network(capsys, tmp_path):
+    assert cli.main(["--cache-dir", str(tmp_path), "kernels", "--offline"]) == 0
+    out = capsys.readouterr().out
+    for name in ("debian-5.10", "debian-6.1", "debian-6.12", "debian-7"):
+        assert name in out
+
+
+def test_doctor_reports_every_check(capsys, tmp_path):
+    rc = cli.main(["--cache-dir", str(tmp_path), "doctor"])
+    out = capsys.readouterr().out
+    assert rc in (0, 1)
+    for name in ("qemu-system-x86_64", "qemu-img", "kvm", "mmdebstrap", "busybox", "gcc", "mirror", "cache"):
+        assert name in out
+
+
+@pytest.mark.parametrize("argv", [["boot"], ["nonsense"], ["image"]])
+def test_usage_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
