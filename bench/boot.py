@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("--round-trips", type=int, default=20)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[bench] %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # early SSH attempts fail by design
 
     settings = Settings.from_env(accel=args.accel)
     kernel = kernels.fetch(kernels.get_definition(args.kernel), settings)
@@ -65,6 +66,8 @@ def main() -> int:
                 "overlay": guest.timings["overlay"],
                 "first console byte": guest.timings.get("first_console", float("nan")),
                 "kernel 'Linux version'": _line_time(guest, "Linux version"),
+                "kernel runs /init (initramfs)": _line_time(guest, "Run /init as init process"),
+                "root and modules disk mounted": _line_time(guest, "EXT4-fs (vdb)"),
                 "guest init ready": _line_time(guest, "livepatch-lab: ready"),
                 "SSH command answered": guest.timings["ssh_ready"],
                 "command round-trip": statistics.median(rtt),

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("boot", help="boot KERNEL, run CMD over SSH, print its output, exit with its status",
                        usage="livepatch-lab boot [options] KERNEL [-- CMD...]")
     b.add_argument("kernel", help=f"kernel name, optionally NAME@VERSION (e.g. {DEFAULT_KERNEL})")
-    b.add_argument("command", nargs=argparse.REMAINDER, help="command to run in the guest (default: uname -a)")
+    b.add_argument("command", nargs="*", help="command to run in the guest, after -- (default: uname -a)")
     b.add_argument("--accel", choices=ACCELS, help="default auto: KVM if it really works, else TCG")
     b.add_argument("--memory", type=int, help="guest memory in MiB (default 1024)")
     b.add_argument("--cpus", type=int, help="guest vCPUs (default 2)")
@@ -187,9 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "command", None) and args.command[0] == "--":
-        args.command = args.command[1:]
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first "--" is the guest command, options and all.
+    guest_cmd = argv[argv.index("--") + 1:] if "--" in argv else None
+    args = parser.parse_args(argv[:argv.index("--")] if guest_cmd is not None else argv)
+    if guest_cmd is not None:
+        if args.cmd != "boot":
+            parser.error(f"'--' only separates a guest command for boot, not for {args.cmd}")
+        args.command = [*args.command, *guest_cmd]
     _setup_logging(-1 if args.quiet else args.verbose)
     try:
         return args.func(args)

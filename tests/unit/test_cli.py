@@ -4,10 +4,19 @@ import pytest
 from harness import cli
 
 
-def test_boot_takes_the_command_after_a_double_dash():
-    args = cli.build_parser().parse_args(["boot", "debian-6.1", "--", "uname", "-r"])
-    assert args.kernel == "debian-6.1"
-    assert args.command[-2:] == ["uname", "-r"]
+def test_boot_takes_everything_after_a_double_dash_as_the_guest_command(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(cli, "cmd_boot", lambda args: seen.update(vars(args)) or 0)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_boot(parser(), cli.cmd_boot))
+    assert cli.main(["boot", "debian-6.1", "--artifacts", "/tmp/a", "--", "ls", "-l", "--", "x"]) == 0
+    assert seen["kernel"] == "debian-6.1" and seen["artifacts"] == "/tmp/a"
+    assert seen["command"] == ["ls", "-l", "--", "x"]
+
+
+def _with_boot(parser, func):
+    parser._subparsers._group_actions[0].choices["boot"].set_defaults(func=func)
+    return parser
 
 
 def test_an_unknown_kernel_is_a_usage_error_naming_it_and_the_known_ones(capsys, tmp_path):
