@@ -122,3 +122,18 @@ def test_a_killed_host_process_takes_its_qemu_along_and_the_next_run_reaps_its_d
     assert qemu_processes_under(lab_settings.runs_dir) == [], "QEMU outlived its parent"
     with lab_boot("debian-6.1") as guest:  # the next run reaps the dead run's directory
         assert guest.run("true").ok
+
+
+def test_a_local_kernel_boots_from_its_own_files(tmp_path, lab_settings, lab_kernel, lab_image,
+                                                 no_leftovers):
+    """A vendor's own build: vmlinuz + modules + build dir named in a kind: local file."""
+    from harness import kernels
+    debian = lab_kernel("debian-6.1")
+    (tmp_path / "my-6.1.yaml").write_text(
+        f"name: my-6.1\nkind: local\ndescription: a vendor build\n"
+        f"vmlinuz: {debian.vmlinuz}\nmodules: {debian.modules_dir}\nbuild: {debian.build_dir}\n")
+    local = kernels.fetch(kernels.get_definition("my-6.1", tmp_path), lab_settings)
+    assert (local.release, local.version) == (debian.release, "local")
+    with session.boot(local, lab_image, lab_settings) as guest:
+        assert guest.run("uname -r", check=True).stdout.strip() == debian.release
+        assert guest.run("modprobe dummy", check=True).ok
