@@ -36,6 +36,7 @@ class Timeouts:
     ssh_connect: float = 5.0      # one SSH connection attempt
     command: float = 60.0         # a guest command, unless the caller says otherwise
     poweroff: float = 8.0         # guest poweroff -> QEMU exits
+    transition: float = 20.0      # a livepatch (un)patching transition completes
     # host side: never scaled
     kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
     qmp: float = 5.0              # QMP socket up / one QMP command answered
@@ -46,7 +47,7 @@ class Timeouts:
     image_build: float = 1200.0
     lock: float = 1800.0          # waiting for another process's fetch or build
 
-    SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff")
+    SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition")
 
     def scaled(self, factor: float) -> "Timeouts":
         return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})
