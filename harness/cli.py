@@ -123,6 +123,44 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return result.rc
 
 
+def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace) -> int:
+    from . import kernels, report, runner, session
+    settings = _settings(args)
+    session.raise_on_sigterm()
+    defined = sorted(kernels.load_definitions())
+    out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
+    outcomes = []
+    for sc in scenarios:
+        names = list(kernel_args) or list(sc.kernels or [DEFAULT_KERNEL])
+        if names == ["all"]:
+            names = defined
+        for name in names:
+            kernels.get_definition(name)  # a typo is a usage error before anything boots
+        for name in names:
+            log.info("scenario %s on %s", sc.name, name)
+            outcome = runner.run(sc, name, settings, out_root / sc.name / name.replace("@", "_"))
+            outcomes.append(outcome)
+            print(report.explain(outcome), flush=True)
+    print("\n" + report.table(outcomes))
+    if args.json:
+        report.write_json(Path(args.json), outcomes)
+    verdicts = {o.verdict.verdict for o in outcomes}
+    return 2 if "error" in verdicts else 1 if "fail" in verdicts else 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import scenario
+    sc = scenario.from_patch(Path(args.patch), targets=tuple(Path(t) for t in args.target_module),
+                             probe=args.probe, expect_patched=args.expect_patched,
+                             duration=args.duration)
+    return _run_matrix([sc], args.kernel, args)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import scenario
+    return _run_matrix([scenario.load(Path(p)) for p in args.scenario], args.kernel, args)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_checks
     settings = _settings(args)
@@ -180,6 +218,31 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--artifacts", help="keep the console log in this directory")
     b.set_defaults(func=cmd_boot)
 
+    def matrix_options(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--kernel", action="append", default=[], metavar="K",
+                        help=f"kernel to run on (repeatable; 'all' = every defined kernel; "
+                             f"default: the scenario's list, else {DEFAULT_KERNEL})")
+        sp.add_argument("--accel", choices=ACCELS)
+        sp.add_argument("--json", metavar="FILE", help="write verdicts, reasons, timelines, artifact paths")
+        sp.add_argument("--artifacts", metavar="DIR",
+                        help="artifact folder (default lab-artifacts/<timestamp>)")
+
+    c = sub.add_parser("check", help="validate one livepatch (kbuild dir or .ko) under load; "
+                                     "exit 0 pass, 1 fail, 2 error")
+    c.add_argument("patch", help="kbuild directory or prebuilt .ko")
+    c.add_argument("--target-module", action="append", default=[], metavar="M",
+                   help="module (dir or .ko) the patch patches, loaded first (repeatable)")
+    c.add_argument("--probe", metavar="CMD", help="guest command run in a loop through the run")
+    c.add_argument("--expect-patched", metavar="REGEX", help="the probe's output while patched")
+    c.add_argument("--duration", type=float, metavar="S", help="seconds to hold the patch under load")
+    matrix_options(c)
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("run", help="run scenario files; exit 0 all pass, 1 a fail, 2 an error")
+    r.add_argument("scenario", nargs="+", help="scenario YAML file(s)")
+    matrix_options(r)
+    r.set_defaults(func=cmd_run)
+
     d = sub.add_parser("doctor", help="check this host: qemu, KVM, image tools, compiler, disk, cache")
     d.set_defaults(func=cmd_doctor)
     return p
@@ -206,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except HarnessError as exc:
         log.error("%s", exc)
-        return EXIT_LAB if args.cmd == "boot" else 1
+        return EXIT_LAB if args.cmd == "boot" else 2 if args.cmd in ("check", "run") else 1
 
 
 if __name__ == "__main__":

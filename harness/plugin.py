@@ -21,6 +21,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lab-kernel", action="append", default=[],
                     help="kernel(s) to run VM tests on, NAME or NAME@VERSION; repeatable "
                          "(ini lab_kernels; default: every defined kernel)")
+    group.addoption("--lab-artifacts", help="artifact folder for scenario runs "
+                    "(default <rootdir>/lab-artifacts)")
     parser.addini("lab_cache_dir", "cache for kernels, images and runs")
     parser.addini("lab_accel", "auto, kvm or tcg")
     parser.addini("lab_kernels", "kernels to run VM tests on", type="args")
@@ -85,3 +87,82 @@ def lab_boot(lab_settings, lab_image, lab_kernel) -> Callable[..., ContextManage
         with session.boot(lab_kernel(spec), lab_image, lab_settings, **kwargs) as guest:
             yield guest
     return boot
+
+
+# scenario files as test items ------------------------------------------------
+_SCENARIO_HINT = "patch:"
+
+
+def pytest_collect_file(file_path, parent):
+    """Collect YAML files that are scenarios (they have a top-level ``patch:``)."""
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    try:
+        head = file_path.read_text(errors="replace")
+    except OSError:
+        return None
+    if not any(line.startswith(_SCENARIO_HINT) for line in head.splitlines()):
+        return None
+    return ScenarioFile.from_parent(parent, path=file_path)
+
+
+class ScenarioFile(pytest.File):
+    def collect(self):
+        from . import kernels, scenario
+        from .errors import ConfigError
+        try:
+            sc = scenario.load(self.path)
+        except ConfigError as exc:
+            raise self.CollectError(str(exc)) from None
+        chosen = self.config.getoption("--lab-kernel") or self.config.getini("lab_kernels")
+        names = list(sc.kernels or sorted(kernels.load_definitions()))
+        if chosen:
+            names = [n for n in names if n in chosen or n.split("@")[0] in chosen] or (
+                list(chosen) if sc.kernels is None else [])
+        for name in names:
+            item = ScenarioItem.from_parent(self, name=f"{sc.name}[{name}]", scenario=sc, kernel=name)
+            item.add_marker(pytest.mark.vm)
+            yield item
+
+
+class ScenarioFailure(Exception):
+    pass
+
+
+class ScenarioItem(pytest.Item):
+    def __init__(self, *, scenario, kernel, **kwargs):
+        super().__init__(**kwargs)
+        self.scenario, self.kernel = scenario, kernel
+        self.outcome = None
+
+    def runtest(self) -> None:
+        from pathlib import Path
+
+        from . import runner
+        settings = self.config._lab_settings if hasattr(self.config, "_lab_settings") else None
+        if settings is None:
+            from .settings import Settings
+            settings = Settings.from_env(cache_dir=_opt(self.config, "cache_dir"),
+                                         accel=_opt(self.config, "accel"))
+        root = Path(self.config.getoption("--lab-artifacts") or
+                    self.config.rootpath / "lab-artifacts")
+        out = root / self.scenario.name / self.kernel.replace("@", "_")
+        self.outcome = runner.run(self.scenario, self.kernel, settings, out)
+        v = self.outcome.verdict
+        want = self.scenario.expectation(self.kernel)
+        self.user_properties.append(("verdict", v.verdict))
+        self.user_properties.append(("kernel_version", self.outcome.kernel_info.get("version", "?")))
+        failing = {r.check for r in v.reasons}
+        if v.verdict != want.verdict or not set(want.checks) <= failing:
+            raise ScenarioFailure(want)
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, ScenarioFailure) and self.outcome is not None:
+            from .report import explain
+            want = excinfo.value.args[0]
+            expected = want.verdict + (f" with failing checks {', '.join(want.checks)}" if want.checks else "")
+            return f"expected {expected}, got:\n{explain(self.outcome)}"
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self):
+        return self.path, 0, f"scenario {self.scenario.name} on {self.kernel}"

@@ -33,6 +33,8 @@ class Field:
 
 def _kinds(types: Union[type, tuple[type, ...]]) -> str:
     types = types if isinstance(types, tuple) else (types,)
+    if set(types) == {int, float}:
+        return "a number"
     return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
 
 

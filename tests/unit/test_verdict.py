@@ -1,0 +1,162 @@
+"""Each check of the verdict, passing on a clean record and failing on the evidence it is for."""
+from dataclasses import dataclass
+from typing import Optional
+
+import pytest
+
+from harness import verdict as V
+from harness.kmsg import Finding
+
+
+@dataclass
+class Req:
+    intended: float
+    done: Optional[float]
+    status: Optional[int] = 200
+    error: Optional[str] = None
+
+    @property
+    def latency(self):
+        return None if self.done is None else self.done - self.intended
+
+
+@dataclass
+class Sample:
+    t: float
+    rc: int
+    output: str
+
+
+NAME = "lab_good"
+DMESG_OK = [
+    "[   10.1] lab_good: tainting kernel with TAINT_LIVEPATCH",
+    f"[   10.1] livepatch: enabling patch '{NAME}'",
+    f"[   10.2] livepatch: '{NAME}': starting patching transition",
+    f"[   11.0] livepatch: '{NAME}': patching complete",
+    f"[   15.0] livepatch: '{NAME}': starting unpatching transition",
+    f"[   16.0] livepatch: '{NAME}': unpatching complete",
+]
+
+
+def clean_record(**changes) -> V.RunRecord:
+    windows = {"baseline": V.Window("baseline", 0, 10), "apply": V.Window("apply", 10, 12),
+               "patched": V.Window("patched", 12, 20), "revert": V.Window("revert", 20, 22),
+               "cooldown": V.Window("cooldown", 22, 26)}
+    requests = [Req(i * 0.1, i * 0.1 + 0.02) for i in range(260)]
+    probe = ([Sample(t, 0, "console=ttyS0 root\n") for t in (1, 5, 9)] +
+             [Sample(t, 0, "livepatch-lab: patched\n") for t in (13, 16, 19)] +
+             [Sample(t, 0, "console=ttyS0 root\n") for t in (23, 25)])
+    rec = V.RunRecord(
+        patch_name=NAME, loaded=True, windows=windows, requests=requests, probe=probe,
+        probe_expect={"before": "console=", "patched": "^livepatch-lab: patched$", "after": "console="},
+        transition={"completed": True, "seconds": 0.8, "deadline": 60},
+        unpatch={"completed": True, "seconds": 0.5, "deadline": 60},
+        revert={"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True},
+        dmesg=list(DMESG_OK), taint_before=0, taint_patched=(1 << 15) | (1 << 12) | (1 << 13),
+        taint_after=(1 << 15) | (1 << 12) | (1 << 13),
+        thresholds={"max_latency": 1.0, "latency_factor": 5.0, "max_gap": 1.0,
+                    "median_factor": 3.0, "min_median": 0.05})
+    for k, v in changes.items():
+        setattr(rec, k, v)
+    return rec
+
+
+def checks_of(rec) -> set[str]:
+    return {r.check for r in V.decide(rec).reasons}
+
+
+def test_a_clean_run_passes():
+    result = V.decide(clean_record())
+    assert result.verdict == "pass", result.reasons
+
+
+def test_a_lab_error_is_an_error_not_a_fail():
+    assert V.decide(clean_record(error="qemu vanished")).verdict == "error"
+
+
+def test_a_failed_request_fails_the_service():
+    rec = clean_record()
+    rec.requests[150] = Req(15.0, None, None, "connection reset")
+    assert checks_of(rec) == {"service"}
+
+
+def test_a_stall_in_the_apply_window_fails_the_service():
+    rec = clean_record()
+    rec.requests = [r if not 10 <= r.intended < 11.5 else Req(r.intended, 11.6) for r in rec.requests]
+    reasons = [r.message for r in V.decide(rec).reasons]
+    assert any("apply window: max latency" in m for m in reasons)
+    assert any("without a response" in m for m in reasons)
+
+
+def test_added_latency_while_patched_fails_the_service_by_its_median():
+    rec = clean_record()
+    rec.requests = [Req(r.intended, r.done + (0.15 if 12 <= r.intended < 20 else 0)) for r in rec.requests]
+    msgs = [r.message for r in V.decide(rec).reasons if r.check == "service"]
+    assert any("patched window: median latency" in m for m in msgs)
+
+
+def test_a_probe_that_does_not_show_the_patch_fails_the_probe():
+    rec = clean_record()
+    rec.probe = [Sample(s.t, s.rc, "console=ttyS0 root\n") for s in rec.probe]
+    assert "probe" in checks_of(rec)
+
+
+def test_a_probe_not_back_to_the_old_output_fails_the_revert_when_no_after_pattern_is_given():
+    rec = clean_record(probe_expect={"patched": "patched"})
+    rec.probe[-1] = Sample(25, 0, "livepatch-lab: patched\n")
+    assert checks_of(rec) == {"revert"}
+
+
+@pytest.mark.parametrize("line, kind", [
+    ("[ 12.0] BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops"),
+    ("[ 12.0] WARNING: CPU: 1 PID: 300 at lab_warn.c:20 livepatch_cmdline_proc_show+0x1a/0x40", "warning"),
+    ("[ 12.0] livepatch: failed to enable patch 'lab_good'", "livepatch-trouble"),
+    ("[ 12.0] Call Trace:", "call-trace"),
+    ("[ 12.0] INFO: task cat:123 blocked for more than 120 seconds.", "hung-task"),
+])
+def test_an_alarming_kernel_line_fails_the_dmesg(line, kind):
+    rec = clean_record(dmesg=DMESG_OK[:3] + [line] + DMESG_OK[3:])
+    reasons = [r for r in V.decide(rec).reasons if r.check == "dmesg"]
+    assert reasons and reasons[0].message.startswith(kind)
+
+
+def test_a_missing_or_reordered_livepatch_line_fails_the_dmesg():
+    rec = clean_record(dmesg=[l for l in DMESG_OK if "patching complete" not in l])
+    assert any("patching complete" in r.message for r in V.decide(rec).reasons)
+    swapped = list(DMESG_OK)
+    swapped[2], swapped[3] = swapped[3], swapped[2]
+    assert "dmesg" in checks_of(clean_record(dmesg=swapped))
+
+
+def test_a_console_oops_fails_the_dmesg_even_when_dmesg_never_saw_it():
+    rec = clean_record(console_findings=[Finding("oops", False, "Oops: 0000 [#1] PREEMPT SMP", 400)])
+    assert checks_of(rec) == {"dmesg"}
+
+
+def test_taint_must_be_exactly_what_a_livepatch_implies():
+    assert "taint" in checks_of(clean_record(taint_patched=(1 << 12)))          # no K
+    rec = clean_record(taint_after=(1 << 15) | (1 << 9))                        # W appeared
+    msgs = [r.message for r in V.decide(rec).reasons if r.check == "taint"]
+    assert msgs == ["W: kernel issued a warning"]
+    assert checks_of(clean_record(taint_before=1 << 9, taint_after=(1 << 15) | (1 << 9))) == set()
+
+
+def test_a_stalled_transition_names_the_tasks():
+    rec = clean_record(transition={"completed": False, "seconds": 9, "deadline": 9,
+                                   "stragglers": ["lab_sleeper (pid 77, tid 77) at lab_target_sleep"]},
+                       revert={"disabled": True, "rmmod_rc": 0})
+    msgs = [r.message for r in V.decide(rec).reasons if r.check == "transition"]
+    assert msgs and "lab_sleeper" in msgs[0]
+
+
+def test_a_forced_transition_is_flagged_as_never_unloadable():
+    rec = clean_record(transition={"completed": True, "forced": True, "seconds": 9, "deadline": 9})
+    assert any("can never be unloaded" in r.message for r in V.decide(rec).reasons)
+
+
+def test_a_module_that_cannot_be_removed_fails_the_revert():
+    rec = clean_record(revert={"disabled": True, "rmmod_rc": 1, "rmmod_err": "ERROR: Module lab_pinned is in use",
+                               "sysfs_gone": True, "module_gone": False})
+    msgs = [r.message for r in V.decide(rec).reasons if r.check == "revert"]
+    assert any("rmmod failed" in m and "in use" in m for m in msgs)
+    assert any("still in /proc/modules" in m for m in msgs)
