@@ -78,10 +78,11 @@ def state(guest, name: str, timeout: float) -> dict[str, Optional[int]]:
 
 def wait_transition(guest, name: str, deadline_s: float) -> tuple[bool, float]:
     """Wait in the guest until the patch leaves transition; (completed, seconds waited)."""
-    # bash's SECONDS: no fork per poll
+    # bash's SECONDS, and a slow poll: under TCG each `sleep` is a fork+exec that loads the
+    # very guest whose service is being measured
     script = (f"f={SYSFS}/{_q(name)}/transition; SECONDS=0; "
               f"while read -r t 2>/dev/null < $f && [ \"$t\" = 1 ]; do "
-              f"[ $SECONDS -ge {int(deadline_s) + 1} ] && {{ echo stalled; exit 0; }}; sleep 0.05; done; echo done")
+              f"[ $SECONDS -ge {int(deadline_s) + 1} ] && {{ echo stalled; exit 0; }}; sleep 0.2; done; echo done")
     start = time.monotonic()
     out = guest.run(script, deadline_s + 15).stdout.strip()
     return out.endswith("done"), time.monotonic() - start
