@@ -234,8 +234,11 @@ def _patch_transition(sc: Scenario, guest, name: str, t, events: _Timeline, rec:
     rec.transition["stragglers"] = stuck
     events("transition-stalled", seconds=round(secs, 3), stragglers=stuck)
     if sc.on_stall == "signal":
-        livepatch.signal_stragglers(guest, name, t.command)
-        done, more = livepatch.wait_transition(guest, name, deadline)
+        extra = deadline
+        if not livepatch.signal_stragglers(guest, name, t.command):
+            extra = max(deadline, livepatch.KERNEL_SIGNALS_AFTER * t.transition / 20.0)
+            log.info("this kernel signals stragglers itself; waiting %.0f s more", extra)
+        done, more = livepatch.wait_transition(guest, name, extra)
         rec.transition.update(completed=done, signaled=True, seconds=round(secs + more, 3))
         events("signaled", completed=done)
     elif sc.on_stall == "force":

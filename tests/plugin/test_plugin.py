@@ -42,3 +42,37 @@ def test_kernel_names_default_to_every_defined_kernel(pytester: pytest.Pytester)
             assert lab_kernel_names == ["debian-6.1"]
     """)
     pytester.runpytest("--lab-kernel", "debian-6.1").assert_outcomes(passed=1)
+
+
+SCENARIO = """
+name: demo
+patch:
+  source: patch
+"""
+
+
+def _scenario_dir(pytester: pytest.Pytester, text: str = SCENARIO) -> None:
+    pytester.mkdir("patch")
+    pytester.path.joinpath("demo.yaml").write_text(text)
+    pytester.path.joinpath("other.yaml").write_text("just: some config\n")
+
+
+def test_scenario_files_collect_one_item_per_kernel(pytester: pytest.Pytester):
+    _scenario_dir(pytester)
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["demo.yaml::demo[[]debian-5.10]", "demo.yaml::demo[[]debian-6.1]",
+                                 "demo.yaml::demo[[]debian-6.12]", "demo.yaml::demo[[]debian-7]"])
+    assert "other.yaml" not in result.stdout.str()
+
+
+def test_the_kernel_option_narrows_the_matrix(pytester: pytest.Pytester):
+    _scenario_dir(pytester)
+    result = pytester.runpytest("--collect-only", "-q", "--lab-kernel", "debian-6.12")
+    result.stdout.fnmatch_lines(["demo.yaml::demo[[]debian-6.12]", "1 test collected*"])
+
+
+def test_a_broken_scenario_is_a_collection_error_naming_file_line_and_field(pytester: pytest.Pytester):
+    _scenario_dir(pytester, SCENARIO + "timeline:\n  baseline: soon\n")
+    result = pytester.runpytest("--collect-only", "-q")
+    assert result.ret != 0
+    result.stdout.fnmatch_lines(["*demo.yaml:6 [[]timeline.baseline]: must be a number*"])

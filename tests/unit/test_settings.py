@@ -100,7 +100,8 @@ def test_the_whole_cache_lives_below_cache_dir(tmp_path):
     assert not (tmp_path / "cache").exists()   # naming the layout creates nothing
 
 
-GUEST_SIDE = {"first_console", "boot", "ssh_connect", "command", "poweroff"}
+GUEST_SIDE = {"first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
+              "service_start", "service_stop", "probe_command"}
 
 
 def test_scaled_stretches_only_the_guest_side_deadlines():
