@@ -48,9 +48,10 @@ def test_kvm_uses_the_host_cpu():
     assert values(cmd, "-accel") == ["kvm"] and values(cmd, "-cpu") == ["host"]
 
 
-def test_tcg_is_multithreaded_emulation_and_never_mentions_kvm():
+def test_tcg_is_single_threaded_emulation_and_never_mentions_kvm():
+    # MTTCG races with the kernel's int3 text patching (a stale int3 oopses the guest)
     cmd = command("tcg")
-    assert values(cmd, "-accel") == ["tcg,thread=multi"] and values(cmd, "-cpu") == ["max"]
+    assert values(cmd, "-accel") == ["tcg,thread=single"] and values(cmd, "-cpu") == ["max"]
     assert not any("kvm" in arg for arg in cmd)
 
 
