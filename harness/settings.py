@@ -37,6 +37,9 @@ class Timeouts:
     command: float = 60.0         # a guest command, unless the caller says otherwise
     poweroff: float = 8.0         # guest poweroff -> QEMU exits
     transition: float = 20.0      # a livepatch (un)patching transition completes
+    service_start: float = 10.0   # workload: a started service answers its first request from the host
+    service_stop: float = 5.0     # workload: service/stress/probe ends after SIGTERM (then SIGKILL)
+    probe_command: float = 10.0   # workload: one run of the probe command (then killed, rc 124)
     # host side: never scaled
     kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
     qmp: float = 5.0              # QMP socket up / one QMP command answered
@@ -46,8 +49,11 @@ class Timeouts:
     download: float = 900.0
     image_build: float = 1200.0
     lock: float = 1800.0          # waiting for another process's fetch or build
+    http_load_cap: float = 3600.0  # workload: an HttpLoad never stopped ends by itself after this
+    loopback_connect: float = 0.05  # workload: one connect to a host forward; slower = SYN dropped: anew
 
-    SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition")
+    SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
+              "service_start", "service_stop", "probe_command")
 
     def scaled(self, factor: float) -> "Timeouts":
         return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})

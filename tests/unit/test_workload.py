@@ -1,0 +1,630 @@
+"""The workload: statistics, the probe log, the open-loop HTTP load, and the guest-side scripts.
+
+HttpLoad runs against in-process HTTP servers on 127.0.0.1:0; the guest-side
+functions run their real shell scripts on this host through ``LocalGuest``
+(``bash -c``, as the guest's sshd runs root's commands), with ``GUEST_DIR`` in
+a temporary directory.
+"""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import socketserver
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+
+from harness import workload as w
+from harness.errors import ConfigError, DeadlineExceeded, GuestCommandError
+from harness.guest import Result
+from harness.settings import Timeouts
+
+T0 = 1_800_000_000.0
+
+
+def approx(x, abs=1e-6):
+    """Epoch-sized floats carry ~1e-7 s of rounding."""
+    return pytest.approx(x, abs=abs)
+
+
+def req(seq: int, intended: float, latency: Optional[float] = 0.01, status: Optional[int] = 200,
+        error: Optional[str] = None) -> w.Request:
+    done = None if latency is None else intended + latency
+    return w.Request(seq, intended, intended, done, status, error)
+
+
+# Request ------------------------------------------------------------------------
+def test_latency_counts_from_the_intended_time_not_the_sent_time():
+    r = w.Request(0, T0, T0 + 0.5, T0 + 0.6, 200, None)
+    assert r.latency == approx(0.6)
+    assert r.ok
+
+
+def test_what_counts_as_ok():
+    assert not w.Request(0, T0, T0, None, None, "overload").ok
+    assert w.Request(0, T0, T0, None, None, "overload").latency is None
+    assert not req(0, T0, status=500).ok
+    assert req(0, T0, status=302).ok
+    assert not req(0, T0, status=None, error="timeout").ok
+
+
+# window_stats -------------------------------------------------------------------
+def test_an_empty_window_has_no_statistics():
+    empty = w.WindowStats(0, 0, None, None, None, None)
+    assert w.window_stats([], T0, T0 + 10) == empty
+    outside = [req(0, T0 - 1), req(1, T0 + 10)]   # before, and exactly at the (open) end
+    assert w.window_stats(outside, T0, T0 + 10) == empty
+
+
+def test_steady_responses():
+    rs = [req(i, T0 + i * 0.1, latency=0.02) for i in range(100)]
+    st = w.window_stats(rs, T0, T0 + 10)
+    assert (st.count, st.failed) == (100, 0)
+    assert st.max_latency == st.p50 == st.p99 == approx(0.02)
+    assert st.longest_gap == approx(0.1)
+
+
+def test_window_is_half_open_on_intended_time():
+    rs = [req(0, T0), req(1, T0 + 1), req(2, T0 + 2)]
+    assert w.window_stats(rs, T0, T0 + 2).count == 2
+    assert w.window_stats(rs, T0 + 1, T0 + 3).count == 2
+
+
+def test_percentiles_are_nearest_rank():
+    rs = [req(i, T0 + i * 0.01, latency=(i + 1) / 1000) for i in range(100)]   # 1..100 ms
+    st = w.window_stats(reversed(rs), T0, T0 + 1)
+    assert st.p50 == approx(0.050)
+    assert st.p99 == approx(0.099)
+    assert st.max_latency == approx(0.100)
+    one = w.window_stats([req(0, T0, latency=0.3)], T0, T0 + 1)
+    assert one.p50 == one.p99 == one.max_latency == approx(0.3)
+
+
+def test_gap_at_the_window_start():
+    # the first success completes 2 s into the window: 2 s without a response
+    rs = [req(0, T0 + 0.1, latency=1.9)] + [req(i, T0 + 2 + i * 0.1) for i in range(1, 20)]
+    assert w.window_stats(rs, T0, T0 + 4).longest_gap == approx(2.0)
+
+
+def test_gap_at_the_window_end():
+    rs = [req(i, T0 + i * 0.1) for i in range(10)]           # last done at T0 + 0.91
+    st = w.window_stats(rs, T0, T0 + 5)
+    assert st.longest_gap == approx(5 - 0.91)
+
+
+def test_a_completion_after_the_window_end_leaves_no_negative_gap():
+    rs = [req(0, T0, latency=0.1), req(1, T0 + 0.5, latency=0.9)]   # done at T0 + 1.4
+    assert w.window_stats(rs, T0, T0 + 1).longest_gap == approx(1.3)   # 0.1 -> 1.4
+    rs = [req(i, T0 + i * 0.1, latency=0.05) for i in range(10)]
+    assert w.window_stats(rs, T0, T0 + 0.95).longest_gap == approx(0.1)
+
+
+def test_gap_in_the_middle_and_out_of_order_completions():
+    rs = [req(0, T0, 0.01), req(1, T0 + 0.1, 0.01),
+          req(2, T0 + 0.2, 1.5),     # completes at 1.7, after the later ones
+          req(3, T0 + 0.3, 0.01), req(4, T0 + 1.5, 0.4)]   # 0.31 -> 1.7 is the gap
+    st = w.window_stats(rs, T0, T0 + 1.9)
+    assert st.longest_gap == approx(1.7 - 0.31)
+    assert st.max_latency == approx(1.5)
+
+
+def test_failures_count_but_have_no_latency():
+    rs = [req(0, T0, 0.01), req(1, T0 + 0.1, latency=2.0, status=None, error="timeout"),
+          w.Request(2, T0 + 0.2, T0 + 0.2, None, None, "overload"),
+          req(3, T0 + 0.3, latency=0.05, status=503), req(4, T0 + 0.4, 0.02)]
+    st = w.window_stats(rs, T0, T0 + 1)
+    assert (st.count, st.failed) == (5, 3)
+    assert st.max_latency == approx(0.02)     # not the timeout's 2 s
+    assert st.longest_gap == approx(0.58)     # 0.42 -> window end at 1.0
+
+
+def test_a_window_of_only_failures_is_one_gap():
+    rs = [req(i, T0 + i * 0.1, latency=2.0, status=None, error="timeout") for i in range(10)]
+    st = w.window_stats(rs, T0, T0 + 1)
+    assert (st.count, st.failed) == (10, 10)
+    assert st.max_latency is st.p50 is st.p99 is None
+    assert st.longest_gap == approx(1.0)
+
+
+# parse_probe_log ------------------------------------------------------------------
+def record(t: float, rc: int, output: bytes) -> str:
+    return f"{t:.6f} {rc} {base64.b64encode(output).decode()}\n"
+
+
+def test_probe_records_are_parsed():
+    text = record(T0, 0, b"hello\n") + record(T0 + 0.5, 3, b"line 1\nline 2\n\nlast")
+    samples = w.parse_probe_log(text)
+    assert samples == [w.ProbeSample(approx(T0), 0, "hello\n"),
+                       w.ProbeSample(approx(T0 + 0.5), 3, "line 1\nline 2\n\nlast")]
+
+
+def test_binary_and_empty_output():
+    text = (record(T0, 0, b"\x00\xff\xfe binary \x80\n") + record(T0 + 1, 1, b"")
+            + f"{T0 + 2:.6f} 2\n")   # an empty output written without its separator
+    samples = w.parse_probe_log(text)
+    assert [s.rc for s in samples] == [0, 1, 2]
+    assert samples[0].output == "\x00\ufffd\ufffd binary \ufffd\n"
+    assert samples[1].output == samples[2].output == ""
+
+
+def test_an_unfinished_last_line_is_dropped_even_when_it_decodes():
+    whole = record(T0, 0, b"abcdef")
+    cut = record(T0 + 1, 0, b"abcdefgh")[:-5]   # still valid base64, of a truncated output
+    assert base64.b64decode(cut.split()[2], validate=True)
+    assert w.parse_probe_log(whole + cut) == w.parse_probe_log(whole)
+    assert w.parse_probe_log(whole + "1800000001.0") == w.parse_probe_log(whole)
+    assert w.parse_probe_log("") == []
+
+
+def test_malformed_lines_are_skipped_with_a_warning(caplog):
+    text = (record(T0, 0, b"a") + "garbage\n" + f"{T0} x Zm9v\n" + f"{T0} 0 !!notbase64\n"
+            + "nan 0 \n" + record(T0 + 1, 0, b"b"))
+    assert [s.output for s in w.parse_probe_log(text)] == ["a", "b"]
+    assert "4 malformed" in caplog.text
+
+
+# clock_offset -----------------------------------------------------------------------
+class ClockGuest:
+    """Answers the clock command with host time + offset, after a given delay per call."""
+
+    def __init__(self, offset: float, delays: list[float]):
+        self.offset, self.delays, self.commands = offset, list(delays), []
+
+    def run(self, command, timeout=None, *, check=False, stdin=None):
+        self.commands.append(command)
+        delay = self.delays.pop(0)
+        time.sleep(delay / 2)
+        now = time.time() + self.offset
+        time.sleep(delay / 2)
+        return Result(command, 0, f"{now:.6f}\n", "", delay)
+
+
+def test_clock_offset_uses_the_fastest_round_trip():
+    g = ClockGuest(-0.97, [0.2, 0.05, 0.3, 0.002, 0.1])
+    offset, uncertainty = w.measure_clock(g, 5)
+    assert offset == approx(-0.97, abs=0.003)
+    assert uncertainty < 0.01
+    assert len(g.commands) == 5 and "date +%s.%N" in g.commands[0]
+    assert w.clock_offset(ClockGuest(12.5, [0.01] * 3), samples=3) == approx(12.5, abs=0.01)
+
+
+# in-process HTTP servers ---------------------------------------------------------------
+class Server:
+    """A threaded HTTP/1.0 server on 127.0.0.1:0; ``behave(n)`` runs before answer n."""
+
+    def __init__(self, behave: Optional[Callable[[int], Optional[bytes]]] = None, backlog: int = 128):
+        owner = self
+        self.count = 0
+        self.lock = threading.Lock()
+        self.release = threading.Event()   # set at teardown: handlers that hold, stop holding
+        self.behave = behave or (lambda n: None)
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = self.request.recv(4096)
+                    if not chunk:
+                        return
+                    data += chunk
+                with owner.lock:
+                    n, owner.count = owner.count, owner.count + 1
+                answer = owner.behave(n)
+                if answer is None:
+                    answer = b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
+                try:
+                    self.request.sendall(answer)
+                except OSError:
+                    pass
+
+        class TCPServer(socketserver.ThreadingTCPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            request_queue_size = backlog
+
+        self.server = TCPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def servers():
+    made = []
+
+    def make(*args, **kwargs) -> Server:
+        made.append(Server(*args, **kwargs))
+        return made[-1]
+    yield make
+    for s in made:
+        s.close()
+
+
+def run_load(port: int, seconds: float, tmp_path: Path, stop_timeout: float = 3.0, **spec) -> tuple:
+    load = w.HttpLoad("127.0.0.1", port, w.ServiceSpec(**spec), tmp_path / "requests.jsonl")
+    load.start()
+    time.sleep(seconds)
+    return load, load.stop(stop_timeout)
+
+
+def test_a_steady_rate_is_kept_and_every_request_logged(servers, tmp_path):
+    srv = servers()
+    load, rs = run_load(srv.port, 2.0, tmp_path, rate=50)
+    assert 95 <= len(rs) <= 102
+    assert [r.seq for r in rs] == list(range(len(rs)))
+    assert all(r.ok and r.status == 200 and r.error is None for r in rs)
+    gaps = [b.intended - a.intended for a, b in zip(rs, rs[1:])]
+    assert all(g == approx(0.02, abs=1e-6) for g in gaps)       # the schedule is exact
+    lateness = sorted(r.sent - r.intended for r in rs)
+    assert lateness[0] >= 0 and lateness[len(rs) // 2] < 0.02          # and is kept
+    assert abs(rs[0].intended - time.time()) < 10                       # host epoch seconds
+    logged = w.load_requests(tmp_path / "requests.jsonl")
+    assert logged == rs
+    lines = (tmp_path / "requests.jsonl").read_text().splitlines()
+    assert set(json.loads(lines[0])) == {"seq", "intended", "sent", "done", "status", "error"}
+    assert load.cpu_seconds is not None and load.cpu_seconds < 2.0
+
+
+def test_a_stalled_server_shows_its_stall_in_latency_and_gap(servers, tmp_path):
+    # The server answers nothing from 0.5 s to 1.5 s, then everything at once: requests keep
+    # being sent on schedule, and those due during the stall wait for its end.
+    stall = time.monotonic() + 0.5
+
+    def behave(n):
+        t = time.monotonic()
+        if stall <= t < stall + 1.0:
+            time.sleep(stall + 1.0 - t)
+        return None
+
+    srv = servers(behave)
+    load, rs = run_load(srv.port, 2.5, tmp_path, rate=20)
+    assert all(r.ok for r in rs)
+    assert max(r.sent - r.intended for r in rs) < 0.1                    # open loop: never held back
+    st = w.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
+    assert st.max_latency >= 0.9
+    assert st.longest_gap >= 0.9
+    during = [r for r in rs if r.latency > 0.2]
+    assert len(during) >= 15                                             # ~20 requests due in the stall
+    lat = [r.latency for r in sorted(during, key=lambda r: r.seq)]
+    assert lat == sorted(lat, reverse=True)                              # the later due, the less waited
+
+
+def test_a_slow_server_makes_latency_count_from_the_intended_time(servers, tmp_path):
+    # One answer at a time, 0.15 s each, at 10 requests/s: a queue builds, and latency
+    # (from the intended time) grows with it, while the sent times keep the schedule.
+    gate = threading.Lock()
+
+    def behave(n):
+        with gate:
+            time.sleep(0.15)
+        return None
+
+    srv = servers(behave)
+    load, rs = run_load(srv.port, 1.5, tmp_path, rate=10, timeout=5)
+    ok = [r for r in rs if r.ok]
+    assert len(ok) == len(rs) >= 14
+    assert max(r.sent - r.intended for r in rs) < 0.1
+    assert ok[-1].latency > ok[0].latency + 0.5
+    assert ok[-1].latency > 0.15 * len(ok) - 0.1 * (len(ok) - 1) - 0.05
+
+
+def test_requests_past_the_concurrency_bound_are_failed_as_overload(servers, tmp_path):
+    srv = servers(lambda n: (srv.release.wait(1.0), None)[1])
+    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20, timeout=3), tmp_path / "r.jsonl",
+                      max_inflight=3)
+    load.start()
+    time.sleep(1.0)
+    rs = load.stop(3.0)
+    assert [r.seq for r in rs] == list(range(len(rs)))                  # nothing skipped
+    over = [r for r in rs if r.error == "overload"]
+    assert len(over) >= len(rs) - 6 >= 10
+    assert all(r.done is None and r.status is None and r.latency is None for r in over)
+    assert all(r.sent - r.intended < 0.1 for r in over)                  # failed when due
+    assert sum(r.ok for r in rs) >= 3
+    st = w.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
+    assert st.failed == len(over)
+    logged = w.load_requests(tmp_path / "r.jsonl")
+    assert sum(r.error == "overload" for r in logged) == len(over)
+
+
+def test_a_request_ends_at_its_timeout(servers, tmp_path):
+    srv = servers(lambda n: (srv.release.wait(10), None)[1])
+    load, rs = run_load(srv.port, 0.3, tmp_path, stop_timeout=3.0, rate=10, timeout=0.5)
+    assert rs and all(r.error == "timeout" and r.status is None for r in rs)
+    assert all(0.45 < r.done - r.sent < 0.8 for r in rs)
+
+
+def test_stop_is_bounded_and_cancels_what_is_still_in_flight(servers, tmp_path):
+    srv = servers(lambda n: (srv.release.wait(30), None)[1])
+    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20, timeout=20), tmp_path / "r.jsonl")
+    load.start()
+    time.sleep(0.5)
+    t = time.monotonic()
+    rs = load.stop(timeout=0.5)
+    assert time.monotonic() - t < 2.0
+    assert rs and all(r.error == "stopped" and r.done is not None for r in rs)
+    assert load.stop(timeout=0.1) == rs                                   # a second stop is harmless
+
+
+def test_stop_waits_for_requests_in_flight_within_their_timeout(servers, tmp_path):
+    srv = servers(lambda n: (time.sleep(0.3), None)[1])
+    load, rs = run_load(srv.port, 0.5, tmp_path, stop_timeout=3.0, rate=20, timeout=2)
+    assert rs and all(r.ok for r in rs)
+
+
+def test_the_load_ends_by_itself_at_its_cap(servers, tmp_path):
+    srv = servers()
+    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20), tmp_path / "r.jsonl",
+                      max_duration=0.5)
+    load.start()
+    time.sleep(1.2)
+    assert not load._thread.is_alive()
+    assert len(load.requests) == 10
+    assert len(load.stop(1.0)) == 10
+
+
+def test_stop_before_start_and_requests_while_running(servers, tmp_path):
+    srv = servers()
+    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20), tmp_path / "r.jsonl")
+    assert load.stop(0.1) == []
+    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20), tmp_path / "r.jsonl")
+    load.start()
+    time.sleep(0.5)
+    snapshot = load.requests
+    assert 5 <= len(snapshot) <= 12
+    with pytest.raises(RuntimeError):
+        load.start()
+    assert len(load.stop(2.0)) >= len(snapshot)
+
+
+def test_a_full_accept_queue_costs_the_accept_delay_not_a_syn_timeout(tmp_path):
+    # Like QEMU's host forward: listen(backlog=1), and an acceptor that pauses 0.3 s
+    # every 0.6 s. The kernel drops SYNs meanwhile and would resend them after 1 s.
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(1)
+    ls.settimeout(0.05)
+    done = threading.Event()
+
+    def serve(c):
+        with c:
+            c.settimeout(2)
+            try:
+                c.recv(4096)
+                c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n")
+            except OSError:
+                pass
+
+    def acceptor():
+        t0 = time.monotonic()
+        while not done.is_set():
+            if (time.monotonic() - t0) % 0.6 > 0.3:
+                time.sleep(0.3)
+            try:
+                c, _ = ls.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(c,), daemon=True).start()
+
+    th = threading.Thread(target=acceptor, daemon=True)
+    th.start()
+    try:
+        load, rs = run_load(ls.getsockname()[1], 3.0, tmp_path, rate=30, timeout=3)
+    finally:
+        done.set()
+        th.join(2)
+        ls.close()
+    assert all(r.ok for r in rs)
+    assert max(r.latency for r in rs) < 0.8
+
+
+def test_connection_errors_are_recorded(tmp_path, servers):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]          # nothing listens here once closed
+    load, rs = run_load(port, 0.3, tmp_path, rate=10, timeout=1)
+    assert rs and all(r.error == "refused" and r.done is not None for r in rs)
+    srv = servers(lambda n: b"SSH-2.0-nope\r\n\r\n")
+    load, rs = run_load(srv.port, 0.3, tmp_path, rate=10, timeout=1)
+    assert rs and all(r.error.startswith("bad response") for r in rs)
+    srv = servers(lambda n: b"HTTP/1.0 503 Busy\r\n\r\n")
+    load, rs = run_load(srv.port, 0.3, tmp_path, rate=10, timeout=1)
+    assert rs and all(r.status == 503 and r.error is None and not r.ok for r in rs)
+
+
+@pytest.mark.parametrize("host", ["10.0.2.15", "192.168.1.1", "localhost", "example.com", "0.0.0.0"])
+def test_load_goes_to_loopback_addresses_only(host, tmp_path):
+    with pytest.raises(ConfigError, match="loopback"):
+        w.HttpLoad(host, 80, w.ServiceSpec(), tmp_path / "r.jsonl")
+    with pytest.raises(ConfigError):
+        w.http_get(host, 80, "/", 1.0)
+
+
+@pytest.mark.parametrize("field,value", [("rate", 0), ("rate", float("inf")), ("timeout", -1),
+                                         ("port", 0), ("port", 70000), ("path", "x"),
+                                         ("path", "/a b")])
+def test_bad_service_specs_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        w.ServiceSpec(**{field: value})
+    with pytest.raises(ConfigError):
+        w.ProbeSpec("true", interval=0)
+
+
+# guest-side scripts, run on this host -------------------------------------------------------
+class LocalGuest:
+    """Runs 'guest' commands on this host with bash (root's shell in the guest), ports as they are."""
+
+    def __init__(self, timeouts: Timeouts):
+        self.timeouts = timeouts
+
+    def run(self, command, timeout=None, *, check=False, stdin=None):
+        timeout = self.timeouts.command if timeout is None else timeout
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        t = time.monotonic()
+        p = subprocess.run(["bash", "-c", command], input=data, capture_output=True, timeout=timeout)
+        res = Result(command, p.returncode, p.stdout.decode(errors="replace"),
+                     p.stderr.decode(errors="replace"), time.monotonic() - t)
+        if check and res.rc:
+            raise GuestCommandError(command, res.rc, res.stdout, res.stderr)
+        return res
+
+    def host_port(self, port):
+        return port
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def group_alive(pidfile: Path) -> bool:
+    try:
+        os.killpg(int(pidfile.read_text()), 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    if not all(shutil.which(t) for t in ("bash", "setsid", "timeout", "base64", "mkfifo")):
+        pytest.skip("needs bash, setsid, timeout, base64, mkfifo")
+    d = tmp_path / "lab"
+    monkeypatch.setattr(w, "GUEST_DIR", str(d))
+    guest = LocalGuest(dataclasses.replace(Timeouts(), service_start=5.0, service_stop=2.0,
+                                           probe_command=1.0, command=20.0))
+    yield guest, d
+    for name in ("service", "stress", "probe"):   # never leave a process behind
+        if (d / f"{name}.pid").exists():
+            w._stop_detached(guest, name, 1.0)
+
+
+def test_the_probe_loop_records_every_run_with_its_status_and_output(local):
+    guest, d = local
+    cmd = "printf 'one\\ntwo\\n'; printf '\\000\\377'; echo err >&2; exit $(( $$ % 2 ))"
+    w.start_probe(guest, w.ProbeSpec(cmd, interval=0.2))
+    time.sleep(1.5)
+    t = time.monotonic()
+    samples = w.stop_probe(guest)
+    assert time.monotonic() - t < 1.5
+    assert not group_alive(d / "probe.pid") and not (d / "probe.pid").exists()
+    assert 6 <= len(samples) <= 9
+    assert {s.rc for s in samples} <= {0, 1}
+    assert all(s.output == "one\ntwo\n\x00\ufffderr\n" for s in samples)
+    spacing = [b.t - a.t for a, b in zip(samples, samples[1:])]
+    assert statistics.median(spacing) == approx(0.2, abs=0.03)
+    assert abs(samples[0].t - time.time()) < 5
+    again = w.stop_probe(guest)        # stopped already: the log is still there
+    assert again == samples
+
+
+def test_a_hung_probe_run_is_killed_and_recorded(local):
+    guest, d = local
+    w.start_probe(guest, w.ProbeSpec("echo start; sleep 31.25", interval=0.2))
+    time.sleep(1.6)
+    samples = w.stop_probe(guest)
+    assert samples and samples[0].rc == 124 and samples[0].output == "start\n"
+    assert samples[1].t - samples[0].t == approx(1.0, abs=0.3)   # the next run at once
+    time.sleep(0.2)
+    left = subprocess.run(["pgrep", "-f", "sleep 31.25"], capture_output=True, text=True).stdout
+    assert left == ""
+
+
+def test_a_probe_needs_a_command(local):
+    guest, _ = local
+    with pytest.raises(ConfigError, match="command"):
+        w.start_probe(guest, w.ProbeSpec(None))
+
+
+def fetch_body(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        assert resp.status == 200
+        return resp.read().decode()
+
+
+def test_the_default_server_serves_a_file_fresh_per_request(local, tmp_path):
+    guest, d = local
+    served = tmp_path / "served"
+    served.write_text("first\n")
+    spec = w.ServiceSpec(port=free_port())
+    w.start_service(guest, spec, serve_file=str(served))
+    try:
+        assert w.http_get("127.0.0.1", spec.port, "/", 2.0) == 200
+        assert fetch_body(spec.port, "/x") == "first\n"
+        served.write_text("second\n")
+        assert fetch_body(spec.port, "/") == "second\n"
+        load, rs = run_load(spec.port, 1.0, tmp_path, rate=20)
+        assert len(rs) >= 18 and all(r.ok for r in rs)
+    finally:
+        w.stop_service(guest)
+    assert not group_alive(d / "service.pid")
+    with pytest.raises(OSError):
+        w.http_get("127.0.0.1", spec.port, "/", 1.0)
+
+
+def test_the_default_server_answers_plainly_without_a_file(local, tmp_path):
+    guest, _ = local
+    spec = w.ServiceSpec(port=free_port(), path="/health")
+    w.start_service(guest, spec)
+    try:
+        assert w.http_get("127.0.0.1", spec.port, "/anything", 2.0) == 200
+    finally:
+        w.stop_service(guest)
+
+
+def test_a_service_that_exits_fails_at_once_with_its_log(local):
+    guest, _ = local
+    spec = w.ServiceSpec(port=free_port(), command="echo cannot bind here >&2; exit 3")
+    t = time.monotonic()
+    with pytest.raises(GuestCommandError) as err:
+        w.start_service(guest, spec)
+    assert time.monotonic() - t < 3
+    assert err.value.rc == 3 and "cannot bind here" in err.value.stdout
+
+
+def test_a_service_that_never_answers_runs_out_its_deadline_and_is_stopped(local):
+    guest, d = local
+    spec = w.ServiceSpec(port=free_port(), command="echo waiting; sleep 60")
+    t = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="answering GET") as err:
+        w.start_service(guest, spec)
+    assert 4.5 < time.monotonic() - t < 10
+    assert "waiting" in err.value.evidence
+    assert not (d / "service.pid").exists()
+
+
+def test_stress_that_ends_at_once_is_an_error(local):
+    guest, _ = local
+    with pytest.raises(GuestCommandError, match="stress-ng"):
+        w.start_stress(guest, w.StressSpec(args="--no-such-stressor 1"))
+    w.start_stress(guest, w.StressSpec(enabled=False))   # nothing to do
+    w.stop_stress(guest)                                  # nothing running: harmless
+
+
+def test_stress_runs_detached_until_stopped(local):
+    guest, d = local
+    if not shutil.which("stress-ng"):
+        pytest.skip("stress-ng is not installed on this host")
+    w.start_stress(guest, w.StressSpec(args="--cpu 1 --cpu-load 10"))
+    assert group_alive(d / "stress.pid")
+    pid = (d / "stress.pid").read_text()
+    w.stop_stress(guest)
+    with pytest.raises(OSError):
+        os.killpg(int(pid), 0)
