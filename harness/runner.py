@@ -207,7 +207,8 @@ def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events
             rec.requests = load.stop(timeout=svc.timeout + 2)
         if sc.probe_command:
             try:
-                rec.probe = [workload.ProbeSample(s.t - offset, s.rc, s.output)
+                rec.probe = [workload.ProbeSample(s.t - offset, s.rc, s.output,
+                                                  None if s.t_end is None else s.t_end - offset)
                              for s in workload.stop_probe(guest)]
             except HarnessError as exc:
                 log.warning("probe log lost: %s", exc)

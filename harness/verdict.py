@@ -132,7 +132,8 @@ def _phase_samples(rec: RunRecord, phase: str) -> list:
     if bounds[0] not in w:
         return []
     start, end = w[bounds[0]].start, w[bounds[1]].end
-    return [s for s in rec.probe if start <= s.t < end]
+    return [s for s in rec.probe
+            if start <= s.t and (getattr(s, "t_end", None) or s.t) < end]
 
 
 def check_probe(rec: RunRecord) -> list[Reason]:

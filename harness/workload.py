@@ -132,6 +132,9 @@ class ProbeSample:
     t: float       # guest epoch seconds when the run started (microseconds)
     rc: int        # the command's exit status; 124 when it overran Timeouts.probe_command
     output: str    # stdout and stderr together, decoded as UTF-8 (undecodable bytes replaced)
+    # When the run ended: under TCG one run can take a second, and its output may show
+    # the state at any moment in [t, t_end], so a phase owns only runs wholly inside it.
+    t_end: Optional[float] = None
 
 
 # guest-side helpers -----------------------------------------------------------
@@ -364,7 +367,7 @@ while [[ -e $d/probe.run ]]; do
     t=$EPOCHREALTIME
     timeout -k 1 "$limit" sh "$d/probe.cmd" </dev/null >"$d/probe.out" 2>&1
     rc=$?
-    printf '%s %s %s\n' "$t" "$rc" "$(base64 -w0 <"$d/probe.out")" >>"$d/probe.log"
+    printf '%s %s %s %s\n' "$t" "$rc" "$(base64 -w0 <"$d/probe.out")" "$EPOCHREALTIME" >>"$d/probe.log"
     next=$((next + step))
     now=${EPOCHREALTIME/./}
     if ((next > now)); then
@@ -416,17 +419,18 @@ def parse_probe_log(text: str) -> list[ProbeSample]:
     lines.pop()   # "" after a final newline, else an unfinished record
     samples, bad = [], 0
     for line in lines:
-        parts = line.split(" ", 2)
+        parts = line.split(" ")
         try:
             t, rc = float(parts[0]), int(parts[1])
             raw = base64.b64decode(parts[2] if len(parts) > 2 else "", validate=True)
+            t_end = float(parts[3]) if len(parts) > 3 else None
         except (IndexError, ValueError, binascii.Error):
             bad += 1
             continue
         if not math.isfinite(t):
             bad += 1
             continue
-        samples.append(ProbeSample(t, rc, raw.decode("utf-8", errors="replace")))
+        samples.append(ProbeSample(t, rc, raw.decode("utf-8", errors="replace"), t_end))
     if bad:
         log.warning("probe log: %d malformed line(s) skipped", bad)
     return samples
