@@ -73,6 +73,7 @@ class Settings:
     qemu_binary: str = "qemu-system-x86_64"
     debian_mirror: Optional[str] = None  # None: the host's own apt configuration
     tcg_factor: float = 3.0
+    runs_root: Optional[Path] = None    # None: <cache>/runs; tests give each session its own
     boot_protocol: str = "pvh"          # pvh: enter the unpacked kernel directly (see vmlinux.py)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
@@ -111,7 +112,7 @@ class Settings:
 
     @property
     def runs_dir(self) -> Path:
-        return self.cache_dir / "runs"
+        return self.runs_root or self.cache_dir / "runs"
 
     @property
     def locks_dir(self) -> Path:
@@ -125,7 +126,8 @@ class Settings:
         conv = {"CACHE": ("cache_dir", Path), "ACCEL": ("accel", str),
                 "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
                 "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),
-                "TCG_FACTOR": ("tcg_factor", float), "BOOT_PROTOCOL": ("boot_protocol", str)}
+                "TCG_FACTOR": ("tcg_factor", float), "BOOT_PROTOCOL": ("boot_protocol", str),
+                "RUNS": ("runs_root", Path)}
         for suffix, (name, kind) in conv.items():
             raw = env.get(ENV_PREFIX + suffix)
             if raw is None or raw == "":

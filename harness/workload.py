@@ -14,8 +14,8 @@ Three things keep a guest honest while a patch goes in and out:
 * **the probe** (``start_probe``): a detached shell loop in the guest that runs
   a command every ``interval`` and logs guest time, exit status and output.
 
-Everything started in the guest runs detached (its own session, so one signal to
-its process group stops all of it) with its pid and log under ``/run/lab``.
+Everything started in the guest runs detached, in a session of its own (stopped
+by signalling every process of that session), with its pid and log under ``/run/lab``.
 
 Every request gets its own TCP connection (``Connection: close``); see
 ``HttpLoad`` for why. Measured on a 2-vCPU TCG guest under the default stress
@@ -172,13 +172,13 @@ def _session_sh(name: str) -> str:
     """Shell: ``p`` = the session of ``name``; ``alive`` while a process of it lives (a zombie,
     waiting for its reaper, does not count)."""
     return f"""
-        p=$(cat {_q(_path(name + '.pid'))} 2>/dev/null)
-        alive() {{ [ -n "$p" ] && kill -0 -- "-$p" 2>/dev/null &&
-                   ps -o stat= --sid "$p" 2>/dev/null | grep -qv '^Z'; }}"""
+        p=; read -r p <{_q(_path(name + '.pid'))} 2>/dev/null
+        alive() {{ [ -n "$p" ] && ps -o stat= --sid "$p" 2>/dev/null | grep -qv '^Z'; }}"""
 
 
 def _stop_detached(guest, name: str, grace: float, before: str = "") -> bool:
-    """TERM the session of ``name``, KILL it after ``grace`` s. True if it was running.
+    """TERM every process of the session of ``name``, KILL them after ``grace`` s. True if
+    it was running.
 
     ``before`` (shell) runs first in the same round trip, once the session is
     known to be alive; ``gone`` there waits up to ``grace`` for it to end.
@@ -190,9 +190,9 @@ def _stop_detached(guest, name: str, grace: float, before: str = "") -> bool:
         rm -f {_q(_path(name + '.pid'))}
         alive || exit 4
         {before}
-        kill -TERM -- "-$p" 2>/dev/null
+        pkill -TERM -s "$p"
         gone && exit 0
-        kill -KILL -- "-$p" 2>/dev/null
+        pkill -KILL -s "$p"
         exit 5"""
     res = guest.run(script, 2 * grace + guest.timeouts.command)
     if res.rc == 5:
@@ -350,39 +350,57 @@ def stop_stress(guest) -> None:
 
 
 # the probe --------------------------------------------------------------------
-# bash, for two builtins that save a fork+exec per run (tens of ms under TCG):
-# $EPOCHREALTIME (the clock ``date +%s.%N`` reads, in microseconds) and
-# ``read -t`` on a FIFO that never delivers (a fractional sleep). The runs keep a
-# fixed rhythm: run n starts at start + n * interval; a run that overruns the
-# interval is followed at once by the next, and the rhythm restarts from there.
+# Under TCG, with the default stress, every exec costs ~100 ms, and
+# `timeout sh -c CMD` + `base64` made a run of `cat /proc/cmdline` take 0.5 s
+# (measured): too slow for a 0.5 s rhythm, and load of its own. So the loop is
+# bash, and a run costs one fork, the command's own execs and one base64:
+# * the command is sourced in a subshell, in a process group of its own (set -m),
+#   killed whole if it runs past ``limit`` (then rc 124, like timeout(1));
+# * the clock is $EPOCHREALTIME (the clock `date +%s.%N` reads, in µs), and the
+#   waits are `read -t` on a FIFO: a run's end arrives there as "rc N STATUS",
+#   and stop_probe writes "wake" to end the wait for the next run early.
+# Run n starts at start + n * interval; after a run that overruns the interval
+# the next starts at once, and the rhythm restarts from there.
 # One record per run: "<epoch seconds> <rc> <base64 of stdout+stderr, one line>".
-# timeout(1) puts the command in a process group of its own and kills all of it.
 PROBE_LOOP = r'''
 export LC_ALL=C
-d=$1 step=$2 limit=$3
+d=$1 step=$2 limit=$3           # step and limit in microseconds
 cd / || exit 1
+set -m
 rm -f "$d/probe.tick" && mkfifo "$d/probe.tick" && exec 3<>"$d/probe.tick" || exit 1
-next=${EPOCHREALTIME/./}
-while [[ -e $d/probe.run ]]; do
-    t=$EPOCHREALTIME
-    timeout -k 1 "$limit" sh "$d/probe.cmd" </dev/null >"$d/probe.out" 2>&1
-    rc=$?
-    printf '%s %s %s %s\n' "$t" "$rc" "$(base64 -w0 <"$d/probe.out")" "$EPOCHREALTIME" >>"$d/probe.log"
-    next=$((next + step))
-    now=${EPOCHREALTIME/./}
-    if ((next > now)); then
-        printf -v frac %06d $(((next - now) % 1000000))
-        read -r -t "$(((next - now) / 1000000)).$frac" -u 3
-    else
-        next=$now
-    fi
+# wait_msg END: the next message on the FIFO into $msg; false once END (µs) has passed
+wait_msg() {
+    local now=${EPOCHREALTIME/./} w
+    ((now < $1)) || return 1
+    printf -v w '%d.%06d' $((($1 - now) / 1000000)) $((($1 - now) % 1000000))
+    read -r -t "$w" -u 3 msg
+}
+n=0 woken=0 next=${EPOCHREALTIME/./}
+while [[ -e $d/probe.run ]] && ((!woken)); do
+    n=$((n + 1)) t=$EPOCHREALTIME rc=124
+    ( (. "$d/probe.cmd"); echo "rc $n $?" >&3 ) </dev/null >"$d/probe.out" 2>&1 &
+    c=$!
+    while wait_msg $((${t/./} + limit)) || { kill -KILL -- "-$c" 2>/dev/null; false; }; do
+        case $msg in
+            "rc $n "*) rc=${msg##* }; break ;;
+            wake) woken=1 ;;
+        esac
+    done
+    wait "$c" 2>/dev/null
+    printf '%s %s %s\n' "$t" "$rc" "$(base64 -w0 <"$d/probe.out")" >>"$d/probe.log"
+    next=$((next + step)) now=${EPOCHREALTIME/./}
+    ((next > now)) || next=$now
+    while ((!woken)) && wait_msg "$next"; do
+        [[ $msg == wake ]] && woken=1
+    done
 done
 '''
 
 
 def start_probe(guest, spec: ProbeSpec) -> None:
-    """Run ``spec.command`` (with ``sh``) every ``spec.interval`` s in a detached loop, whose
-    records go to probe.log; a run longer than ``Timeouts.probe_command`` is killed (rc 124)."""
+    """Run ``spec.command`` every ``spec.interval`` s in a detached loop (bash sources it in a
+    subshell); one record per run goes to probe.log. A run longer than
+    ``Timeouts.probe_command`` is killed, with all it started, and recorded with rc 124."""
     if not spec.command:
         raise ConfigError("a probe needs a command", field="probe.command")
     _stop_detached(guest, "probe", guest.timeouts.service_stop)   # a leftover loop
@@ -392,8 +410,8 @@ def start_probe(guest, spec: ProbeSpec) -> None:
               f"rm -f {_q(_path('probe.log'))} && : >{_q(_path('probe.run'))}",
               check=True, stdin=PROBE_LOOP.encode())
     step_us = max(1, round(spec.interval * 1e6))
-    limit = max(1, math.ceil(guest.timeouts.probe_command))
-    _start_detached(guest, "probe", f"exec bash {_q(_path('probe.sh'))} {_q(GUEST_DIR)} {step_us} {limit}",
+    limit_us = max(1, round(guest.timeouts.probe_command * 1e6))
+    _start_detached(guest, "probe", f"exec bash {_q(_path('probe.sh'))} {_q(GUEST_DIR)} {step_us} {limit_us}",
                     stop_first=False)
 
 

@@ -74,7 +74,8 @@ BOOT_SCRIPT = textwrap.dedent("""
 
 
 def _start_boot(tmp_path: Path, lab_settings) -> subprocess.Popen:
-    env = dict(os.environ, LIVEPATCH_LAB_CACHE=str(lab_settings.cache_dir))
+    env = dict(os.environ, LIVEPATCH_LAB_CACHE=str(lab_settings.cache_dir),
+               LIVEPATCH_LAB_RUNS=str(lab_settings.runs_dir))
     if lab_settings.accel != "auto":
         env["LIVEPATCH_LAB_ACCEL"] = lab_settings.accel
     return subprocess.Popen([sys.executable, "-c", BOOT_SCRIPT], env=env, stdout=subprocess.PIPE,

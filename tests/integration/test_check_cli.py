@@ -1,5 +1,6 @@
 """`livepatch-lab check` end to end: exit status and the JSON a CI job reads."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,18 +11,20 @@ pytestmark = [pytest.mark.vm, pytest.mark.network]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def check(tmp_path: Path, patch: str, *extra: str) -> tuple[int, dict, str]:
+def check(tmp_path: Path, settings, patch: str, *extra: str) -> tuple[int, dict, str]:
     out = tmp_path / "verdict.json"
+    env = dict(os.environ, LIVEPATCH_LAB_CACHE=str(settings.cache_dir),
+               LIVEPATCH_LAB_RUNS=str(settings.runs_dir))
     proc = subprocess.run(
         [sys.executable, "-m", "harness.cli", "check", str(REPO / "scenarios/patches" / patch),
          "--kernel", "debian-6.1", "--duration", "2", "--json", str(out),
          "--artifacts", str(tmp_path / "art"), *extra],
-        capture_output=True, text=True, cwd=REPO, timeout=600)
+        capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
     return proc.returncode, json.loads(out.read_text()), proc.stdout + proc.stderr
 
 
-def test_a_good_patch_passes_with_exit_0_and_a_complete_json(tmp_path, no_leftovers):
-    rc, doc, log = check(tmp_path, "good", "--probe", "cat /proc/cmdline",
+def test_a_good_patch_passes_with_exit_0_and_a_complete_json(tmp_path, lab_settings, no_leftovers):
+    rc, doc, log = check(tmp_path, lab_settings, "good", "--probe", "cat /proc/cmdline",
                          "--expect-patched", "^livepatch-lab: patched$")
     assert rc == 0, log
     (result,) = doc["results"]
@@ -38,8 +41,9 @@ def test_a_good_patch_passes_with_exit_0_and_a_complete_json(tmp_path, no_leftov
         assert (art / name).is_file(), name
 
 
-def test_a_patch_that_cannot_be_unloaded_fails_with_exit_1_and_says_why(tmp_path, no_leftovers):
-    rc, doc, log = check(tmp_path, "pinned")
+def test_a_patch_that_cannot_be_unloaded_fails_with_exit_1_and_says_why(tmp_path, lab_settings,
+                                                                       no_leftovers):
+    rc, doc, log = check(tmp_path, lab_settings, "pinned")
     assert rc == 1, log
     (result,) = doc["results"]
     assert result["verdict"] == "fail"

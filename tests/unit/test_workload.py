@@ -547,6 +547,16 @@ def test_a_hung_probe_run_is_killed_and_recorded(local):
     assert left == ""
 
 
+def test_probe_exit_statuses_and_a_quick_stop_between_runs(local):
+    guest, d = local
+    w.start_probe(guest, w.ProbeSpec("trap 'echo bye' EXIT; echo $((7 * 6)); exit 3", interval=30))
+    time.sleep(0.8)                       # one run, then 30 s until the next
+    t = time.monotonic()
+    samples = w.stop_probe(guest)
+    assert time.monotonic() - t < 1.5     # the wait for the next run is woken, not waited out
+    assert [(s.rc, s.output) for s in samples] == [(3, "42\nbye\n")]
+
+
 def test_a_probe_needs_a_command(local):
     guest, _ = local
     with pytest.raises(ConfigError, match="command"):
