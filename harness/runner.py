@@ -165,16 +165,15 @@ def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events
     console_from = len(guest.machine.console.lines)
     livepatch.mark_kmsg(guest, marker, t.command)
 
+    if sc.probe_command:  # first, so its first (slow, under TCG) runs precede the baseline
+        workload.start_probe(guest, workload.ProbeSpec(sc.probe_command, sc.probe_interval or 0.5))
     load = None
     if sc.service_enabled:
-        spec = svc if not sc.serve_file else svc  # the file is passed through the service env
-        workload.start_service(guest, spec, serve_file=sc.serve_file)
+        workload.start_service(guest, svc, serve_file=sc.serve_file)
         load = workload.HttpLoad("127.0.0.1", guest.host_port(svc.port), svc, out_dir / "requests.jsonl")
     stress = workload.StressSpec(**sc.stress)
     if stress.enabled:
         workload.start_stress(guest, stress)
-    if sc.probe_command:
-        workload.start_probe(guest, workload.ProbeSpec(sc.probe_command, sc.probe_interval or 0.5))
     try:
         if load:
             load.start()

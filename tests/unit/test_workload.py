@@ -137,15 +137,21 @@ def test_a_window_of_only_failures_is_one_gap():
 
 
 # parse_probe_log ------------------------------------------------------------------
-def record(t: float, rc: int, output: bytes) -> str:
-    return f"{t:.6f} {rc} {base64.b64encode(output).decode()}\n"
+def record(t: float, rc: int, output: bytes, t_end: Optional[float] = None) -> str:
+    end = "" if t_end is None else f" {t_end:.6f}"
+    return f"{t:.6f} {rc} {base64.b64encode(output).decode()}{end}\n"
 
 
 def test_probe_records_are_parsed():
-    text = record(T0, 0, b"hello\n") + record(T0 + 0.5, 3, b"line 1\nline 2\n\nlast")
+    text = (record(T0, 0, b"hello\n", T0 + 0.1)
+            + record(T0 + 0.5, 3, b"line 1\nline 2\n\nlast", T0 + 0.75)
+            + record(T0 + 1, 0, b"", T0 + 1.25)
+            + record(T0 + 2, 0, b"no end time"))          # the older format
     samples = w.parse_probe_log(text)
-    assert samples == [w.ProbeSample(approx(T0), 0, "hello\n"),
-                       w.ProbeSample(approx(T0 + 0.5), 3, "line 1\nline 2\n\nlast")]
+    assert samples == [w.ProbeSample(approx(T0), 0, "hello\n", approx(T0 + 0.1)),
+                       w.ProbeSample(approx(T0 + 0.5), 3, "line 1\nline 2\n\nlast", approx(T0 + 0.75)),
+                       w.ProbeSample(approx(T0 + 1), 0, "", approx(T0 + 1.25)),
+                       w.ProbeSample(approx(T0 + 2), 0, "no end time", None)]
 
 
 def test_binary_and_empty_output():
@@ -531,6 +537,7 @@ def test_the_probe_loop_records_every_run_with_its_status_and_output(local):
     spacing = [b.t - a.t for a, b in zip(samples, samples[1:])]
     assert statistics.median(spacing) == approx(0.2, abs=0.03)
     assert abs(samples[0].t - time.time()) < 5
+    assert all(a.t < a.t_end <= b.t for a, b in zip(samples, samples[1:]))
     again = w.stop_probe(guest)        # stopped already: the log is still there
     assert again == samples
 
@@ -541,6 +548,7 @@ def test_a_hung_probe_run_is_killed_and_recorded(local):
     time.sleep(1.6)
     samples = w.stop_probe(guest)
     assert samples and samples[0].rc == 124 and samples[0].output == "start\n"
+    assert samples[0].t_end - samples[0].t == approx(1.0, abs=0.3)
     assert samples[1].t - samples[0].t == approx(1.0, abs=0.3)   # the next run at once
     time.sleep(0.2)
     left = subprocess.run(["pgrep", "-f", "sleep 31.25"], capture_output=True, text=True).stdout
