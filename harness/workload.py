@@ -18,12 +18,14 @@ Everything started in the guest runs detached, in a session of its own (stopped
 by signalling every process of that session), with its pid and log under ``/run/lab``.
 
 Every request gets its own TCP connection (``Connection: close``); see
-``HttpLoad`` for why. Measured on a 2-vCPU TCG guest under the default stress
-(interleaved 10 s runs at 20 requests/s, median of 4): the default server
-(python3 http.server, one thread) answers in a median of 9 ms, busybox httpd
-serving a static file 19 ms, http.server with a thread per connection 29 ms;
-a busybox CGI script (fork + exec per request) took 63 ms on an idle guest and
-timed out on half its requests under stress. Keep-alive saved about 1 ms.
+``HttpLoad`` for why. Measured on the lab's 2-vCPU guest (single-threaded TCG)
+under the default stress, interleaved 10 s runs at 20 requests/s, p50 / p99:
+the default server (python3 http.server, one thread) 20 / 40 ms; busybox httpd
+with a static file 21 / 42 ms (but it serves /proc files empty: their size is
+0); http.server with a thread per connection 27 / 65 ms; a busybox CGI script
+(fork + exec per request) 63 ms p50 on an idle guest, and half its requests
+timed out under stress. Keep-alive (pooled connections, threaded server):
+12 / 40 ms, so a new connection costs ~8 ms of the median, not the tail.
 """
 from __future__ import annotations
 
