@@ -21,6 +21,7 @@ APT_PACKAGES=(
   e2fsprogs cpio busybox-static kmod dpkg file  # image filesystems, initramfs, depmod
   gcc make libelf-dev               # livepatch modules are built against each kernel's headers
   python3 python3-venv openssh-client
+  stress-ng                         # the unit tests run the guest-side stress script on the host
 )
 
 say() { printf '[lab.sh] %s\n' "$*" >&2; }

@@ -223,8 +223,13 @@ def check_transition(rec: RunRecord) -> list[Reason]:
     reasons = []
     who = "; ".join(tr.get("stragglers", [])[:5])
     if tr.get("forced"):
-        reasons.append(Reason("transition", "the transition was forced: this patch module can never be "
-                                            f"unloaded (stragglers: {who or 'none named'})"))
+        # Since 5.1 a forced *patching* transition no longer pins the new patch's module
+        # (only patches forced while unpatching, and older kernels, stay loaded for good);
+        # the revert check reports what this kernel did.
+        reasons.append(Reason("transition", "the transition was forced: tasks were switched without a "
+                                            "safe point, so the patch's consistency is not guaranteed, and "
+                                            "a forced module may never be unloadable (stragglers: "
+                                            f"{who or 'none named'})"))
     elif not tr.get("completed"):
         reasons.append(Reason("transition", f"patching did not complete within {tr.get('deadline', 0):.0f} s; "
                                             f"still unpatched: {who or 'none named'}"))

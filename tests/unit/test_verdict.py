@@ -149,9 +149,10 @@ def test_a_stalled_transition_names_the_tasks():
     assert msgs and "lab_sleeper" in msgs[0]
 
 
-def test_a_forced_transition_is_flagged_as_never_unloadable():
+def test_a_forced_transition_is_flagged_as_unsafe_and_possibly_never_unloadable():
     rec = clean_record(transition={"completed": True, "forced": True, "seconds": 9, "deadline": 9})
-    assert any("can never be unloaded" in r.message for r in V.decide(rec).reasons)
+    msgs = [r.message for r in V.decide(rec).reasons if r.check == "transition"]
+    assert msgs and "forced" in msgs[0] and "never be unloadable" in msgs[0]
 
 
 def test_a_module_that_cannot_be_removed_fails_the_revert():
