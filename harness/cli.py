@@ -152,7 +152,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from . import scenario
     sc = scenario.from_patch(Path(args.patch), targets=tuple(Path(t) for t in args.target_module),
                              probe=args.probe, expect_patched=args.expect_patched,
-                             duration=args.duration)
+                             duration=args.duration, serve_file=args.serve_file)
     return _run_matrix([sc], args.kernel, args)
 
 
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--probe", metavar="CMD", help="guest command run in a loop through the run")
     c.add_argument("--expect-patched", metavar="REGEX", help="the probe's output while patched")
     c.add_argument("--duration", type=float, metavar="S", help="seconds to hold the patch under load")
+    c.add_argument("--serve-file", metavar="PATH",
+                   help="the guest service answers with this file, read per request "
+                        "(puts a /proc handler on the service's path)")
     matrix_options(c)
     c.set_defaults(func=cmd_check)
 

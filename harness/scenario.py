@@ -186,7 +186,8 @@ def load(path: Path) -> Scenario:
 
 
 def from_patch(patch: Path, *, targets: tuple[Path, ...] = (), probe: Optional[str] = None,
-               expect_patched: Optional[str] = None, duration: Optional[float] = None) -> Scenario:
+               expect_patched: Optional[str] = None, duration: Optional[float] = None,
+               serve_file: Optional[str] = None) -> Scenario:
     """The scenario behind ``livepatch-lab check PATCH ...`` (a directory or a .ko)."""
     def module(p: Path, what: str) -> ModuleInput:
         p = p.resolve()
@@ -205,4 +206,5 @@ def from_patch(patch: Path, *, targets: tuple[Path, ...] = (), probe: Optional[s
     return Scenario(name=Path(patch).stem, path=None, patch=module(Path(patch), "PATCH"),
                     targets=tuple(module(t, "--target-module") for t in targets),
                     probe_command=probe,
-                    probe_expect={"patched": expect_patched} if expect_patched else {}, **hold)
+                    probe_expect={"patched": expect_patched} if expect_patched else {},
+                    serve_file=serve_file, **hold)
