@@ -14,7 +14,6 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 from .backends.base import MachineSpec
 from .backends.qemu import QemuConfig, QemuMachine

@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from . import build, images, kernels, livepatch, session, workload
 from .errors import (BootError, ConfigError, DeadlineExceeded, GuestConnectionError, HarnessError,
@@ -62,7 +62,7 @@ class _Failed(Exception):
         self.reasons = list(reasons)
 
 
-def _module_for(inp, kernel, settings: Settings, check: str) -> build.Module:
+def _module_for(inp, kernel, settings: Settings) -> build.Module:
     if inp.ko is not None:
         return build.inspect(inp.ko)
     target = kernel
@@ -76,7 +76,7 @@ def _module_for(inp, kernel, settings: Settings, check: str) -> build.Module:
 
 
 def _prepare_modules(sc: Scenario, kernel, settings: Settings) -> tuple[build.Module, list[build.Module]]:
-    patch = _module_for(sc.patch, kernel, settings, "build")
+    patch = _module_for(sc.patch, kernel, settings)
     build.require_livepatch(patch)
     try:
         build.check_compatible(patch, kernel)
@@ -84,7 +84,7 @@ def _prepare_modules(sc: Scenario, kernel, settings: Settings) -> tuple[build.Mo
         raise _Failed(Reason("compat", str(exc))) from None
     targets = []
     for t in sc.targets:
-        mod = _module_for(t, kernel, settings, "build")
+        mod = _module_for(t, kernel, settings)
         try:
             build.check_compatible(mod, kernel)
         except build.CompatError as exc:
