@@ -7,12 +7,12 @@ it. ``error`` means the lab or the host broke, never the patch.
 from __future__ import annotations
 
 import re
-import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from . import kmsg
 from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, taint_letters
+from .workload import window_stats
 
 # Kernel lines that are trouble beyond the generic classifier.
 _LIVEPATCH_TROUBLE = re.compile(r"failed to enable patch|forcing remaining tasks to the (?:un)?patched state")
@@ -67,28 +67,11 @@ class Verdict:
 
 
 # service ----------------------------------------------------------------------
-def _stats(requests: list, start: float, end: float) -> dict[str, Optional[float]]:
-    inside = [r for r in requests if start <= r.intended < end]
-    ok = sorted((r for r in inside if r.status is not None and 200 <= r.status < 400),
-                key=lambda r: r.done)
-    lat = sorted(r.latency for r in ok)
-    gaps, prev = [], start
-    for r in ok:
-        gaps.append(r.done - prev)
-        prev = r.done
-    if ok:
-        gaps.append(max(0.0, end - prev))
-    return {"count": len(inside), "failed": len(inside) - len(ok),
-            "max_latency": lat[-1] if lat else None,
-            "p50": statistics.median(lat) if lat else None,
-            "longest_gap": max(gaps) if gaps else None}
-
-
 def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
     if not rec.service_enabled or "baseline" not in rec.windows:
         return [], {}
     t = rec.thresholds
-    stats = {name: _stats(rec.requests, w.start, w.end) for name, w in rec.windows.items()}
+    stats = {name: asdict(window_stats(rec.requests, w.start, w.end)) for name, w in rec.windows.items()}
     reasons: list[Reason] = []
     failed = [r for r in rec.requests if not (r.status is not None and 200 <= r.status < 400)]
     if failed:

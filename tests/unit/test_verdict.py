@@ -19,6 +19,10 @@ class Req:
     def latency(self):
         return None if self.done is None else self.done - self.intended
 
+    @property
+    def ok(self):
+        return self.error is None and self.status is not None and 200 <= self.status < 400
+
 
 @dataclass
 class Sample:
