@@ -63,6 +63,7 @@ class GuestChannel:
         self._host_key = parse_public_key(host_key)
         self.command_timeout = command_timeout
         self._transport: Optional[paramiko.Transport] = None
+        self.lost: Optional[str] = None   # why the guest was given up on (see mark_lost)
 
     # connection -----------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -103,29 +104,56 @@ class GuestChannel:
         return self._transport is not None and self._transport.is_active()
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
-            self._transport = None
+        transport, self._transport = self._transport, None   # once, whichever thread gets here
+        if transport is not None:
+            transport.close()
+
+    def mark_lost(self, reason: str) -> None:
+        """Give up on the guest: close the connection, so a command waiting on it
+        (from any thread) fails now instead of at its own deadline."""
+        self.lost = self.lost or reason
+        self.close()
+
+    def _gone(self, command: str) -> GuestConnectionError:
+        why = f": {self.lost}" if self.lost else ""
+        return GuestConnectionError(f"ssh: connection lost during {command!r}{why}")
+
+    def open_stream(self, command: str, timeout: float) -> paramiko.Channel:
+        """A long-lived command whose stdin/stdout the caller drives (the heartbeat)."""
+        transport = self._transport
+        if transport is None or not transport.is_active():
+            raise self._gone(command)
+        try:
+            chan = transport.open_session(timeout=timeout)
+            chan.exec_command(command)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise GuestConnectionError(f"ssh: {command!r}: {str(exc) or type(exc).__name__}") from exc
+        return chan
 
     # commands --------------------------------------------------------------
     def run(self, command: str, timeout: Optional[float] = None, *, check: bool = False,
             stdin: Union[bytes, str, None] = None) -> Result:
         """Run ``command`` in the guest's shell; every byte of output, within ``timeout``."""
         timeout = self.command_timeout if timeout is None else timeout
-        if not self.connected:
+        transport = self._transport   # mark_lost() may clear it from another thread
+        if transport is None or not transport.is_active():
+            if self.lost:
+                raise self._gone(command)
             raise GuestConnectionError(f"not connected to the guest (running {command!r})")
         start = time.monotonic()
         deadline = start + timeout
         try:
-            chan = self._transport.open_session(timeout=timeout)
+            chan = transport.open_session(timeout=timeout)
             chan.settimeout(0.0)
             chan.exec_command(command)
             data = b"" if stdin is None else stdin.encode() if isinstance(stdin, str) else stdin
             # stdin is fed from the drain loop: a command that answers while it reads
             # (cat) would otherwise fill both windows and deadlock
-            out, err = self._drain(chan, deadline, command, timeout, data)
+            out, err = self._drain(chan, transport, deadline, command, timeout, data)
             rc = chan.recv_exit_status()  # output is fully read: cannot block
         except (paramiko.SSHException, EOFError, OSError) as exc:
+            if self.lost:
+                raise self._gone(command) from exc
             raise GuestConnectionError(f"ssh: {command!r}: {str(exc) or type(exc).__name__}") from exc
         result = Result(command, rc, out.decode(errors="replace"), err.decode(errors="replace"),
                         time.monotonic() - start)
@@ -133,8 +161,8 @@ class GuestChannel:
             raise GuestCommandError(command, rc, result.stdout, result.stderr)
         return result
 
-    def _drain(self, chan: paramiko.Channel, deadline: float, command: str,
-               timeout: float, stdin: bytes = b"") -> tuple[bytes, bytes]:
+    def _drain(self, chan: paramiko.Channel, transport: paramiko.Transport, deadline: float,
+               command: str, timeout: float, stdin: bytes = b"") -> tuple[bytes, bytes]:
         out, err = bytearray(), bytearray()
         pending = memoryview(stdin)
         if not pending:
@@ -153,14 +181,16 @@ class GuestChannel:
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(1 << 16)
                 if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    if chan.exit_status == -1 and not transport.is_active():
+                        raise self._gone(command)   # closed under us, no exit status: lost
                     if chan.eof_received or chan.closed:
                         return bytes(out), bytes(err)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DeadlineExceeded(f"guest command {command!r}", timeout,
                                            (bytes(out) + bytes(err)).decode(errors="replace"))
-                if not self._transport.is_active():
-                    raise GuestConnectionError(f"ssh: connection lost during {command!r}")
+                if not transport.is_active():
+                    raise self._gone(command)
                 # select() sees incoming data only, not the send window opening
                 select.select([chan], [], [], min(left, 0.01 if pending else 0.5))
         finally:

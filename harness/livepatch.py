@@ -57,9 +57,16 @@ def _q(s: str) -> str:
     return shlex.quote(s)
 
 
-def load(guest, remote_ko: str, timeout: float) -> Result:
-    """insmod; raise ``LivepatchError`` with the kernel's complaint if it refuses."""
-    result = guest.run(f"insmod {_q(remote_ko)}", timeout)
+def load(guest, remote_ko: str, timeout: float, report_text_of: str = "") -> Result:
+    """insmod; raise ``LivepatchError`` with the kernel's complaint if it refuses.
+
+    With ``report_text_of`` (the module's name) stdout is the module's ``.text``
+    address, read in the same breath as the load: a patch that freezes the guest
+    leaves no time for a second command.
+    """
+    report = (f" && {{ cat /sys/module/{_q(report_text_of)}/sections/.text 2>/dev/null; true; }}"
+              if report_text_of else "")
+    result = guest.run(f"insmod {_q(remote_ko)}{report}", timeout)
     if not result.ok:
         tail = guest.run("dmesg | tail -n 15", timeout).stdout
         raise LivepatchError(f"insmod {remote_ko} failed (rc {result.rc}): "

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import build, images, kernels, livepatch, session, workload
+from . import build, forensics, heartbeat, images, kernels, livepatch, session, workload
 from .errors import (BootError, ConfigError, DeadlineExceeded, GuestConnectionError, HarnessError,
                      InfraError, LivepatchError)
 from .scenario import Scenario
@@ -135,29 +135,43 @@ def _in_guest(sc: Scenario, kernel, image, patch: build.Module, targets: list, s
     with session.boot(kernel, image, settings, forward_ports=ports, artifacts_dir=out_dir) as guest:
         events("booted", accel=guest.accel, seconds=round(guest.timings.get("ssh_ready", 0), 2))
         t = guest.timeouts
+        evidence = forensics.HangEvidence(guest, settings, t.command)
         try:
-            _timeline(sc, guest, patch, targets, svc, t, out_dir, events, rec)
+            with heartbeat.Heartbeat(guest.channel, t.heartbeat):
+                _timeline(sc, guest, patch, targets, svc, t, out_dir, events, rec, evidence)
         except (GuestConnectionError, DeadlineExceeded) as exc:
-            # The guest stopped answering mid-run: the console says why, if anything can.
-            time.sleep(1.0)
-            findings = guest.machine.console.findings
-            rec.early.append(Reason("dmesg" if findings else "service",
-                                    f"the guest stopped answering ({exc.__class__.__name__}: "
-                                    f"{str(exc).splitlines()[0]})"))
-            rec.console_findings = [f for f in findings]
-            events("guest-lost", error=str(exc).splitlines()[0])
+            _guest_lost(guest, exc, evidence, out_dir, events, rec)
+
+
+def _guest_lost(guest, exc: HarnessError, evidence: forensics.HangEvidence, out_dir: Path,
+                events: _Timeline, rec: RunRecord) -> None:
+    """The guest stopped answering mid-run: say where it is stuck and what it last said."""
+    why = guest.channel.lost or f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+    time.sleep(1.0)   # a dying kernel's last lines reach the console just after the silence
+    where = evidence.collect(guest.machine, out_dir)
+    findings = guest.machine.console.findings
+    message = f"the guest stopped answering ({why})"
+    if where:
+        message += "; " + "; ".join(where)
+    message += "\n--- console tail ---\n" + guest.machine.console.tail(12)
+    rec.guest_lost = message
+    rec.early.append(Reason("dmesg" if findings else "service", message))
+    rec.console_findings = list(findings)
+    events("guest-lost", error=why, vcpus=where)
 
 
 def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events: _Timeline,
-              rec: RunRecord) -> None:
+              rec: RunRecord, evidence: forensics.HangEvidence) -> None:
     run_id = uuid.uuid4().hex[:8]
     guest.run(f"mkdir -p {REMOTE_DIR}", t.command, check=True)
     for mod in [*targets, patch]:
         guest.upload(mod.path, f"{REMOTE_DIR}/{mod.path.name}")
+    evidence.prepare()
     for mod in targets:
         res = guest.run(f"insmod {REMOTE_DIR}/{mod.path.name}", t.command)
         if not res.ok:
             raise _Failed(Reason("load", f"target module {mod.name} does not load: {res.stderr.strip()}"))
+        evidence.add_module(mod.name, mod.path)
         events("target-loaded", module=mod.name)
     offset = workload.clock_offset(guest)
     rec.taint_before = livepatch.taint(guest, t.command)
@@ -182,10 +196,12 @@ def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events
         a0 = events("load-patch", module=patch.name)
         rec.windows["baseline"] = Window("baseline", b0, a0)
         try:
-            livepatch.load(guest, f"{REMOTE_DIR}/{patch.path.name}", t.command)
+            loaded = livepatch.load(guest, f"{REMOTE_DIR}/{patch.path.name}", t.command,
+                                    report_text_of=patch.name)
         except LivepatchError as exc:
             raise _Failed(Reason("load", str(exc)))
         rec.loaded = True
+        evidence.add_module(patch.name, patch.path, loaded.stdout)
         _patch_transition(sc, guest, patch.name, t, events, rec)
         a1 = events("patched")
         rec.windows["apply"] = Window("apply", a0, a1 + 1.0)
@@ -236,7 +252,9 @@ def _patch_transition(sc: Scenario, guest, name: str, t, events: _Timeline, rec:
     if sc.on_stall == "signal":
         extra = deadline
         if not livepatch.signal_stragglers(guest, name, t.command):
-            extra = max(deadline, livepatch.KERNEL_SIGNALS_AFTER * t.transition / 20.0)
+            # The kernel's retries run on the guest's clock, which keeps wall time even
+            # under TCG: wait until its signal round plus a grace, not a scaled figure.
+            extra = max(deadline, livepatch.KERNEL_SIGNALS_AFTER + 5.0 - secs)
             log.info("this kernel signals stragglers itself; waiting %.0f s more", extra)
         done, more = livepatch.wait_transition(guest, name, extra)
         rec.transition.update(completed=done, signaled=True, seconds=round(secs + more, 3))

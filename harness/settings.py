@@ -40,6 +40,7 @@ class Timeouts:
     service_start: float = 10.0   # workload: a started service answers its first request from the host
     service_stop: float = 5.0     # workload: service/stress/probe ends after SIGTERM (then SIGKILL)
     probe_command: float = 10.0   # workload: one run of the probe command (then killed, rc 124)
+    heartbeat: float = 10.0       # a guest that echoes no heartbeat for this long is frozen: given up
     # host side: never scaled
     kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
     qmp: float = 5.0              # QMP socket up / one QMP command answered
@@ -53,7 +54,7 @@ class Timeouts:
     loopback_connect: float = 0.05  # workload: one connect to a host forward; slower = SYN dropped: anew
 
     SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
-              "service_start", "service_stop", "probe_command")
+              "service_start", "service_stop", "probe_command", "heartbeat")
 
     def scaled(self, factor: float) -> "Timeouts":
         return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})

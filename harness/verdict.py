@@ -38,6 +38,7 @@ class RunRecord:
     patch_name: str = ""
     early: list[Reason] = field(default_factory=list)     # build / compat / load refusals, guest death
     error: Optional[str] = None                           # the lab broke
+    guest_lost: Optional[str] = None                      # the guest froze or died mid-run: why
     loaded: bool = False
     windows: dict[str, Window] = field(default_factory=dict)
     requests: list[Any] = field(default_factory=list)     # workload.Request
@@ -163,7 +164,9 @@ def check_dmesg(rec: RunRecord) -> list[Reason]:
     reasons = []
     text = [kmsg.strip_prefix(line) for line in rec.dmesg]
     pos = 0
-    for want in expected_lines(rec.patch_name, rec):
+    # A guest lost mid-run has no readable dmesg: its console findings speak for it.
+    wanted = [] if rec.guest_lost and not rec.dmesg else expected_lines(rec.patch_name, rec)
+    for want in wanted:
         found = next((i for i in range(pos, len(text)) if want in text[i]), None)
         if found is None:
             reasons.append(Reason("dmesg", f"expected, in order, but missing: {want!r}"))
@@ -214,8 +217,10 @@ def check_transition(rec: RunRecord) -> list[Reason]:
                                             "a forced module may never be unloadable (stragglers: "
                                             f"{who or 'none named'})"))
     elif not tr.get("completed"):
-        reasons.append(Reason("transition", f"patching did not complete within {tr.get('deadline', 0):.0f} s; "
-                                            f"still unpatched: {who or 'none named'}"))
+        signaled = (f", nor {tr.get('seconds', 0):.0f} s in after the stragglers were signalled"
+                    if tr.get("signaled") else "")
+        reasons.append(Reason("transition", f"patching did not complete within {tr.get('deadline', 0):.0f} s"
+                                            f"{signaled}; still unpatched: {who or 'none named'}"))
     return reasons
 
 

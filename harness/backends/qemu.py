@@ -197,6 +197,11 @@ class QemuMachine:
         except ProcessLookupError:
             pass
 
+    def cpu_registers(self) -> str:
+        """Every vCPU's registers (HMP ``info registers -a``): where a frozen guest is stuck."""
+        return self.qmp.execute("human-monitor-command", {"command-line": "info registers -a"},
+                                timeout=self.timeouts.qmp)
+
     def describe(self) -> dict:
         return {"backend": "qemu", "accel": self.accel, "command": self.command,
                 "pid": self.pid}

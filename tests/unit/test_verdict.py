@@ -165,3 +165,24 @@ def test_a_module_that_cannot_be_removed_fails_the_revert():
     msgs = [r.message for r in V.decide(rec).reasons if r.check == "revert"]
     assert any("rmmod failed" in m and "in use" in m for m in msgs)
     assert any("still in /proc/modules" in m for m in msgs)
+
+
+def test_a_guest_lost_mid_run_fails_for_the_silence_not_for_a_dmesg_it_could_not_read():
+    lost = "the guest stopped answering (no heartbeat for 30 s); vCPU 0 at lab_hang_forever"
+    rec = clean_record(dmesg=[], guest_lost=lost, early=[V.Reason("service", lost)],
+                       revert={}, unpatch={}, taint_patched=None, taint_after=None)
+    reasons = V.decide(rec).reasons
+    assert [(r.check, r.message) for r in reasons] == [("service", lost)]
+
+
+def test_a_guest_lost_with_a_panic_on_its_console_still_reports_the_panic():
+    rec = clean_record(dmesg=[], guest_lost="gone", early=[V.Reason("dmesg", "gone")],
+                       console_findings=[Finding("panic", True, "Kernel panic - not syncing: x", 9)])
+    assert any(r.message.startswith("panic (console)") for r in V.decide(rec).reasons)
+
+
+def test_a_stall_that_signalling_did_not_clear_says_so():
+    rec = clean_record(transition={"completed": False, "signaled": True, "seconds": 22.4, "deadline": 9,
+                                   "stragglers": ["lab_sleeper (pid 149, tid 149) at lab_target_sleep+0x22"]})
+    msg = next(r.message for r in V.decide(rec).reasons if r.check == "transition")
+    assert "within 9 s, nor 22 s in after the stragglers were signalled" in msg and "lab_sleeper" in msg
