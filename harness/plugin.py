@@ -23,6 +23,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(ini lab_kernels; default: every defined kernel)")
     group.addoption("--lab-artifacts", help="artifact folder for scenario runs "
                     "(default <rootdir>/lab-artifacts)")
+    group.addoption("--lab-json", metavar="FILE", help="write the kernel x scenario verdicts "
+                    "(versions, reasons, artifact paths) as JSON at the end of the run")
     parser.addini("lab_cache_dir", "cache for kernels, images and runs")
     parser.addini("lab_accel", "auto, kvm or tcg")
     parser.addini("lab_kernels", "kernels to run VM tests on", type="args")
@@ -36,6 +38,8 @@ def pytest_configure(config: pytest.Config) -> None:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     from .session import raise_on_sigterm
     raise_on_sigterm()  # so a SIGTERM'd test run still tears its guests down
+    if not hasattr(config, "workerinput"):   # xdist workers report to the controller
+        config.pluginmanager.register(LabSummary(config), "livepatch-lab-summary")
 
 
 def _opt(config: pytest.Config, name: str) -> Optional[str]:
@@ -122,6 +126,11 @@ class ScenarioFile(pytest.File):
         for name in names:
             item = ScenarioItem.from_parent(self, name=f"{sc.name}[{name}]", scenario=sc, kernel=name)
             item.add_marker(pytest.mark.vm)
+            item.add_marker(pytest.mark.kernel(name))
+            # `-m debian_6_12` picks one kernel line: marker names must be identifiers
+            line = kernel_marker(name)
+            self.config.addinivalue_line("markers", f"{line}: scenario items on kernel {name.split('@')[0]}")
+            item.add_marker(getattr(pytest.mark, line))
             yield item
 
 
@@ -150,10 +159,17 @@ class ScenarioItem(pytest.Item):
         self.outcome = runner.run(self.scenario, self.kernel, settings, out)
         v = self.outcome.verdict
         want = self.scenario.expectation(self.kernel)
-        self.user_properties.append(("verdict", v.verdict))
-        self.user_properties.append(("kernel_version", self.outcome.kernel_info.get("version", "?")))
         failing = {r.check for r in v.reasons}
-        if v.verdict != want.verdict or not set(want.checks) <= failing:
+        met = v.verdict == want.verdict and set(want.checks) <= failing
+        # JUnit <properties>, and what the controller's summary is built from (xdist ships them)
+        self.user_properties += [
+            ("lab_scenario", self.scenario.name), ("lab_kernel", self.kernel),
+            ("kernel_version", self.outcome.kernel_info.get("version", "?")),
+            ("kernel_release", self.outcome.kernel_info.get("release", "?")),
+            ("verdict", v.verdict), ("expected", want.verdict), ("as_expected", met),
+            ("checks", ",".join(sorted(failing))), ("artifacts", self.outcome.artifacts),
+            ("seconds", round(self.outcome.seconds, 1))]
+        if not met:
             raise ScenarioFailure(want)
 
     def repr_failure(self, excinfo):
@@ -166,3 +182,63 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, 0, f"scenario {self.scenario.name} on {self.kernel}"
+
+
+def kernel_marker(kernel: str) -> str:
+    """``debian-6.12`` -> ``debian_6_12`` (a marker name ``-m`` can select)."""
+    return "".join(c if c.isalnum() else "_" for c in kernel.split("@")[0])
+
+
+# the kernel x scenario summary -------------------------------------------------
+class LabSummary:
+    """Collects scenario results from reports (under xdist, the controller gets every
+    worker's reports with their user_properties) and prints/writes the matrix."""
+
+    def __init__(self, config: pytest.Config):
+        self.config = config
+        self.rows: list[dict] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if report.when == "call" and "lab_scenario" in props:
+            self.rows.append(props)
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        if not self.rows:
+            return
+        terminalreporter.write_sep("=", "livepatch-lab: verdicts (kernel x scenario)")
+        terminalreporter.write_line(summary_table(self.rows))
+        odd = sum(1 for r in self.rows if not r["as_expected"])
+        terminalreporter.write_line(f"{len(self.rows)} runs, {odd} not as expected"
+                                    + (" (marked !)" if odd else ""))
+
+    def pytest_sessionfinish(self) -> None:
+        path = self.config.getoption("--lab-json")
+        if path:
+            import json
+            from pathlib import Path
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(summary_document(self.rows), indent=2, default=str) + "\n")
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Scenario rows x kernel columns; a cell not as the scenario expects is marked ``!``."""
+    kernels = sorted({r["lab_kernel"] for r in rows})
+    versions = {r["lab_kernel"]: r["kernel_version"] for r in rows}
+    scenarios = sorted({r["lab_scenario"] for r in rows})
+    cell = {(r["lab_scenario"], r["lab_kernel"]):
+            r["verdict"].upper() + ("" if r["as_expected"] else f" ! (expected {r['expected']})")
+            for r in rows}
+    head = ["scenario"] + [f"{k} ({versions[k]})" for k in kernels]
+    body = [[s] + [cell.get((s, k), "-") for k in kernels] for s in scenarios]
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body])
+
+
+def summary_document(rows: list[dict]) -> dict:
+    return {"results": rows,
+            "kernels": {r["lab_kernel"]: {"version": r["kernel_version"], "release": r["kernel_release"]}
+                        for r in rows},
+            "summary": {v: sum(1 for r in rows if r["verdict"] == v) for v in ("pass", "fail", "error")},
+            "not_as_expected": [f"{r['lab_scenario']}[{r['lab_kernel']}]"
+                                for r in rows if not r["as_expected"]]}

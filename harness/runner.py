@@ -25,6 +25,10 @@ from .verdict import Reason, RunRecord, Verdict, Window, decide
 
 log = logging.getLogger(__name__)
 REMOTE_DIR = "/run/lab/modules"
+# What a run writes into its artifact folder; an earlier run's copies are removed first,
+# so a folder never mixes two runs (a stale cpus.txt would accuse a patch that is fine).
+ARTIFACTS = ("console.log", "dmesg.txt", "requests.jsonl", "probe.jsonl", "timeline.json",
+             "verdict.json", "cpus.txt")
 
 
 @dataclass
@@ -97,6 +101,8 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     """Run ``sc`` on one kernel; never raises for the patch's or the host's faults."""
     started = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ARTIFACTS:
+        (out_dir / name).unlink(missing_ok=True)
     events = _Timeline()
     rec = RunRecord(service_enabled=sc.service_enabled, probe_expect=dict(sc.probe_expect),
                     thresholds={"max_latency": sc.max_latency, "latency_factor": sc.latency_factor,
@@ -201,8 +207,10 @@ def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events
         except LivepatchError as exc:
             raise _Failed(Reason("load", str(exc)))
         rec.loaded = True
+        events("loaded", seconds=round(loaded.seconds, 3))
         evidence.add_module(patch.name, patch.path, loaded.stdout)
         _patch_transition(sc, guest, patch.name, t, events, rec)
+        rec.transition["load_seconds"] = round(loaded.seconds, 3)
         a1 = events("patched")
         rec.windows["apply"] = Window("apply", a0, a1 + 1.0)
         time.sleep(sc.patched)
@@ -276,7 +284,7 @@ def _patch_transition(sc: Scenario, guest, name: str, t, events: _Timeline, rec:
 
 def _revert(guest, name: str, t, events: _Timeline, rec: RunRecord) -> None:
     res = livepatch.disable(guest, name, t.command)
-    rec.revert = {"disabled": res.ok, "disable_err": res.stderr.strip()}
+    rec.revert = {"disabled": res.ok, "disable_err": res.stderr.strip(), "disable_seconds": round(res.seconds, 3)}
     if not res.ok:
         return
     done, secs = livepatch.wait_transition(guest, name, t.transition)

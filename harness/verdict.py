@@ -278,6 +278,9 @@ def decide(rec: RunRecord) -> Verdict:
         reasons += part
     measurements = {
         "service": service_stats,
+        # insmod / the disable write return only after the kernel's first transition attempt,
+        # which on PREEMPT_DYNAMIC kernels rewrites static calls (slow under TCG)
+        "load_s": rec.transition.get("load_seconds"), "disable_s": rec.revert.get("disable_seconds"),
         "transition_s": rec.transition.get("seconds"), "unpatch_s": rec.unpatch.get("seconds"),
         "kernel_clock": kernel_durations(rec.patch_name, rec.dmesg),
         "taint": {"before": rec.taint_before, "patched": rec.taint_patched, "after": rec.taint_after},

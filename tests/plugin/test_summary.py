@@ -1,0 +1,88 @@
+"""The end-of-run matrix: kernel x scenario verdicts with exact versions, also as JSON and
+JUnit properties, collected from xdist workers by the controller.
+
+The runner is replaced (in a conftest the workers load too) by one that answers from a
+table: this is the plugin's bookkeeping under test, not the lab's judgement.
+"""
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+FAKE_RUNNER = '''
+import harness.runner as runner
+from harness.verdict import Reason, Verdict
+
+VERSIONS = {"debian-5.10": "5.10.262-1", "debian-6.1": "6.1.192-2",
+            "debian-6.12": "6.12.118-1", "debian-7": "7.2.13-1"}
+
+def fake_run(sc, kernel, settings, out_dir):
+    if kernel == "debian-7":   # a kernel that cannot be fetched errors its own items only
+        v = Verdict("error", [Reason("lab", "InfraError: apt: no such package")], {})
+        info = {"name": kernel}
+    elif sc.name == "bad":
+        v = Verdict("fail", [Reason("dmesg", "oops: Oops: 0000")], {})
+        info = {"name": kernel, "version": VERSIONS[kernel], "release": kernel + "-amd64"}
+    else:
+        v = Verdict("pass", [], {})
+        info = {"name": kernel, "version": VERSIONS[kernel], "release": kernel + "-amd64"}
+    return runner.Outcome(sc.name, kernel, v, info, [], str(out_dir), 1.0)
+
+runner.run = fake_run
+'''
+
+
+@pytest.fixture
+def matrix(pytester: pytest.Pytester):
+    pytester.makeconftest(FAKE_RUNNER)
+    pytester.mkdir("patch")
+    pytester.path.joinpath("good.yaml").write_text("name: good\npatch:\n  source: patch\n")
+    pytester.path.joinpath("bad.yaml").write_text(
+        "name: bad\npatch:\n  source: patch\nexpect:\n  verdict: fail\n  checks: [dmesg]\n")
+    return pytester
+
+
+def test_the_summary_is_a_kernel_by_scenario_table_with_exact_versions(matrix):
+    result = matrix.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6, failed=2)    # debian-7 errors, for both scenarios
+    result.stdout.fnmatch_lines([
+        "*livepatch-lab: verdicts (kernel x scenario)*",
+        "scenario  debian-5.10 (5.10.262-1)  debian-6.1 (6.1.192-2)  debian-6.12 (6.12.118-1)  debian-7 (?)",
+        "bad       FAIL                      FAIL                    FAIL                      ERROR ! (expected fail)",
+        "good      PASS                      PASS                    PASS                      ERROR ! (expected pass)",
+        "8 runs, 2 not as expected (marked !)",
+    ])
+
+
+def test_xdist_workers_report_to_one_summary_and_one_json(matrix):
+    result = matrix.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--lab-json", "out/v.json")
+    result.assert_outcomes(passed=6, failed=2)
+    assert result.stdout.str().count("livepatch-lab: verdicts") == 1
+    doc = json.loads(matrix.path.joinpath("out/v.json").read_text())
+    assert doc["summary"] == {"pass": 3, "fail": 3, "error": 2}
+    assert doc["kernels"]["debian-6.12"] == {"version": "6.12.118-1", "release": "debian-6.12-amd64"}
+    assert sorted(doc["not_as_expected"]) == ["bad[debian-7]", "good[debian-7]"]
+    row = next(r for r in doc["results"] if r["lab_scenario"] == "bad" and r["lab_kernel"] == "debian-6.1")
+    assert row["verdict"] == "fail" and row["checks"] == "dmesg" and row["as_expected"] is True
+
+
+def test_junit_carries_the_verdict_and_kernel_version_as_properties(matrix):
+    matrix.runpytest("-p", "no:cacheprovider", "--junitxml", "j.xml", "--lab-kernel", "debian-6.1")
+    tree = ET.parse(matrix.path / "j.xml")
+    case = next(c for c in tree.iter("testcase") if c.get("name") == "bad[debian-6.1]")
+    props = {p.get("name"): p.get("value") for p in case.iter("property")}
+    assert props["verdict"] == "fail" and props["kernel_version"] == "6.1.192-2"
+    assert props["checks"] == "dmesg" and props["expected"] == "fail"
+
+
+def test_a_marker_picks_one_kernel_line(matrix):
+    result = matrix.runpytest("-p", "no:cacheprovider", "-m", "debian_6_12", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["bad.yaml::bad[[]debian-6.12]", "good.yaml::good[[]debian-6.12]",
+                                 "2/8 tests collected*"])
+
+
+def test_no_scenario_no_summary(pytester: pytest.Pytester):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    assert "livepatch-lab: verdicts" not in pytester.runpytest().stdout.str()
