@@ -45,7 +45,24 @@ class Outcome:
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "kernel": self.kernel, **self.verdict.as_dict(),
                 "kernel_info": self.kernel_info, "timeline": self.timeline,
+                "phases": phase_seconds(self.timeline),
                 "artifacts": self.artifacts, "seconds": round(self.seconds, 2)}
+
+
+# Where a run's wall time goes: each phase ends at the event that starts the next.
+PHASES = (("prepare", "start", "built"), ("boot", "built", "booted"), ("setup", "booted", "baseline"),
+          ("baseline", "baseline", "load-patch"), ("apply", "load-patch", "patched"),
+          ("patched", "patched", "disable"), ("revert", "disable", "reverted"),
+          ("cooldown", "reverted", "cooldown-end"), ("collect", "cooldown-end", "collected"),
+          ("teardown", "collected", "verdict"))
+
+
+def phase_seconds(timeline: list[dict[str, Any]]) -> dict[str, float]:
+    """{phase: seconds} for the phases whose two events both happened."""
+    at: dict[str, float] = {}
+    for e in timeline:
+        at.setdefault(e["event"], e["t"])
+    return {name: round(at[b] - at[a], 2) for name, a, b in PHASES if a in at and b in at}
 
 
 class _Timeline:
@@ -109,6 +126,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
                                 "max_gap": sc.max_gap, "median_factor": sc.median_factor,
                                 "min_median": sc.min_median})
     kernel_info: dict[str, Any] = {"name": kernel_spec}
+    events("start")
     try:
         kernel = kernels.fetch(kernels.get_definition(kernel_spec), settings)
         kernel_info = kernel.describe()
@@ -244,6 +262,7 @@ def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events
     rec.console_findings = [f for f in guest.machine.console.findings if f.lineno > console_from]
     for mod in reversed(targets):
         guest.run(f"rmmod {mod.name}", t.command)
+    events("collected")
 
 
 def _patch_transition(sc: Scenario, guest, name: str, t, events: _Timeline, rec: RunRecord) -> None:

@@ -162,7 +162,9 @@ def _start_detached(guest, name: str, command: str, env: Optional[dict[str, str]
     assignments = " ".join(f"{k}={_q(v)}" for k, v in (env or {}).items())
     # The command runs in a subshell so that even `exit` or a failed `exec` leaves
     # the leader to record the status (newlines: the command may end in a comment).
-    wrapped = f"(\n{command}\n)\necho $? >{_q(_path(name + '.rc'))}"
+    # The status file appears whole (rename), never empty to a reader that races it.
+    rc = _q(_path(name + '.rc'))
+    wrapped = f"(\n{command}\n)\necho $? >{rc}.tmp && mv {rc}.tmp {rc}"
     # Not a process group leader (no job control in a non-interactive shell), so
     # setsid(1) does not fork: $! is the new session's leader.
     script = (f"mkdir -p {_q(GUEST_DIR)} && cd / && rm -f {_q(_path(name + '.rc'))} || exit 1\n"
@@ -207,8 +209,10 @@ def _ended(guest, name: str, after: float = 0.0) -> Optional[str]:
     """None while ``name`` runs (``after`` s from now); else its exit status as text ("?" if
     it was killed)."""
     res = guest.run(f"""{f"sleep {after:g}" if after else ""}{_session_sh(name)}
-        if [ -e {_q(_path(name + '.rc'))} ]; then cat {_q(_path(name + '.rc'))}
+        rc={_q(_path(name + '.rc'))}
+        if [ -e "$rc" ]; then cat "$rc"
         elif alive; then echo running
+        elif [ -e "$rc" ]; then cat "$rc"   # it ended between the two looks
         else echo '?'; fi""", check=False)
     out = res.stdout.strip()
     return None if out == "running" else out or "?"

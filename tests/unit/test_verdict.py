@@ -186,3 +186,16 @@ def test_a_stall_that_signalling_did_not_clear_says_so():
                                    "stragglers": ["lab_sleeper (pid 149, tid 149) at lab_target_sleep+0x22"]})
     msg = next(r.message for r in V.decide(rec).reasons if r.check == "transition")
     assert "within 9 s, nor 22 s in after the stragglers were signalled" in msg and "lab_sleeper" in msg
+
+
+def test_a_runs_wall_time_is_split_into_phases_that_happened():
+    from harness.runner import phase_seconds
+    names = ["start", "build", "built", "booted", "baseline", "load-patch", "loaded", "transition-complete",
+             "patched", "disable", "unpatch-complete", "reverted", "cooldown-end", "collected", "verdict"]
+    timeline = [{"t": 100.0 + i, "event": n} for i, n in enumerate(names)]
+    phases = phase_seconds(timeline)
+    assert list(phases) == ["prepare", "boot", "setup", "baseline", "apply", "patched", "revert",
+                            "cooldown", "collect", "teardown"]
+    assert phases["prepare"] == 2 and phases["apply"] == 3 and phases["teardown"] == 1
+    lost = phase_seconds([e for e in timeline if e["event"] in ("start", "built", "booted", "baseline")])
+    assert lost == {"prepare": 2.0, "boot": 1.0, "setup": 1.0}   # only what happened
