@@ -170,8 +170,10 @@ def _in_guest(sc: Scenario, kernel, image, patch: build.Module, targets: list, s
 def _guest_lost(guest, exc: HarnessError, evidence: forensics.HangEvidence, out_dir: Path,
                 events: _Timeline, rec: RunRecord) -> None:
     """The guest stopped answering mid-run: say where it is stuck and what it last said."""
-    why = guest.channel.lost or f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
     time.sleep(1.0)   # a dying kernel's last lines reach the console just after the silence
+    why = guest.channel.lost or f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
+    if not guest.machine.is_running():
+        why = f"the machine ended: {guest.machine.exit_reason() or 'no reason given'}"
     where = evidence.collect(guest.machine, out_dir)
     findings = guest.machine.console.findings
     message = f"the guest stopped answering ({why})"
