@@ -16,7 +16,7 @@ import signal
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -47,6 +47,7 @@ class RunDir:
     id: str
     path: Path
     sock_dir: Path
+    extra: dict = field(default_factory=dict)   # what the backend started, for the reaper
 
     @classmethod
     def create(cls, runs_dir: Path, label: str) -> "RunDir":
@@ -59,15 +60,20 @@ class RunDir:
         run._write_owner()
         return run
 
-    def _write_owner(self, qemu_pid: Optional[int] = None) -> None:
+    def _write_owner(self) -> None:
         data = {"pid": os.getpid(), "boot_id": _boot_id(), "sock_dir": str(self.sock_dir),
-                "qemu_pid": qemu_pid}
+                "qemu_pid": None, **self.extra}
         tmp = self.path / (OWNER + ".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.path / OWNER)
 
     def record_qemu(self, pid: Optional[int]) -> None:
-        self._write_owner(pid)
+        self.record(qemu_pid=pid)
+
+    def record(self, **items: object) -> None:
+        """Note in the owner file what a dead run would leave (e.g. ``libvirt={...}``)."""
+        self.extra.update(items)
+        self._write_owner()
 
     def remove(self) -> None:
         shutil.rmtree(self.sock_dir, ignore_errors=True)
@@ -88,6 +94,17 @@ def _is_our_sock_dir(sock_dir: object) -> bool:
         return False
     path = Path(sock_dir)
     return path.parent == Path(tempfile.gettempdir()) and path.name.startswith("lab-")
+
+
+def _reap_libvirt(record: dict, path: Path) -> None:
+    """A dead run's libvirt domain and overlay volumes (see backends/libvirt.py)."""
+    try:
+        from .backends.libvirt import reap
+        from .settings import Timeouts
+        reap(record, Timeouts())
+    except Exception as exc:  # the reaper never stops a new run
+        log.warning("could not clean libvirt leftovers of %s (%s): %s", path.name,
+                    record.get("uri"), exc)
 
 
 def reap_stale(runs_dir: Path) -> int:
@@ -118,6 +135,8 @@ def reap_stale(runs_dir: Path) -> int:
                 os.kill(int(qemu), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if isinstance(data.get("libvirt"), dict):
+            _reap_libvirt(data["libvirt"], path)
         if _is_our_sock_dir(data.get("sock_dir")):
             shutil.rmtree(data["sock_dir"], ignore_errors=True)
         shutil.rmtree(path, ignore_errors=True)

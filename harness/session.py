@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Sequence
 
 from . import accel as accel_mod
 from . import bootfiles, images, retry, vmlinux
-from .backends.base import Disk, Forward, MachineSpec
+from .backends.base import Disk, Forward, Machine, MachineSpec
 from .backends.qemu import QemuConfig, QemuMachine
 from .errors import BootError, DeadlineExceeded, GuestConnectionError, HarnessError
 from .guest import GuestChannel, Result
@@ -50,7 +50,7 @@ class Guest:
     """A running guest. Use it inside ``boot()``; it is dead after."""
     kernel: Kernel
     image: images.Image
-    machine: QemuMachine
+    machine: Machine
     channel: GuestChannel
     run_dir: RunDir
     timeouts: Timeouts
@@ -77,19 +77,39 @@ class Guest:
                 "machine": self.machine.describe()}
 
 
+def _new_machine(spec: MachineSpec, run: RunDir, accel: str, settings: Settings,
+                 timeouts: Timeouts) -> Machine:
+    if settings.backend == "libvirt":
+        from .backends.libvirt import LibvirtMachine
+        return LibvirtMachine(spec, accel, settings, timeouts, run.path,
+                              record=lambda rec: run.record(libvirt=rec))
+    qmp_sock = run.sock_dir / "qmp.sock"
+    qmp_sock.unlink(missing_ok=True)
+    return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=settings.qemu_binary),
+                       timeouts, run.path / "qemu.log")
+
+
 def _start_machine(spec_for, run: RunDir, accel: str, settings: Settings,
-                   timeouts: Timeouts) -> QemuMachine:
+                   timeouts: Timeouts) -> Machine:
     for attempt in retry.port_clash_policy():
         with attempt:
-            spec = spec_for()
-            qmp_sock = run.sock_dir / "qmp.sock"
-            qmp_sock.unlink(missing_ok=True)
-            machine = QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=settings.qemu_binary),
-                                  timeouts, run.path / "qemu.log")
+            machine = _new_machine(spec_for(), run, accel, settings, timeouts)
             machine.start()
-            run.record_qemu(machine.pid)
+            if isinstance(machine, QemuMachine):
+                run.record_qemu(machine.pid)
             return machine
     raise AssertionError("unreachable")
+
+
+def _root_disk(image: images.Image, run: RunDir, settings: Settings, timings: dict) -> Disk:
+    """The image under a throwaway overlay: made here for QEMU, by the backend for libvirt
+    (a volume next to the base image's on the libvirt host)."""
+    if settings.backend == "libvirt":
+        return Disk(image.path.resolve(), "raw", overlay=True)
+    t0 = time.monotonic()
+    overlay = images.create_overlay(image, run.path / "root.qcow2")
+    timings["overlay"] = time.monotonic() - t0
+    return Disk(overlay, "qcow2")
 
 
 def _wait_ready(guest: Guest, deadline: float) -> None:
@@ -127,7 +147,7 @@ def _wait_ready(guest: Guest, deadline: float) -> None:
                         machine.console.tail(), str(machine.spec.console_log)) from None
 
 
-def _shutdown(guest: Optional[Guest], machine: Optional[QemuMachine], timeouts: Timeouts) -> None:
+def _shutdown(guest: Optional[Guest], machine: Optional[Machine], timeouts: Timeouts) -> None:
     """poweroff → QMP quit → kill. Never raises."""
     if guest is not None and guest.channel.connected and machine is not None and machine.is_running():
         try:
@@ -164,13 +184,11 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
     accel = accel_mod.choose(settings.accel, kernel.vmlinuz, settings)
     timeouts = settings.timeouts_for(accel)
     run = RunDir.create(settings.runs_dir, kernel.name)
-    machine: Optional[QemuMachine] = None
+    machine: Optional[Machine] = None
     guest: Optional[Guest] = None
     timings: dict[str, float] = {}
     try:
-        t0 = time.monotonic()
-        overlay = images.create_overlay(image, run.path / "root.qcow2")
-        timings["overlay"] = time.monotonic() - t0
+        root = _root_disk(image, run, settings, timings)
         guest_ports = (SSH_PORT, *forward_ports)
         ports: dict[int, int] = {}
 
@@ -180,13 +198,15 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
             return MachineSpec(
                 name=f"lab-{run.id}", kernel=kernel_image, initrd=files.initramfs,
                 append=f"{BASE_APPEND} {append}".strip(), console_log=run.path / "console.log",
-                disks=(Disk(overlay, "qcow2"), Disk(files.modules_disk, "raw", readonly=True)),
+                disks=(root, Disk(files.modules_disk, "raw", readonly=True)),
                 forwards=tuple(Forward(h, g) for g, h in ports.items()),
                 cpus=settings.cpus, memory_mib=settings.memory_mib)
 
-        log.info("booting %s (%s) under %s", kernel.name, kernel.release, accel.upper())
+        log.info("booting %s (%s) under %s (%s backend)", kernel.name, kernel.release,
+                 accel.upper(), settings.backend)
         t1 = time.monotonic()
         machine = _start_machine(spec_for, run, accel, settings, timeouts)
+        ports = machine.lab_ports()   # a remote libvirt host's forwards arrive through a tunnel
         channel = GuestChannel("127.0.0.1", ports[SSH_PORT], user=image.user,
                                client_key=image.client_key, host_key=image.host_key,
                                command_timeout=timeouts.command)

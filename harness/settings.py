@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -16,6 +17,9 @@ from typing import Any, Mapping, Optional
 from .errors import ConfigError
 
 ACCELS = ("auto", "kvm", "tcg")
+BACKENDS = ("qemu", "libvirt")
+# The libvirt backend's single-threaded TCG (see backends/libvirt.py); lab.sh installs it.
+DEFAULT_TCG_EMULATOR = "/usr/local/libexec/livepatch-lab/qemu-tcg-single"
 BOOT_PROTOCOLS = ("pvh", "bzimage")
 ENV_PREFIX = "LIVEPATCH_LAB_"
 
@@ -52,12 +56,23 @@ class Timeouts:
     lock: float = 1800.0          # waiting for another process's fetch or build
     http_load_cap: float = 3600.0  # workload: an HttpLoad never stopped ends by itself after this
     loopback_connect: float = 0.05  # workload: one connect to a host forward; slower = SYN dropped: anew
+    libvirt_connect: float = 30.0  # libvirt backend: open a connection (qemu+ssh includes the SSH login)
+    libvirt_call: float = 60.0     # libvirt backend: one API call (start, destroy, monitor command)
+    libvirt_upload: float = 900.0  # libvirt backend: upload a kernel, initrd or disk into the pool
+    tunnel: float = 15.0           # libvirt backend: an SSH port forward to a remote host listens
 
     SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
               "service_start", "service_stop", "probe_command", "heartbeat")
 
     def scaled(self, factor: float) -> "Timeouts":
         return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})
+
+
+_LIBVIRT_URI = re.compile(r"^qemu(\+[a-z0-9]+)?://[^/?#]*/(system|session)(\?[^#]*)?$")
+
+
+def _uri_list(raw: str) -> tuple[str, ...]:
+    return tuple(u.strip() for u in raw.split(",") if u.strip())
 
 
 def default_cache_dir() -> Path:
@@ -76,6 +91,10 @@ class Settings:
     tcg_factor: float = 3.0
     runs_root: Optional[Path] = None    # None: <cache>/runs; tests give each session its own
     boot_protocol: str = "pvh"          # pvh: enter the unpacked kernel directly (see vmlinux.py)
+    backend: str = "qemu"               # qemu: a child process here | libvirt: a libvirt domain
+    libvirt_uri: str = "qemu:///system"
+    libvirt_uris: tuple[str, ...] = ()  # a pool: xdist worker gwN takes uris[N % len]
+    libvirt_tcg_emulator: str = DEFAULT_TCG_EMULATOR  # "": libvirt's own (multi-threaded TCG)
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
@@ -85,6 +104,15 @@ class Settings:
         if self.boot_protocol not in BOOT_PROTOCOLS:
             raise ConfigError(f"boot_protocol must be one of {', '.join(BOOT_PROTOCOLS)}, "
                               f"not {self.boot_protocol!r}", field="boot_protocol")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}",
+                              field="backend")
+        object.__setattr__(self, "libvirt_uris", tuple(self.libvirt_uris))  # a list from a caller
+        uris = [("libvirt_uri", self.libvirt_uri)] + [("libvirt_uris", u) for u in self.libvirt_uris]
+        for name, uri in uris:
+            if not _LIBVIRT_URI.match(uri):
+                raise ConfigError(f"not a libvirt QEMU URI (qemu[+transport]://[user@host[:port]]"
+                                  f"/system or /session): {uri!r}", field=name)
         for name in ("memory_mib", "cpus", "tcg_factor"):
             if not 0 < getattr(self, name) < math.inf:  # also refuses nan
                 raise ConfigError(f"must be positive and finite, not {getattr(self, name)!r}",
@@ -93,6 +121,17 @@ class Settings:
     def timeouts_for(self, accel: str) -> Timeouts:
         """Deadlines for a guest running under ``accel`` (``kvm`` or ``tcg``)."""
         return self.timeouts.scaled(self.tcg_factor) if accel == "tcg" else self.timeouts
+
+    def libvirt_uri_for(self, worker: Optional[str] = None) -> str:
+        """The libvirt URI this process uses: with a pool, pytest-xdist worker ``gwN``
+        (``PYTEST_XDIST_WORKER``) takes ``libvirt_uris[N % len]``, others the first."""
+        if not self.libvirt_uris:
+            return self.libvirt_uri
+        if worker is None:
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        digits = worker[2:] if worker.startswith("gw") else ""
+        n = int(digits) if digits.isdigit() else 0
+        return self.libvirt_uris[n % len(self.libvirt_uris)]
 
     # cache layout: one directory, every part below it
     @property
@@ -128,7 +167,9 @@ class Settings:
                 "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
                 "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),
                 "TCG_FACTOR": ("tcg_factor", float), "BOOT_PROTOCOL": ("boot_protocol", str),
-                "RUNS": ("runs_root", Path)}
+                "RUNS": ("runs_root", Path), "BACKEND": ("backend", str),
+                "LIBVIRT_URI": ("libvirt_uri", str), "LIBVIRT_URIS": ("libvirt_uris", _uri_list),
+                "LIBVIRT_TCG_EMULATOR": ("libvirt_tcg_emulator", str)}
         for suffix, (name, kind) in conv.items():
             raw = env.get(ENV_PREFIX + suffix)
             if raw is None or raw == "":

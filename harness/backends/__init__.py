@@ -1,9 +1,9 @@
 """Machine backends behind one small interface; pick one by name."""
 from __future__ import annotations
 
+from ..settings import BACKENDS
 from .base import Disk, Forward, Machine, MachineSpec
 
-BACKENDS = ("qemu",)
 
 
 def check_backend(name: str) -> str:

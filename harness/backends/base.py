@@ -13,6 +13,9 @@ class Disk:
     path: Path
     format: str            # "qcow2" | "raw"
     readonly: bool = False
+    # The backend puts a throwaway qcow2 overlay on this file (which stays untouched) and
+    # removes it at teardown (libvirt: a pool volume; the QEMU backend gets the overlay itself).
+    overlay: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,3 +61,9 @@ class Machine(Protocol):
         """Hard stop; idempotent; never raises; leaves no process behind."""
 
     def describe(self) -> dict: ...
+
+    def lab_ports(self) -> dict[int, int]:
+        """Guest port -> the 127.0.0.1 port on the lab's side that reaches it (after start)."""
+
+    def cpu_registers(self) -> str:
+        """Every vCPU's registers (HMP ``info registers -a``), for hang forensics."""

@@ -202,6 +202,9 @@ class QemuMachine:
         return self.qmp.execute("human-monitor-command", {"command-line": "info registers -a"},
                                 timeout=self.timeouts.qmp)
 
+    def lab_ports(self) -> dict[int, int]:
+        return {f.guest_port: f.host_port for f in self.spec.forwards}
+
     def describe(self) -> dict:
         return {"backend": "qemu", "accel": self.accel, "command": self.command,
                 "pid": self.pid}
