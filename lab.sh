@@ -22,7 +22,11 @@ APT_PACKAGES=(
   gcc make libelf-dev               # livepatch modules are built against each kernel's headers
   python3 python3-venv openssh-client
   stress-ng                         # the unit tests run the guest-side stress script on the host
+  libvirt-daemon-system libvirt-clients  # the libvirt backend (LIVEPATCH_LAB_BACKEND=libvirt)
+  libvirt-dev pkg-config            # so pip builds libvirt-python for .venv
+  openssh-server                    # the libvirt tests' remote-style host: an sshd on 127.0.0.1
 )
+TCG_WRAPPER=/usr/local/libexec/livepatch-lab/qemu-tcg-single  # Settings.libvirt_tcg_emulator
 
 say() { printf '[lab.sh] %s\n' "$*" >&2; }
 
@@ -38,9 +42,23 @@ install_system() {
   fi
 }
 
+# The libvirt backend's single-threaded TCG wrapper (see harness/backends/libvirt.py), and
+# /dev/kvm as Debian's udev rule leaves it (root:kvm 0660): a root-only /dev/kvm makes
+# libvirt re-probe QEMU on every call (its probe sees KVM, its QEMU user cannot), ~1 min per start.
+install_libvirt_host() {
+  if ! cmp -s harness/backends/qemu-tcg-single "$TCG_WRAPPER"; then
+    say "installing $TCG_WRAPPER"
+    $SUDO install -D -m 755 harness/backends/qemu-tcg-single "$TCG_WRAPPER"
+  fi
+  if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != kvm:660 ]; then
+    say "/dev/kvm: group kvm, mode 0660 (as udev sets it)"
+    $SUDO chgrp kvm /dev/kvm && $SUDO chmod 0660 /dev/kvm
+  fi
+}
+
 install_python() {
   local stamp=.venv/.installed want
-  want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  want=$( (cat pyproject.toml; echo "extras: libvirt") | sha256sum | cut -d' ' -f1)
   if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     python3 -m venv .venv
@@ -48,7 +66,7 @@ install_python() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing livepatch-lab and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e . >/dev/null
+    .venv/bin/python -m pip install -q -e '.[libvirt]' >/dev/null
     echo "$want" > "$stamp"
   fi
 }
@@ -57,12 +75,12 @@ cmd=${1:-}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   install)
-    install_system; install_python ;;
+    install_system; install_libvirt_host; install_python ;;
   main)
-    install_system; install_python
+    install_system; install_libvirt_host; install_python
     exec .venv/bin/livepatch-lab boot "${1:-debian-6.1}" -- uname -r ;;
   test)
-    install_system; install_python
+    install_system; install_libvirt_host; install_python
     set +e
     .venv/bin/python -m pytest "$@"
     rc=$?

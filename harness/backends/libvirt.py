@@ -595,6 +595,8 @@ class LibvirtMachine:
         for local, _ in pairs:
             self._wait_listening(local, deadline, cmd, log_path)
         self.ports = {g: local for g, (local, _) in zip(self.ports, pairs)}
+        log.info("libvirt: guest ports %s reached through an SSH tunnel to %s",
+                 ", ".join(map(str, self.ports)), self.target.host)
 
     def _wait_listening(self, port: int, deadline: float, cmd: list[str], log_path: Path) -> None:
         while True:

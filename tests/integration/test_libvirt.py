@@ -1,0 +1,81 @@
+"""The libvirt backend against a real libvirtd: local, remote-style (qemu+ssh over a
+throwaway sshd on 127.0.0.1, so the storage upload and the SSH tunnel paths run),
+and one whole scenario. Nothing may be left behind: domain, overlay volume,
+QEMU process or tunnel."""
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from . import libvirt_host
+
+pytestmark = [pytest.mark.vm, pytest.mark.network]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def libvirtd():
+    if os.geteuid() != 0:
+        pytest.skip("the libvirt tests start libvirtd on qemu:///system: run as root")
+    libvirt_host.ensure_libvirtd()
+    return libvirt_host.URI
+
+
+@pytest.fixture(scope="module")
+def ssh_uri(libvirtd, tmp_path_factory):
+    proc, uri = libvirt_host.start_sshd(tmp_path_factory.mktemp("sshd"))
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def libvirt_clean(libvirtd):
+    before = libvirt_host.leftovers()
+    yield
+    end = time.monotonic() + 10   # a destroyed domain's QEMU may take a moment to be reaped
+    while time.monotonic() < end and libvirt_host.leftovers() != before:
+        time.sleep(0.2)
+    assert libvirt_host.leftovers() == before
+
+
+def _boot_cli(lab_settings, uri: str) -> tuple[subprocess.CompletedProcess, float]:
+    env = dict(os.environ, LIVEPATCH_LAB_BACKEND="libvirt", LIVEPATCH_LAB_LIBVIRT_URI=uri,
+               LIVEPATCH_LAB_CACHE=str(lab_settings.cache_dir),
+               LIVEPATCH_LAB_RUNS=str(lab_settings.runs_dir))
+    if lab_settings.accel != "auto":
+        env["LIVEPATCH_LAB_ACCEL"] = lab_settings.accel
+    start = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "harness.cli", "-v", "boot", "debian-6.1", "--",
+                          "uname", "-r"], env=env, capture_output=True, text=True, timeout=300,
+                         cwd=REPO)
+    return res, time.monotonic() - start
+
+
+@pytest.mark.parametrize("where", ["local", "remote-style"])
+def test_boot_through_libvirt_runs_the_kernel_and_leaves_nothing(
+        where, request, lab_settings, lab_kernel, lab_image, libvirtd, libvirt_clean, no_leftovers):
+    uri = libvirtd if where == "local" else request.getfixturevalue("ssh_uri")
+    release = lab_kernel("debian-6.1").release
+    res, seconds = _boot_cli(lab_settings, uri)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == release
+    assert "(libvirt backend)" in res.stderr
+    assert ("SSH tunnel" in res.stderr) == (where == "remote-style"), res.stderr[-3000:]
+    print(f"libvirt {where} boot + uname -r + teardown: {seconds:.1f}s")
+
+
+def test_a_scenario_passes_through_libvirt(lab_settings, lab_kernel, lab_image, libvirtd,
+                                           libvirt_clean, no_leftovers, tmp_path):
+    from harness import runner, scenario
+    sc = scenario.load(REPO / "scenarios" / "good.yaml")
+    settings = dataclasses.replace(lab_settings, backend="libvirt", libvirt_uri=libvirtd)
+    outcome = runner.run(sc, "debian-6.1", settings, tmp_path / "out")
+    assert outcome.verdict.verdict == "pass", outcome.as_dict()
+    assert any(e["event"] == "booted" for e in outcome.timeline)
+    print(f"good.yaml via libvirt: {outcome.verdict.verdict} in {outcome.seconds:.1f}s")
