@@ -6,7 +6,6 @@ and left running for later sessions (they hold no lab state; stop them with
 """
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
