@@ -25,6 +25,7 @@ APT_PACKAGES=(
   libvirt-daemon-system libvirt-clients  # the libvirt backend (LIVEPATCH_LAB_BACKEND=libvirt)
   libvirt-dev pkg-config            # so pip builds libvirt-python for .venv
   openssh-server                    # the libvirt tests' remote-style host: an sshd on 127.0.0.1
+  shellcheck                        # actionlint (test suite) checks the workflows' shell with it
 )
 TCG_WRAPPER=/usr/local/libexec/livepatch-lab/qemu-tcg-single  # Settings.libvirt_tcg_emulator
 
@@ -58,7 +59,7 @@ install_libvirt_host() {
 
 install_python() {
   local stamp=.venv/.installed want
-  want=$( (cat pyproject.toml; echo "extras: libvirt") | sha256sum | cut -d' ' -f1)
+  want=$( (cat pyproject.toml; echo "extras: libvirt,test") | sha256sum | cut -d' ' -f1)
   if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
     python3 -m venv .venv
@@ -66,7 +67,7 @@ install_python() {
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "installing livepatch-lab and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[libvirt]' >/dev/null
+    .venv/bin/python -m pip install -q -e '.[libvirt,test]' >/dev/null
     echo "$want" > "$stamp"
   fi
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from .errors import BootError, ConfigError, HarnessError
-from .settings import ACCELS, Settings
+from .settings import ACCELS, BACKENDS, Settings
 
 log = logging.getLogger("harness")
 
@@ -53,7 +53,16 @@ def _setup_logging(verbosity: int) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_env(cache_dir=args.cache_dir, accel=getattr(args, "accel", None),
-                             memory_mib=getattr(args, "memory", None), cpus=getattr(args, "cpus", None))
+                             memory_mib=getattr(args, "memory", None), cpus=getattr(args, "cpus", None),
+                             backend=getattr(args, "backend", None),
+                             libvirt_uri=getattr(args, "libvirt_uri", None))
+
+
+def _backend_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--backend", choices=BACKENDS, help="qemu (default: QEMU run by the lab) or libvirt "
+                    "(env LIVEPATCH_LAB_BACKEND)")
+    sp.add_argument("--libvirt-uri", metavar="URI", help="libvirt connection, e.g. qemu:///system "
+                    "(default) or qemu+ssh://user@host/system (env LIVEPATCH_LAB_LIBVIRT_URI)")
 
 
 # commands -----------------------------------------------------------------
@@ -216,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="image recipe")
     b.add_argument("--timeout", type=float, help="deadline for CMD in seconds")
     b.add_argument("--artifacts", help="keep the console log in this directory")
+    _backend_options(b)
     b.set_defaults(func=cmd_boot)
 
     def matrix_options(sp: argparse.ArgumentParser) -> None:
@@ -226,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", metavar="FILE", help="write verdicts, reasons, timelines, artifact paths")
         sp.add_argument("--artifacts", metavar="DIR",
                         help="artifact folder (default lab-artifacts/<timestamp>)")
+        _backend_options(sp)
 
     c = sub.add_parser("check", help="validate one livepatch (kbuild dir or .ko) under load; "
                                      "exit 0 pass, 1 fail, 2 error")

@@ -10,7 +10,7 @@ from typing import Callable, ContextManager, Iterator, Optional
 
 import pytest
 
-from .settings import ACCELS
+from .settings import ACCELS, BACKENDS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,7 +25,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "(default <rootdir>/lab-artifacts)")
     group.addoption("--lab-json", metavar="FILE", help="write the kernel x scenario verdicts "
                     "(versions, reasons, artifact paths) as JSON at the end of the run")
+    group.addoption("--lab-backend", choices=BACKENDS,
+                    help="qemu (default) or libvirt (ini lab_backend; env LIVEPATCH_LAB_BACKEND)")
+    group.addoption("--lab-libvirt-uri", action="append", default=[], metavar="URI",
+                    help="libvirt connection (default qemu:///system); repeat to spread xdist workers "
+                         "over several hosts: worker gwN uses URI number N modulo their count "
+                         "(ini lab_libvirt_uri)")
     parser.addini("lab_cache_dir", "cache for kernels, images and runs")
+    parser.addini("lab_backend", "qemu or libvirt")
+    parser.addini("lab_libvirt_uri", "libvirt URI(s), one per line", type="linelist")
     parser.addini("lab_accel", "auto, kvm or tcg")
     parser.addini("lab_kernels", "kernels to run VM tests on", type="args")
 
@@ -33,6 +41,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: boots real QEMU guests (slow)")
     config.addinivalue_line("markers", "network: downloads from Debian's archive on first run")
+    config.addinivalue_line("markers", "kernel(name): the kernel line a scenario item runs on")
     import logging
     # SSH attempts to a booting guest fail by design; keep paramiko's tracebacks out of reports.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -46,12 +55,23 @@ def _opt(config: pytest.Config, name: str) -> Optional[str]:
     return config.getoption(f"--lab-{name.replace('_', '-')}") or config.getini(f"lab_{name}") or None
 
 
+def settings_for(config: pytest.Config):
+    """The lab's ``Settings`` from options > ini > environment > defaults."""
+    from .settings import Settings
+    uris = list(_opt(config, "libvirt_uri") or [])
+    extra = {}
+    if len(uris) == 1:
+        extra["libvirt_uri"] = uris[0]
+    elif uris:
+        extra["libvirt_uris"] = uris
+    return Settings.from_env(cache_dir=_opt(config, "cache_dir"), accel=_opt(config, "accel"),
+                             backend=_opt(config, "backend"), **extra)
+
+
 @pytest.fixture(scope="session")
 def lab_settings(pytestconfig: pytest.Config):
     """The lab's ``Settings`` from options > ini > environment > defaults."""
-    from .settings import Settings
-    return Settings.from_env(cache_dir=_opt(pytestconfig, "cache_dir"),
-                             accel=_opt(pytestconfig, "accel"))
+    return settings_for(pytestconfig)
 
 
 @pytest.fixture(scope="session")
@@ -148,11 +168,7 @@ class ScenarioItem(pytest.Item):
         from pathlib import Path
 
         from . import runner
-        settings = self.config._lab_settings if hasattr(self.config, "_lab_settings") else None
-        if settings is None:
-            from .settings import Settings
-            settings = Settings.from_env(cache_dir=_opt(self.config, "cache_dir"),
-                                         accel=_opt(self.config, "accel"))
+        settings = settings_for(self.config)
         root = Path(self.config.getoption("--lab-artifacts") or
                     self.config.rootpath / "lab-artifacts")
         out = root / self.scenario.name / self.kernel.replace("@", "_")

@@ -76,3 +76,21 @@ def test_a_broken_scenario_is_a_collection_error_naming_file_line_and_field(pyte
     result = pytester.runpytest("--collect-only", "-q")
     assert result.ret != 0
     result.stdout.fnmatch_lines(["*demo.yaml:6 [[]timeline.baseline]: must be a number*"])
+
+
+def test_backend_and_libvirt_uris_reach_the_settings(pytester: pytest.Pytester):
+    pytester.makepyfile("""
+        def test_settings(lab_settings):
+            assert lab_settings.backend == "libvirt"
+            assert lab_settings.libvirt_uris == ("qemu+ssh://root@10.0.0.1/system", "qemu:///system")
+            assert lab_settings.libvirt_uri_for("gw3") == "qemu:///system"
+    """)
+    pytester.runpytest("--lab-backend", "libvirt", "--lab-libvirt-uri", "qemu+ssh://root@10.0.0.1/system",
+                       "--lab-libvirt-uri", "qemu:///system").assert_outcomes(passed=1)
+
+
+def test_a_bad_libvirt_uri_is_refused_naming_it(pytester: pytest.Pytester):
+    pytester.makepyfile("def test_settings(lab_settings):\n    pass\n")
+    result = pytester.runpytest("--lab-libvirt-uri", "http://example/")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*libvirt_uri*not a libvirt QEMU URI*http://example/*"])
