@@ -13,7 +13,9 @@ import pytest
 
 from . import libvirt_host
 
-pytestmark = [pytest.mark.vm, pytest.mark.network]
+# One xdist worker runs them all (--dist loadgroup): `leftovers()` sees the host's whole
+# libvirt state, so a libvirt test on another worker would look like a leftover.
+pytestmark = [pytest.mark.vm, pytest.mark.network, pytest.mark.xdist_group("libvirt")]
 
 REPO = Path(__file__).resolve().parents[2]
 
