@@ -163,6 +163,7 @@ class ScenarioItem(pytest.Item):
         super().__init__(**kwargs)
         self.scenario, self.kernel = scenario, kernel
         self.outcome = None
+        self.duration_key = f"{scenario.name}[{kernel}]"
 
     def runtest(self) -> None:
         from pathlib import Path
@@ -205,6 +206,55 @@ def kernel_marker(kernel: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in kernel.split("@")[0])
 
 
+# longest first -------------------------------------------------------------------
+DURATIONS_FILE = "durations.json"   # in the cache dir: "scenario[kernel]" -> seconds, last run
+
+
+def _durations_path(config: pytest.Config):
+    try:
+        return settings_for(config).cache_dir / DURATIONS_FILE
+    except Exception:  # bad settings are reported where they are used, not here
+        return None
+
+
+def load_durations(path) -> dict[str, float]:
+    import json
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}
+
+
+def longest_first(items: list, durations: dict[str, float]) -> None:
+    """Scenario items reordered in their own slots, longest last-known run first, unknown
+    ones before all (LPT: a parallel run ends when its longest item does, so start it
+    first; with xdist, also pass --maxschedchunk 1 so no worker is handed two at once)."""
+    slots = [i for i, it in enumerate(items) if isinstance(it, ScenarioItem)]
+    ordered = sorted((items[i] for i in slots), key=lambda it: -durations.get(it.duration_key, float("inf")))
+    for i, it in zip(slots, ordered):
+        items[i] = it
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    if any(isinstance(it, ScenarioItem) for it in items):
+        longest_first(items, load_durations(_durations_path(config)))
+
+
+def record_durations(path, rows: list[dict]) -> None:
+    """Merge this run's scenario seconds into the durations file (atomically)."""
+    import json
+    import os
+    if path is None or not rows:
+        return
+    data = load_durations(path)
+    data.update({f"{r['lab_scenario']}[{r['lab_kernel']}]": r["seconds"] for r in rows})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
 # the kernel x scenario summary -------------------------------------------------
 class LabSummary:
     """Collects scenario results from reports (under xdist, the controller gets every
@@ -229,6 +279,11 @@ class LabSummary:
                                     + (" (marked !)" if odd else ""))
 
     def pytest_sessionfinish(self) -> None:
+        try:
+            record_durations(_durations_path(self.config), self.rows)
+        except OSError as exc:  # a read-only cache costs the ordering, nothing else
+            import logging
+            logging.getLogger(__name__).warning("durations not recorded: %s", exc)
         path = self.config.getoption("--lab-json")
         if path:
             import json

@@ -86,3 +86,19 @@ def test_a_marker_picks_one_kernel_line(matrix):
 def test_no_scenario_no_summary(pytester: pytest.Pytester):
     pytester.makepyfile("def test_x():\n    pass\n")
     assert "livepatch-lab: verdicts" not in pytester.runpytest().stdout.str()
+
+
+def test_scenario_items_run_longest_first_by_the_last_runs_durations(matrix):
+    cache = matrix.path / "cache"
+    first = matrix.runpytest("-p", "no:cacheprovider", "--lab-cache-dir", str(cache), "--co", "-q")
+    first.stdout.fnmatch_lines(["bad.yaml::bad[[]debian-5.10]", "bad.yaml::bad[[]debian-6.1]"])
+    matrix.runpytest("-p", "no:cacheprovider", "--lab-cache-dir", str(cache))   # records seconds
+    recorded = json.loads((cache / "durations.json").read_text())
+    assert recorded["good[debian-6.1]"] == 1.0 and len(recorded) == 8
+    recorded.update({"good[debian-6.12]": 170.0, "bad[debian-6.1]": 40.0})
+    recorded.pop("good[debian-7]")            # never seen: goes first
+    (cache / "durations.json").write_text(json.dumps(recorded))
+    result = matrix.runpytest("-p", "no:cacheprovider", "--lab-cache-dir", str(cache), "--co", "-q")
+    lines = [line for line in result.stdout.lines if "::" in line]
+    assert lines[:3] == ["good.yaml::good[debian-7]", "good.yaml::good[debian-6.12]",
+                         "bad.yaml::bad[debian-6.1]"]
