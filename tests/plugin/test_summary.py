@@ -30,12 +30,18 @@ def fake_run(sc, kernel, settings, out_dir):
         info = {"name": kernel, "version": VERSIONS[kernel], "release": kernel + "-amd64"}
     return runner.Outcome(sc.name, kernel, v, info, [], str(out_dir), 1.0)
 
+_real_run = runner.run
 runner.run = fake_run
+
+def pytest_unconfigure(config):   # in-process runs share our harness.runner: give it back
+    runner.run = _real_run
 '''
 
 
 @pytest.fixture
-def matrix(pytester: pytest.Pytester):
+def matrix(pytester: pytest.Pytester, monkeypatch):
+    import harness.runner
+    monkeypatch.setattr(harness.runner, "run", harness.runner.run)   # restored whatever happens
     pytester.makeconftest(FAKE_RUNNER)
     pytester.mkdir("patch")
     pytester.path.joinpath("good.yaml").write_text("name: good\npatch:\n  source: patch\n")
@@ -81,6 +87,11 @@ def test_a_marker_picks_one_kernel_line(matrix):
     result = matrix.runpytest("-p", "no:cacheprovider", "-m", "debian_6_12", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["bad.yaml::bad[[]debian-6.12]", "good.yaml::good[[]debian-6.12]",
                                  "2/8 tests collected*"])
+
+
+def test_the_fake_runner_never_outlives_the_test():
+    import harness.runner
+    assert harness.runner.run.__module__ == "harness.runner"
 
 
 def test_no_scenario_no_summary(pytester: pytest.Pytester):
