@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_once(scenario: str, workers: int, kernels: list[str], json_path: Path) -> tuple[float, int, dict]:
     cmd = [sys.executable, "-m", "pytest", scenario, "-q", "-p", "no:cacheprovider",
            "-n", str(workers), "--lab-json", str(json_path)]
-    if workers > 1:   # one item at a time, so the longest (the plugin orders them first) starts first
-        cmd += ["--maxschedchunk", "1"]
+    if workers > 1:   # an idle worker takes queued items from a busy one: the longest item
+        cmd += ["--dist", "worksteal"]   # (the plugin orders it first) is not followed by others
     for k in kernels:
         cmd += ["--lab-kernel", k]
     start = time.monotonic()

@@ -229,7 +229,7 @@ def load_durations(path) -> dict[str, float]:
 def longest_first(items: list, durations: dict[str, float]) -> None:
     """Scenario items reordered in their own slots, longest last-known run first, unknown
     ones before all (LPT: a parallel run ends when its longest item does, so start it
-    first; with xdist, also pass --maxschedchunk 1 so no worker is handed two at once)."""
+    first; with xdist, --dist worksteal lets an idle worker take what waits behind it)."""
     slots = [i for i, it in enumerate(items) if isinstance(it, ScenarioItem)]
     ordered = sorted((items[i] for i in slots), key=lambda it: -durations.get(it.duration_key, float("inf")))
     for i, it in zip(slots, ordered):

@@ -157,7 +157,9 @@ def _in_guest(sc: Scenario, kernel, image, patch: build.Module, targets: list, s
     svc = workload.ServiceSpec(**sc.service)
     ports = (svc.port,) if sc.service_enabled else ()
     with session.boot(kernel, image, settings, forward_ports=ports, artifacts_dir=out_dir) as guest:
-        events("booted", accel=guest.accel, seconds=round(guest.timings.get("ssh_ready", 0), 2))
+        where = guest.machine.describe()
+        events("booted", accel=guest.accel, seconds=round(guest.timings.get("ssh_ready", 0), 2),
+               backend=where.get("backend"), **({"uri": where["uri"]} if "uri" in where else {}))
         t = guest.timeouts
         evidence = forensics.HangEvidence(guest, settings, t.command)
         try:

@@ -81,3 +81,29 @@ def test_a_scenario_passes_through_libvirt(lab_settings, lab_kernel, lab_image, 
     assert outcome.verdict.verdict == "pass", outcome.as_dict()
     assert any(e["event"] == "booted" for e in outcome.timeline)
     print(f"good.yaml via libvirt: {outcome.verdict.verdict} in {outcome.seconds:.1f}s")
+
+
+def test_a_pool_of_uris_spreads_xdist_workers_over_the_hosts(lab_settings, lab_kernel, lab_image,
+                                                             libvirtd, ssh_uri, libvirt_clean, tmp_path):
+    """Two workers, two libvirt 'hosts' (local, and qemu+ssh through loopback): worker gwN
+    takes URI N mod 2, so each host runs one of the two items."""
+    import json
+    env = dict(os.environ, LIVEPATCH_LAB_CACHE=str(lab_settings.cache_dir),
+               LIVEPATCH_LAB_RUNS=str(lab_settings.runs_dir))
+    env.pop("PYTEST_XDIST_WORKER", None)
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "scenarios/good.yaml", "-n", "2", "--maxschedchunk", "1",
+         "-p", "no:cacheprovider",
+         "--lab-backend", "libvirt", "--lab-libvirt-uri", libvirtd, "--lab-libvirt-uri", ssh_uri,
+         "--lab-kernel", "debian-5.10", "--lab-kernel", "debian-6.1",
+         "--lab-artifacts", str(tmp_path / "art"), "--lab-json", str(tmp_path / "v.json")],
+        env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert json.loads((tmp_path / "v.json").read_text())["summary"]["pass"] == 2
+    used = set()
+    for kernel in ("debian-5.10", "debian-6.1"):
+        timeline = json.loads((tmp_path / "art" / "good" / kernel / "timeline.json").read_text())
+        booted = next(e for e in timeline if e["event"] == "booted")
+        assert booted["backend"] == "libvirt"
+        used.add(booted["uri"])
+    assert used == {libvirtd, ssh_uri}
