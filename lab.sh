@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # livepatch-lab's set-up-and-run entry point for a fresh Debian or Ubuntu machine.
 #
-#   ./lab.sh main [KERNEL]   install what is missing, then boot KERNEL (default debian-6.1,
-#                            fetched from Debian's archive) on the default image (built here)
-#                            and print its `uname -r`
+#   ./lab.sh main [KERNEL]   install what is missing, then validate the lab's good livepatch
+#                            (scenarios/good.yaml) under load on KERNEL (default debian-6.1,
+#                            fetched from Debian's archive) with the default image (built
+#                            here): boot, apply mid-run, check, revert, print the verdict
 #   ./lab.sh test [ARGS]     install what is missing, then run the test suite (pytest ARGS)
 #   ./lab.sh install         only install
 #
@@ -79,7 +80,7 @@ case "$cmd" in
     install_system; install_libvirt_host; install_python ;;
   main)
     install_system; install_libvirt_host; install_python
-    exec .venv/bin/livepatch-lab boot "${1:-debian-6.1}" -- uname -r ;;
+    exec .venv/bin/livepatch-lab run scenarios/good.yaml --kernel "${1:-debian-6.1}" ;;
   test)
     install_system; install_libvirt_host; install_python
     set +e
