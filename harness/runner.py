@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from . import build, forensics, heartbeat, images, kernels, livepatch, session, workload
 from .errors import (BootError, ConfigError, DeadlineExceeded, GuestConnectionError, HarnessError,
@@ -66,12 +67,15 @@ def phase_seconds(timeline: list[dict[str, Any]]) -> dict[str, float]:
 
 
 class _Timeline:
-    def __init__(self) -> None:
+    def __init__(self, rec: Optional[RunRecord] = None) -> None:
         self.events: list[dict[str, Any]] = []
+        self.rec = rec
 
     def __call__(self, name: str, **detail: Any) -> float:
         now = time.time()
         self.events.append({"t": round(now, 3), "event": name, **detail})
+        if self.rec is not None:   # the host's load at every step: an overloaded host is evidence
+            self.rec.host_load.append(round(os.getloadavg()[0], 2))
         log.info("%s%s", name, "".join(f" {k}={v}" for k, v in detail.items() if k != "stragglers"))
         return now
 
@@ -120,11 +124,11 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ARTIFACTS:
         (out_dir / name).unlink(missing_ok=True)
-    events = _Timeline()
     rec = RunRecord(service_enabled=sc.service_enabled, probe_expect=dict(sc.probe_expect),
                     thresholds={"max_latency": sc.max_latency, "latency_factor": sc.latency_factor,
                                 "max_gap": sc.max_gap, "median_factor": sc.median_factor,
-                                "min_median": sc.min_median})
+                                "min_median": sc.min_median}, host_cpus=os.cpu_count() or 0)
+    events = _Timeline(rec)
     kernel_info: dict[str, Any] = {"name": kernel_spec}
     events("start")
     try:

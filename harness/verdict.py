@@ -54,6 +54,8 @@ class RunRecord:
     taint_patched: Optional[int] = None
     taint_after: Optional[int] = None
     thresholds: dict[str, float] = field(default_factory=dict)
+    host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per phase
+    host_cpus: int = 0
 
 
 @dataclass
@@ -68,6 +70,15 @@ class Verdict:
 
 
 # service ----------------------------------------------------------------------
+def host_overloaded(rec: RunRecord) -> str:
+    """A note when the host ran more than one runnable task per core during the run: under
+    TCG an overloaded host slows the guest's service exactly like a slow patch does."""
+    if rec.host_cpus and rec.host_load and max(rec.host_load) > rec.host_cpus:
+        return (f" (note: host load average reached {max(rec.host_load):.1f} on {rec.host_cpus} cores; "
+                "an overloaded host also looks like this: re-run with fewer guests at once)")
+    return ""
+
+
 def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
     if not rec.service_enabled or "baseline" not in rec.windows:
         return [], {}
@@ -105,6 +116,9 @@ def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
             reasons.append(Reason("service", f"{name} window: median latency {s['p50']*1000:.0f} ms "
                                              f"> {p50_limit*1000:.0f} ms allowed (baseline median "
                                              f"{base['p50']*1000:.0f} ms)"))
+    note = host_overloaded(rec)
+    if note and reasons:
+        reasons = [Reason(r.check, r.message + note) for r in reasons]
     return reasons, stats
 
 
@@ -285,5 +299,6 @@ def decide(rec: RunRecord) -> Verdict:
         "kernel_clock": kernel_durations(rec.patch_name, rec.dmesg),
         "taint": {"before": rec.taint_before, "patched": rec.taint_patched, "after": rec.taint_after},
         "requests": len(rec.requests), "probe_samples": len(rec.probe),
+        "host_load": {"max": max(rec.host_load) if rec.host_load else None, "cpus": rec.host_cpus},
     }
     return Verdict("fail" if reasons else "pass", reasons, measurements)

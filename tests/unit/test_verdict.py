@@ -199,3 +199,13 @@ def test_a_runs_wall_time_is_split_into_phases_that_happened():
     assert phases["prepare"] == 2 and phases["apply"] == 3 and phases["teardown"] == 1
     lost = phase_seconds([e for e in timeline if e["event"] in ("start", "built", "booted", "baseline")])
     assert lost == {"prepare": 2.0, "boot": 1.0, "setup": 1.0}   # only what happened
+
+
+def test_a_service_failure_on_an_overloaded_host_says_the_host_may_be_to_blame():
+    slow = [Req(i * 0.1, i * 0.1 + (0.02 if i < 100 else 0.4)) for i in range(260)]
+    rec = clean_record(requests=slow, host_load=[1.2, 3.4, 2.0], host_cpus=2)
+    msgs = [r.message for r in V.decide(rec).reasons if r.check == "service"]
+    assert msgs and all("host load average reached 3.4 on 2 cores" in m for m in msgs)
+    calm = clean_record(requests=slow, host_load=[0.5, 1.1], host_cpus=2)
+    assert not any("host load" in r.message for r in V.decide(calm).reasons)
+    assert V.decide(clean_record(host_load=[9.0], host_cpus=2)).verdict == "pass"  # a note, never a reason
