@@ -162,7 +162,9 @@ class FakeSSHServer:
             t.join(timeout=5)
         if not chan.closed:
             try:
-                chan.send_exit_status(proc.returncode)
+                # killed by a signal: a shell's 128+N (the protocol's status is unsigned)
+                rc = proc.returncode
+                chan.send_exit_status(rc if rc >= 0 else 128 - rc)
                 chan.shutdown_write()
                 chan.close()
             except (OSError, EOFError, paramiko.SSHException):
