@@ -30,7 +30,6 @@ class Heartbeat:
         self.on_lost = on_lost
         self.lost: Optional[str] = None
         self.beats = 0
-        self.slowest = 0.0            # longest echo round trip seen, seconds
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._chan = None
@@ -74,7 +73,6 @@ class Heartbeat:
                         return self._give_up("the heartbeat shell in the guest ended")
                     return
             buf = b""
-            self.slowest = max(self.slowest, time.monotonic() - sent)
 
     def _give_up(self, reason: str) -> None:
         self.lost = reason

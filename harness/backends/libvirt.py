@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
+from ..apt import sha256_file
 from ..console import ConsoleFollower
 from ..errors import DeadlineExceeded, HarnessError, InfraError
 from ..locks import file_lock
@@ -345,11 +346,7 @@ def _digest(path: Path, cache: Path) -> str:
         memo = {}
     if key in memo:
         return memo[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    memo[key] = h.hexdigest()
+    memo[key] = sha256_file(path)
     memo_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(memo))
