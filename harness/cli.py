@@ -181,9 +181,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    from .report import columns
+    print(columns([header, *rows]))
 
 
 # parser -------------------------------------------------------------------

@@ -294,16 +294,12 @@ class LabSummary:
 
 def summary_table(rows: list[dict]) -> str:
     """Scenario rows x kernel columns; a cell not as the scenario expects is marked ``!``."""
-    kernels = sorted({r["lab_kernel"] for r in rows})
-    versions = {r["lab_kernel"]: r["kernel_version"] for r in rows}
-    scenarios = sorted({r["lab_scenario"] for r in rows})
-    cell = {(r["lab_scenario"], r["lab_kernel"]):
-            r["verdict"].upper() + ("" if r["as_expected"] else f" ! (expected {r['expected']})")
-            for r in rows}
-    head = ["scenario"] + [f"{k} ({versions[k]})" for k in kernels]
-    body = [[s] + [cell.get((s, k), "-") for k in kernels] for s in scenarios]
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *body])
+    from .report import matrix
+    return matrix(sorted({r["lab_scenario"] for r in rows}),
+                  {r["lab_kernel"]: r["kernel_version"] for r in rows},
+                  {(r["lab_scenario"], r["lab_kernel"]):
+                   r["verdict"].upper() + ("" if r["as_expected"] else f" ! (expected {r['expected']})")
+                   for r in rows})
 
 
 def summary_document(rows: list[dict]) -> dict:

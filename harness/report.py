@@ -17,17 +17,26 @@ def write_json(path: Path, outcomes: Sequence[Any]) -> None:
     path.write_text(json.dumps(document(outcomes), indent=2, default=str) + "\n")
 
 
+def columns(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows as left-aligned columns, two spaces apart (the first row is the header)."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def matrix(scenarios: Sequence[str], versions: dict[str, str], cells: dict[tuple[str, str], str]) -> str:
+    """Scenario rows x kernel columns (headed with each kernel's exact version); "-" where
+    a scenario did not run on a kernel."""
+    kernels = sorted(versions)
+    head = ["scenario"] + [f"{k} ({versions[k]})" for k in kernels]
+    return columns([head] + [[s] + [cells.get((s, k), "-") for k in kernels] for s in scenarios])
+
+
 def table(outcomes: Iterable[Any]) -> str:
     """Scenario rows × kernel columns of verdicts, with each kernel's exact version."""
     outcomes = list(outcomes)
-    kernels = sorted({o.kernel for o in outcomes})
-    versions = {o.kernel: o.kernel_info.get("version", "?") for o in outcomes}
-    scenarios = list(dict.fromkeys(o.scenario for o in outcomes))
-    cell = {(o.scenario, o.kernel): o.verdict.verdict.upper() for o in outcomes}
-    head = ["scenario"] + [f"{k} ({versions[k]})" for k in kernels]
-    rows = [[s] + [cell.get((s, k), "-") for k in kernels] for s in scenarios]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows])
+    return matrix(list(dict.fromkeys(o.scenario for o in outcomes)),
+                  {o.kernel: o.kernel_info.get("version", "?") for o in outcomes},
+                  {(o.scenario, o.kernel): o.verdict.verdict.upper() for o in outcomes})
 
 
 def explain(outcome: Any) -> str:
