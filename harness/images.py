@@ -103,20 +103,11 @@ def load_recipe(path: Path) -> Recipe:
     import yaml
     from yaml.constructor import SafeConstructor
 
+    from .yamlconf import compose
+
     path = Path(path)
     src = str(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read the image recipe: {exc.strerror or exc}", source=src) from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}", source=src,
-                          line=mark.line + 1 if mark else None) from None
-    if root is None:
-        raise ConfigError("empty recipe", source=src)
+    root = compose(path, empty="empty recipe", what="the image recipe")
     if not isinstance(root, yaml.MappingNode):
         raise ConfigError("a recipe is a mapping of fields", source=src, line=root.start_mark.line + 1)
 

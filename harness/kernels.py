@@ -49,8 +49,9 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import yaml
+from yaml.constructor import SafeConstructor
 
-from . import apt, debversion, hostcmd
+from . import apt, debversion, hostcmd, yamlconf
 from .errors import ConfigError, InfraError
 from .locks import file_lock
 from .settings import Settings
@@ -168,22 +169,9 @@ def _key_lines(node: yaml.Node, path: Path) -> dict[str, int]:
 
 def load_definition(path: Path) -> KernelDef:
     """Parse and validate one definition file; every mistake is a ``ConfigError`` with its line."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"not valid YAML: {problem}", source=str(path),
-                          line=mark.line + 1 if mark else None) from None
-    if node is None:
-        raise ConfigError("empty kernel definition", source=str(path))
+    node = yamlconf.compose(path, empty="empty kernel definition")
     lines = _key_lines(node, path)
-    return _validate(path, data, lines)
+    return _validate(path, SafeConstructor().construct_document(node), lines)
 
 
 class _Fields:

@@ -117,13 +117,15 @@ class _Validator:
         return value
 
 
-def load(path: Path, schema: Schema) -> Loaded:
-    """Read ``path`` and validate it against ``schema``; defaults filled in."""
+def compose(path: Path, *, empty: str = "the file is empty", what: str = "") -> yaml.Node:
+    """Read and compose ``path``: the root node, positions kept. Unreadable, malformed
+    or empty files are ``ConfigError``s naming the file (and the line, for bad YAML)."""
     source = str(path)
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror or exc}", source=source) from None
+        raise ConfigError(f"cannot read{' ' + what if what else ''}: {exc.strerror or exc}",
+                          source=source) from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -131,6 +133,12 @@ def load(path: Path, schema: Schema) -> Loaded:
         raise ConfigError(f"not valid YAML: {getattr(exc, 'problem', None) or exc}", source=source,
                           line=mark.line + 1 if mark else None) from None
     if root is None:
-        raise ConfigError("the file is empty", source=source)
-    v = _Validator(source)
-    return Loaded(v.mapping(root, schema, ""), v.lines, source)
+        raise ConfigError(empty, source=source)
+    return root
+
+
+def load(path: Path, schema: Schema) -> Loaded:
+    """Read ``path`` and validate it against ``schema``; defaults filled in."""
+    root = compose(path)
+    v = _Validator(str(path))
+    return Loaded(v.mapping(root, schema, ""), v.lines, str(path))
