@@ -149,7 +149,9 @@ class ScenarioFile(pytest.File):
             item.add_marker(pytest.mark.kernel(name))
             # `-m debian_6_12` picks one kernel line: marker names must be identifiers
             line = kernel_marker(name)
-            self.config.addinivalue_line("markers", f"{line}: scenario items on kernel {name.split('@')[0]}")
+            doc = f"{line}: scenario items on kernel {name.split('@')[0]}"
+            if doc not in self.config.getini("markers"):   # once per kernel, not per item
+                self.config.addinivalue_line("markers", doc)
             item.add_marker(getattr(pytest.mark, line))
             yield item
 
