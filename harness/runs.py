@@ -35,11 +35,17 @@ def _boot_id() -> str:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    # A killed owner stays a zombie until its parent (in a container, often a lax init)
+    # reaps it; it holds nothing, so its run is stale.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2:][:1] != "Z"
 
 
 @dataclass

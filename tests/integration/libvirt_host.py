@@ -6,11 +6,14 @@ and left running for later sessions (they hold no lab state; stop them with
 """
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from harness.locks import file_lock
 
 URI = "qemu:///system"
 REPO = Path(__file__).resolve().parents[2]
@@ -22,6 +25,25 @@ def _answers(uri: str = URI) -> bool:
     return res.returncode == 0
 
 
+def _running(name: str) -> bool:
+    """The daemon accepts connections on its socket. Neither the socket file nor the pidfile
+    proves it: a machine restored from a snapshot keeps /run but not the processes, and a
+    killed daemon lingers as a zombie until the container's init reaps it."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        try:
+            s.connect(f"/run/libvirt/{'libvirt' if name == 'libvirtd' else name}-sock")
+            return True
+        except OSError:
+            return False
+
+
+def _start(name: str, log: Path) -> None:
+    # The daemon's own log file: the only place it says why it would not start.
+    env = dict(os.environ, LIBVIRT_LOG_OUTPUTS=f"3:file:{log}")
+    subprocess.run([name, "--daemon"], check=True, timeout=30, env=env)
+
+
 def ensure_libvirtd(deadline_s: float = 60) -> None:
     """virtlogd + libvirtd running and answering on ``qemu:///system``."""
     from harness.settings import DEFAULT_TCG_EMULATOR
@@ -29,15 +51,28 @@ def ensure_libvirtd(deadline_s: float = 60) -> None:
     _install_wrapper(Path(DEFAULT_TCG_EMULATOR))
     if _answers():
         return
-    if not Path("/run/libvirt/virtlogd-sock").exists():
-        subprocess.run(["virtlogd", "-d"], check=True, timeout=30)
-    if not Path("/run/libvirt/libvirt-sock").exists():
-        subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
+    logs = {name: Path(f"/var/log/livepatch-lab-{name}.log") for name in ("virtlogd", "libvirtd")}
+    # xdist workers get here together: one starts the daemons, the others find them running.
+    with file_lock(Path("/run/livepatch-lab-libvirtd.lock"), timeout=deadline_s,
+                   what="libvirtd start-up by another worker"):
+        for name, log in logs.items():
+            if not _running(name):
+                _start(name, log)
     end = time.monotonic() + deadline_s
     while not _answers():
         if time.monotonic() > end:
-            raise RuntimeError(f"libvirtd did not answer `virsh -c {URI} list` within {deadline_s}s")
+            tails = "\n".join(f"--- {log} ---\n" + _tail(log) for log in logs.values())
+            running = {name: _running(name) for name in logs}
+            raise RuntimeError(f"libvirtd did not answer `virsh -c {URI} list` within "
+                               f"{deadline_s}s (running: {running})\n{tails}")
         time.sleep(0.5)
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(unreadable: {exc})"
 
 
 def _kvm_group_access() -> None:

@@ -199,3 +199,16 @@ def test_a_missing_runs_dir_is_nothing_to_reap(tmp_path):
 def test_liveness_check(monkeypatch):
     assert runs._alive(os.getpid())
     assert not runs._alive(dead_pid())
+
+
+def test_a_zombie_owner_counts_as_dead():
+    # A killed lab lingers as a zombie until reaped; it holds nothing, so its run is stale.
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        assert not runs._alive(child.pid)
+    finally:
+        child.wait()
