@@ -100,6 +100,38 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from . import cache, images, kernels
+    settings = _settings(args)
+    recipes = [images.load_recipe(p) for p in sorted(images.DEFAULT_RECIPE.parent.glob("*.yaml"))]
+    entries = cache.survey(settings, kernels.load_definitions(), recipes)
+    removable = [e for e in entries if not e.keep]
+    if args.json:
+        print(json.dumps({"cache_dir": str(settings.cache_dir),
+                          "stores": [dict(zip(("store", "entries", "bytes", "prunable_bytes"), r))
+                                     for r in cache.totals(entries)],
+                          "prunable": [{"store": e.store, "path": str(e.path), "bytes": e.size,
+                                        "why": e.why} for e in removable]}, indent=2))
+    else:
+        print(f"cache: {settings.cache_dir}")
+        rows = [(store, str(n), cache.human(size), cache.human(free) if free else "-")
+                for store, n, size, free in cache.totals(entries)]
+        total = sum(e.size for e in entries)
+        _table(("STORE", "ENTRIES", "SIZE", "PRUNABLE"),
+               [*rows, ("total", str(len(entries)), cache.human(total),
+                        cache.human(sum(e.size for e in removable)) if removable else "-")])
+        for e in removable:
+            print(f"{'removing' if args.prune else 'prunable'}: {e.path} "
+                  f"({cache.human(e.size)}; {e.why})")
+    if args.prune:
+        count, size = cache.prune(removable, settings)
+        if not args.json:
+            print(f"removed {count} entries, {cache.human(size)}")
+    elif removable and not args.json:
+        print("run `livepatch-lab cache --prune` to remove them")
+    return 0
+
+
 def cmd_image_build(args: argparse.Namespace) -> int:
     from . import images
     settings = _settings(args)
@@ -213,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--recipe", default=str(DEFAULT_RECIPE))
     ib.add_argument("--force", action="store_true", help="rebuild even if cached")
     ib.set_defaults(func=cmd_image_build)
+
+    ca = sub.add_parser("cache", help="what the cache holds; --prune removes what no kernel or "
+                                      "image in use needs")
+    ca.add_argument("--prune", action="store_true",
+                    help="remove superseded kernel versions and what was derived from them, "
+                         "and older builds of the image recipes")
+    ca.add_argument("--json", action="store_true")
+    ca.set_defaults(func=cmd_cache)
 
     b = sub.add_parser("boot", help="boot KERNEL, run CMD over SSH, print its output, exit with its status",
                        usage="livepatch-lab boot [options] KERNEL [-- CMD...]")

@@ -79,10 +79,15 @@ def has_pvh_note(elf: bytes) -> bool:
     return False
 
 
+def cache_key(bzimage: bytes) -> str:
+    """The name (before the suffix) of the cached files for one bzImage."""
+    return hashlib.sha256(bzimage).hexdigest()[:16]
+
+
 def pvh_kernel(bzimage_path: Path, cache_dir: Path, lock_timeout: float) -> Optional[Path]:
     """A cached PVH-bootable ELF for ``bzimage_path``, or None if it has no PVH entry."""
     data = bzimage_path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()[:16]
+    digest = cache_key(data)
     target = cache_dir / f"{digest}.elf"
     marker = cache_dir / f"{digest}.no-pvh"
     if target.exists():
