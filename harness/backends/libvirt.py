@@ -363,13 +363,22 @@ def ensure_pool(conn: Any) -> Any:
         pool = conn.storagePoolDefineXML(pool_xml(), 0)
         pool.build(0)
         pool.setAutostart(1)
-    if not pool.isActive():
-        pool.create(0)
+    _start(pool)
     try:
         pool.refresh(0)
-    except lv.libvirtError as exc:  # another process's upload in flight; harmless
-        log.debug("pool refresh: %s", exc)
+    except lv.libvirtError as exc:
+        if pool.isActive():   # another process's upload in flight; harmless
+            log.debug("pool refresh: %s", exc)
+        else:                 # its directory vanished under it, so libvirt stopped it
+            _start(pool)
+            pool.refresh(0)
     return pool
+
+
+def _start(pool: Any) -> None:
+    if not pool.isActive():
+        pool.build(0)   # the directory may be gone (a cleaned host, a restored snapshot)
+        pool.create(0)
 
 
 def _section(fd: int, size: int) -> tuple[bool, int]:

@@ -213,3 +213,62 @@ def test_the_module_imports_without_libvirt():
     """Only the runtime parts import libvirt, lazily (``_libvirt()``)."""
     src = Path(lv.__file__).read_text()
     assert "\nimport libvirt" not in src and "\nfrom libvirt" not in src
+
+
+# the pool ------------------------------------------------------------------------------
+class FakePool:
+    """A dir pool whose directory may be missing: starting it then fails unless built first,
+    and refreshing an active pool whose directory vanished stops it (as libvirtd does)."""
+
+    def __init__(self, active, dir_exists):
+        self.active, self.dir_exists, self.calls = active, dir_exists, []
+
+    def isActive(self):
+        return self.active
+
+    def build(self, flags):
+        self.calls.append("build")
+        self.dir_exists = True
+
+    def create(self, flags):
+        self.calls.append("create")
+        if not self.dir_exists:
+            raise FakeLibvirtError(38, "cannot open directory: No such file or directory")
+        self.active = True
+
+    def refresh(self, flags):
+        self.calls.append("refresh")
+        if not self.dir_exists:
+            self.active = False
+            raise FakeLibvirtError(38, "cannot open directory: No such file or directory")
+
+
+class FakeConn:
+    def __init__(self, pool):
+        self.pool = pool
+
+    def storagePoolLookupByName(self, name):
+        assert name == lv.POOL_NAME
+        return self.pool
+
+
+@pytest.fixture
+def fake_libvirt(monkeypatch):
+    import types
+    monkeypatch.setattr(lv, "_libvirt", lambda: types.SimpleNamespace(libvirtError=FakeLibvirtError))
+
+
+@pytest.mark.parametrize("active, dir_exists", [(False, False), (False, True), (True, False)],
+                         ids=["stopped-dir-gone", "stopped", "running-dir-gone"])
+def test_the_pool_is_rebuilt_and_started_whatever_state_the_host_left_it_in(
+        fake_libvirt, active, dir_exists):
+    pool = FakePool(active, dir_exists)
+    assert lv.ensure_pool(FakeConn(pool)) is pool
+    assert pool.active and pool.dir_exists
+    assert pool.calls[-1] == "refresh"
+
+
+def test_a_running_pool_is_only_refreshed(fake_libvirt):
+    pool = FakePool(True, True)
+    lv.ensure_pool(FakeConn(pool))
+    assert pool.calls == ["refresh"]
