@@ -471,7 +471,7 @@ def _remove(path: Path) -> None:
 def cached(kernel: KernelLike, settings: Settings) -> Optional[BootFiles]:
     modules_dir = Path(kernel.modules_dir)
     key = cache_key(kernel.release, modules_dir, INITRAMFS_INIT.read_bytes())
-    return _cached(settings.cache_dir / "bootfiles" / key, kernel.release)
+    return _cached(settings.bootfiles_dir / key, kernel.release)
 
 
 def _cached(final: Path, release: str) -> Optional[BootFiles]:
@@ -489,7 +489,7 @@ def prepare(kernel: KernelLike, settings: Settings) -> BootFiles:
                          f"(the kernel's modules are not depmod'ed)")
     init_script = INITRAMFS_INIT.read_bytes()
     key = cache_key(release, modules_dir, init_script)
-    root = settings.cache_dir / "bootfiles"
+    root = settings.bootfiles_dir
     final = root / key
     found = _cached(final, release)
     if found:

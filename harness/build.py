@@ -362,10 +362,6 @@ def toolchain_for(kernel: Kernel) -> Toolchain:
                             host_runs_kbuild=host_runs_kbuild(kernel.build_dir))
 
 
-def toolchains_dir(settings: Settings) -> Path:
-    return settings.cache_dir / "toolchains"
-
-
 def _load_buildroot(directory: Path) -> Optional[dict]:
     try:
         man = json.loads((directory / MANIFEST).read_text())
@@ -407,7 +403,7 @@ def ensure_buildroot(tc: Toolchain, kernel: Kernel, settings: Settings) -> dict:
     """The build root for ``tc`` (made once with mmdebstrap; file-locked, atomic).
     Returns its manifest (``root``, ``cc_version``, ``packages``, ``seconds``)."""
     assert tc.kind == "buildroot" and tc.suite
-    final = toolchains_dir(settings) / tc.id
+    final = settings.toolchains_dir / tc.id
     man = _load_buildroot(final)
     if man:
         return man
@@ -422,7 +418,7 @@ def ensure_buildroot(tc: Toolchain, kernel: Kernel, settings: Settings) -> dict:
         from .images import DPKG_EXCLUDES, DPKG_INCLUDES, remove_tree
         from .mirror import debian_mirrors
 
-        parent = toolchains_dir(settings)
+        parent = settings.toolchains_dir
         parent.mkdir(parents=True, exist_ok=True)
         for stale in parent.glob(f".build-{tc.id}-*"):
             log.info("removing a dead build root: %s", stale)
@@ -539,7 +535,7 @@ def _run_make(kernel: Kernel, tc: Toolchain, src: Path, settings: Settings) -> s
         env = {**os.environ, "LC_ALL": "C.UTF-8"}
         env.pop("MAKEFLAGS", None)
         return hostcmd.run(argv, what=what, timeout=settings.timeouts.host_command, env=env)
-    root = toolchains_dir(settings) / tc.id / "root"
+    root = settings.toolchains_dir / tc.id / "root"
     # the whole modules/<release> dir, not the work dir: one fixed mount point in the root
     binds = [*((t, False) for t in kernel_trees(kernel)), (modules_dir(settings, kernel), True)]
     script = chroot_script(root, binds, argv)
@@ -577,7 +573,7 @@ def _deliver(mod: Module, out_dir: Optional[Path]) -> Module:
 
 
 def modules_dir(settings: Settings, kernel: Kernel) -> Path:
-    return settings.cache_dir / "modules" / kernel.release
+    return settings.built_modules_dir / kernel.release
 
 
 def build(source: Path, kernel: Kernel, settings: Settings, *,

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from . import apt, debversion, kernels
+from . import apt, kernels, vmlinux
+from .forensics import kallsyms_file
 from .images import Recipe, image_dir
 from .kernels import MANIFEST, Kernel, KernelDef
 from .locks import file_lock
@@ -67,46 +68,30 @@ def _blocks(p: Path, seen: set[tuple[int, int]]) -> int:
     return st.st_blocks * 512
 
 
-@dataclass(frozen=True)
-class Kept:
-    """What the kernels the lab would use now are made of."""
-    kernels: tuple[Kernel, ...]
-
-    @property
-    def releases(self) -> set[str]:
-        return {k.release for k in self.kernels}
-
-    @property
-    def debs(self) -> set[str]:
-        return {apt.deb_name(p.name, p.version) for k in self.kernels for p in k.packages}
-
-
-def kept_kernels(settings: Settings, defs: Mapping[str, KernelDef]) -> Kept:
-    found = []
+def kept_kernels(settings: Settings, defs: Mapping[str, KernelDef]) -> list[Kernel]:
+    """Per kernel line in the cache or in ``defs``, the kernel the lab would use now."""
     kdir = settings.kernels_dir
     names = sorted({*defs, *(p.name for p in _children(kdir) if p.is_dir())})
+    found = []
     for name in names:
-        defn = defs.get(name)
-        k = kernels.cached(defn, settings) if defn else _newest_unattributed(kdir / name)
+        defn = defs.get(name) or _definition_from_cache(kdir / name)
+        k = kernels.cached(defn, settings) if defn else None
         if k is not None:
             found.append(k)
-    return Kept(tuple(found))
+    return found
 
 
-def _newest_unattributed(line_dir: Path) -> Optional[Kernel]:
-    """The newest complete version of a kernel line that has no definition here."""
-    best: Optional[tuple[object, Kernel]] = None
+def _definition_from_cache(line_dir: Path) -> Optional[KernelDef]:
+    """What a cached line's manifests say of its definition, for lines not defined here
+    (``kernels.cached`` then picks its newest complete version)."""
     for vdir in _children(line_dir):
         try:
             m = json.loads((vdir / MANIFEST).read_text())
-            defn = KernelDef(name=m["name"], kind="debian", source=vdir / MANIFEST,
+            return KernelDef(name=m["name"], kind="debian", source=vdir / MANIFEST,
                              series=m["series"], flavour=m["flavour"])
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        k = kernels._kernel_from_manifest(defn, vdir)
-        if k is not None and (best is None or debversion.key(k.version) > best[0]):
-            best = (debversion.key(k.version), k)
-    return best[1] if best else None
+    return None
 
 
 def _children(d: Path) -> list[Path]:
@@ -121,15 +106,15 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
            recipes: Sequence[Recipe] = ()) -> list[Entry]:
     """Every top-level entry of every store, with whether a prune keeps it and why."""
     kept = kept_kernels(settings, defs)
-    by_line = {k.name: k for k in kept.kernels}
-    releases = kept.releases
-    root = settings.cache_dir
+    by_line = {k.name: k for k in kept}
+    releases = {k.release for k in kept}
+    debs = {apt.deb_name(p.name, p.version) for k in kept for p in k.packages}
     out: list[Entry] = []
 
     def add(store: str, path: Path, keep: bool, why: str) -> None:
         out.append(Entry(store, path, size_of(path), keep, why))
 
-    for line in _children(root / "kernels"):
+    for line in _children(settings.kernels_dir):
         k = by_line.get(line.name)
         for vdir in _children(line):
             current = k is not None and vdir.name == kernels._version_dir(k.version)
@@ -139,43 +124,46 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
                                                "no usable kernel of this line (incomplete, moved, "
                                                "or not its pin)"))
 
-    for deb in _children(root / "downloads"):
-        add("downloads", deb, deb.name in kept.debs or not deb.name.endswith(".deb"),
-            "a package of a kernel in use" if deb.name in kept.debs else
-            "not a package" if not deb.name.endswith(".deb") else
-            "a package of no kernel in use")
+    for deb in _children(settings.downloads_dir):
+        if not deb.name.endswith(".deb"):
+            add("downloads", deb, True, "not a package")
+        else:
+            add("downloads", deb, deb.name in debs, "a package of a kernel in use"
+                if deb.name in debs else "a package of no kernel in use")
 
-    boot_keys = _boot_keys(kept.kernels)
-    for d in _children(root / "bootfiles"):
+    boot_keys = _boot_keys(kept)
+    for d in _children(settings.bootfiles_dir):
         add("bootfiles", d, d.name in boot_keys,
             "boot files of a kernel in use" if d.name in boot_keys else
             "built for another kernel or an older initramfs")
 
-    digests = {_vmlinuz_digest(k) for k in kept.kernels}
-    for f in _children(root / "vmlinux"):
+    digests = {vmlinux.cache_key(Path(k.vmlinuz).read_bytes()) for k in kept}
+    for f in _children(settings.vmlinux_dir):
         stem = f.name.split(".", 1)[0]
         add("vmlinux", f, stem in digests,
             "of a kernel in use" if stem in digests else "of no kernel in use")
 
-    for d in _children(root / "modules"):
+    for d in _children(settings.built_modules_dir):
         add("modules", d, d.name in releases,
             f"built for {d.name}" + ("" if d.name in releases else ", no kernel in use"))
 
-    symbol_files = {f"{k.name}-{k.release}-{k.version}.txt.gz" for k in kept.kernels}
-    for f in _children(root / "symbols"):
+    symbol_files = {kallsyms_file(settings, k).name for k in kept}
+    for f in _children(settings.symbols_dir):
         add("symbols", f, f.name in symbol_files,
             "of a kernel in use" if f.name in symbol_files else "of no kernel in use")
 
     current = {image_dir(r, settings).name for r in recipes}
     known = {r.name for r in recipes}
-    for d in _children(root / "images"):
+    for d in _children(settings.images_dir):
         recipe = d.name.rsplit("-", 1)[0]
         keep = d.name in current or recipe not in known
         add("images", d, keep, "the current build of its recipe" if d.name in current else
             "an older build of its recipe" if not keep else "a recipe not shown here")
 
-    for store in ("toolchains", "apt", "runs", "libvirt", "locks"):
-        for p in _children(root / store):
+    for store, where in (("toolchains", settings.toolchains_dir), ("apt", settings.apt_dir),
+                         ("runs", settings.runs_dir), ("libvirt", settings.libvirt_dir),
+                         ("locks", settings.locks_dir)):
+        for p in _children(where):
             add(store, p, True, "kept" if store != "runs" else "a run's directory (reaped "
                 "by the next run when its owner is gone)")
     return out
@@ -185,11 +173,6 @@ def _boot_keys(ks: Iterable[Kernel]) -> set[str]:
     from .bootfiles import INITRAMFS_INIT, cache_key
     init = INITRAMFS_INIT.read_bytes()
     return {cache_key(k.release, Path(k.modules_dir), init) for k in ks}
-
-
-def _vmlinuz_digest(k: Kernel) -> str:
-    from .vmlinux import cache_key
-    return cache_key(Path(k.vmlinuz).read_bytes())
 
 
 def prune(entries: Sequence[Entry], settings: Settings) -> tuple[int, int]:
@@ -203,8 +186,7 @@ def prune(entries: Sequence[Entry], settings: Settings) -> tuple[int, int]:
         if e.keep:
             continue
         if e.store == "kernels":
-            lock = settings.locks_dir / f"kernel-{e.path.parent.name}.lock"
-            with file_lock(lock, timeout=settings.timeouts.lock,
+            with file_lock(kernels.fetch_lock(settings, e.path.parent.name), timeout=settings.timeouts.lock,
                            what=f"kernel {e.path.parent.name} (pruning)"):
                 _remove(e.path)
         else:

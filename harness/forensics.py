@@ -34,6 +34,11 @@ def text_functions(objdump_t: str) -> str:
     return "\n".join(f"{m.group(1)} t {m.group(3)}" for m in found if m and "F" in m.group(2))
 
 
+def kallsyms_file(settings, kernel) -> Path:
+    """Where one kernel build's text symbols are cached."""
+    return settings.symbols_dir / f"{kernel.name}-{kernel.release}-{kernel.version}.txt.gz"
+
+
 class HangEvidence:
     def __init__(self, guest, settings, timeout: float):
         self.guest, self.settings, self.timeout = guest, settings, timeout
@@ -50,8 +55,7 @@ class HangEvidence:
             log.info("no kernel symbols for hang evidence: %s", exc)
 
     def _kernel_map(self) -> symbols.SymbolMap:
-        k = self.guest.kernel
-        path = Path(self.settings.cache_dir) / "symbols" / f"{k.name}-{k.release}-{k.version}.txt.gz"
+        path = kallsyms_file(self.settings, self.guest.kernel)
         if not path.is_file():
             text = self.guest.run(_KALLSYMS, self.timeout, check=True).stdout
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -621,6 +621,11 @@ def cached(defn: KernelDef, settings: Settings) -> Optional[Kernel]:
     return max(found, key=lambda k: debversion.key(k.version)) if found else None
 
 
+def fetch_lock(settings: Settings, name: str) -> Path:
+    """The lock a kernel line's fetches, unpacks and prunes take turns under."""
+    return settings.locks_dir / f"kernel-{name}.lock"
+
+
 def fetch(defn: KernelDef, settings: Settings, *, refresh: bool = False) -> Kernel:
     """A ready kernel for ``defn``: from the cache, else downloaded and unpacked.
 
@@ -635,7 +640,7 @@ def fetch(defn: KernelDef, settings: Settings, *, refresh: bool = False) -> Kern
         k = cached(defn, settings)
         if k is not None:
             return k
-    lock = settings.locks_dir / f"kernel-{defn.name}.lock"
+    lock = fetch_lock(settings, defn.name)
     with file_lock(lock, timeout=settings.timeouts.lock, what=f"fetching kernel {defn.name}"):
         if not refresh:
             k = cached(defn, settings)

@@ -166,7 +166,7 @@ def _shutdown(guest: Optional[Guest], machine: Optional[Machine], timeouts: Time
 def _kernel_image(kernel: Kernel, settings: Settings) -> Path:
     if settings.boot_protocol == "pvh":
         try:
-            return vmlinux.pvh_kernel(kernel.vmlinuz, settings.cache_dir / "vmlinux",
+            return vmlinux.pvh_kernel(kernel.vmlinuz, settings.vmlinux_dir,
                                       settings.timeouts.lock) or kernel.vmlinuz
         except vmlinux.NotExtractable as exc:
             log.info("booting the bzImage: %s", exc)

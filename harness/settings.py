@@ -158,6 +158,30 @@ class Settings:
     def locks_dir(self) -> Path:
         return self.cache_dir / "locks"
 
+    @property
+    def bootfiles_dir(self) -> Path:       # initramfs + modules disk per kernel build
+        return self.cache_dir / "bootfiles"
+
+    @property
+    def vmlinux_dir(self) -> Path:         # PVH-bootable ELFs unpacked from bzImages
+        return self.cache_dir / "vmlinux"
+
+    @property
+    def built_modules_dir(self) -> Path:   # livepatch and target modules built per release
+        return self.cache_dir / "modules"
+
+    @property
+    def symbols_dir(self) -> Path:         # guest kallsyms per kernel, for hang evidence
+        return self.cache_dir / "symbols"
+
+    @property
+    def toolchains_dir(self) -> Path:      # build roots with a kernel's own compiler
+        return self.cache_dir / "toolchains"
+
+    @property
+    def libvirt_dir(self) -> Path:         # the libvirt backend's digest memo
+        return self.cache_dir / "libvirt"
+
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Settings":
         env = os.environ if environ is None else environ

@@ -335,11 +335,11 @@ def _ignore_codes(fn: Callable, codes: set, *args: Any) -> Any:
 
 
 # the pool -------------------------------------------------------------------------------
-def _digest(path: Path, cache: Path) -> str:
+def _digest(path: Path, settings: Settings) -> str:
     """sha256 of ``path``, remembered by (path, size, mtime, inode) under the cache."""
     st = path.stat()
     key = f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
-    memo_path = cache / "libvirt" / "digests.json"
+    memo_path = settings.libvirt_dir / "digests.json"
     try:
         memo = json.loads(memo_path.read_text())
     except (OSError, ValueError):
@@ -427,7 +427,7 @@ def _upload(conn: Any, vol: Any, path: Path, deadline: float, seconds: float) ->
 def ensure_volume(conn: Any, pool: Any, path: Path, label: str, settings: Settings) -> Any:
     """``path``'s content as a pool volume named by its hash; uploaded only if missing.
     A ``.ok`` marker volume is made after the upload, so a half upload is never used."""
-    name = f"{label}-{_digest(path, settings.cache_dir)[:20]}"
+    name = f"{label}-{_digest(path, settings)[:20]}"
     missing = {ERR_NO_STORAGE_VOL}
     if _ignore_codes(pool.storageVolLookupByName, missing, name + ".ok") is not None:
         return pool.storageVolLookupByName(name)
