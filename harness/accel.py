@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import atomic
 from .backends.base import MachineSpec
 from .backends.qemu import QemuConfig, QemuMachine
 from .errors import InfraError
@@ -105,8 +106,5 @@ def cached_probe(kernel: Path, settings: Settings) -> tuple[bool, str]:
     log.info("probing KVM (up to %.0fs)", settings.timeouts.kvm_probe)
     result = probe_kvm(kernel, settings)
     _memo[key] = result
-    store.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store.with_suffix(".tmp%d" % os.getpid())
-    tmp.write_text(json.dumps({"key": key, "usable": result[0], "why": result[1]}))
-    os.replace(tmp, store)
+    atomic.write(store, json.dumps({"key": key, "usable": result[0], "why": result[1]}))
     return result

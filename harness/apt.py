@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from . import debversion, hostcmd, mirror, retry
+from . import atomic, debversion, hostcmd, mirror, retry
 from .errors import ConfigError, HostCommandError, InfraError
 from .locks import file_lock
 from .settings import Settings
@@ -176,9 +176,7 @@ def root_for(settings: Settings, suites: Sequence[str]) -> AptRoot:
 def _write_if_changed(path: Path, text: str) -> None:
     if path.exists() and path.read_text() == text:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.write(path, text)
 
 
 def _prepare(root: AptRoot) -> None:

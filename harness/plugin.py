@@ -246,15 +246,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
 def record_durations(path, rows: list[dict]) -> None:
     """Merge this run's scenario seconds into the durations file (atomically)."""
     import json
-    import os
+
+    from . import atomic
     if path is None or not rows:
         return
     data = load_durations(path)
     data.update({f"{r['lab_scenario']}[{r['lab_kernel']}]": r["seconds"] for r in rows})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    atomic.write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 # the kernel x scenario summary -------------------------------------------------

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from . import atomic
+
 log = logging.getLogger(__name__)
 
 OWNER = "owner.json"
@@ -69,9 +71,7 @@ class RunDir:
     def _write_owner(self) -> None:
         data = {"pid": os.getpid(), "boot_id": _boot_id(), "sock_dir": str(self.sock_dir),
                 "qemu_pid": None, **self.extra}
-        tmp = self.path / (OWNER + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path / OWNER)
+        atomic.write(self.path / OWNER, json.dumps(data))
 
     def record_qemu(self, pid: Optional[int]) -> None:
         self.record(qemu_pid=pid)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import re
-from pathlib import Path
 from typing import Optional
 
 _RIP = re.compile(r"\bRIP=([0-9a-fA-F]{16})")

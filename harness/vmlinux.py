@@ -14,13 +14,13 @@ import gzip
 import hashlib
 import logging
 import lzma
-import os
 import shutil
 import struct
 import subprocess
 from pathlib import Path
 from typing import Optional
 
+from . import atomic
 from .errors import InfraError
 from .locks import file_lock
 
@@ -102,7 +102,5 @@ def pvh_kernel(bzimage_path: Path, cache_dir: Path, lock_timeout: float) -> Opti
             log.info("%s has no PVH entry point: booting the bzImage", bzimage_path.name)
             marker.touch()
             return None
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(elf)
-        os.replace(tmp, target)
+        atomic.write(target, elf)
     return target

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
+from .. import atomic
 from ..apt import sha256_file
 from ..console import ConsoleFollower
 from ..errors import DeadlineExceeded, HarnessError, InfraError
@@ -347,10 +348,7 @@ def _digest(path: Path, settings: Settings) -> str:
     if key in memo:
         return memo[key]
     memo[key] = sha256_file(path)
-    memo_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(memo))
-    os.replace(tmp, memo_path)   # a lost race only loses a memo entry
+    atomic.write(memo_path, json.dumps(memo))   # a lost race only loses a memo entry
     return memo[key]
 
 
