@@ -144,7 +144,7 @@ class ScenarioFile(pytest.File):
             names = [n for n in names if n in chosen or n.split("@")[0] in chosen] or (
                 list(chosen) if sc.kernels is None else [])
         for name in names:
-            item = ScenarioItem.from_parent(self, name=f"{sc.name}[{name}]", scenario=sc, kernel=name)
+            item = ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc, kernel=name)
             item.add_marker(pytest.mark.vm)
             item.add_marker(pytest.mark.kernel(name))
             # `-m debian_6_12` picks one kernel line: marker names must be identifiers
@@ -165,7 +165,7 @@ class ScenarioItem(pytest.Item):
         super().__init__(**kwargs)
         self.scenario, self.kernel = scenario, kernel
         self.outcome = None
-        self.duration_key = f"{scenario.name}[{kernel}]"
+        self.duration_key = item_name(scenario.name, kernel)
 
     def runtest(self) -> None:
         from pathlib import Path
@@ -201,6 +201,11 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, 0, f"scenario {self.scenario.name} on {self.kernel}"
+
+
+def item_name(scenario: str, kernel: str) -> str:
+    """``good[debian-6.12]``: the item's name, its durations key and its summary label."""
+    return f"{scenario}[{kernel}]"
 
 
 def kernel_marker(kernel: str) -> str:
@@ -251,7 +256,7 @@ def record_durations(path, rows: list[dict]) -> None:
     if path is None or not rows:
         return
     data = load_durations(path)
-    data.update({f"{r['lab_scenario']}[{r['lab_kernel']}]": r["seconds"] for r in rows})
+    data.update({item_name(r["lab_scenario"], r["lab_kernel"]): r["seconds"] for r in rows})
     atomic.write(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
@@ -307,5 +312,5 @@ def summary_document(rows: list[dict]) -> dict:
             "kernels": {r["lab_kernel"]: {"version": r["kernel_version"], "release": r["kernel_release"]}
                         for r in rows},
             "summary": {v: sum(1 for r in rows if r["verdict"] == v) for v in ("pass", "fail", "error")},
-            "not_as_expected": [f"{r['lab_scenario']}[{r['lab_kernel']}]"
+            "not_as_expected": [item_name(r["lab_scenario"], r["lab_kernel"])
                                 for r in rows if not r["as_expected"]]}

@@ -43,7 +43,7 @@ def explain(outcome: Any) -> str:
     lines = [f"{outcome.scenario} on {outcome.kernel} "
              f"({outcome.kernel_info.get('version', '?')}): {outcome.verdict.verdict.upper()}"]
     lines += [f"  [{r.check}] {r.message}" for r in outcome.verdict.reasons]
-    phases = outcome.as_dict().get("phases") or {}
+    phases = outcome.phases
     if phases:
         lines.append(f"  time: {outcome.seconds:.1f} s = " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
     if outcome.artifacts:

@@ -43,10 +43,14 @@ class Outcome:
     artifacts: str = ""
     seconds: float = 0.0
 
+    @property
+    def phases(self) -> dict[str, float]:
+        return phase_seconds(self.timeline)
+
     def as_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "kernel": self.kernel, **self.verdict.as_dict(),
                 "kernel_info": self.kernel_info, "timeline": self.timeline,
-                "phases": phase_seconds(self.timeline),
+                "phases": self.phases,
                 "artifacts": self.artifacts, "seconds": round(self.seconds, 2)}
 
 

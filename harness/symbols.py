@@ -48,13 +48,12 @@ class SymbolMap:
         except ValueError:
             return None
 
-    def name(self, addr: int, slide: int = 0) -> Optional[str]:
-        """``func+0xoff`` for a runtime address, given the KASLR slide."""
-        link = addr - slide
-        i = bisect.bisect_right(self._addrs, link) - 1
-        if i < 0 or link - self._addrs[i] > 1 << 20:
+    def name(self, addr: int) -> Optional[str]:
+        """``func+0xoff`` for an address (a kernel map is ``slid`` to this boot first)."""
+        i = bisect.bisect_right(self._addrs, addr) - 1
+        if i < 0 or addr - self._addrs[i] > 1 << 20:
             return None
-        return f"{self._names[i]}+{link - self._addrs[i]:#x}"
+        return f"{self._names[i]}+{addr - self._addrs[i]:#x}"
 
 
 def vcpu_rips(registers: str) -> dict[int, int]:
