@@ -703,12 +703,8 @@ class LibvirtMachine:
     def _delete_overlays(self) -> None:
         if not self.overlays or self.conn is None:
             return
-        pool = self.conn.storagePoolLookupByName(POOL_NAME)
-        for name in list(self.overlays):
-            vol = _ignore_codes(pool.storageVolLookupByName, {ERR_NO_STORAGE_VOL}, name)
-            if vol is not None:
-                within(self.timeouts.libvirt_call, f"libvirt: delete volume {name}", vol.delete, 0)
-            self.overlays.remove(name)
+        _delete_volumes(self.conn.storagePoolLookupByName(POOL_NAME), self.overlays, self.timeouts)
+        self.overlays.clear()
 
     def _close(self) -> None:
         if self.conn is None:
@@ -733,9 +729,15 @@ def reap(record: dict, timeouts: Timeouts) -> None:
             _ignore_codes(dom.destroy, _GONE_CODES)
             _ignore_codes(dom.undefine, _GONE_CODES)
         pool = _ignore_codes(conn.storagePoolLookupByName, {ERR_NO_STORAGE_POOL}, POOL_NAME)
-        for vol_name in record.get("volumes", []) if pool is not None else []:
-            vol = _ignore_codes(pool.storageVolLookupByName, {ERR_NO_STORAGE_VOL}, vol_name)
-            if vol is not None:
-                vol.delete(0)
+        if pool is not None:
+            _delete_volumes(pool, record.get("volumes", []), timeouts)
     finally:
         conn.close()
+
+
+def _delete_volumes(pool: Any, names: Sequence[str], timeouts: Timeouts) -> None:
+    """Delete the named volumes that exist, each under a deadline."""
+    for name in names:
+        vol = _ignore_codes(pool.storageVolLookupByName, {ERR_NO_STORAGE_VOL}, name)
+        if vol is not None:
+            within(timeouts.libvirt_call, f"libvirt: delete volume {name}", vol.delete, 0)
