@@ -44,13 +44,13 @@ install_system() {
   fi
 }
 
-# The libvirt backend's single-threaded TCG wrapper (see harness/backends/libvirt.py), and
+# The libvirt backend's single-threaded TCG wrapper (see harness/machine/backends/libvirt.py), and
 # /dev/kvm as Debian's udev rule leaves it (root:kvm 0660): a root-only /dev/kvm makes
 # libvirt re-probe QEMU on every call (its probe sees KVM, its QEMU user cannot), ~1 min per start.
 install_libvirt_host() {
-  if ! cmp -s harness/backends/qemu-tcg-single "$TCG_WRAPPER"; then
+  if ! cmp -s harness/machine/backends/qemu-tcg-single "$TCG_WRAPPER"; then
     say "installing $TCG_WRAPPER"
-    $SUDO install -D -m 755 harness/backends/qemu-tcg-single "$TCG_WRAPPER"
+    $SUDO install -D -m 755 harness/machine/backends/qemu-tcg-single "$TCG_WRAPPER"
   fi
   if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != kvm:660 ]; then
     say "/dev/kvm: group kvm, mode 0660 (as udev sets it)"

@@ -21,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import images, kernels, session  # noqa: E402
-from harness.settings import Settings  # noqa: E402
+from harness.supply import images, kernels
+from harness import session  # noqa: E402
+from harness.core.settings import Settings  # noqa: E402
 
 
 def _line_time(guest, needle: str) -> float:

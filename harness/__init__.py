@@ -4,10 +4,9 @@ Public API (heavy modules are imported lazily by their users):
 ``Settings``, ``Timeouts`` and the error types; ``harness.kernels``,
 ``harness.images`` and ``harness.session.boot`` for guests.
 """
-from .errors import (BootError, ConfigError, DeadlineExceeded, GuestCommandError,
-                     GuestConnectionError, HarnessError, HostCommandError, InfraError,
-                     LivepatchError)
-from .settings import Settings, Timeouts
+from .core.errors import (BootError, ConfigError, DeadlineExceeded, GuestCommandError, GuestConnectionError,
+                          HarnessError, HostCommandError, InfraError, LivepatchError)
+from .core.settings import Settings, Timeouts
 
 __version__ = "0.1.0"
 __all__ = ["BootError", "ConfigError", "DeadlineExceeded", "GuestCommandError",

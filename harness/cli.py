@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .errors import BootError, ConfigError, HarnessError
-from .settings import ACCELS, BACKENDS, Settings
+from .core.errors import BootError, ConfigError, HarnessError
+from .core.settings import ACCELS, BACKENDS, Settings
 
 log = logging.getLogger("harness")
 
@@ -67,7 +67,7 @@ def _backend_options(sp: argparse.ArgumentParser) -> None:
 
 # commands -----------------------------------------------------------------
 def cmd_kernels(args: argparse.Namespace) -> int:
-    from . import kernels
+    from .supply import kernels
     settings = _settings(args)
     defs = kernels.load_definitions()
     rows = []
@@ -92,7 +92,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from . import kernels
+    from .supply import kernels
     settings = _settings(args)
     for spec in args.kernel:
         k = kernels.fetch(kernels.get_definition(spec), settings, refresh=args.refresh)
@@ -101,7 +101,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from . import cache, images, kernels
+    from .supply import cache, images, kernels
     settings = _settings(args)
     recipes = [images.load_recipe(p) for p in sorted(images.DEFAULT_RECIPE.parent.glob("*.yaml"))]
     entries = cache.survey(settings, kernels.load_definitions(), recipes)
@@ -133,7 +133,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from . import images
+    from .supply import images
     settings = _settings(args)
     image = images.build(images.load_recipe(Path(args.recipe)), settings, force=args.force)
     print(f"{image.name}\t{image.digest[:12]}\t{image.path}")
@@ -141,7 +141,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
-    from . import images, kernels, session
+    from .machine import session
+    from .supply import images, kernels
     settings = _settings(args)
     session.raise_on_sigterm()
     defn = kernels.get_definition(args.kernel)
@@ -165,7 +166,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
 
 
 def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace) -> int:
-    from . import kernels, report, runner, session
+    from .lab import report, runner
+    from .machine import session
+    from .supply import kernels
     settings = _settings(args)
     session.raise_on_sigterm()
     defined = sorted(kernels.load_definitions())
@@ -190,7 +193,7 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from . import scenario
+    from .lab import scenario
     sc = scenario.from_patch(Path(args.patch), targets=tuple(Path(t) for t in args.target_module),
                              probe=args.probe, expect_patched=args.expect_patched,
                              duration=args.duration, serve_file=args.serve_file)
@@ -198,7 +201,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from . import scenario
+    from .lab import scenario
     return _run_matrix([scenario.load(Path(p)) for p in args.scenario], args.kernel, args)
 
 
@@ -213,13 +216,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    from .report import columns
+    from .lab.report import columns
     print(columns([header, *rows]))
 
 
 # parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from .images import DEFAULT_RECIPE
+    from .supply.images import DEFAULT_RECIPE
     p = argparse.ArgumentParser(prog="livepatch-lab",
                                 description="Prove a kernel livepatch in real QEMU guests.")
     p.add_argument("--cache-dir", help="cache for kernels, images and runs "

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import accel, mirror
-from .errors import HarnessError
-from .settings import Settings
+from .core.errors import HarnessError
+from .core.settings import Settings
+from .machine import accel
+from .supply import mirror
 
 MIN_FREE_GIB = 10
 

@@ -10,7 +10,7 @@ from typing import Callable, ContextManager, Iterator, Optional
 
 import pytest
 
-from .settings import ACCELS, BACKENDS
+from .core.settings import ACCELS, BACKENDS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,9 +43,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "network: downloads from Debian's archive on first run")
     config.addinivalue_line("markers", "kernel(name): the kernel line a scenario item runs on")
     import logging
+
     # SSH attempts to a booting guest fail by design; keep paramiko's tracebacks out of reports.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    from .session import raise_on_sigterm
+    from .machine.session import raise_on_sigterm
     raise_on_sigterm()  # so a SIGTERM'd test run still tears its guests down
     if not hasattr(config, "workerinput"):   # xdist workers report to the controller
         config.pluginmanager.register(LabSummary(config), "livepatch-lab-summary")
@@ -57,7 +58,7 @@ def _opt(config: pytest.Config, name: str) -> Optional[str]:
 
 def settings_for(config: pytest.Config):
     """The lab's ``Settings`` from options > ini > environment > defaults."""
-    from .settings import Settings
+    from .core.settings import Settings
     uris = list(_opt(config, "libvirt_uri") or [])
     extra = {}
     if len(uris) == 1:
@@ -76,7 +77,7 @@ def lab_settings(pytestconfig: pytest.Config):
 
 @pytest.fixture(scope="session")
 def lab_kernel_names(pytestconfig: pytest.Config) -> list[str]:
-    from . import kernels
+    from .supply import kernels
     names = pytestconfig.getoption("--lab-kernel") or pytestconfig.getini("lab_kernels")
     return list(names) or sorted(kernels.load_definitions())
 
@@ -84,14 +85,14 @@ def lab_kernel_names(pytestconfig: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session")
 def lab_image(lab_settings):
     """The default guest image, built once (file-locked across xdist workers)."""
-    from . import images
+    from .supply import images
     return images.build(images.load_recipe(images.DEFAULT_RECIPE), lab_settings)
 
 
 @pytest.fixture(scope="session")
 def lab_kernel(lab_settings) -> Callable:
     """``lab_kernel("debian-6.1")`` -> a fetched ``Kernel`` (cached, file-locked)."""
-    from . import kernels
+    from .supply import kernels
     seen: dict = {}
 
     def get(spec: str):
@@ -104,7 +105,7 @@ def lab_kernel(lab_settings) -> Callable:
 @pytest.fixture
 def lab_boot(lab_settings, lab_image, lab_kernel) -> Callable[..., ContextManager]:
     """``with lab_boot("debian-6.1") as guest:`` — a booted guest, always torn down."""
-    from . import session
+    from .machine import session
 
     @contextlib.contextmanager
     def boot(spec: str, **kwargs) -> Iterator:
@@ -132,8 +133,9 @@ def pytest_collect_file(file_path, parent):
 
 class ScenarioFile(pytest.File):
     def collect(self):
-        from . import kernels, scenario
-        from .errors import ConfigError
+        from .core.errors import ConfigError
+        from .lab import scenario
+        from .supply import kernels
         try:
             sc = scenario.load(self.path)
         except ConfigError as exc:
@@ -170,7 +172,7 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         from pathlib import Path
 
-        from . import runner
+        from .lab import runner
         settings = settings_for(self.config)
         root = Path(self.config.getoption("--lab-artifacts") or
                     self.config.rootpath / "lab-artifacts")
@@ -193,7 +195,7 @@ class ScenarioItem(pytest.Item):
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ScenarioFailure) and self.outcome is not None:
-            from .report import explain
+            from .lab.report import explain
             want = excinfo.value.args[0]
             expected = want.verdict + (f" with failing checks {', '.join(want.checks)}" if want.checks else "")
             return f"expected {expected}, got:\n{explain(self.outcome)}"
@@ -252,7 +254,7 @@ def record_durations(path, rows: list[dict]) -> None:
     """Merge this run's scenario seconds into the durations file (atomically)."""
     import json
 
-    from . import atomic
+    from .core import atomic
     if path is None or not rows:
         return
     data = load_durations(path)
@@ -299,7 +301,7 @@ class LabSummary:
 
 def summary_table(rows: list[dict]) -> str:
     """Scenario rows x kernel columns; a cell not as the scenario expects is marked ``!``."""
-    from .report import matrix
+    from .lab.report import matrix
     return matrix(sorted({r["lab_scenario"] for r in rows}),
                   {r["lab_kernel"]: r["kernel_version"] for r in rows},
                   {(r["lab_scenario"], r["lab_kernel"]):

@@ -13,11 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from harness.locks import file_lock
+from harness.core.locks import file_lock
 
 URI = "qemu:///system"
 REPO = Path(__file__).resolve().parents[2]
-WRAPPER_SRC = REPO / "harness" / "backends" / "qemu-tcg-single"
+WRAPPER_SRC = REPO / "harness" / "machine" / "backends" / "qemu-tcg-single"
 
 
 def _answers(uri: str = URI) -> bool:
@@ -46,7 +46,7 @@ def _start(name: str, log: Path) -> None:
 
 def ensure_libvirtd(deadline_s: float = 60) -> None:
     """virtlogd + libvirtd running and answering on ``qemu:///system``."""
-    from harness.settings import DEFAULT_TCG_EMULATOR
+    from harness.core.settings import DEFAULT_TCG_EMULATOR
     _kvm_group_access()
     _install_wrapper(Path(DEFAULT_TCG_EMULATOR))
     if _answers():

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import session
-from harness.errors import BootError
-from harness.kernels import load_definitions
+from harness.machine import session
+from harness.core.errors import BootError
+from harness.supply.kernels import load_definitions
 
 from .conftest import qemu_processes_under
 
@@ -60,8 +60,9 @@ def test_a_guest_that_never_answers_ssh_fails_within_the_boot_deadline(
 
 BOOT_SCRIPT = textwrap.dedent("""
     import sys, time
-    from harness import images, kernels, session
-    from harness.settings import Settings
+    from harness.supply import images, kernels
+from harness.machine import session
+    from harness.core.settings import Settings
     s = Settings.from_env()
     session.raise_on_sigterm()
     k = kernels.fetch(kernels.get_definition("debian-6.1"), s)
@@ -128,7 +129,7 @@ def test_a_killed_host_process_takes_its_qemu_along_and_the_next_run_reaps_its_d
 def test_a_local_kernel_boots_from_its_own_files(tmp_path, lab_settings, lab_kernel, lab_image,
                                                  no_leftovers):
     """A vendor's own build: vmlinuz + modules + build dir named in a kind: local file."""
-    from harness import kernels
+    from harness.supply import kernels
     debian = lab_kernel("debian-6.1")
     (tmp_path / "my-6.1.yaml").write_text(
         f"name: my-6.1\nkind: local\ndescription: a vendor build\n"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import build, kernels
-from harness.errors import LivepatchError
-from harness.settings import Settings
+from harness.supply import build, kernels
+from harness.core.errors import LivepatchError
+from harness.core.settings import Settings
 
 pytestmark = pytest.mark.network
 

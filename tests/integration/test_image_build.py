@@ -10,7 +10,7 @@ import time
 import paramiko
 import pytest
 
-from harness import bootfiles, images
+from harness.supply import bootfiles, images
 
 pytestmark = [pytest.mark.network,
               pytest.mark.skipif(os.geteuid() != 0, reason="building an image needs root")]
@@ -88,7 +88,7 @@ def test_overlays_leave_the_base_untouched(built, tmp_path):
 
 
 def test_boot_files_for_a_real_kernel(lab_settings, lab_kernel):
-    pytest.importorskip("harness.kernels")
+    pytest.importorskip("harness.supply.kernels")
     kernel = lab_kernel("debian-6.1")
     files = bootfiles.prepare(kernel, lab_settings)
     assert files.release == kernel.release

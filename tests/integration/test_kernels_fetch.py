@@ -7,9 +7,10 @@ import textwrap
 
 import pytest
 
-from harness import apt, hostcmd, kernels
-from harness.errors import ConfigError
-from harness.settings import Settings
+from harness.supply import apt, kernels
+from harness.core import hostcmd
+from harness.core.errors import ConfigError
+from harness.core.settings import Settings
 
 pytestmark = pytest.mark.network
 

@@ -39,7 +39,7 @@ def libvirt_clean(libvirtd, lab_settings):
     """Nothing of ours left in libvirt after the test. `leftovers()` sees the host's whole
     libvirt state, so libvirt tests on other xdist workers wait their turn (a file lock:
     xdist_group does not group under pytest 9, whose nodeids ignore xdist's suffix)."""
-    from harness.locks import file_lock
+    from harness.core.locks import file_lock
     with file_lock(lab_settings.cache_dir / "locks" / "libvirt-tests.lock", timeout=900,
                    what="another worker's libvirt test"):
         before = libvirt_host.leftovers()
@@ -82,7 +82,7 @@ def test_boot_through_libvirt_runs_the_kernel_and_leaves_nothing(
 
 def test_a_scenario_passes_through_libvirt(lab_settings, lab_kernel, lab_image, libvirtd,
                                            libvirt_clean, no_leftovers, tmp_path):
-    from harness import runner, scenario
+    from harness.lab import runner, scenario
     sc = scenario.load(REPO / "scenarios" / "good.yaml")
     settings = dataclasses.replace(lab_settings, backend="libvirt", libvirt_uri=libvirtd)
     outcome = runner.run(sc, "debian-6.1", settings, tmp_path / "out")

@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from harness import workload as w
-from harness.errors import GuestCommandError
+from harness.lab import workload as w
+from harness.core.errors import GuestCommandError
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 

@@ -12,8 +12,8 @@ import pytest
 pytest_plugins = ["pytester"]
 
 FAKE_RUNNER = '''
-import harness.runner as runner
-from harness.verdict import Reason, Verdict
+import harness.lab.runner as runner
+from harness.lab.verdict import Reason, Verdict
 
 VERSIONS = {"debian-5.10": "5.10.262-1", "debian-6.1": "6.1.192-2",
             "debian-6.12": "6.12.118-1", "debian-7": "7.2.13-1"}
@@ -33,15 +33,15 @@ def fake_run(sc, kernel, settings, out_dir):
 _real_run = runner.run
 runner.run = fake_run
 
-def pytest_unconfigure(config):   # in-process runs share our harness.runner: give it back
+def pytest_unconfigure(config):   # in-process runs share our harness.lab.runner: give it back
     runner.run = _real_run
 '''
 
 
 @pytest.fixture
 def matrix(pytester: pytest.Pytester, monkeypatch):
-    import harness.runner
-    monkeypatch.setattr(harness.runner, "run", harness.runner.run)   # restored whatever happens
+    import harness.lab.runner
+    monkeypatch.setattr(harness.lab.runner, "run", harness.lab.runner.run)   # restored whatever happens
     pytester.makeconftest(FAKE_RUNNER)
     pytester.mkdir("patch")
     pytester.path.joinpath("good.yaml").write_text("name: good\npatch:\n  source: patch\n")
@@ -90,8 +90,8 @@ def test_a_marker_picks_one_kernel_line(matrix):
 
 
 def test_the_fake_runner_never_outlives_the_test():
-    import harness.runner
-    assert harness.runner.run.__module__ == "harness.runner"
+    import harness.lab.runner
+    assert harness.lab.runner.run.__module__ == "harness.lab.runner"
 
 
 def test_no_scenario_no_summary(pytester: pytest.Pytester):

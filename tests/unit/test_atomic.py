@@ -1,7 +1,7 @@
 """atomic.write: a shared file is replaced whole, never seen torn, never left half-written."""
 import pytest
 
-from harness import atomic
+from harness.core import atomic
 
 
 def test_text_and_bytes_replace_the_file_and_leave_no_temporary(tmp_path):

@@ -1,14 +1,14 @@
-"""harness.build: toolchain choice, cache keys, modinfo/vermagic parsing, errors, the cache."""
+"""harness.supply.build: toolchain choice, cache keys, modinfo/vermagic parsing, errors, the cache."""
 import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from harness import build, kernels
-from harness.build import BuildError, CompatError, Module, Toolchain
-from harness.errors import ConfigError, HostCommandError, LivepatchError
-from harness.settings import Settings
+from harness.supply import build, kernels
+from harness.supply.build import BuildError, CompatError, Module, Toolchain
+from harness.core.errors import ConfigError, HostCommandError, LivepatchError
+from harness.core.settings import Settings
 
 RELEASE_61 = "6.1.0-56-amd64"
 RELEASE_510 = "5.10.0-46-amd64"

@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from harness.console import ConsoleFollower
+from harness.machine.console import ConsoleFollower
 
 WAIT = 2.0   # generous upper bound for the follower (polls every 50 ms) to catch up
 

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from harness import debversion
-from harness.debversion import compare, key, parse, satisfies
+from harness.supply import debversion
+from harness.supply.debversion import compare, key, parse, satisfies
 
 # (a, b, expected compare(a, b))
 CASES = [

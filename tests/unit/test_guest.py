@@ -7,8 +7,8 @@ import time
 import paramiko
 import pytest
 
-from harness.errors import DeadlineExceeded, GuestCommandError, GuestConnectionError
-from harness.guest import GuestChannel, Result, load_private_key, parse_public_key
+from harness.core.errors import DeadlineExceeded, GuestCommandError, GuestConnectionError
+from harness.machine.channel import GuestChannel, Result, load_private_key, parse_public_key
 
 from .fakes.sshd import FakeSSHServer, closed_port, openssh_line, silent_listener
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from harness.errors import GuestConnectionError
-from harness.heartbeat import Heartbeat
+from harness.core.errors import GuestConnectionError
+from harness.machine.heartbeat import Heartbeat
 
 from .fakes.sshd import FakeSSHServer
 from .test_guest import make_channel

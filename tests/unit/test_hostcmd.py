@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import hostcmd
-from harness.errors import HostCommandError, InfraError
+from harness.core import hostcmd
+from harness.core.errors import HostCommandError, InfraError
 
 
 def dead(pid: int) -> bool:

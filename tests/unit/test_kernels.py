@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import apt, hostcmd, kernels
-from harness.apt import PackageRecord
-from harness.errors import ConfigError
-from harness.kernels import KernelDef
-from harness.settings import Settings
+from harness.supply import apt, kernels
+from harness.core import hostcmd
+from harness.supply.apt import PackageRecord
+from harness.core.errors import ConfigError
+from harness.supply.kernels import KernelDef
+from harness.core.settings import Settings
 
 REPO_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends import libvirt as lv
-from harness.backends.base import Forward, MachineSpec
-from harness.backends.qemu import PortInUse
-from harness.errors import ConfigError, InfraError
-from harness.settings import Settings
+from harness.machine.backends import libvirt as lv
+from harness.machine.backends.base import Forward, MachineSpec
+from harness.core.errors import PortInUse
+from harness.core.errors import ConfigError, InfraError
+from harness.core.settings import Settings
 
 Q = "{%s}" % lv.QEMU_NS
 

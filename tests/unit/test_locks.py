@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import harness
-from harness.errors import DeadlineExceeded
-from harness.locks import file_lock
+from harness.core.errors import DeadlineExceeded
+from harness.core.locks import file_lock
 
 ROOT = Path(harness.__file__).resolve().parent.parent
 
@@ -24,12 +24,12 @@ def test_the_lock_file_and_its_directories_are_created(tmp_path):
 
 @pytest.fixture
 def lock_log():
-    """Records of the harness.locks logger, whatever other tests did to logging (the CLI
+    """Records of the harness.core.locks logger, whatever other tests did to logging (the CLI
     sets propagate=False on "harness")."""
     records = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append
-    logger = logging.getLogger("harness.locks")
+    logger = logging.getLogger("harness.core.locks")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -94,7 +94,7 @@ def test_a_process_killed_while_holding_the_lock_does_not_leave_it_stuck(tmp_pat
         import os, sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from harness.locks import file_lock
+        from harness.core.locks import file_lock
         with file_lock(Path({str(path)!r}), timeout=5, what="child"):
             print("locked", flush=True)
             time.sleep(60)

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.backends.base import Disk, Forward, MachineSpec
-from harness.backends.qemu import PortInUse, QemuConfig, QemuMachine, build_command
-from harness.errors import DeadlineExceeded, InfraError
-from harness.settings import Timeouts
+from harness.machine.backends.base import Disk, Forward, MachineSpec
+from harness.core.errors import PortInUse
+from harness.machine.backends.qemu import QemuConfig, QemuMachine, build_command
+from harness.core.errors import DeadlineExceeded, InfraError
+from harness.core.settings import Timeouts
 
 FAKE_QEMU = Path(__file__).parent / "fakes" / "fake_qemu.py"
 

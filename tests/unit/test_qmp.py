@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import DeadlineExceeded, InfraError
-from harness.qmp import QMPClient, QMPError
+from harness.core.errors import DeadlineExceeded, InfraError
+from harness.machine.qmp import QMPClient, QMPError
 
 from .fakes.qmp_server import FakeQMPServer, default_handler, ok
 

@@ -3,9 +3,9 @@ import time
 
 import pytest
 
-from harness import retry
-from harness.backends.qemu import PortInUse
-from harness.errors import BootError, GuestConnectionError, HostCommandError, InfraError
+from harness.core import retry
+from harness.core.errors import PortInUse
+from harness.core.errors import BootError, GuestConnectionError, HostCommandError, InfraError
 
 
 def run_policy(policy, outcomes):

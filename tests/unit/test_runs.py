@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import runs
-from harness.runs import OWNER, RunDir, reap_stale
+from harness.machine import runs
+from harness.machine.runs import OWNER, RunDir, reap_stale
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import scenario
-from harness.errors import ConfigError
+from harness.lab import scenario
+from harness.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.settings import ENV_PREFIX, Settings, Timeouts
+from harness.core.errors import ConfigError
+from harness.core.settings import ENV_PREFIX, Settings, Timeouts
 
 P = ENV_PREFIX
 

@@ -4,8 +4,8 @@ from typing import Optional
 
 import pytest
 
-from harness import verdict as V
-from harness.kmsg import Finding
+from harness.lab import verdict as V
+from harness.machine.kmsg import Finding
 
 
 @dataclass
@@ -189,7 +189,7 @@ def test_a_stall_that_signalling_did_not_clear_says_so():
 
 
 def test_a_runs_wall_time_is_split_into_phases_that_happened():
-    from harness.runner import phase_seconds
+    from harness.lab.runner import phase_seconds
     names = ["start", "build", "built", "booted", "baseline", "load-patch", "loaded", "transition-complete",
              "patched", "disable", "unpatch-complete", "reverted", "cooldown-end", "collected", "verdict"]
     timeline = [{"t": 100.0 + i, "event": n} for i, n in enumerate(names)]

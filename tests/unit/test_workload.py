@@ -24,10 +24,10 @@ from typing import Callable, Optional
 
 import pytest
 
-from harness import workload as w
-from harness.errors import ConfigError, DeadlineExceeded, GuestCommandError
-from harness.guest import Result
-from harness.settings import Timeouts
+from harness.lab import workload as w
+from harness.core.errors import ConfigError, DeadlineExceeded, GuestCommandError
+from harness.machine.channel import Result
+from harness.core.settings import Timeouts
 
 T0 = 1_800_000_000.0
 

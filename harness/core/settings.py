@@ -1,0 +1,222 @@
+"""One frozen settings object, and every deadline of the lab in one place.
+
+Values come from keyword overrides (CLI, pytest options) over environment
+variables over defaults. A bad environment value is a ``ConfigError`` naming
+the variable.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+from .errors import ConfigError
+
+ACCELS = ("auto", "kvm", "tcg")
+BACKENDS = ("qemu", "libvirt")
+# The libvirt backend's single-threaded TCG (see backends/libvirt.py); lab.sh installs it.
+DEFAULT_TCG_EMULATOR = "/usr/local/libexec/livepatch-lab/qemu-tcg-single"
+BOOT_PROTOCOLS = ("pvh", "bzimage")
+ENV_PREFIX = "LIVEPATCH_LAB_"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Every deadline, in seconds.
+
+    Guest-side deadlines are written for KVM; ``scaled(factor)`` stretches them
+    for TCG, where the same guest work runs several times slower. Host-side
+    deadlines (downloads, image builds, QEMU's own reaction to QMP) do not
+    depend on the accelerator and are never scaled.
+    """
+
+    # guest side: scaled for TCG
+    first_console: float = 10.0   # QEMU start -> first console byte
+    boot: float = 20.0            # QEMU start -> an SSH command answered
+    ssh_connect: float = 5.0      # one SSH connection attempt
+    command: float = 60.0         # a guest command, unless the caller says otherwise
+    poweroff: float = 8.0         # guest poweroff -> QEMU exits
+    transition: float = 20.0      # a livepatch (un)patching transition completes
+    service_start: float = 10.0   # workload: a started service answers its first request from the host
+    service_stop: float = 5.0     # workload: service/stress/probe ends after SIGTERM (then SIGKILL)
+    probe_command: float = 10.0   # workload: one run of the probe command (then killed, rc 124)
+    heartbeat: float = 10.0       # a guest that echoes no heartbeat for this long is frozen: given up
+    # host side: never scaled
+    kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
+    qmp: float = 5.0              # QMP socket up / one QMP command answered
+    kill: float = 5.0             # SIGTERM -> exit, then SIGKILL -> exit
+    host_command: float = 120.0   # small host tools (qemu-img, mke2fs, depmod)
+    apt_update: float = 300.0
+    download: float = 900.0
+    image_build: float = 1200.0
+    lock: float = 1800.0          # waiting for another process's fetch or build
+    http_load_cap: float = 3600.0  # workload: an HttpLoad never stopped ends by itself after this
+    loopback_connect: float = 0.05  # workload: one connect to a host forward; slower = SYN dropped: anew
+    libvirt_connect: float = 30.0  # libvirt backend: open a connection (qemu+ssh includes the SSH login)
+    libvirt_call: float = 60.0     # libvirt backend: one API call (start, destroy, monitor command)
+    libvirt_upload: float = 900.0  # libvirt backend: upload a kernel, initrd or disk into the pool
+    tunnel: float = 15.0           # libvirt backend: an SSH port forward to a remote host listens
+
+    SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
+              "service_start", "service_stop", "probe_command", "heartbeat")
+
+    def scaled(self, factor: float) -> "Timeouts":
+        return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})
+
+
+_LIBVIRT_URI = re.compile(r"^qemu(\+[a-z0-9]+)?://[^/?#]*/(system|session)(\?[^#]*)?$")
+
+
+def _uri_list(raw: str) -> tuple[str, ...]:
+    return tuple(u.strip() for u in raw.split(",") if u.strip())
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "livepatch-lab"
+
+
+@dataclass(frozen=True)
+class Settings:
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    accel: str = "auto"                 # auto | kvm | tcg
+    memory_mib: int = 1024
+    cpus: int = 2
+    qemu_binary: str = "qemu-system-x86_64"
+    debian_mirror: Optional[str] = None  # None: the host's own apt configuration
+    tcg_factor: float = 3.0
+    runs_root: Optional[Path] = None    # None: <cache>/runs; tests give each session its own
+    boot_protocol: str = "pvh"          # pvh: enter the unpacked kernel directly (see vmlinux.py)
+    backend: str = "qemu"               # qemu: a child process here | libvirt: a libvirt domain
+    libvirt_uri: str = "qemu:///system"
+    libvirt_uris: tuple[str, ...] = ()  # a pool: xdist worker gwN takes uris[N % len]
+    libvirt_tcg_emulator: str = DEFAULT_TCG_EMULATOR  # "": libvirt's own (multi-threaded TCG)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        if self.accel not in ACCELS:
+            raise ConfigError(f"accel must be one of {', '.join(ACCELS)}, not {self.accel!r}",
+                              field="accel")
+        if self.boot_protocol not in BOOT_PROTOCOLS:
+            raise ConfigError(f"boot_protocol must be one of {', '.join(BOOT_PROTOCOLS)}, "
+                              f"not {self.boot_protocol!r}", field="boot_protocol")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}",
+                              field="backend")
+        object.__setattr__(self, "libvirt_uris", tuple(self.libvirt_uris))  # a list from a caller
+        uris = [("libvirt_uri", self.libvirt_uri)] + [("libvirt_uris", u) for u in self.libvirt_uris]
+        for name, uri in uris:
+            if not _LIBVIRT_URI.match(uri):
+                raise ConfigError(f"not a libvirt QEMU URI (qemu[+transport]://[user@host[:port]]"
+                                  f"/system or /session): {uri!r}", field=name)
+        for name in ("memory_mib", "cpus", "tcg_factor"):
+            if not 0 < getattr(self, name) < math.inf:  # also refuses nan
+                raise ConfigError(f"must be positive and finite, not {getattr(self, name)!r}",
+                                  field=name)
+
+    def timeouts_for(self, accel: str) -> Timeouts:
+        """Deadlines for a guest running under ``accel`` (``kvm`` or ``tcg``)."""
+        return self.timeouts.scaled(self.tcg_factor) if accel == "tcg" else self.timeouts
+
+    def libvirt_uri_for(self, worker: Optional[str] = None) -> str:
+        """The libvirt URI this process uses: with a pool, pytest-xdist worker ``gwN``
+        (``PYTEST_XDIST_WORKER``) takes ``libvirt_uris[N % len]``, others the first."""
+        if not self.libvirt_uris:
+            return self.libvirt_uri
+        if worker is None:
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        digits = worker[2:] if worker.startswith("gw") else ""
+        n = int(digits) if digits.isdigit() else 0
+        return self.libvirt_uris[n % len(self.libvirt_uris)]
+
+    # cache layout: one directory, every part below it
+    @property
+    def kernels_dir(self) -> Path:
+        return self.cache_dir / "kernels"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.cache_dir / "images"
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.cache_dir / "downloads"
+
+    @property
+    def apt_dir(self) -> Path:
+        return self.cache_dir / "apt"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.runs_root or self.cache_dir / "runs"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.cache_dir / "locks"
+
+    @property
+    def bootfiles_dir(self) -> Path:       # initramfs + modules disk per kernel build
+        return self.cache_dir / "bootfiles"
+
+    @property
+    def vmlinux_dir(self) -> Path:         # PVH-bootable ELFs unpacked from bzImages
+        return self.cache_dir / "vmlinux"
+
+    @property
+    def built_modules_dir(self) -> Path:   # livepatch and target modules built per release
+        return self.cache_dir / "modules"
+
+    @property
+    def symbols_dir(self) -> Path:         # guest kallsyms per kernel, for hang evidence
+        return self.cache_dir / "symbols"
+
+    def symbols_file(self, kernel: Any) -> Path:
+        """Where one kernel build's text symbols are cached (``kernel``: name, release, version)."""
+        return self.symbols_dir / f"{kernel.name}-{kernel.release}-{kernel.version}.txt.gz"
+
+    @property
+    def toolchains_dir(self) -> Path:      # build roots with a kernel's own compiler
+        return self.cache_dir / "toolchains"
+
+    @property
+    def libvirt_dir(self) -> Path:         # the libvirt backend's digest memo
+        return self.cache_dir / "libvirt"
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        from_env: dict[str, str] = {}   # setting name -> the variable it came from
+        conv = {"CACHE": ("cache_dir", Path), "ACCEL": ("accel", str),
+                "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
+                "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),
+                "TCG_FACTOR": ("tcg_factor", float), "BOOT_PROTOCOL": ("boot_protocol", str),
+                "RUNS": ("runs_root", Path), "BACKEND": ("backend", str),
+                "LIBVIRT_URI": ("libvirt_uri", str), "LIBVIRT_URIS": ("libvirt_uris", _uri_list),
+                "LIBVIRT_TCG_EMULATOR": ("libvirt_tcg_emulator", str)}
+        for suffix, (name, kind) in conv.items():
+            raw = env.get(ENV_PREFIX + suffix)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[name] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"not a valid {kind.__name__}: {raw!r}",
+                                  source="environment", field=ENV_PREFIX + suffix) from None
+            from_env[name] = ENV_PREFIX + suffix
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
+        if "cache_dir" in values:
+            values["cache_dir"] = Path(values["cache_dir"]).expanduser().absolute()
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            # a value that parsed but is invalid: say which variable it came from
+            if exc.field in from_env and exc.field not in given:
+                raise ConfigError(exc.message, source="environment",
+                                  field=from_env[exc.field]) from None
+            raise

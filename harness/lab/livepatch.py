@@ -1,0 +1,166 @@
+"""Livepatch operations in a guest: load, watch the transition, diagnose, revert.
+
+All state is read from the kernel's own interfaces: ``/sys/kernel/livepatch``
+and ``/proc/<pid>/task/<tid>/patch_state`` (-1 no transition, 0 unpatched,
+1 patched). Loops run inside the guest with shell builtins: under TCG every
+fork costs tens of milliseconds, and one SSH round trip per poll would too.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..core.errors import LivepatchError
+from ..machine.channel import Result
+
+SYSFS = "/sys/kernel/livepatch"
+
+# Kernel taint bits (Documentation/admin-guide/tainted-kernels.rst): bit -> (letter, meaning)
+TAINT_FLAGS = {
+    0: ("P", "proprietary module loaded"), 1: ("F", "module force loaded"),
+    2: ("S", "kernel running on an out of specification system"), 3: ("R", "module force unloaded"),
+    4: ("M", "processor reported a Machine Check Exception"), 5: ("B", "bad page referenced"),
+    6: ("U", "taint requested by userspace"), 7: ("D", "kernel died recently (OOPS or BUG)"),
+    8: ("A", "ACPI table overridden by user"), 9: ("W", "kernel issued a warning"),
+    10: ("C", "staging driver loaded"), 11: ("I", "workaround for platform firmware bug"),
+    12: ("O", "externally-built (out-of-tree) module loaded"),
+    13: ("E", "unsigned module loaded"), 14: ("L", "soft lockup occurred"),
+    15: ("K", "kernel has been live patched"), 16: ("X", "auxiliary taint"),
+    17: ("T", "kernel built with the struct randomization plugin"),
+    18: ("N", "an in-kernel test has been run"),
+}
+LIVEPATCH_TAINT = 1 << 15
+# A livepatch module implies K, and O/E for an out-of-tree, unsigned module.
+ALLOWED_TAINT = LIVEPATCH_TAINT | (1 << 12) | (1 << 13)
+
+
+def taint_letters(mask: int) -> list[tuple[str, str]]:
+    return [TAINT_FLAGS.get(b, (f"bit{b}", "unknown taint bit")) for b in range(32) if mask >> b & 1]
+
+
+@dataclass
+class Straggler:
+    pid: int
+    tid: int
+    comm: str
+    stack: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        top = "; ".join(self.stack[:6]) or "(no stack)"
+        return f"{self.comm} (pid {self.pid}, tid {self.tid}) at {top}"
+
+
+def _q(s: str) -> str:
+    return shlex.quote(s)
+
+
+def load(guest, remote_ko: str, timeout: float, report_text_of: str = "") -> Result:
+    """insmod; raise ``LivepatchError`` with the kernel's complaint if it refuses.
+
+    With ``report_text_of`` (the module's name) stdout is the module's ``.text``
+    address, read in the same breath as the load: a patch that freezes the guest
+    leaves no time for a second command.
+    """
+    report = (f" && {{ cat /sys/module/{_q(report_text_of)}/sections/.text 2>/dev/null; true; }}"
+              if report_text_of else "")
+    result = guest.run(f"insmod {_q(remote_ko)}{report}", timeout)
+    if not result.ok:
+        tail = guest.run("dmesg | tail -n 15", timeout).stdout
+        raise LivepatchError(f"insmod {remote_ko} failed (rc {result.rc}): "
+                             f"{(result.stderr or result.stdout).strip()}\n{tail}")
+    return result
+
+
+def state(guest, name: str, timeout: float) -> dict[str, Optional[int]]:
+    """``enabled`` / ``transition`` / ``force`` of a patch; all None if it is gone."""
+    out = guest.run(f"cd {SYSFS}/{_q(name)} 2>/dev/null && for f in enabled transition; do "
+                    f"read -r v < $f; echo $f=$v; done", timeout).stdout
+    values = dict(line.split("=", 1) for line in out.split() if "=" in line)
+    return {k: int(values[k]) if values.get(k, "").lstrip("-").isdigit() else None
+            for k in ("enabled", "transition")}
+
+
+def wait_transition(guest, name: str, deadline_s: float) -> tuple[bool, float]:
+    """Wait in the guest until the patch leaves transition; (completed, seconds waited)."""
+    # bash's SECONDS, and a slow poll: under TCG each `sleep` is a fork+exec that loads the
+    # very guest whose service is being measured
+    script = (f"f={SYSFS}/{_q(name)}/transition; SECONDS=0; "
+              f"while read -r t 2>/dev/null < $f && [ \"$t\" = 1 ]; do "
+              f"[ $SECONDS -ge {int(deadline_s) + 1} ] && {{ echo stalled; exit 0; }}; sleep 0.2; done; echo done")
+    start = time.monotonic()
+    out = guest.run(script, deadline_s + 15).stdout.strip()
+    return out.endswith("done"), time.monotonic() - start
+
+
+_STRAGGLERS = r"""
+want=%d
+for d in /proc/[0-9]*/task/[0-9]*; do
+  read -r s 2>/dev/null < $d/patch_state || continue
+  [ "$s" = -1 ] && continue
+  [ "$s" = "$want" ] && continue
+  read -r comm 2>/dev/null < $d/comm
+  tid=${d##*/}; pid=${d#/proc/}; pid=${pid%%%%/*}
+  echo "@@task $pid $tid $comm"
+  while read -r line; do echo "$line"; done 2>/dev/null < $d/stack
+done
+"""
+
+
+def stragglers(guest, patching: bool, timeout: float) -> list[Straggler]:
+    """Tasks not yet in the transition's target state, with their stacks."""
+    out = guest.run(_STRAGGLERS % (1 if patching else 0), timeout).stdout
+    tasks: list[Straggler] = []
+    for line in out.splitlines():
+        m = re.match(r"@@task (\d+) (\d+) (.*)", line)
+        if m:
+            tasks.append(Straggler(int(m.group(1)), int(m.group(2)), m.group(3)))
+        elif tasks and line.strip():
+            tasks[-1].stack.append(re.sub(r"^\[<[0-9a-f]+>\] ", "", line.strip()))
+    return tasks
+
+
+# The kernel signals stragglers by itself after about 15 retries (one a second) since 5.x,
+# where the 'signal' attribute of 4.x is gone.
+KERNEL_SIGNALS_AFTER = 17.0
+
+
+def signal_stragglers(guest, name: str, timeout: float) -> bool:
+    """Ask the kernel to signal/wake stragglers; False where it does that by itself."""
+    return guest.run(f"test -e {SYSFS}/{_q(name)}/signal && echo 1 > {SYSFS}/{_q(name)}/signal",
+                     timeout).ok
+
+
+def force(guest, name: str, timeout: float) -> Result:
+    return guest.run(f"echo 1 > {SYSFS}/{_q(name)}/force", timeout)
+
+
+def disable(guest, name: str, timeout: float) -> Result:
+    return guest.run(f"echo 0 > {SYSFS}/{_q(name)}/enabled", timeout)
+
+
+def unload(guest, module: str, timeout: float) -> Result:
+    return guest.run(f"rmmod {_q(module)}", timeout)
+
+
+def module_loaded(guest, module: str, timeout: float) -> bool:
+    return guest.run(f"grep -q '^{module} ' /proc/modules", timeout).ok
+
+
+def taint(guest, timeout: float) -> int:
+    return int(guest.run("cat /proc/sys/kernel/tainted", timeout, check=True).stdout.strip())
+
+
+def mark_kmsg(guest, text: str, timeout: float) -> None:
+    """Write a marker into the kernel log, to scope dmesg checks to this run."""
+    guest.run(f"echo {_q(text)} > /dev/kmsg", timeout, check=True)
+
+
+def dmesg_since(guest, marker: str, timeout: float) -> list[str]:
+    lines = guest.run("dmesg", timeout, check=True).stdout.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if marker in lines[i]:
+            return lines[i + 1:]
+    return lines

@@ -1,0 +1,234 @@
+"""A booted guest, from kernel and image to a command channel, always torn down.
+
+``boot()`` is the one way into a guest: it reaps what dead runs left, prepares
+the kernel's boot files, picks the accelerator, makes a throwaway overlay,
+starts the machine, and waits until a real SSH command answers, watching the
+console for a panic all the while. Whatever happens inside (an error, a
+timeout, Ctrl-C, SIGTERM), it powers the guest off, makes sure QEMU is gone
+and removes the overlay.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+from ..core import retry
+from ..core.errors import BootError, DeadlineExceeded, GuestConnectionError, HarnessError
+from ..core.net import free_port
+from ..core.settings import Settings, Timeouts
+from ..supply import bootfiles, images, vmlinux
+from ..supply.kernels import Kernel
+from . import accel as accel_mod
+from .backends.base import Disk, Forward, Machine, MachineSpec
+from .backends.qemu import QemuConfig, QemuMachine
+from .channel import GuestChannel, Result
+from .runs import RunDir, reap_stale
+
+log = logging.getLogger(__name__)
+
+SSH_PORT = 22
+READY_MARKER = "livepatch-lab: ready"   # printed by images/guest/ready once sshd listens
+# pci=noacpi: on -M pc each virtio device costs ~100 ms of ACPI IRQ-routing evaluation under TCG.
+BASE_APPEND = ("console=ttyS0,115200 panic=-1 net.ifnames=0 random.trust_cpu=on pci=noacpi "
+               "lab.root=/dev/vda lab.modules=/dev/vdb")
+
+
+@dataclass
+class Guest:
+    """A running guest. Use it inside ``boot()``; it is dead after."""
+    kernel: Kernel
+    image: images.Image
+    machine: Machine
+    channel: GuestChannel
+    run_dir: RunDir
+    timeouts: Timeouts
+    forwards: dict[int, int]              # guest port -> host port (127.0.0.1)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def accel(self) -> str:
+        return self.machine.accel
+
+    def run(self, command: str, timeout: Optional[float] = None, *, check: bool = False,
+            stdin: Optional[bytes] = None) -> Result:
+        return self.channel.run(command, timeout, check=check, stdin=stdin)
+
+    def upload(self, local: Path, remote: str, mode: int = 0o644) -> None:
+        self.channel.upload(local, remote, mode)
+
+    def host_port(self, guest_port: int) -> int:
+        return self.forwards[guest_port]
+
+    def describe(self) -> dict:
+        return {"kernel": self.kernel.describe(), "image": self.image.digest,
+                "accel": self.accel, "timings": dict(self.timings),
+                "machine": self.machine.describe()}
+
+
+def _new_machine(spec: MachineSpec, run: RunDir, accel: str, settings: Settings,
+                 timeouts: Timeouts) -> Machine:
+    if settings.backend == "libvirt":
+        from .backends.libvirt import LibvirtMachine
+        return LibvirtMachine(spec, accel, settings, timeouts, run.path,
+                              record=lambda rec: run.record(libvirt=rec))
+    qmp_sock = run.sock_dir / "qmp.sock"
+    qmp_sock.unlink(missing_ok=True)
+    return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=settings.qemu_binary),
+                       timeouts, run.path / "qemu.log")
+
+
+def _start_machine(spec_for, run: RunDir, accel: str, settings: Settings,
+                   timeouts: Timeouts) -> Machine:
+    for attempt in retry.port_clash_policy():
+        with attempt:
+            machine = _new_machine(spec_for(), run, accel, settings, timeouts)
+            machine.start()
+            if isinstance(machine, QemuMachine):
+                run.record_qemu(machine.pid)
+            return machine
+    raise AssertionError("unreachable")
+
+
+def _root_disk(image: images.Image, run: RunDir, settings: Settings, timings: dict) -> Disk:
+    """The image under a throwaway overlay: made here for QEMU, by the backend for libvirt
+    (a volume next to the base image's on the libvirt host)."""
+    if settings.backend == "libvirt":
+        return Disk(image.path.resolve(), "raw", overlay=True)
+    t0 = time.monotonic()
+    overlay = images.create_overlay(image, run.path / "root.qcow2")
+    timings["overlay"] = time.monotonic() - t0
+    return Disk(overlay, "qcow2")
+
+
+def _wait_ready(guest: Guest, deadline: float) -> None:
+    """Until a real command answers over SSH; a dead or panicked guest ends the wait at once.
+
+    The guest announces on the console when sshd listens. Until then an SSH
+    attempt would sit in QEMU's user networking until its own timeout, so
+    attempts before the announcement are short, and the wait is for the console.
+    """
+    machine, t = guest.machine, guest.timeouts
+
+    def attempt_once() -> None:
+        finding = machine.console.fatal()
+        if finding:
+            raise BootError(f"guest {finding.kind} during boot: {finding.line}",
+                            machine.console.tail(), str(machine.spec.console_log))
+        if not machine.is_running():
+            raise BootError(f"QEMU ended during boot ({machine.exit_reason()})",
+                            machine.console.tail(), str(machine.spec.console_log))
+        left = deadline - time.monotonic()
+        announced = machine.console.wait_for(
+            lambda c: c.contains(READY_MARKER) or c.fatal() is not None, min(1.0, max(0.0, left)))
+        if machine.console.fatal():
+            return attempt_once()  # report the finding
+        per_try = max(0.5, min(t.ssh_connect if announced else 1.0, left))
+        guest.channel.connect(timeout=per_try)
+        guest.channel.run("true", timeout=per_try, check=True)
+
+    try:
+        for attempt in retry.ssh_ready_policy(max(0.0, deadline - time.monotonic())):
+            with attempt:
+                attempt_once()
+    except (GuestConnectionError, DeadlineExceeded) as exc:
+        raise BootError(f"SSH did not answer within {t.boot:.0f}s (last: {exc})",
+                        machine.console.tail(), str(machine.spec.console_log)) from None
+
+
+def _shutdown(guest: Optional[Guest], machine: Optional[Machine], timeouts: Timeouts) -> None:
+    """poweroff → QMP quit → kill. Never raises."""
+    if guest is not None and guest.channel.connected and machine is not None and machine.is_running():
+        try:
+            guest.channel.run("poweroff", timeout=min(5.0, timeouts.poweroff))
+        except HarnessError as exc:
+            log.debug("poweroff: %s", exc)
+        guest.channel.close()
+        if not machine.wait_exit(timeouts.poweroff):
+            log.info("guest did not power off within %.0fs; stopping QEMU", timeouts.poweroff)
+    if guest is not None:
+        guest.channel.close()
+    if machine is not None:
+        machine.destroy()
+
+
+def _kernel_image(kernel: Kernel, settings: Settings) -> Path:
+    if settings.boot_protocol == "pvh":
+        try:
+            return vmlinux.pvh_kernel(kernel.vmlinuz, settings.vmlinux_dir,
+                                      settings.timeouts.lock) or kernel.vmlinuz
+        except vmlinux.NotExtractable as exc:
+            log.info("booting the bzImage: %s", exc)
+    return kernel.vmlinuz
+
+
+@contextlib.contextmanager
+def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
+         forward_ports: Sequence[int] = (), append: str = "",
+         artifacts_dir: Optional[Path] = None) -> Iterator[Guest]:
+    """Boot ``kernel`` with ``image``; yield a ``Guest`` whose SSH answers."""
+    reap_stale(settings.runs_dir)
+    files = bootfiles.prepare(kernel, settings)
+    kernel_image = _kernel_image(kernel, settings)
+    accel = accel_mod.choose(settings.accel, kernel.vmlinuz, settings)
+    timeouts = settings.timeouts_for(accel)
+    run = RunDir.create(settings.runs_dir, kernel.name)
+    machine: Optional[Machine] = None
+    guest: Optional[Guest] = None
+    timings: dict[str, float] = {}
+    try:
+        root = _root_disk(image, run, settings, timings)
+        guest_ports = (SSH_PORT, *forward_ports)
+        ports: dict[int, int] = {}
+
+        def spec_for() -> MachineSpec:
+            ports.clear()
+            ports.update({g: free_port() for g in guest_ports})
+            return MachineSpec(
+                name=f"lab-{run.id}", kernel=kernel_image, initrd=files.initramfs,
+                append=f"{BASE_APPEND} {append}".strip(), console_log=run.path / "console.log",
+                disks=(root, Disk(files.modules_disk, "raw", readonly=True)),
+                forwards=tuple(Forward(h, g) for g, h in ports.items()),
+                cpus=settings.cpus, memory_mib=settings.memory_mib)
+
+        log.info("booting %s (%s) under %s (%s backend)", kernel.name, kernel.release,
+                 accel.upper(), settings.backend)
+        t1 = time.monotonic()
+        machine = _start_machine(spec_for, run, accel, settings, timeouts)
+        ports = machine.lab_ports()   # a remote libvirt host's forwards arrive through a tunnel
+        channel = GuestChannel("127.0.0.1", ports[SSH_PORT], user=image.user,
+                               client_key=image.client_key, host_key=image.host_key,
+                               command_timeout=timeouts.command)
+        guest = Guest(kernel, image, machine, channel, run, timeouts, dict(ports), timings)
+        # From the machine's start: a libvirt start may include first-time uploads.
+        _wait_ready(guest, time.monotonic() + timeouts.boot)
+        timings["ssh_ready"] = time.monotonic() - t1
+        if machine.console.first_output is not None:
+            timings["first_console"] = machine.console.first_output - t1
+        log.info("guest ready in %.1fs", timings["ssh_ready"])
+        yield guest
+    finally:
+        t2 = time.monotonic()
+        _shutdown(guest, machine, timeouts)
+        timings["shutdown"] = time.monotonic() - t2
+        if artifacts_dir is not None and (run.path / "console.log").exists():
+            artifacts_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run.path / "console.log", artifacts_dir / "console.log")
+        run.remove()
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks (teardown) run."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
