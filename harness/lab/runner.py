@@ -22,9 +22,10 @@ from ..core.errors import (BootError, ConfigError, DeadlineExceeded, GuestConnec
 from ..core.settings import Settings
 from ..machine import heartbeat, session
 from ..supply import build, images, kernels
-from . import forensics, livepatch, workload
+from . import forensics, livepatch, specs
 from .scenario import Scenario
 from .verdict import Reason, RunRecord, Verdict, Window, decide
+from .workload import clock, httpload, probe, service, stress
 
 log = logging.getLogger(__name__)
 REMOTE_DIR = "/run/lab/modules"
@@ -164,7 +165,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
 
 def _in_guest(sc: Scenario, kernel, image, patch: build.Module, targets: list, settings: Settings,
               out_dir: Path, events: _Timeline, rec: RunRecord) -> None:
-    svc = workload.ServiceSpec(**sc.service)
+    svc = specs.ServiceSpec(**sc.service)
     ports = (svc.port,) if sc.service_enabled else ()
     with session.boot(kernel, image, settings, forward_ports=ports, artifacts_dir=out_dir) as guest:
         where = guest.machine.describe()
@@ -211,21 +212,21 @@ def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events
             raise _Failed(Reason("load", f"target module {mod.name} does not load: {res.stderr.strip()}"))
         evidence.add_module(mod.name, mod.path)
         events("target-loaded", module=mod.name)
-    offset = workload.clock_offset(guest)
+    offset = clock.clock_offset(guest)
     rec.taint_before = livepatch.taint(guest, t.command)
     marker = f"livepatch-lab: run {run_id} start"
     console_from = len(guest.machine.console.lines)
     livepatch.mark_kmsg(guest, marker, t.command)
 
     if sc.probe_command:  # first, so its first (slow, under TCG) runs precede the baseline
-        workload.start_probe(guest, workload.ProbeSpec(sc.probe_command, sc.probe_interval or 0.5))
+        probe.start(guest, specs.ProbeSpec(sc.probe_command, sc.probe_interval or 0.5))
     load = None
     if sc.service_enabled:
-        workload.start_service(guest, svc, serve_file=sc.serve_file)
-        load = workload.HttpLoad("127.0.0.1", guest.host_port(svc.port), svc, out_dir / "requests.jsonl")
-    stress = workload.StressSpec(**sc.stress)
-    if stress.enabled:
-        workload.start_stress(guest, stress)
+        service.start(guest, svc, serve_file=sc.serve_file)
+        load = httpload.HttpLoad("127.0.0.1", guest.host_port(svc.port), svc, out_dir / "requests.jsonl")
+    load_spec = specs.StressSpec(**sc.stress)
+    if load_spec.enabled:
+        stress.start(guest, load_spec)
     try:
         if load:
             load.start()
@@ -262,15 +263,15 @@ def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events
             rec.requests = load.stop(timeout=svc.timeout + 2)
         if sc.probe_command:
             try:
-                rec.probe = [workload.ProbeSample(s.t - offset, s.rc, s.output,
+                rec.probe = [probe.ProbeSample(s.t - offset, s.rc, s.output,
                                                   None if s.t_end is None else s.t_end - offset)
-                             for s in workload.stop_probe(guest)]
+                             for s in probe.stop(guest)]
             except HarnessError as exc:
                 log.warning("probe log lost: %s", exc)
-    if stress.enabled:
-        workload.stop_stress(guest)
+    if load_spec.enabled:
+        stress.stop(guest)
     if sc.service_enabled:
-        workload.stop_service(guest)
+        service.stop(guest)
     rec.dmesg = livepatch.dmesg_since(guest, marker, t.command)
     rec.taint_after = livepatch.taint(guest, t.command)
     rec.console_findings = [f for f in guest.machine.console.findings if f.lineno > console_from]

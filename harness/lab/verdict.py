@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from ..machine import kmsg
 from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, taint_letters
-from .workload import window_stats
+from .workload.stats import window_stats
 
 # Kernel lines that are trouble beyond the generic classifier.
 _LIVEPATCH_TROUBLE = re.compile(r"failed to enable patch|forcing remaining tasks to the (?:un)?patched state")
@@ -41,9 +41,9 @@ class RunRecord:
     guest_lost: Optional[str] = None                      # the guest froze or died mid-run: why
     loaded: bool = False
     windows: dict[str, Window] = field(default_factory=dict)
-    requests: list[Any] = field(default_factory=list)     # workload.Request
+    requests: list[Any] = field(default_factory=list)     # httpload.Request
     service_enabled: bool = True
-    probe: list[Any] = field(default_factory=list)        # workload.ProbeSample, t on the host clock
+    probe: list[Any] = field(default_factory=list)        # probe.ProbeSample, t on the host clock
     probe_expect: dict[str, str] = field(default_factory=dict)
     transition: dict[str, Any] = field(default_factory=dict)   # completed, seconds, stragglers, forced, signaled
     unpatch: dict[str, Any] = field(default_factory=dict)      # completed, seconds, stragglers

@@ -11,8 +11,9 @@ import urllib.request
 
 import pytest
 
-from harness.lab import workload as w
 from harness.core.errors import GuestCommandError
+from harness.lab import specs
+from harness.lab.workload import clock, httpload, probe, service, stats, stress
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 
@@ -25,20 +26,20 @@ def _ms(x):
 
 
 def test_service_stress_and_probe_under_load_and_a_stall_is_seen(lab_boot, tmp_path, no_leftovers):
-    spec = w.ServiceSpec()
+    spec = specs.ServiceSpec()
     with lab_boot("debian-6.1", forward_ports=(spec.port,)) as guest:
-        offset, uncertainty = w.measure_clock(guest)
+        offset, uncertainty = clock.measure_clock(guest)
         cmdline = guest.run("cat /proc/cmdline", check=True).stdout
         t = time.monotonic()
-        w.start_service(guest, spec, serve_file="/proc/cmdline")
+        service.start(guest, spec, serve_file="/proc/cmdline")
         started_service = time.monotonic() - t
         url = f"http://127.0.0.1:{guest.host_port(spec.port)}/"
         with urllib.request.urlopen(url, timeout=10) as resp:
             assert resp.status == 200 and resp.read().decode() == cmdline
-        w.start_stress(guest, w.StressSpec())
-        w.start_probe(guest, w.ProbeSpec("cat /proc/cmdline", interval=0.5))
+        stress.start(guest, specs.StressSpec())
+        probe.start(guest, specs.ProbeSpec("cat /proc/cmdline", interval=0.5))
 
-        load = w.HttpLoad("127.0.0.1", guest.host_port(spec.port), spec, tmp_path / "requests.jsonl")
+        load = httpload.HttpLoad("127.0.0.1", guest.host_port(spec.port), spec, tmp_path / "requests.jsonl")
         t0 = time.time()
         load.start()
         time.sleep(STALL_AT)
@@ -53,29 +54,29 @@ def test_service_stress_and_probe_under_load_and_a_stall_is_seen(lab_boot, tmp_p
         stopped_load = time.time() - t1
 
         t = time.monotonic()
-        samples = w.stop_probe(guest)
+        samples = probe.stop(guest)
         stopped_probe = time.monotonic() - t
         t = time.monotonic()
-        w.stop_stress(guest)
+        stress.stop(guest)
         stopped_stress = time.monotonic() - t
-        w.stop_service(guest)
+        service.stop(guest)
         left = guest.run("ps -eo args", check=True).stdout
         assert not [line for line in left.splitlines()
                     if "stress-ng" in line or "httpd.py" in line or "probe.sh" in line], left
 
         # another service command (busybox httpd), and one that dies, in the same guest
         guest.run("mkdir -p /run/lab/www && echo static >/run/lab/www/index.html", check=True)
-        w.start_service(guest, w.ServiceSpec(command=f"busybox httpd -f -p {spec.port} -h /run/lab/www"))
-        assert w.http_get("127.0.0.1", guest.host_port(spec.port), "/", 5.0) == 200
-        w.stop_service(guest)
+        service.start(guest, specs.ServiceSpec(command=f"busybox httpd -f -p {spec.port} -h /run/lab/www"))
+        assert httpload.http_get("127.0.0.1", guest.host_port(spec.port), "/", 5.0) == 200
+        service.stop(guest)
         with pytest.raises(GuestCommandError) as err:
-            w.start_service(guest, w.ServiceSpec(command="echo no such server >&2; exit 3"))
+            service.start(guest, specs.ServiceSpec(command="echo no such server >&2; exit 3"))
         assert err.value.rc == 3 and "no such server" in err.value.stdout
 
-    whole = w.window_stats(requests, t0, t1)
-    before = w.window_stats(requests, t0, s0)
-    stall = w.window_stats(requests, s0, s1 + 1.0)
-    after = w.window_stats(requests, s1 + 1.0, t1)
+    whole = stats.window_stats(requests, t0, t1)
+    before = stats.window_stats(requests, t0, s0)
+    stall = stats.window_stats(requests, s0, s1 + 1.0)
+    after = stats.window_stats(requests, s1 + 1.0, t1)
     lateness = max(r.sent - r.intended for r in requests)
     times = [s.t - offset for s in samples]           # on the host clock
     spacing = [b - a for a, b in zip(times, times[1:])]
@@ -95,7 +96,7 @@ def test_service_stress_and_probe_under_load_and_a_stall_is_seen(lab_boot, tmp_p
     assert abs(whole.count - DURATION * spec.rate) <= 2
     assert whole.failed == 0, [r for r in requests if not r.ok][:5]
     assert lateness < 0.25
-    assert w.load_requests(tmp_path / "requests.jsonl") == requests
+    assert httpload.load_requests(tmp_path / "requests.jsonl") == requests
     # the stall: seen in latency and gap, measured from the intended send times
     assert stall.max_latency >= 0.9 and stall.longest_gap >= 0.9
     assert before.max_latency < stall.max_latency and after.max_latency < stall.max_latency

@@ -24,10 +24,11 @@ from typing import Callable, Optional
 
 import pytest
 
-from harness.lab import workload as w
 from harness.core.errors import ConfigError, DeadlineExceeded, GuestCommandError
-from harness.machine.channel import Result
 from harness.core.settings import Timeouts
+from harness.lab import specs
+from harness.lab.workload import clock, detached, httpload, probe, service, stats, stress
+from harness.machine.channel import Result
 
 T0 = 1_800_000_000.0
 
@@ -38,21 +39,21 @@ def approx(x, abs=1e-6):
 
 
 def req(seq: int, intended: float, latency: Optional[float] = 0.01, status: Optional[int] = 200,
-        error: Optional[str] = None) -> w.Request:
+        error: Optional[str] = None) -> httpload.Request:
     done = None if latency is None else intended + latency
-    return w.Request(seq, intended, intended, done, status, error)
+    return httpload.Request(seq, intended, intended, done, status, error)
 
 
 # Request ------------------------------------------------------------------------
 def test_latency_counts_from_the_intended_time_not_the_sent_time():
-    r = w.Request(0, T0, T0 + 0.5, T0 + 0.6, 200, None)
+    r = httpload.Request(0, T0, T0 + 0.5, T0 + 0.6, 200, None)
     assert r.latency == approx(0.6)
     assert r.ok
 
 
 def test_what_counts_as_ok():
-    assert not w.Request(0, T0, T0, None, None, "overload").ok
-    assert w.Request(0, T0, T0, None, None, "overload").latency is None
+    assert not httpload.Request(0, T0, T0, None, None, "overload").ok
+    assert httpload.Request(0, T0, T0, None, None, "overload").latency is None
     assert not req(0, T0, status=500).ok
     assert req(0, T0, status=302).ok
     assert not req(0, T0, status=None, error="timeout").ok
@@ -60,15 +61,15 @@ def test_what_counts_as_ok():
 
 # window_stats -------------------------------------------------------------------
 def test_an_empty_window_has_no_statistics():
-    empty = w.WindowStats(0, 0, None, None, None, None)
-    assert w.window_stats([], T0, T0 + 10) == empty
+    empty = stats.WindowStats(0, 0, None, None, None, None)
+    assert stats.window_stats([], T0, T0 + 10) == empty
     outside = [req(0, T0 - 1), req(1, T0 + 10)]   # before, and exactly at the (open) end
-    assert w.window_stats(outside, T0, T0 + 10) == empty
+    assert stats.window_stats(outside, T0, T0 + 10) == empty
 
 
 def test_steady_responses():
     rs = [req(i, T0 + i * 0.1, latency=0.02) for i in range(100)]
-    st = w.window_stats(rs, T0, T0 + 10)
+    st = stats.window_stats(rs, T0, T0 + 10)
     assert (st.count, st.failed) == (100, 0)
     assert st.max_latency == st.p50 == st.p99 == approx(0.02)
     assert st.longest_gap == approx(0.1)
@@ -76,53 +77,53 @@ def test_steady_responses():
 
 def test_window_is_half_open_on_intended_time():
     rs = [req(0, T0), req(1, T0 + 1), req(2, T0 + 2)]
-    assert w.window_stats(rs, T0, T0 + 2).count == 2
-    assert w.window_stats(rs, T0 + 1, T0 + 3).count == 2
+    assert stats.window_stats(rs, T0, T0 + 2).count == 2
+    assert stats.window_stats(rs, T0 + 1, T0 + 3).count == 2
 
 
 def test_percentiles_are_nearest_rank():
     rs = [req(i, T0 + i * 0.01, latency=(i + 1) / 1000) for i in range(100)]   # 1..100 ms
-    st = w.window_stats(reversed(rs), T0, T0 + 1)
+    st = stats.window_stats(reversed(rs), T0, T0 + 1)
     assert st.p50 == approx(0.050)
     assert st.p99 == approx(0.099)
     assert st.max_latency == approx(0.100)
-    one = w.window_stats([req(0, T0, latency=0.3)], T0, T0 + 1)
+    one = stats.window_stats([req(0, T0, latency=0.3)], T0, T0 + 1)
     assert one.p50 == one.p99 == one.max_latency == approx(0.3)
 
 
 def test_gap_at_the_window_start():
     # the first success completes 2 s into the window: 2 s without a response
     rs = [req(0, T0 + 0.1, latency=1.9)] + [req(i, T0 + 2 + i * 0.1) for i in range(1, 20)]
-    assert w.window_stats(rs, T0, T0 + 4).longest_gap == approx(2.0)
+    assert stats.window_stats(rs, T0, T0 + 4).longest_gap == approx(2.0)
 
 
 def test_gap_at_the_window_end():
     rs = [req(i, T0 + i * 0.1) for i in range(10)]           # last done at T0 + 0.91
-    st = w.window_stats(rs, T0, T0 + 5)
+    st = stats.window_stats(rs, T0, T0 + 5)
     assert st.longest_gap == approx(5 - 0.91)
 
 
 def test_a_completion_after_the_window_end_leaves_no_negative_gap():
     rs = [req(0, T0, latency=0.1), req(1, T0 + 0.5, latency=0.9)]   # done at T0 + 1.4
-    assert w.window_stats(rs, T0, T0 + 1).longest_gap == approx(1.3)   # 0.1 -> 1.4
+    assert stats.window_stats(rs, T0, T0 + 1).longest_gap == approx(1.3)   # 0.1 -> 1.4
     rs = [req(i, T0 + i * 0.1, latency=0.05) for i in range(10)]
-    assert w.window_stats(rs, T0, T0 + 0.95).longest_gap == approx(0.1)
+    assert stats.window_stats(rs, T0, T0 + 0.95).longest_gap == approx(0.1)
 
 
 def test_gap_in_the_middle_and_out_of_order_completions():
     rs = [req(0, T0, 0.01), req(1, T0 + 0.1, 0.01),
           req(2, T0 + 0.2, 1.5),     # completes at 1.7, after the later ones
           req(3, T0 + 0.3, 0.01), req(4, T0 + 1.5, 0.4)]   # 0.31 -> 1.7 is the gap
-    st = w.window_stats(rs, T0, T0 + 1.9)
+    st = stats.window_stats(rs, T0, T0 + 1.9)
     assert st.longest_gap == approx(1.7 - 0.31)
     assert st.max_latency == approx(1.5)
 
 
 def test_failures_count_but_have_no_latency():
     rs = [req(0, T0, 0.01), req(1, T0 + 0.1, latency=2.0, status=None, error="timeout"),
-          w.Request(2, T0 + 0.2, T0 + 0.2, None, None, "overload"),
+          httpload.Request(2, T0 + 0.2, T0 + 0.2, None, None, "overload"),
           req(3, T0 + 0.3, latency=0.05, status=503), req(4, T0 + 0.4, 0.02)]
-    st = w.window_stats(rs, T0, T0 + 1)
+    st = stats.window_stats(rs, T0, T0 + 1)
     assert (st.count, st.failed) == (5, 3)
     assert st.max_latency == approx(0.02)     # not the timeout's 2 s
     assert st.longest_gap == approx(0.58)     # 0.42 -> window end at 1.0
@@ -130,7 +131,7 @@ def test_failures_count_but_have_no_latency():
 
 def test_a_window_of_only_failures_is_one_gap():
     rs = [req(i, T0 + i * 0.1, latency=2.0, status=None, error="timeout") for i in range(10)]
-    st = w.window_stats(rs, T0, T0 + 1)
+    st = stats.window_stats(rs, T0, T0 + 1)
     assert (st.count, st.failed) == (10, 10)
     assert st.max_latency is st.p50 is st.p99 is None
     assert st.longest_gap == approx(1.0)
@@ -147,17 +148,17 @@ def test_probe_records_are_parsed():
             + record(T0 + 0.5, 3, b"line 1\nline 2\n\nlast", T0 + 0.75)
             + record(T0 + 1, 0, b"", T0 + 1.25)
             + record(T0 + 2, 0, b"no end time"))          # the older format
-    samples = w.parse_probe_log(text)
-    assert samples == [w.ProbeSample(approx(T0), 0, "hello\n", approx(T0 + 0.1)),
-                       w.ProbeSample(approx(T0 + 0.5), 3, "line 1\nline 2\n\nlast", approx(T0 + 0.75)),
-                       w.ProbeSample(approx(T0 + 1), 0, "", approx(T0 + 1.25)),
-                       w.ProbeSample(approx(T0 + 2), 0, "no end time", None)]
+    samples = probe.parse_log(text)
+    assert samples == [probe.ProbeSample(approx(T0), 0, "hello\n", approx(T0 + 0.1)),
+                       probe.ProbeSample(approx(T0 + 0.5), 3, "line 1\nline 2\n\nlast", approx(T0 + 0.75)),
+                       probe.ProbeSample(approx(T0 + 1), 0, "", approx(T0 + 1.25)),
+                       probe.ProbeSample(approx(T0 + 2), 0, "no end time", None)]
 
 
 def test_binary_and_empty_output():
     text = (record(T0, 0, b"\x00\xff\xfe binary \x80\n") + record(T0 + 1, 1, b"")
             + f"{T0 + 2:.6f} 2\n")   # an empty output written without its separator
-    samples = w.parse_probe_log(text)
+    samples = probe.parse_log(text)
     assert [s.rc for s in samples] == [0, 1, 2]
     assert samples[0].output == "\x00\ufffd\ufffd binary \ufffd\n"
     assert samples[1].output == samples[2].output == ""
@@ -167,15 +168,15 @@ def test_an_unfinished_last_line_is_dropped_even_when_it_decodes():
     whole = record(T0, 0, b"abcdef")
     cut = record(T0 + 1, 0, b"abcdefgh")[:-5]   # still valid base64, of a truncated output
     assert base64.b64decode(cut.split()[2], validate=True)
-    assert w.parse_probe_log(whole + cut) == w.parse_probe_log(whole)
-    assert w.parse_probe_log(whole + "1800000001.0") == w.parse_probe_log(whole)
-    assert w.parse_probe_log("") == []
+    assert probe.parse_log(whole + cut) == probe.parse_log(whole)
+    assert probe.parse_log(whole + "1800000001.0") == probe.parse_log(whole)
+    assert probe.parse_log("") == []
 
 
 def test_malformed_lines_are_skipped_with_a_warning(caplog):
     text = (record(T0, 0, b"a") + "garbage\n" + f"{T0} x Zm9v\n" + f"{T0} 0 !!notbase64\n"
             + "nan 0 \n" + record(T0 + 1, 0, b"b"))
-    assert [s.output for s in w.parse_probe_log(text)] == ["a", "b"]
+    assert [s.output for s in probe.parse_log(text)] == ["a", "b"]
     assert "4 malformed" in caplog.text
 
 
@@ -197,11 +198,11 @@ class ClockGuest:
 
 def test_clock_offset_uses_the_fastest_round_trip():
     g = ClockGuest(-0.97, [0.2, 0.05, 0.3, 0.002, 0.1])
-    offset, uncertainty = w.measure_clock(g, 5)
+    offset, uncertainty = clock.measure_clock(g, 5)
     assert offset == approx(-0.97, abs=0.003)
     assert uncertainty < 0.01
     assert len(g.commands) == 5 and "date +%s.%N" in g.commands[0]
-    assert w.clock_offset(ClockGuest(12.5, [0.01] * 3), samples=3) == approx(12.5, abs=0.01)
+    assert clock.clock_offset(ClockGuest(12.5, [0.01] * 3), samples=3) == approx(12.5, abs=0.01)
 
 
 # in-process HTTP servers ---------------------------------------------------------------
@@ -263,7 +264,7 @@ def servers():
 
 
 def run_load(port: int, seconds: float, tmp_path: Path, stop_timeout: float = 3.0, **spec) -> tuple:
-    load = w.HttpLoad("127.0.0.1", port, w.ServiceSpec(**spec), tmp_path / "requests.jsonl")
+    load = httpload.HttpLoad("127.0.0.1", port, specs.ServiceSpec(**spec), tmp_path / "requests.jsonl")
     load.start()
     time.sleep(seconds)
     return load, load.stop(stop_timeout)
@@ -280,7 +281,7 @@ def test_a_steady_rate_is_kept_and_every_request_logged(servers, tmp_path):
     lateness = sorted(r.sent - r.intended for r in rs)
     assert lateness[0] >= 0 and lateness[len(rs) // 2] < 0.02          # and is kept
     assert abs(rs[0].intended - time.time()) < 10                       # host epoch seconds
-    logged = w.load_requests(tmp_path / "requests.jsonl")
+    logged = httpload.load_requests(tmp_path / "requests.jsonl")
     assert logged == rs
     lines = (tmp_path / "requests.jsonl").read_text().splitlines()
     assert set(json.loads(lines[0])) == {"seq", "intended", "sent", "done", "status", "error"}
@@ -302,7 +303,7 @@ def test_a_stalled_server_shows_its_stall_in_latency_and_gap(servers, tmp_path):
     load, rs = run_load(srv.port, 2.5, tmp_path, rate=20)
     assert all(r.ok for r in rs)
     assert max(r.sent - r.intended for r in rs) < 0.1                    # open loop: never held back
-    st = w.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
+    st = stats.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
     assert st.max_latency >= 0.9
     assert st.longest_gap >= 0.9
     during = [r for r in rs if r.latency > 0.2]
@@ -332,7 +333,7 @@ def test_a_slow_server_makes_latency_count_from_the_intended_time(servers, tmp_p
 
 def test_requests_past_the_concurrency_bound_are_failed_as_overload(servers, tmp_path):
     srv = servers(lambda n: (srv.release.wait(1.0), None)[1])
-    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20, timeout=3), tmp_path / "r.jsonl",
+    load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20, timeout=3), tmp_path / "r.jsonl",
                       max_inflight=3)
     load.start()
     time.sleep(1.0)
@@ -343,9 +344,9 @@ def test_requests_past_the_concurrency_bound_are_failed_as_overload(servers, tmp
     assert all(r.done is None and r.status is None and r.latency is None for r in over)
     assert all(r.sent - r.intended < 0.1 for r in over)                  # failed when due
     assert sum(r.ok for r in rs) >= 3
-    st = w.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
+    st = stats.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
     assert st.failed == len(over)
-    logged = w.load_requests(tmp_path / "r.jsonl")
+    logged = httpload.load_requests(tmp_path / "r.jsonl")
     assert sum(r.error == "overload" for r in logged) == len(over)
 
 
@@ -358,7 +359,7 @@ def test_a_request_ends_at_its_timeout(servers, tmp_path):
 
 def test_stop_is_bounded_and_cancels_what_is_still_in_flight(servers, tmp_path):
     srv = servers(lambda n: (srv.release.wait(30), None)[1])
-    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20, timeout=20), tmp_path / "r.jsonl")
+    load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20, timeout=20), tmp_path / "r.jsonl")
     load.start()
     time.sleep(0.5)
     t = time.monotonic()
@@ -376,7 +377,7 @@ def test_stop_waits_for_requests_in_flight_within_their_timeout(servers, tmp_pat
 
 def test_the_load_ends_by_itself_at_its_cap(servers, tmp_path):
     srv = servers()
-    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20), tmp_path / "r.jsonl",
+    load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20), tmp_path / "r.jsonl",
                       max_duration=0.5)
     load.start()
     time.sleep(1.2)
@@ -387,9 +388,9 @@ def test_the_load_ends_by_itself_at_its_cap(servers, tmp_path):
 
 def test_stop_before_start_and_requests_while_running(servers, tmp_path):
     srv = servers()
-    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20), tmp_path / "r.jsonl")
+    load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20), tmp_path / "r.jsonl")
     assert load.stop(0.1) == []
-    load = w.HttpLoad("127.0.0.1", srv.port, w.ServiceSpec(rate=20), tmp_path / "r.jsonl")
+    load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20), tmp_path / "r.jsonl")
     load.start()
     time.sleep(0.5)
     snapshot = load.requests
@@ -457,9 +458,9 @@ def test_connection_errors_are_recorded(tmp_path, servers):
 @pytest.mark.parametrize("host", ["10.0.2.15", "192.168.1.1", "localhost", "example.com", "0.0.0.0"])
 def test_load_goes_to_loopback_addresses_only(host, tmp_path):
     with pytest.raises(ConfigError, match="loopback"):
-        w.HttpLoad(host, 80, w.ServiceSpec(), tmp_path / "r.jsonl")
+        httpload.HttpLoad(host, 80, specs.ServiceSpec(), tmp_path / "r.jsonl")
     with pytest.raises(ConfigError):
-        w.http_get(host, 80, "/", 1.0)
+        httpload.http_get(host, 80, "/", 1.0)
 
 
 @pytest.mark.parametrize("field,value", [("rate", 0), ("rate", float("inf")), ("timeout", -1),
@@ -467,9 +468,9 @@ def test_load_goes_to_loopback_addresses_only(host, tmp_path):
                                          ("path", "/a b")])
 def test_bad_service_specs_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
-        w.ServiceSpec(**{field: value})
+        specs.ServiceSpec(**{field: value})
     with pytest.raises(ConfigError):
-        w.ProbeSpec("true", interval=0)
+        specs.ProbeSpec("true", interval=0)
 
 
 # guest-side scripts, run on this host -------------------------------------------------------
@@ -513,22 +514,22 @@ def local(tmp_path, monkeypatch):
     if not all(shutil.which(t) for t in ("bash", "setsid", "timeout", "base64", "mkfifo")):
         pytest.skip("needs bash, setsid, timeout, base64, mkfifo")
     d = tmp_path / "lab"
-    monkeypatch.setattr(w, "GUEST_DIR", str(d))
+    monkeypatch.setattr(detached, "GUEST_DIR", str(d))
     guest = LocalGuest(dataclasses.replace(Timeouts(), service_start=5.0, service_stop=2.0,
                                            probe_command=1.0, command=20.0))
     yield guest, d
     for name in ("service", "stress", "probe"):   # never leave a process behind
         if (d / f"{name}.pid").exists():
-            w._stop_detached(guest, name, 1.0)
+            detached.stop(guest, name, 1.0)
 
 
 def test_the_probe_loop_records_every_run_with_its_status_and_output(local):
     guest, d = local
     cmd = "printf 'one\\ntwo\\n'; printf '\\000\\377'; echo err >&2; exit $(( $$ % 2 ))"
-    w.start_probe(guest, w.ProbeSpec(cmd, interval=0.2))
+    probe.start(guest, specs.ProbeSpec(cmd, interval=0.2))
     time.sleep(1.5)
     t = time.monotonic()
-    samples = w.stop_probe(guest)
+    samples = probe.stop(guest)
     assert time.monotonic() - t < 1.5
     assert not group_alive(d / "probe.pid") and not (d / "probe.pid").exists()
     assert 6 <= len(samples) <= 9
@@ -538,15 +539,15 @@ def test_the_probe_loop_records_every_run_with_its_status_and_output(local):
     assert statistics.median(spacing) == approx(0.2, abs=0.03)
     assert abs(samples[0].t - time.time()) < 5
     assert all(a.t < a.t_end <= b.t for a, b in zip(samples, samples[1:]))
-    again = w.stop_probe(guest)        # stopped already: the log is still there
+    again = probe.stop(guest)        # stopped already: the log is still there
     assert again == samples
 
 
 def test_a_hung_probe_run_is_killed_and_recorded(local):
     guest, d = local
-    w.start_probe(guest, w.ProbeSpec("echo start; sleep 31.25", interval=0.2))
+    probe.start(guest, specs.ProbeSpec("echo start; sleep 31.25", interval=0.2))
     time.sleep(1.6)
-    samples = w.stop_probe(guest)
+    samples = probe.stop(guest)
     assert samples and samples[0].rc == 124 and samples[0].output == "start\n"
     assert samples[0].t_end - samples[0].t == approx(1.0, abs=0.3)
     assert samples[1].t - samples[0].t == approx(1.0, abs=0.3)   # the next run at once
@@ -557,10 +558,10 @@ def test_a_hung_probe_run_is_killed_and_recorded(local):
 
 def test_probe_exit_statuses_and_a_quick_stop_between_runs(local):
     guest, d = local
-    w.start_probe(guest, w.ProbeSpec("trap 'echo bye' EXIT; echo $((7 * 6)); exit 3", interval=30))
+    probe.start(guest, specs.ProbeSpec("trap 'echo bye' EXIT; echo $((7 * 6)); exit 3", interval=30))
     time.sleep(0.8)                       # one run, then 30 s until the next
     t = time.monotonic()
-    samples = w.stop_probe(guest)
+    samples = probe.stop(guest)
     assert time.monotonic() - t < 1.5     # the wait for the next run is woken, not waited out
     assert [(s.rc, s.output) for s in samples] == [(3, "42\nbye\n")]
 
@@ -568,7 +569,7 @@ def test_probe_exit_statuses_and_a_quick_stop_between_runs(local):
 def test_a_probe_needs_a_command(local):
     guest, _ = local
     with pytest.raises(ConfigError, match="command"):
-        w.start_probe(guest, w.ProbeSpec(None))
+        probe.start(guest, specs.ProbeSpec(None))
 
 
 def fetch_body(port: int, path: str) -> str:
@@ -581,48 +582,48 @@ def test_the_default_server_serves_a_file_fresh_per_request(local, tmp_path):
     guest, d = local
     served = tmp_path / "served"
     served.write_text("first\n")
-    spec = w.ServiceSpec(port=free_port())
-    w.start_service(guest, spec, serve_file=str(served))
+    spec = specs.ServiceSpec(port=free_port())
+    service.start(guest, spec, serve_file=str(served))
     try:
-        assert w.http_get("127.0.0.1", spec.port, "/", 2.0) == 200
+        assert httpload.http_get("127.0.0.1", spec.port, "/", 2.0) == 200
         assert fetch_body(spec.port, "/x") == "first\n"
         served.write_text("second\n")
         assert fetch_body(spec.port, "/") == "second\n"
         load, rs = run_load(spec.port, 1.0, tmp_path, rate=20)
         assert len(rs) >= 18 and all(r.ok for r in rs)
     finally:
-        w.stop_service(guest)
+        service.stop(guest)
     assert not group_alive(d / "service.pid")
     with pytest.raises(OSError):
-        w.http_get("127.0.0.1", spec.port, "/", 1.0)
+        httpload.http_get("127.0.0.1", spec.port, "/", 1.0)
 
 
 def test_the_default_server_answers_plainly_without_a_file(local, tmp_path):
     guest, _ = local
-    spec = w.ServiceSpec(port=free_port(), path="/health")
-    w.start_service(guest, spec)
+    spec = specs.ServiceSpec(port=free_port(), path="/health")
+    service.start(guest, spec)
     try:
-        assert w.http_get("127.0.0.1", spec.port, "/anything", 2.0) == 200
+        assert httpload.http_get("127.0.0.1", spec.port, "/anything", 2.0) == 200
     finally:
-        w.stop_service(guest)
+        service.stop(guest)
 
 
 def test_a_service_that_exits_fails_at_once_with_its_log(local):
     guest, _ = local
-    spec = w.ServiceSpec(port=free_port(), command="echo cannot bind here >&2; exit 3")
+    spec = specs.ServiceSpec(port=free_port(), command="echo cannot bind here >&2; exit 3")
     t = time.monotonic()
     with pytest.raises(GuestCommandError) as err:
-        w.start_service(guest, spec)
+        service.start(guest, spec)
     assert time.monotonic() - t < 3
     assert err.value.rc == 3 and "cannot bind here" in err.value.stdout
 
 
 def test_a_service_that_never_answers_runs_out_its_deadline_and_is_stopped(local):
     guest, d = local
-    spec = w.ServiceSpec(port=free_port(), command="echo waiting; sleep 60")
+    spec = specs.ServiceSpec(port=free_port(), command="echo waiting; sleep 60")
     t = time.monotonic()
     with pytest.raises(DeadlineExceeded, match="answering GET") as err:
-        w.start_service(guest, spec)
+        service.start(guest, spec)
     assert 4.5 < time.monotonic() - t < 10
     assert "waiting" in err.value.evidence
     assert not (d / "service.pid").exists()
@@ -631,19 +632,19 @@ def test_a_service_that_never_answers_runs_out_its_deadline_and_is_stopped(local
 def test_stress_that_ends_at_once_is_an_error(local):
     guest, _ = local
     with pytest.raises(GuestCommandError, match="stress-ng"):
-        w.start_stress(guest, w.StressSpec(args="--no-such-stressor 1"))
-    w.start_stress(guest, w.StressSpec(enabled=False))   # nothing to do
-    w.stop_stress(guest)                                  # nothing running: harmless
+        stress.start(guest, specs.StressSpec(args="--no-such-stressor 1"))
+    stress.start(guest, specs.StressSpec(enabled=False))   # nothing to do
+    stress.stop(guest)                                  # nothing running: harmless
 
 
 def test_stress_runs_detached_until_stopped(local):
     guest, d = local
     if not shutil.which("stress-ng"):
         pytest.skip("stress-ng is not installed on this host")
-    w.start_stress(guest, w.StressSpec(args="--cpu 1 --cpu-load 10"))
+    stress.start(guest, specs.StressSpec(args="--cpu 1 --cpu-load 10"))
     assert group_alive(d / "stress.pid")
     pid = (d / "stress.pid").read_text()
-    w.stop_stress(guest)
+    stress.stop(guest)
     assert live_members(int(pid)) == []
 
 
