@@ -194,9 +194,9 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
 
 def cmd_check(args: argparse.Namespace) -> int:
     from .lab import scenario
-    sc = scenario.from_patch(Path(args.patch), targets=tuple(Path(t) for t in args.target_module),
-                             probe=args.probe, expect_patched=args.expect_patched,
-                             duration=args.duration, serve_file=args.serve_file)
+    sc = scenario.from_options(Path(args.patch), targets=tuple(Path(t) for t in args.target_module),
+                               probe=args.probe, expect_patched=args.expect_patched,
+                               duration=args.duration, serve_file=args.serve_file)
     return _run_matrix([sc], args.kernel, args)
 
 

@@ -1,9 +1,12 @@
-"""The lab's error types.
+"""The lab's error types, each knowing whose fault it is.
 
-The split matters for verdicts: an ``InfraError`` is the host's fault (a tool is
-missing, a download failed), a ``BootError`` is the guest kernel's, a
-``ConfigError`` is the user's input. Each carries the evidence needed to act
-on it without re-running: the command, its output, the console tail.
+``fault`` is where the trouble arose, and it decides the verdict (lab/faults.py):
+``patch`` is the livepatch's (a ``fail``); ``guest`` is the guest's: a ``fail``
+once the patch's module was loaded (the patch is then what changed), an
+``error`` before; ``lab`` is the lab's or the host's (a tool missing, a download
+failed, QEMU killed) and ``input`` the user's: always an ``error``. Each error
+carries the evidence needed to act on it without re-running: the command, its
+output, the console tail.
 """
 from __future__ import annotations
 
@@ -14,12 +17,18 @@ def _tail(text: str, lines: int = 40) -> str:
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
 
 
+PATCH, GUEST, LAB, INPUT = "patch", "guest", "lab", "input"
+FAULTS = (PATCH, GUEST, LAB, INPUT)
+
+
 class HarnessError(Exception):
     """Base of every error the lab raises on purpose."""
+    fault = LAB
 
 
 class ConfigError(HarnessError):
     """Bad input: names the file, field and value where known."""
+    fault = INPUT
 
     def __init__(self, message: str, *, source: Optional[str] = None,
                  field: Optional[str] = None, line: Optional[int] = None):
@@ -48,6 +57,7 @@ class HostCommandError(InfraError):
 
 class BootError(HarnessError):
     """The guest did not come up: panic, no root, init died, SSH never answered."""
+    fault = GUEST
 
     def __init__(self, message: str, console_tail: str = "", console_log: Optional[str] = None):
         self.console_tail, self.console_log = console_tail, console_log
@@ -61,6 +71,7 @@ class BootError(HarnessError):
 
 class GuestCommandError(HarnessError):
     """A command in the guest exited non-zero (raised only when asked to check)."""
+    fault = GUEST
 
     def __init__(self, cmd: str, rc: int, stdout: str, stderr: str):
         self.cmd, self.rc, self.stdout, self.stderr = cmd, rc, stdout, stderr
@@ -69,17 +80,20 @@ class GuestCommandError(HarnessError):
 
 class GuestConnectionError(HarnessError):
     """The SSH channel to the guest broke or could not be set up."""
+    fault = GUEST
 
 
 class LivepatchError(HarnessError):
     """A livepatch operation failed (load, transition, disable, unload)."""
+    fault = PATCH
 
 
 class DeadlineExceeded(HarnessError):
-    """A wait ran out of time. ``what`` names the wait, ``seconds`` its deadline."""
+    """A wait ran out of time. ``what`` names the wait, ``seconds`` its deadline; ``fault``
+    is ``guest`` for waits on the guest, the lab's for the lab's own (locks, QMP, uploads)."""
 
-    def __init__(self, what: str, seconds: float, evidence: str = ""):
-        self.what, self.seconds, self.evidence = what, seconds, evidence
+    def __init__(self, what: str, seconds: float, evidence: str = "", *, fault: str = LAB):
+        self.what, self.seconds, self.evidence, self.fault = what, seconds, evidence, fault
         text = f"{what}: no result within {seconds:.1f}s"
         if evidence:
             text += "\n" + _tail(evidence)

@@ -52,19 +52,27 @@ class Loaded:
     values: dict[str, Any]
     lines: dict[str, int] = field(default_factory=dict)   # dotted field -> line
     source: str = ""
+    names: Optional[Mapping[str, str]] = None             # plain data: field -> option
 
     def error(self, message: str, field_name: str) -> ConfigError:
+        if self.names is not None:
+            return ConfigError(message, source=self.source, field=self.names.get(field_name, field_name))
         return ConfigError(message, source=self.source, line=self.lines.get(field_name),
                            field=field_name)
 
 
 class _Validator:
-    def __init__(self, source: str):
+    def __init__(self, source: str, names: Optional[Mapping[str, str]] = None):
         self.source = source
         self.lines: dict[str, int] = {}
         self.constructor = SafeConstructor()
+        # Plain data (command-line options) has no lines; its fields are named as the user
+        # spelled them (``timeline.patched`` -> ``--duration``).
+        self.names = names
 
     def fail(self, message: str, node: yaml.Node, name: str) -> ConfigError:
+        if self.names is not None:
+            return ConfigError(message, source=self.source, field=self.names.get(name, name) or None)
         return ConfigError(message, source=self.source, line=node.start_mark.line + 1,
                            field=name or None)
 
@@ -85,8 +93,7 @@ class _Validator:
             name = f"{prefix}.{key}" if prefix else key
             if key not in out:
                 if spec.required:
-                    raise ConfigError("required field is missing", source=self.source,
-                                      line=node.start_mark.line + 1, field=name)
+                    raise self.fail("required field is missing", node, name)
                 out[key] = (self.mapping(yaml.MappingNode("tag:yaml.org,2002:map", [],
                                                           node.start_mark, node.end_mark),
                                          spec.schema, name)
@@ -142,3 +149,12 @@ def load(path: Path, schema: Schema) -> Loaded:
     root = compose(path)
     v = _Validator(str(path))
     return Loaded(v.mapping(root, schema, ""), v.lines, str(path))
+
+
+def load_data(data: Mapping[str, Any], schema: Schema, *, source: str,
+              names: Optional[Mapping[str, str]] = None) -> Loaded:
+    """Validate plain data (e.g. command-line options) against ``schema``: the same checks,
+    defaults and error shape as a file, with each field named as ``names`` says (an option)."""
+    root = yaml.compose(yaml.safe_dump(dict(data)), Loader=yaml.SafeLoader)
+    v = _Validator(source, names or {})
+    return Loaded(v.mapping(root, schema, ""), {}, source, names or {})

@@ -1,344 +1,168 @@
-"""The timeline of one scenario on one kernel, from build to verdict.
+"""One scenario on one kernel, from its modules to its verdict.
 
-build → boot → baseline under load → load the patch → transition → hold
-patched → disable → unpatch transition → unload → cool-down → verdict.
-Every step runs under a deadline and is recorded as a timestamped event.
-Patch-caused trouble ends in ``fail`` with evidence; a broken host or lab
-ends in ``error``. The guest is always torn down (``session.boot``).
+prepare (kernel, image, modules) → boot → the steps (steps.py) under a
+heartbeat → collect → verdict. Data flows one way: the scenario's specs go
+in, the steps fill a ``RunRecord``, ``verdict.decide`` reads it, the outcome
+and its artifacts come out. Trouble is classed where it arises (faults.py):
+the patch's makes a ``fail``, everything else an ``error`` with its
+evidence. The guest is always torn down (``session.boot``).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional, Sequence
 
-from ..core.errors import (BootError, ConfigError, DeadlineExceeded, GuestConnectionError, HarnessError,
-                           InfraError, LivepatchError)
+from ..core.errors import HarnessError
 from ..core.settings import Settings
 from ..machine import heartbeat, session
-from ..supply import build, images, kernels
-from . import forensics, livepatch, specs
-from .scenario import Scenario
-from .verdict import Reason, RunRecord, Verdict, Window, decide
-from .workload import clock, httpload, probe, service, stress
+from ..supply import images, kernels
+from . import outcome as outcomes
+from . import prepare as modules
+from .events import Timeline
+from .faults import Failed, host_ended, patch_is_to_blame
+from .forensics import HangEvidence
+from .outcome import Outcome
+from .record import TRANSITION, Reason, RunRecord, Window
+from .scenario import TRANSITION_TAIL
+from .specs import Scenario
+from .steps import Collect, Context, Step, default_steps, unwind
+from .verdict import decide
 
 log = logging.getLogger(__name__)
-REMOTE_DIR = "/run/lab/modules"
-# What a run writes into its artifact folder; an earlier run's copies are removed first,
-# so a folder never mixes two runs (a stale cpus.txt would accuse a patch that is fine).
-ARTIFACTS = ("console.log", "dmesg.txt", "requests.jsonl", "probe.jsonl", "timeline.json",
-             "verdict.json", "cpus.txt")
-
-
-@dataclass
-class Outcome:
-    """One scenario × kernel: the verdict and everything needed to act on it."""
-    scenario: str
-    kernel: str
-    verdict: Verdict
-    kernel_info: dict[str, Any] = field(default_factory=dict)
-    timeline: list[dict[str, Any]] = field(default_factory=list)
-    artifacts: str = ""
-    seconds: float = 0.0
-
-    @property
-    def phases(self) -> dict[str, float]:
-        return phase_seconds(self.timeline)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"scenario": self.scenario, "kernel": self.kernel, **self.verdict.as_dict(),
-                "kernel_info": self.kernel_info, "timeline": self.timeline,
-                "phases": self.phases,
-                "artifacts": self.artifacts, "seconds": round(self.seconds, 2)}
-
-
-# Where a run's wall time goes: each phase ends at the event that starts the next.
-PHASES = (("prepare", "start", "built"), ("boot", "built", "booted"), ("setup", "booted", "baseline"),
-          ("baseline", "baseline", "load-patch"), ("apply", "load-patch", "patched"),
-          ("patched", "patched", "disable"), ("revert", "disable", "reverted"),
-          ("cooldown", "reverted", "cooldown-end"), ("collect", "cooldown-end", "collected"),
-          ("teardown", "collected", "verdict"))
-
-
-def phase_seconds(timeline: list[dict[str, Any]]) -> dict[str, float]:
-    """{phase: seconds} for the phases whose two events both happened."""
-    at: dict[str, float] = {}
-    for e in timeline:
-        at.setdefault(e["event"], e["t"])
-    return {name: round(at[b] - at[a], 2) for name, a, b in PHASES if a in at and b in at}
-
-
-class _Timeline:
-    def __init__(self, rec: Optional[RunRecord] = None) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.rec = rec
-
-    def __call__(self, name: str, **detail: Any) -> float:
-        now = time.time()
-        self.events.append({"t": round(now, 3), "event": name, **detail})
-        if self.rec is not None:   # the host's load at every step: an overloaded host is evidence
-            self.rec.host_load.append(round(os.getloadavg()[0], 2))
-        log.info("%s%s", name, "".join(f" {k}={v}" for k, v in detail.items() if k != "stragglers"))
-        return now
-
-
-class _Failed(Exception):
-    """Ends the run early with reasons (the patch's fault)."""
-
-    def __init__(self, *reasons: Reason):
-        self.reasons = list(reasons)
-
-
-def _module_for(inp, kernel, settings: Settings) -> build.Module:
-    if inp.ko is not None:
-        return build.inspect(inp.ko)
-    target = kernel
-    if inp.build_for:
-        target = kernels.fetch(kernels.get_definition(inp.build_for), settings)
-    try:
-        return build.build(inp.source, target, settings)
-    except build.BuildError as exc:
-        raise _Failed(Reason("build", f"{inp.label} does not build for {target.name} "
-                                      f"({target.release}):\n{exc.output[-3000:]}")) from None
-
-
-def _prepare_modules(sc: Scenario, kernel, settings: Settings) -> tuple[build.Module, list[build.Module]]:
-    patch = _module_for(sc.patch, kernel, settings)
-    build.require_livepatch(patch)
-    try:
-        build.check_compatible(patch, kernel)
-    except build.CompatError as exc:
-        raise _Failed(Reason("compat", str(exc))) from None
-    targets = []
-    for t in sc.targets:
-        mod = _module_for(t, kernel, settings)
-        try:
-            build.check_compatible(mod, kernel)
-        except build.CompatError as exc:
-            raise _Failed(Reason("compat", f"target module: {exc}")) from None
-        targets.append(mod)
-    return patch, targets
 
 
 def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Outcome:
-    """Run ``sc`` on one kernel; never raises for the patch's or the host's faults."""
+    """Run ``sc`` on one kernel. Never raises for the patch's, the guest's or the host's
+    faults (they are the verdict); an interrupt is recorded as an ``error``, then re-raised."""
     started = time.monotonic()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ARTIFACTS:
-        (out_dir / name).unlink(missing_ok=True)
-    rec = RunRecord(service_enabled=sc.service_enabled, probe_expect=dict(sc.probe_expect),
-                    thresholds={"max_latency": sc.max_latency, "latency_factor": sc.latency_factor,
-                                "max_gap": sc.max_gap, "median_factor": sc.median_factor,
-                                "min_median": sc.min_median}, host_cpus=os.cpu_count() or 0)
-    events = _Timeline(rec)
-    kernel_info: dict[str, Any] = {"name": kernel_spec}
+    outcomes.clear(out_dir)
+    rec = RunRecord(service_enabled=sc.service.enabled, probe_expect=sc.probe.patterns,
+                    thresholds=asdict(sc.thresholds), host_cpus=os.cpu_count() or 0)
+    events = Timeline(rec)
+    kernel_info = {"name": kernel_spec}
     events("start")
+    interrupted: Optional[BaseException] = None
     try:
         kernel = kernels.fetch(kernels.get_definition(kernel_spec), settings)
         kernel_info = kernel.describe()
         image = images.build(images.load_recipe(images.DEFAULT_RECIPE), settings)
         events("build")
-        patch, targets = _prepare_modules(sc, kernel, settings)
-        rec.patch_name = patch.name
-        events("built", patch=str(patch.path), targets=[str(t.path) for t in targets])
-        _in_guest(sc, kernel, image, patch, targets, settings, out_dir, events, rec)
-    except _Failed as exc:
+        mods = modules.prepare(sc, kernel, settings)
+        rec.patch_name = mods.patch.name
+        events("built", patch=str(mods.patch.path), targets=[str(t.path) for t in mods.targets])
+        _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec)
+    except Failed as exc:            # build or compat: the patch's files themselves
         rec.early += exc.reasons
-    except LivepatchError as exc:  # not a livepatch at all: the input is wrong
-        rec.error = str(exc)
-    except (ConfigError, InfraError, BootError) as exc:
+    except HarnessError as exc:      # the input, the lab, the host, or a guest that never came up
         rec.error = f"{type(exc).__name__}: {exc}"
-    except HarnessError as exc:
-        rec.error = f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt as exc:
+        rec.error = f"interrupted ({exc or 'Ctrl-C'}): the run was stopped before its verdict"
+        interrupted = exc
     verdict = decide(rec)
     events("verdict", verdict=verdict.verdict)
-    outcome = Outcome(sc.name, kernel_spec, verdict, kernel_info, events.events, str(out_dir),
-                      time.monotonic() - started)
-    _write(out_dir, outcome, rec)
-    return outcome
+    result = Outcome(sc.name, kernel_spec, verdict, kernel_info, events.events, str(out_dir),
+                     time.monotonic() - started)
+    outcomes.write(out_dir, result, rec)
+    if interrupted is not None:
+        raise interrupted
+    return result
 
 
-def _in_guest(sc: Scenario, kernel, image, patch: build.Module, targets: list, settings: Settings,
-              out_dir: Path, events: _Timeline, rec: RunRecord) -> None:
-    svc = specs.ServiceSpec(**sc.service)
-    ports = (svc.port,) if sc.service_enabled else ()
+def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Settings, out_dir: Path,
+              events: Timeline, rec: RunRecord, steps: Optional[Sequence[Step]] = None) -> None:
+    ports = (sc.service.port,) if sc.service.enabled else ()
     with session.boot(kernel, image, settings, forward_ports=ports, artifacts_dir=out_dir) as guest:
         where = guest.machine.describe()
         events("booted", accel=guest.accel, seconds=round(guest.timings.get("ssh_ready", 0), 2),
                backend=where.get("backend"), **({"uri": where["uri"]} if "uri" in where else {}))
         t = guest.timeouts
-        evidence = forensics.HangEvidence(guest, settings, t.command)
+        ctx = Context(sc, guest, t, rec, events, out_dir, HangEvidence(guest, settings, t.command),
+                      mods.by_name(), mods.patch.name, [m.name for m in mods.targets])
         try:
-            with heartbeat.Heartbeat(guest.channel, t.heartbeat):
-                _timeline(sc, guest, patch, targets, svc, t, out_dir, events, rec, evidence)
-        except (GuestConnectionError, DeadlineExceeded) as exc:
-            _guest_lost(guest, exc, evidence, out_dir, events, rec)
+            with heartbeat.Heartbeat(guest.channel, t.heartbeat, on_lost=lambda _why: ctx.lost.set()):
+                execute(ctx, default_steps(sc, mods.patch.name) if steps is None else steps)
+        except HarnessError as exc:
+            trouble(ctx, exc)
 
 
-def _guest_lost(guest, exc: HarnessError, evidence: forensics.HangEvidence, out_dir: Path,
-                events: _Timeline, rec: RunRecord) -> None:
-    """The guest stopped answering mid-run: say where it is stuck and what it last said."""
-    time.sleep(1.0)   # a dying kernel's last lines reach the console just after the silence
-    why = guest.channel.lost or f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"
-    if not guest.machine.is_running():
-        why = f"the machine ended: {guest.machine.exit_reason() or 'no reason given'}"
-    where = evidence.collect(guest.machine, out_dir)
-    findings = guest.machine.console.findings
+def execute(ctx: Context, steps: Sequence[Step]) -> None:
+    """Run ``steps`` in order, then ``Collect``. A step that fails the patch ends the list early
+    and the patches it left loaded are unwound; any other exception propagates, once the
+    host-side load is stopped (its requests are evidence)."""
+    done: list[tuple[Step, float, float]] = []
+    try:
+        try:
+            for step in steps:
+                t0 = time.time()
+                step.run(ctx)
+                done.append((step, t0, time.time()))
+        except Failed as exc:
+            ctx.rec.early += exc.reasons
+            unwind(ctx)
+        finally:
+            ctx.rec.windows = windows(done)
+        Collect().run(ctx)
+    except BaseException:
+        if ctx.load is not None:
+            ctx.rec.requests = ctx.load.stop(timeout=ctx.scenario.service.timeout + 2)
+        raise
+
+
+def windows(done: Sequence[tuple[Step, float, float]]) -> dict[str, Window]:
+    """The judged windows, from the steps that completed: consecutive steps of one window make
+    one; a transition window runs ``TRANSITION_TAIL`` past its last step (the service settles),
+    and the window after it starts there. A window name that comes again is numbered."""
+    out: dict[str, Window] = {}
+    seen: dict[str, int] = {}
+    last: Optional[Window] = None
+    last_step_window = None
+    for step, t0, t1 in done:
+        if step.window is None:
+            continue
+        name, kind, phase = step.window
+        tail = TRANSITION_TAIL if kind == TRANSITION else 0.0
+        if last is not None and step.window == last_step_window:
+            last.end = t1 + tail
+            continue
+        last_step_window = step.window
+        start = max(t0, last.end) if last is not None and last.kind == TRANSITION else t0
+        seen[name] = seen.get(name, 0) + 1
+        unique = name if seen[name] == 1 else f"{name} {seen[name]}"
+        last = out[unique] = Window(unique, start, t1 + tail, kind, phase)
+    return out
+
+
+def trouble(ctx: Context, exc: HarnessError) -> None:
+    """A step raised: record it as the patch's fault (a fail, with the guest's last words and
+    where its vCPUs are) or as an error with its evidence, by faults.py's rule."""
+    guest, rec = ctx.guest, ctx.rec
+    machine = guest.machine
+    # a dying kernel's last lines reach the console just after the silence
+    machine.console.wait_for(lambda c: c.fatal() is not None, 1.0)
+    by_host = None if machine.is_running() else host_ended(machine)
+    why = guest.channel.lost or f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    if not machine.is_running():
+        why = f"the machine ended: {machine.exit_reason() or 'no reason given'}"
+    tail = machine.console.tail(12)
+    if not patch_is_to_blame(exc.fault, rec.patch_issued, by_host):
+        when = "after" if rec.patch_issued else "before"
+        cause = (f"the host ended the guest's machine ({by_host}), not the patch" if by_host else
+                 f"{when} the patch's module was loaded: the lab's, the host's or the guest's fault, "
+                 "not the patch's")
+        rec.error = f"{type(exc).__name__}: {exc}\n({cause})\n--- console tail ---\n{tail}"
+        ctx.events("lab-error", error=why, fault=exc.fault)
+        return
+    where = ctx.evidence.collect(machine, ctx.out_dir)
+    findings = machine.console.findings
     message = f"the guest stopped answering ({why})"
     if where:
         message += "; " + "; ".join(where)
-    message += "\n--- console tail ---\n" + guest.machine.console.tail(12)
+    message += "\n--- console tail ---\n" + tail
     rec.guest_lost = message
     rec.early.append(Reason("dmesg" if findings else "service", message))
     rec.console_findings = list(findings)
-    events("guest-lost", error=why, vcpus=where)
-
-
-def _timeline(sc: Scenario, guest, patch, targets, svc, t, out_dir: Path, events: _Timeline,
-              rec: RunRecord, evidence: forensics.HangEvidence) -> None:
-    run_id = uuid.uuid4().hex[:8]
-    guest.run(f"mkdir -p {REMOTE_DIR}", t.command, check=True)
-    for mod in [*targets, patch]:
-        guest.upload(mod.path, f"{REMOTE_DIR}/{mod.path.name}")
-    evidence.prepare()
-    for mod in targets:
-        res = guest.run(f"insmod {REMOTE_DIR}/{mod.path.name}", t.command)
-        if not res.ok:
-            raise _Failed(Reason("load", f"target module {mod.name} does not load: {res.stderr.strip()}"))
-        evidence.add_module(mod.name, mod.path)
-        events("target-loaded", module=mod.name)
-    offset = clock.clock_offset(guest)
-    rec.taint_before = livepatch.taint(guest, t.command)
-    marker = f"livepatch-lab: run {run_id} start"
-    console_from = len(guest.machine.console.lines)
-    livepatch.mark_kmsg(guest, marker, t.command)
-
-    if sc.probe_command:  # first, so its first (slow, under TCG) runs precede the baseline
-        probe.start(guest, specs.ProbeSpec(sc.probe_command, sc.probe_interval or 0.5))
-    load = None
-    if sc.service_enabled:
-        service.start(guest, svc, serve_file=sc.serve_file)
-        load = httpload.HttpLoad("127.0.0.1", guest.host_port(svc.port), svc, out_dir / "requests.jsonl")
-    load_spec = specs.StressSpec(**sc.stress)
-    if load_spec.enabled:
-        stress.start(guest, load_spec)
-    try:
-        if load:
-            load.start()
-        b0 = events("baseline")
-        time.sleep(sc.baseline)
-        a0 = events("load-patch", module=patch.name)
-        rec.windows["baseline"] = Window("baseline", b0, a0)
-        try:
-            loaded = livepatch.load(guest, f"{REMOTE_DIR}/{patch.path.name}", t.command,
-                                    report_text_of=patch.name)
-        except LivepatchError as exc:
-            raise _Failed(Reason("load", str(exc)))
-        rec.loaded = True
-        events("loaded", seconds=round(loaded.seconds, 3))
-        evidence.add_module(patch.name, patch.path, loaded.stdout)
-        _patch_transition(sc, guest, patch.name, t, events, rec)
-        rec.transition["load_seconds"] = round(loaded.seconds, 3)
-        a1 = events("patched")
-        rec.windows["apply"] = Window("apply", a0, a1 + 1.0)
-        time.sleep(sc.patched)
-        rec.taint_patched = livepatch.taint(guest, t.command)
-        d0 = events("disable")
-        rec.windows["patched"] = Window("patched", a1 + 1.0, d0)
-        _revert(guest, patch.name, t, events, rec)
-        d1 = events("reverted")
-        rec.windows["revert"] = Window("revert", d0, d1 + 1.0)
-        time.sleep(sc.cooldown)
-        c1 = events("cooldown-end")
-        rec.windows["cooldown"] = Window("cooldown", d1 + 1.0, c1)
-    except _Failed as exc:  # the run ends early, but the evidence is still collected
-        rec.early += exc.reasons
-    finally:
-        if load:
-            rec.requests = load.stop(timeout=svc.timeout + 2)
-        if sc.probe_command:
-            try:
-                rec.probe = [probe.ProbeSample(s.t - offset, s.rc, s.output,
-                                                  None if s.t_end is None else s.t_end - offset)
-                             for s in probe.stop(guest)]
-            except HarnessError as exc:
-                log.warning("probe log lost: %s", exc)
-    if load_spec.enabled:
-        stress.stop(guest)
-    if sc.service_enabled:
-        service.stop(guest)
-    rec.dmesg = livepatch.dmesg_since(guest, marker, t.command)
-    rec.taint_after = livepatch.taint(guest, t.command)
-    rec.console_findings = [f for f in guest.machine.console.findings if f.lineno > console_from]
-    for mod in reversed(targets):
-        guest.run(f"rmmod {mod.name}", t.command)
-    events("collected")
-
-
-def _patch_transition(sc: Scenario, guest, name: str, t, events: _Timeline, rec: RunRecord) -> None:
-    deadline = t.transition if sc.transition_timeout is None else sc.transition_timeout * (
-        t.transition / 20.0)  # a scenario's seconds are at KVM speed, scaled like the rest
-    done, secs = livepatch.wait_transition(guest, name, deadline)
-    rec.transition = {"completed": done, "seconds": round(secs, 3), "deadline": deadline}
-    if done:
-        events("transition-complete", seconds=round(secs, 3))
-        return
-    stuck = [s.describe() for s in livepatch.stragglers(guest, True, t.command)]
-    rec.transition["stragglers"] = stuck
-    events("transition-stalled", seconds=round(secs, 3), stragglers=stuck)
-    if sc.on_stall == "signal":
-        extra = deadline
-        if not livepatch.signal_stragglers(guest, name, t.command):
-            # The kernel's retries run on the guest's clock, which keeps wall time even
-            # under TCG: wait until its signal round plus a grace, not a scaled figure.
-            extra = max(deadline, livepatch.KERNEL_SIGNALS_AFTER + 5.0 - secs)
-            log.info("this kernel signals stragglers itself; waiting %.0f s more", extra)
-        done, more = livepatch.wait_transition(guest, name, extra)
-        rec.transition.update(completed=done, signaled=True, seconds=round(secs + more, 3))
-        events("signaled", completed=done)
-    elif sc.on_stall == "force":
-        livepatch.force(guest, name, t.command)
-        done, more = livepatch.wait_transition(guest, name, deadline)
-        rec.transition.update(completed=done, forced=True, seconds=round(secs + more, 3))
-        events("forced", completed=done)
-    if not rec.transition["completed"]:
-        # Reverse the stalled transition and still clean up.
-        livepatch.disable(guest, name, t.command)
-        rec.revert["disabled"] = True
-        livepatch.wait_transition(guest, name, deadline)
-        rmmod = livepatch.unload(guest, name, t.command)
-        rec.revert.update(rmmod_rc=rmmod.rc, rmmod_err=rmmod.stderr)
-        raise _Failed()
-
-
-def _revert(guest, name: str, t, events: _Timeline, rec: RunRecord) -> None:
-    res = livepatch.disable(guest, name, t.command)
-    rec.revert = {"disabled": res.ok, "disable_err": res.stderr.strip(), "disable_seconds": round(res.seconds, 3)}
-    if not res.ok:
-        return
-    done, secs = livepatch.wait_transition(guest, name, t.transition)
-    rec.unpatch = {"completed": done, "seconds": round(secs, 3), "deadline": t.transition}
-    if not done:
-        rec.unpatch["stragglers"] = [s.describe() for s in livepatch.stragglers(guest, False, t.command)]
-        events("unpatch-stalled", seconds=round(secs, 3))
-        return
-    events("unpatch-complete", seconds=round(secs, 3))
-    rmmod = livepatch.unload(guest, name, t.command)
-    rec.revert.update(rmmod_rc=rmmod.rc, rmmod_err=rmmod.stderr.strip())
-    rec.revert["sysfs_gone"] = not guest.run(f"test -e {livepatch.SYSFS}/{name}", t.command).ok
-    rec.revert["module_gone"] = not livepatch.module_loaded(guest, name, t.command)
-    events("unloaded", rc=rmmod.rc)
-
-
-def _write(out_dir: Path, outcome: Outcome, rec: RunRecord) -> None:
-    (out_dir / "verdict.json").write_text(json.dumps(outcome.as_dict(), indent=2, default=str))
-    (out_dir / "timeline.json").write_text(json.dumps(outcome.timeline, indent=2, default=str))
-    (out_dir / "dmesg.txt").write_text("\n".join(rec.dmesg) + ("\n" if rec.dmesg else ""))
-    with open(out_dir / "probe.jsonl", "w") as fh:
-        for s in rec.probe:
-            fh.write(json.dumps(asdict(s) if hasattr(s, "__dataclass_fields__") else s) + "\n")
+    ctx.events("guest-lost", error=why, vcpus=where)

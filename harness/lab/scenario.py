@@ -1,23 +1,33 @@
-"""Scenarios: a YAML file → a validated, frozen ``Scenario``.
+"""Scenarios: a YAML file, or the ``check`` command's options → a validated, frozen ``Scenario``.
 
-One scenario is one patch under test plus how to exercise it; it runs once per
-kernel. Paths are relative to the YAML file. Every error names the file, the
-line and the field (see ``yamlconf``). The format is documented in README.md.
+Both go through one schema (``core.yamlconf``): every error names the file,
+the line and the field (``file:line [field]: message``), or the option for
+``check`` (``livepatch-lab check [--duration]: ...``). Everything that can be
+known wrong is refused here, before anything is fetched, built or booted:
+types, ranges, regular expressions, missing files, and windows too short for
+the lab to judge. Paths are relative to the YAML file. The format is
+documented in README.md.
 """
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from ..core import yamlconf
 from ..core.errors import ConfigError
 from ..core.yamlconf import Field
+from .specs import (CHECKS, ON_STALL, VERDICTS, Expectation, ModuleSpec, ProbeSpec, Scenario, ServiceSpec,
+                    StressSpec, Thresholds, TimelineSpec, TransitionSpec)
 
-CHECKS = ("build", "compat", "load", "transition", "probe", "service", "dmesg", "taint", "revert")
-VERDICTS = ("pass", "fail", "error")
-ON_STALL = ("fail", "signal", "force")
+CHECK_SOURCE = "livepatch-lab check"
+# What the lab needs to judge a window: the service's baseline must hold this many requests
+# (and last at least MIN_BASELINE s); a judged window starts 1 s after its transition
+# (TRANSITION_TAIL), and a probe phase must fit two runs.
+MIN_REQUESTS = 10
+MIN_BASELINE = 1.0
+TRANSITION_TAIL = 1.0
 
 
 def _one_of(choices: tuple[str, ...]):
@@ -33,18 +43,36 @@ def _regex(v: str) -> Optional[str]:
 
 
 def _positive(v: float) -> Optional[str]:
-    return None if v > 0 else f"must be positive, not {v!r}"
+    return None if 0 < v < math.inf else f"must be positive and finite, not {v!r}"
 
 
-def _not_negative(v: float) -> Optional[str]:
-    return None if v >= 0 else f"must not be negative, not {v!r}"
+def _seconds(v: float) -> Optional[str]:
+    return None if 0 <= v < math.inf else f"must not be negative (and finite), not {v!r}"
+
+
+def _command(v: str) -> Optional[str]:
+    return None if v.strip() else "must not be empty"
+
+
+def _port(p: int) -> Optional[str]:
+    return None if 0 < p < 65536 else f"not a TCP port: {p}"
+
+
+def _url_path(v: str) -> Optional[str]:
+    ok = v.startswith("/") and not any(c in v for c in " \r\n")
+    return None if ok else f"must be an absolute URL path without spaces, not {v!r}"
+
+
+def _checks(cs: list) -> Optional[str]:
+    return next((f"unknown check {c!r} (known: {', '.join(CHECKS)})" for c in cs if c not in CHECKS), None)
 
 
 NUM = (int, float)
 _MODULE = {"source": Field(str, doc="kbuild directory, built against each kernel's headers"),
            "ko": Field(str, doc="prebuilt module; checked against the kernel before loading")}
 SCHEMA: yamlconf.Schema = {
-    "name": Field(str),
+    "name": Field(str, check=lambda v: None if re.fullmatch(r"[\w.+-]+", v) else
+                  f"must be a plain name (letters, digits, . _ + -), not {v!r}"),
     "description": Field(str, default=""),
     "kernels": Field(list, items=str),
     "patch": Field(dict, required=True, schema={
@@ -52,159 +80,147 @@ SCHEMA: yamlconf.Schema = {
         "build_for": Field(str, doc="build against this kernel instead (compat testing)")}),
     "target_modules": Field(list, items=_MODULE, default=[]),
     "probe": Field(dict, schema={
-        "command": Field(str),
-        "interval": Field(NUM, check=_positive),
-        "expect": Field(dict, schema={"before": Field(str, check=_regex),
-                                      "patched": Field(str, check=_regex),
-                                      "after": Field(str, check=_regex)})}),
+        "command": Field(str, check=_command),
+        "interval": Field(NUM, default=ProbeSpec.interval, check=_positive),
+        "expect": Field(dict, schema={p: Field(str, check=_regex) for p in ("before", "patched", "after")})}),
     "service": Field(dict, schema={
         "enabled": Field(bool, default=True),
-        "port": Field(int, check=lambda p: None if 0 < p < 65536 else f"not a port: {p}"),
-        "path": Field(str), "rate": Field(NUM, check=_positive), "timeout": Field(NUM, check=_positive),
-        "command": Field(str), "serve_file": Field(str)}),
-    "stress": Field(dict, schema={"enabled": Field(bool, default=True), "args": Field(str)}),
-    "timeline": Field(dict, schema={"baseline": Field(NUM, default=5, check=_not_negative),
-                                    "patched": Field(NUM, default=5, check=_not_negative),
-                                    "cooldown": Field(NUM, default=3, check=_not_negative)}),
+        "port": Field(int, default=ServiceSpec.port, check=_port),
+        "path": Field(str, default=ServiceSpec.path, check=_url_path),
+        "rate": Field(NUM, default=ServiceSpec.rate, check=_positive),
+        "timeout": Field(NUM, default=ServiceSpec.timeout, check=_positive),
+        "command": Field(str, check=_command), "serve_file": Field(str, check=_command)}),
+    "stress": Field(dict, schema={"enabled": Field(bool, default=True),
+                                  "args": Field(str, default=StressSpec.args, check=_command)}),
+    "timeline": Field(dict, schema={"baseline": Field(NUM, default=TimelineSpec.baseline, check=_seconds),
+                                    "patched": Field(NUM, default=TimelineSpec.patched, check=_seconds),
+                                    "cooldown": Field(NUM, default=TimelineSpec.cooldown, check=_seconds)}),
     "transition": Field(dict, schema={"timeout": Field(NUM, check=_positive),
                                       "on_stall": Field(str, default="fail", check=_one_of(ON_STALL))}),
     "thresholds": Field(dict, schema={
-        "max_latency": Field(NUM, default=1.0, check=_positive),
-        "latency_factor": Field(NUM, default=5.0, check=_positive),
-        "max_gap": Field(NUM, default=1.0, check=_positive),
-        "median_factor": Field(NUM, default=3.0, check=_positive),
-        "min_median": Field(NUM, default=0.05, check=_positive)}),
+        name: Field(NUM, default=getattr(Thresholds, name), check=_positive)
+        for name in ("max_latency", "latency_factor", "max_gap", "median_factor", "min_median")}),
     "expect": Field(dict, schema={
         "verdict": Field(str, default="pass", check=_one_of(VERDICTS)),
-        "checks": Field(list, items=str, default=[],
-                        check=lambda cs: next((f"unknown check {c!r} (known: {', '.join(CHECKS)})"
-                                               for c in cs if c not in CHECKS), None)),
+        "checks": Field(list, items=str, default=[], check=_checks),
         "per_kernel": Field(list, default=[], items={
             "kernel": Field(str, required=True),
             "verdict": Field(str, required=True, check=_one_of(VERDICTS)),
-            "checks": Field(list, items=str, default=[]),
+            "checks": Field(list, items=str, default=[], check=_checks),
             "reason": Field(str, required=True)})}),
 }
 
 
-@dataclass(frozen=True)
-class ModuleInput:
-    source: Optional[Path] = None
-    ko: Optional[Path] = None
-    build_for: Optional[str] = None
-
-    @property
-    def label(self) -> str:
-        return str(self.source or self.ko)
-
-
-@dataclass(frozen=True)
-class Expectation:
-    verdict: str = "pass"
-    checks: tuple[str, ...] = ()
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str
-    path: Optional[Path]
-    patch: ModuleInput
-    description: str = ""
-    kernels: Optional[tuple[str, ...]] = None       # None: every defined kernel
-    targets: tuple[ModuleInput, ...] = ()
-    probe_command: Optional[str] = None
-    probe_interval: Optional[float] = None
-    probe_expect: dict[str, str] = field(default_factory=dict)   # phase -> regex
-    service: dict[str, Any] = field(default_factory=dict)        # ServiceSpec fields given
-    service_enabled: bool = True
-    serve_file: Optional[str] = None
-    stress: dict[str, Any] = field(default_factory=dict)         # StressSpec fields given
-    baseline: float = 5.0
-    patched: float = 5.0
-    cooldown: float = 3.0
-    transition_timeout: Optional[float] = None      # KVM seconds; None: Timeouts.transition
-    on_stall: str = "fail"
-    max_latency: float = 1.0
-    latency_factor: float = 5.0
-    max_gap: float = 1.0
-    median_factor: float = 3.0
-    min_median: float = 0.05
-    expect: Expectation = Expectation()
-    per_kernel: dict[str, Expectation] = field(default_factory=dict)
-
-    def expectation(self, kernel: str) -> Expectation:
-        return self.per_kernel.get(kernel, self.expect)
-
-
-def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path) -> ModuleInput:
+def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path) -> ModuleSpec:
     src, ko = raw.get("source"), raw.get("ko")
     if bool(src) == bool(ko):
-        raise loaded.error("give exactly one of source (a kbuild directory) or ko (a built module)",
-                           name)
+        raise loaded.error("give exactly one of source (a kbuild directory) or ko (a built module)", name)
     path = (base / (src or ko)).resolve()
     if src and not path.is_dir():
         raise loaded.error(f"source directory {path} does not exist", f"{name}.source")
+    if src and not any((path / f).is_file() for f in ("Kbuild", "Makefile")):
+        raise loaded.error(f"{path} is not a kbuild directory (no Kbuild or Makefile)", f"{name}.source")
     if ko and not path.is_file():
         raise loaded.error(f"module {path} does not exist", f"{name}.ko")
-    return ModuleInput(source=path if src else None, ko=path if ko else None,
-                       build_for=raw.get("build_for"))
+    if ko and _magic(path) != b"\x7fELF":
+        raise loaded.error(f"{path} is not a kernel module (not an ELF file)", f"{name}.ko")
+    return ModuleSpec(source=path if src else None, ko=path if ko else None, build_for=raw.get("build_for"))
+
+
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(4)
+
+
+def _judgeable(sc: Scenario, loaded: yamlconf.Loaded) -> None:
+    """Refuse windows too short for the lab to judge: a verdict from them would be the lab's
+    guess, not the patch's doing."""
+    tl, svc, probe = sc.timeline, sc.service, sc.probe
+    if svc.enabled:
+        need = max(MIN_BASELINE, MIN_REQUESTS / svc.rate)
+        if tl.baseline < need:
+            raise loaded.error(f"{tl.baseline:g} s is too short to judge the service: the baseline needs at "
+                               f"least {need:g} s ({MIN_REQUESTS} requests at {svc.rate:g}/s)",
+                               "timeline.baseline")
+        need = TRANSITION_TAIL + MIN_REQUESTS / svc.rate
+        if tl.patched < need:
+            raise loaded.error(f"{tl.patched:g} s is too short to judge the service while patched: at least "
+                               f"{need:g} s ({TRANSITION_TAIL:g} s after the transition, then {MIN_REQUESTS} "
+                               f"requests at {svc.rate:g}/s)", "timeline.patched")
+    runs = 2 * probe.interval   # two runs, so one lies wholly inside the window
+    for phase, window, lead in (("before", "baseline", 0.0), ("patched", "patched", TRANSITION_TAIL),
+                                ("after", "cooldown", TRANSITION_TAIL)):
+        have = getattr(tl, window)
+        if phase in probe.patterns and have < lead + runs:
+            raise loaded.error(f"{have:g} s is too short to check the probe's {phase!r} output: at least "
+                               f"{lead + runs:g} s (two probe runs every {probe.interval:g} s"
+                               f"{f', after {lead:g} s for the transition' if lead else ''})",
+                               f"timeline.{window}")
+
+
+def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Path) -> Scenario:
+    v = loaded.values
+    probe, service, timeline, expect = v["probe"], v["service"], v["timeline"], v["expect"]
+    patterns = {k: r for k, r in (probe["expect"] or {}).items() if r}
+    if patterns and not probe["command"]:
+        raise loaded.error("probe expectations need a probe command", "probe.expect")
+    sc = Scenario(
+        name=v["name"] or name, path=path, description=v["description"],
+        patch=_module(v["patch"], loaded, "patch", base),
+        kernels=tuple(v["kernels"]) if v["kernels"] is not None else None,
+        targets=tuple(_module(t, loaded, f"target_modules[{i}]", base)
+                      for i, t in enumerate(v["target_modules"])),
+        probe=ProbeSpec(probe["command"], float(probe["interval"]), tuple(patterns.items())),
+        service=ServiceSpec(**{k: service[k] for k in ("enabled", "port", "path", "command", "serve_file")},
+                            rate=float(service["rate"]), timeout=float(service["timeout"])),
+        stress=StressSpec(**v["stress"]),
+        timeline=TimelineSpec(**{k: float(x) for k, x in timeline.items()}),
+        transition=TransitionSpec(**v["transition"]),
+        thresholds=Thresholds(**{k: float(x) for k, x in v["thresholds"].items()}),
+        expect=Expectation(expect["verdict"], tuple(expect["checks"])),
+        per_kernel={pk["kernel"]: Expectation(pk["verdict"], tuple(pk["checks"]), pk["reason"])
+                    for pk in expect["per_kernel"]})
+    _judgeable(sc, loaded)
+    return sc
 
 
 def load(path: Path) -> Scenario:
     path = Path(path)
     loaded = yamlconf.load(path, SCHEMA)
-    v, base = loaded.values, path.resolve().parent
-    probe, service, timeline = v["probe"], v["service"], v["timeline"]
-    expect = v["expect"]
-    per_kernel = {}
-    for i, pk in enumerate(expect["per_kernel"]):
-        per_kernel[pk["kernel"]] = Expectation(pk["verdict"], tuple(pk["checks"]), pk["reason"])
-    if probe["expect"] and any(probe["expect"].values()) and not probe["command"]:
-        raise loaded.error("probe expectations need a probe command", "probe.expect")
-    svc = {k: service[k] for k in ("port", "path", "rate", "timeout", "command")
-           if service[k] is not None}
-    return Scenario(
-        name=v["name"] or path.stem, path=path, description=v["description"],
-        patch=_module(v["patch"], loaded, "patch", base),
-        kernels=tuple(v["kernels"]) if v["kernels"] is not None else None,
-        targets=tuple(_module(t, loaded, f"target_modules[{i}]", base)
-                      for i, t in enumerate(v["target_modules"])),
-        probe_command=probe["command"], probe_interval=probe["interval"],
-        probe_expect={k: r for k, r in (probe["expect"] or {}).items() if r},
-        service=svc, service_enabled=service["enabled"], serve_file=service["serve_file"],
-        stress={k: x for k, x in v["stress"].items() if x is not None},
-        baseline=float(timeline["baseline"]), patched=float(timeline["patched"]),
-        cooldown=float(timeline["cooldown"]),
-        transition_timeout=v["transition"]["timeout"], on_stall=v["transition"]["on_stall"],
-        max_latency=float(v["thresholds"]["max_latency"]),
-        latency_factor=float(v["thresholds"]["latency_factor"]),
-        max_gap=float(v["thresholds"]["max_gap"]),
-        median_factor=float(v["thresholds"]["median_factor"]),
-        min_median=float(v["thresholds"]["min_median"]),
-        expect=Expectation(expect["verdict"], tuple(expect["checks"])), per_kernel=per_kernel)
+    return _scenario(loaded, path.stem, path, path.resolve().parent)
 
 
-def from_patch(patch: Path, *, targets: tuple[Path, ...] = (), probe: Optional[str] = None,
-               expect_patched: Optional[str] = None, duration: Optional[float] = None,
-               serve_file: Optional[str] = None) -> Scenario:
-    """The scenario behind ``livepatch-lab check PATCH ...`` (a directory or a .ko)."""
-    def module(p: Path, what: str) -> ModuleInput:
-        p = p.resolve()
+# check's options, by the scenario field each one sets
+OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH",
+           "target_modules": "--target-module", "probe.command": "--probe",
+           "probe.expect": "--expect-patched", "probe.expect.patched": "--expect-patched",
+           "timeline.patched": "--duration", "service.serve_file": "--serve-file"}
+
+
+def from_options(patch: Path, *, targets: tuple[Path, ...] = (), probe: Optional[str] = None,
+                 expect_patched: Optional[str] = None, duration: Optional[float] = None,
+                 serve_file: Optional[str] = None) -> Scenario:
+    """The scenario behind ``livepatch-lab check PATCH ...`` (a kbuild directory or a .ko),
+    validated by the scenario schema; errors name the option."""
+    def module(p: Path, option: str) -> dict[str, str]:
+        p = Path(p).resolve()
         if p.is_dir():
-            return ModuleInput(source=p)
+            return {"source": str(p)}
         if p.is_file() and p.suffix == ".ko":
-            return ModuleInput(ko=p)
-        raise ConfigError(f"{p} is neither a kbuild directory nor a .ko file", field=what)
-    if expect_patched:
-        err = _regex(expect_patched)
-        if err:
-            raise ConfigError(err, field="--expect-patched")
-    if expect_patched and not probe:
-        raise ConfigError("--expect-patched needs --probe", field="--expect-patched")
-    hold = {} if duration is None else {"patched": float(duration)}
-    return Scenario(name=Path(patch).stem, path=None, patch=module(Path(patch), "PATCH"),
-                    targets=tuple(module(t, "--target-module") for t in targets),
-                    probe_command=probe,
-                    probe_expect={"patched": expect_patched} if expect_patched else {},
-                    serve_file=serve_file, **hold)
+            return {"ko": str(p)}
+        raise ConfigError(f"{p} is neither a kbuild directory nor a .ko file",
+                                   source=CHECK_SOURCE, field=option)
+    raw: dict[str, Any] = {"patch": module(Path(patch), "PATCH"),
+                           "target_modules": [module(Path(t), "--target-module") for t in targets]}
+    if probe is not None:
+        raw["probe"] = {"command": probe}
+    if expect_patched is not None:
+        raw.setdefault("probe", {})["expect"] = {"patched": expect_patched}
+    if duration is not None:
+        raw["timeline"] = {"patched": duration}
+    if serve_file is not None:
+        raw["service"] = {"serve_file": serve_file}
+    names: Mapping[str, str] = {**OPTIONS, **{f"target_modules[{i}]{part}": "--target-module"
+                                              for i in range(len(targets)) for part in ("", ".source", ".ko")}}
+    loaded = yamlconf.load_data(raw, SCHEMA, source=CHECK_SOURCE, names=names)
+    return _scenario(loaded, Path(patch).stem, None, Path.cwd())

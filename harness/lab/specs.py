@@ -1,11 +1,33 @@
-"""The frozen, validated specs a scenario is made of."""
+"""The frozen specs a scenario is made of.
+
+Built once, by ``scenario.load`` (a YAML file) or ``scenario.from_options`` (the
+``check`` command's flags), both through one validator: by the time a spec
+exists its values are known good, before anything is fetched or booted. The
+defaults here are the scenario format's defaults (README: "Scenario format").
+"""
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
-from ..core.errors import ConfigError
+CHECKS = ("build", "compat", "load", "transition", "probe", "service", "dmesg", "taint", "revert")
+VERDICTS = ("pass", "fail", "error")
+ON_STALL = ("fail", "signal", "force")
+PROBE_PHASES = ("before", "patched", "after")
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """A livepatch or a target module: a kbuild directory built against each kernel's headers,
+    or a prebuilt ``.ko`` checked against the kernel before it is loaded."""
+    source: Optional[Path] = None
+    ko: Optional[Path] = None
+    build_for: Optional[str] = None    # build against this kernel instead (compat testing)
+
+    @property
+    def label(self) -> str:
+        return str(self.source or self.ko)
 
 
 @dataclass(frozen=True)
@@ -14,27 +36,17 @@ class ServiceSpec:
 
     ``command`` is a guest shell command that serves HTTP on ``port`` *in the
     foreground* (a daemonizing server leaves its session and cannot be stopped);
-    ``None`` runs the default server (``DEFAULT_SERVER``): GET answers 200 with a
-    short body, or, with ``LAB_SERVE_FILE=<path>`` in its environment
-    (``start_service(..., serve_file=path)``), with that file's contents read
-    afresh for every request.
+    ``None`` runs the default server (``workload.service.DEFAULT_SERVER``): GET
+    answers 200 with a short body, or, with ``serve_file``, with that file's
+    contents read afresh for every request (passed as ``LAB_SERVE_FILE``).
     """
+    enabled: bool = True
     port: int = 8080
     path: str = "/"
     rate: float = 20.0        # requests per second, open loop
     timeout: float = 2.0      # per request, from the moment it is sent
     command: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"must be a TCP port, not {self.port!r}", field="service.port")
-        if not self.path.startswith("/") or any(c in self.path for c in " \r\n"):
-            raise ConfigError(f"must be an absolute URL path without spaces, not {self.path!r}",
-                              field="service.path")
-        for name in ("rate", "timeout"):
-            value = getattr(self, name)
-            if not 0 < value < math.inf:
-                raise ConfigError(f"must be positive and finite, not {value!r}", field=f"service.{name}")
+    serve_file: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -49,8 +61,60 @@ class StressSpec:
 class ProbeSpec:
     command: Optional[str] = None
     interval: float = 0.5     # seconds from one run's start to the next (or more, if a run is slower)
+    expect: tuple[tuple[str, str], ...] = ()   # (phase, regex): before / patched / after
 
-    def __post_init__(self) -> None:
-        if not 0 < self.interval < math.inf:
-            raise ConfigError(f"must be positive and finite, not {self.interval!r}",
-                              field="probe.interval")
+    @property
+    def patterns(self) -> dict[str, str]:
+        return dict(self.expect)
+
+
+@dataclass(frozen=True)
+class TimelineSpec:
+    """Seconds of each judged window: before the patch, while patched, after the revert."""
+    baseline: float = 5.0
+    patched: float = 5.0
+    cooldown: float = 3.0
+
+
+@dataclass(frozen=True)
+class TransitionSpec:
+    timeout: Optional[float] = None   # KVM seconds (scaled for TCG); None: Timeouts.transition
+    on_stall: str = "fail"            # fail | signal | force
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What the service may do in the judged windows, relative to the baseline."""
+    max_latency: float = 1.0      # seconds, or latency_factor x the baseline's max: the larger
+    latency_factor: float = 5.0
+    max_gap: float = 1.0          # seconds without a response, or latency_factor x the baseline's
+    median_factor: float = 3.0    # the patched median: median_factor x the baseline's,
+    min_median: float = 0.05      # at least min_median
+
+
+@dataclass(frozen=True)
+class Expectation:
+    verdict: str = "pass"
+    checks: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    patch: ModuleSpec
+    path: Optional[Path] = None                     # the YAML file; None for `check`'s flags
+    description: str = ""
+    kernels: Optional[tuple[str, ...]] = None       # None: every defined kernel
+    targets: tuple[ModuleSpec, ...] = ()
+    probe: ProbeSpec = ProbeSpec()
+    service: ServiceSpec = ServiceSpec()
+    stress: StressSpec = StressSpec()
+    timeline: TimelineSpec = TimelineSpec()
+    transition: TransitionSpec = TransitionSpec()
+    thresholds: Thresholds = Thresholds()
+    expect: Expectation = Expectation()
+    per_kernel: dict[str, Expectation] = field(default_factory=dict)
+
+    def expectation(self, kernel: str) -> Expectation:
+        return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))

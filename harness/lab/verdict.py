@@ -1,61 +1,24 @@
 """Measurements of one run → ``pass`` / ``fail`` / ``error`` with reasons.
 
-Pure: everything here reads a ``RunRecord`` and nothing else, so each check is
-unit-tested on synthetic records and shown failing on the patch that deserves
-it. ``error`` means the lab or the host broke, never the patch.
+Pure: everything here reads a ``RunRecord`` (record.py) and nothing else, so
+each check is unit-tested on synthetic records and shown failing on the patch
+that deserves it. ``error`` means the lab, the host or the guest before the
+patch broke, never the patch (see faults.py).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from ..machine import kmsg
 from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, taint_letters
+from .record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord
 from .workload.stats import window_stats
 
 # Kernel lines that are trouble beyond the generic classifier.
 _LIVEPATCH_TROUBLE = re.compile(r"failed to enable patch|forcing remaining tasks to the (?:un)?patched state")
 _CALL_TRACE = re.compile(r"^Call Trace:")
-
-
-@dataclass
-class Reason:
-    check: str
-    message: str
-
-
-@dataclass
-class Window:
-    name: str
-    start: float
-    end: float
-
-
-@dataclass
-class RunRecord:
-    """What the runner saw. Times are host epoch seconds (guest times already converted)."""
-    patch_name: str = ""
-    early: list[Reason] = field(default_factory=list)     # build / compat / load refusals, guest death
-    error: Optional[str] = None                           # the lab broke
-    guest_lost: Optional[str] = None                      # the guest froze or died mid-run: why
-    loaded: bool = False
-    windows: dict[str, Window] = field(default_factory=dict)
-    requests: list[Any] = field(default_factory=list)     # httpload.Request
-    service_enabled: bool = True
-    probe: list[Any] = field(default_factory=list)        # probe.ProbeSample, t on the host clock
-    probe_expect: dict[str, str] = field(default_factory=dict)
-    transition: dict[str, Any] = field(default_factory=dict)   # completed, seconds, stragglers, forced, signaled
-    unpatch: dict[str, Any] = field(default_factory=dict)      # completed, seconds, stragglers
-    revert: dict[str, Any] = field(default_factory=dict)       # disabled, rmmod_rc, rmmod_err, sysfs_gone, module_gone
-    dmesg: list[str] = field(default_factory=list)
-    console_findings: list[Any] = field(default_factory=list)  # kmsg.Finding after the run's start
-    taint_before: Optional[int] = None
-    taint_patched: Optional[int] = None
-    taint_after: Optional[int] = None
-    thresholds: dict[str, float] = field(default_factory=dict)
-    host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per phase
-    host_cpus: int = 0
 
 
 @dataclass
@@ -80,7 +43,8 @@ def host_overloaded(rec: RunRecord) -> str:
 
 
 def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
-    if not rec.service_enabled or "baseline" not in rec.windows:
+    base_w = next((w for w in rec.windows.values() if w.kind == BASELINE), None)
+    if not rec.service_enabled or base_w is None:
         return [], {}
     t = rec.thresholds
     stats = {name: asdict(window_stats(rec.requests, w.start, w.end)) for name, w in rec.windows.items()}
@@ -90,17 +54,17 @@ def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
         first = failed[0]
         reasons.append(Reason("service", f"{len(failed)} of {len(rec.requests)} requests failed "
                                          f"(first: {first.error or first.status})"))
-    base = stats["baseline"]
+    base = stats[base_w.name]
     if not base["count"] or base["max_latency"] is None:
-        reasons.append(Reason("service", "no successful request in the baseline window: "
+        reasons.append(Reason("service", f"no successful request in the {base_w.name} window: "
                                          "nothing to compare with"))
         return reasons, stats
     lat_limit = max(t["max_latency"], t["latency_factor"] * base["max_latency"])
     gap_limit = max(t["max_gap"], t["latency_factor"] * (base["longest_gap"] or 0))
     p50_limit = max(t["min_median"], t["median_factor"] * base["p50"])
-    for name in ("apply", "patched", "revert"):
-        s = stats.get(name)
-        if not s or not s["count"]:
+    for name, w in rec.windows.items():
+        s = stats[name]
+        if w.kind not in (TRANSITION, HOLD) or not s["count"]:
             continue
         if s["max_latency"] is not None and s["max_latency"] > lat_limit:
             reasons.append(Reason("service", f"{name} window: max latency {s['max_latency']*1000:.0f} ms "
@@ -110,9 +74,9 @@ def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
             reasons.append(Reason("service", f"{name} window: {s['longest_gap']:.2f} s without a response "
                                              f"> {gap_limit:.2f} s allowed (baseline "
                                              f"{base['longest_gap']:.2f} s)"))
-        # A sustained slow-down shows in the patched window; apply/revert include the
+        # A sustained slow-down shows while patched; transition windows include the
         # module load and the transition itself, judged by their worst case above.
-        if name == "patched" and s["p50"] is not None and s["p50"] > p50_limit:
+        if w.kind == HOLD and s["p50"] is not None and s["p50"] > p50_limit:
             reasons.append(Reason("service", f"{name} window: median latency {s['p50']*1000:.0f} ms "
                                              f"> {p50_limit*1000:.0f} ms allowed (baseline median "
                                              f"{base['p50']*1000:.0f} ms)"))
@@ -123,24 +87,25 @@ def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
 
 
 # probe ------------------------------------------------------------------------
-def _phase_samples(rec: RunRecord, phase: str) -> list:
-    w = rec.windows
-    bounds = {"before": ("baseline", "baseline"), "patched": ("patched", "patched"),
-              "after": ("cooldown", "cooldown")}[phase]
-    if bounds[0] not in w:
-        return []
-    start, end = w[bounds[0]].start, w[bounds[1]].end
-    return [s for s in rec.probe
-            if start <= s.t and (getattr(s, "t_end", None) or s.t) < end]
+def _samples(rec: RunRecord, phase: str) -> Optional[list]:
+    """The probe runs wholly inside the window judged as ``phase``; None without such a window."""
+    w = next((w for w in rec.windows.values() if w.probe_phase == phase), None)
+    if w is None:
+        return None
+    return [s for s in rec.probe if w.start <= s.t and (getattr(s, "t_end", None) or s.t) < w.end]
 
 
 def check_probe(rec: RunRecord) -> list[Reason]:
     reasons = []
     for phase, rx in rec.probe_expect.items():
-        samples = _phase_samples(rec, phase)
-        if not samples:
-            if phase == "before" or rec.windows.get({"patched": "patched", "after": "cooldown"}[phase]):
+        samples = _samples(rec, phase)
+        if samples is None:
+            # the run ended before this phase (a failed load, a lost guest): others say why
+            if phase == "before":
                 reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
+            continue
+        if not samples:
+            reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
             continue
         bad = [s for s in samples if s.rc != 0 or not re.search(rx, s.output)]
         if bad:
@@ -148,8 +113,8 @@ def check_probe(rec: RunRecord) -> list[Reason]:
             reasons.append(Reason("probe", f"{phase}: {len(bad)} of {len(samples)} samples do not match "
                                            f"/{rx}/ (e.g. rc {bad[0].rc}: {' | '.join(out) or '(empty)'})"))
     # Reverted means the old behaviour is back, even when no 'after' pattern was given.
-    if "after" not in rec.probe_expect and rec.revert.get("module_gone"):
-        before, after = _phase_samples(rec, "before"), _phase_samples(rec, "after")
+    if "after" not in rec.probe_expect and rec.main.revert.get("module_gone"):
+        before, after = _samples(rec, "before"), _samples(rec, "after")
         if before and after:
             want = before[-1].output
             differ = [s for s in after if s.output != want or s.rc != before[-1].rc]
@@ -161,17 +126,16 @@ def check_probe(rec: RunRecord) -> list[Reason]:
 
 
 # dmesg ------------------------------------------------------------------------
-def expected_lines(name: str, rec: RunRecord) -> list[str]:
-    lines = []
-    if rec.loaded:
-        lines += [f"livepatch: enabling patch '{name}'", f"livepatch: '{name}': starting patching transition"]
-        if rec.transition.get("completed"):
-            lines.append(f"livepatch: '{name}': patching complete")
-    if rec.revert.get("disabled") and rec.transition.get("completed"):
-        lines.append(f"livepatch: '{name}': starting unpatching transition")
-        if rec.unpatch.get("completed"):
-            lines.append(f"livepatch: '{name}': unpatching complete")
-    return lines
+# What the kernel logs for each livepatch operation (kernel/livepatch/{core,transition}.c).
+_KMSG = {"enabled": ["livepatch: enabling patch '{}'", "livepatch: '{}': starting patching transition"],
+         "patched": ["livepatch: '{}': patching complete"],
+         "disabled": ["livepatch: '{}': starting unpatching transition"],
+         "unpatched": ["livepatch: '{}': unpatching complete"]}
+
+
+def expected_lines(rec: RunRecord) -> list[str]:
+    """The livepatch lines the run's operations imply, in the order they happened."""
+    return [line.format(name) for op, name in rec.ops for line in _KMSG[op]]
 
 
 def check_dmesg(rec: RunRecord) -> list[Reason]:
@@ -179,7 +143,7 @@ def check_dmesg(rec: RunRecord) -> list[Reason]:
     text = [kmsg.strip_prefix(line) for line in rec.dmesg]
     pos = 0
     # A guest lost mid-run has no readable dmesg: its console findings speak for it.
-    wanted = [] if rec.guest_lost and not rec.dmesg else expected_lines(rec.patch_name, rec)
+    wanted = [] if rec.guest_lost and not rec.dmesg else expected_lines(rec)
     for want in wanted:
         found = next((i for i in range(pos, len(text)) if want in text[i]), None)
         if found is None:
@@ -217,8 +181,12 @@ def check_taint(rec: RunRecord) -> list[Reason]:
 
 # transition / revert ------------------------------------------------------------
 def check_transition(rec: RunRecord) -> list[Reason]:
-    tr = rec.transition
-    if not rec.loaded or not tr:
+    return [r for p in rec.patches.values() for r in _transition(p)]
+
+
+def _transition(p: PatchRecord) -> list[Reason]:
+    tr = p.transition
+    if not p.loaded or not tr:
         return []
     reasons = []
     who = "; ".join(tr.get("stragglers", [])[:5])
@@ -239,22 +207,26 @@ def check_transition(rec: RunRecord) -> list[Reason]:
 
 
 def check_revert(rec: RunRecord) -> list[Reason]:
-    rv = rec.revert
-    if not rec.loaded or not rv:
+    return [r for p in rec.patches.values() for r in _revert(p)]
+
+
+def _revert(p: PatchRecord) -> list[Reason]:
+    rv = p.revert
+    if not p.loaded or not rv:
         return []
     reasons = []
     if not rv.get("disabled"):
         reasons.append(Reason("revert", f"could not disable the patch: {rv.get('disable_err', '')}"))
-    if rv.get("disabled") and rec.unpatch and not rec.unpatch.get("completed"):
-        who = "; ".join(rec.unpatch.get("stragglers", [])[:5])
+    if rv.get("disabled") and p.unpatch and not p.unpatch.get("completed"):
+        who = "; ".join(p.unpatch.get("stragglers", [])[:5])
         reasons.append(Reason("revert", f"unpatching did not complete within "
-                                        f"{rec.unpatch.get('deadline', 0):.0f} s; still patched: {who}"))
+                                        f"{p.unpatch.get('deadline', 0):.0f} s; still patched: {who}"))
     if rv.get("rmmod_rc") not in (0, None):
         reasons.append(Reason("revert", f"rmmod failed (rc {rv['rmmod_rc']}): {rv.get('rmmod_err', '').strip()}"))
     if rv.get("sysfs_gone") is False:
-        reasons.append(Reason("revert", f"/sys/kernel/livepatch/{rec.patch_name} still exists"))
+        reasons.append(Reason("revert", f"/sys/kernel/livepatch/{p.name} still exists"))
     if rv.get("module_gone") is False:
-        reasons.append(Reason("revert", f"module {rec.patch_name} still in /proc/modules"))
+        reasons.append(Reason("revert", f"module {p.name} still in /proc/modules"))
     return reasons
 
 
@@ -290,12 +262,13 @@ def decide(rec: RunRecord) -> Verdict:
     for part in (check_transition(rec), check_probe(rec), service_reasons, check_dmesg(rec),
                  check_taint(rec), check_revert(rec)):
         reasons += part
+    main = rec.main
     measurements = {
         "service": service_stats,
         # insmod / the disable write return only after the kernel's first transition attempt,
         # which on PREEMPT_DYNAMIC kernels rewrites static calls (slow under TCG)
-        "load_s": rec.transition.get("load_seconds"), "disable_s": rec.revert.get("disable_seconds"),
-        "transition_s": rec.transition.get("seconds"), "unpatch_s": rec.unpatch.get("seconds"),
+        "load_s": main.transition.get("load_seconds"), "disable_s": main.revert.get("disable_seconds"),
+        "transition_s": main.transition.get("seconds"), "unpatch_s": main.unpatch.get("seconds"),
         "kernel_clock": kernel_durations(rec.patch_name, rec.dmesg),
         "taint": {"before": rec.taint_before, "patched": rec.taint_patched, "after": rec.taint_after},
         "requests": len(rec.requests), "probe_samples": len(rec.probe),

@@ -17,7 +17,7 @@ from typing import Optional, Union
 
 import paramiko
 
-from ..core.errors import DeadlineExceeded, GuestCommandError, GuestConnectionError
+from ..core.errors import GUEST, DeadlineExceeded, GuestCommandError, GuestConnectionError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class GuestChannel:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DeadlineExceeded(f"guest command {command!r}", timeout,
-                                           (bytes(out) + bytes(err)).decode(errors="replace"))
+                                           (bytes(out) + bytes(err)).decode(errors="replace"), fault=GUEST)
                 if not transport.is_active():
                     raise self._gone(command)
                 # select() sees incoming data only, not the send window opening

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine import session
 from harness.core.errors import BootError
+from harness.machine import session
 from harness.supply.kernels import load_definitions
 
 from .conftest import qemu_processes_under

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.supply import build, kernels
 from harness.core.errors import LivepatchError
 from harness.core.settings import Settings
+from harness.supply import build, kernels
 
 pytestmark = pytest.mark.network
 

@@ -7,10 +7,10 @@ import textwrap
 
 import pytest
 
-from harness.supply import apt, kernels
 from harness.core import hostcmd
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
+from harness.supply import apt, kernels
 
 pytestmark = pytest.mark.network
 

@@ -26,12 +26,12 @@ def _ms(x):
 
 
 def test_service_stress_and_probe_under_load_and_a_stall_is_seen(lab_boot, tmp_path, no_leftovers):
-    spec = specs.ServiceSpec()
+    spec = specs.ServiceSpec(serve_file="/proc/cmdline")
     with lab_boot("debian-6.1", forward_ports=(spec.port,)) as guest:
         offset, uncertainty = clock.measure_clock(guest)
         cmdline = guest.run("cat /proc/cmdline", check=True).stdout
         t = time.monotonic()
-        service.start(guest, spec, serve_file="/proc/cmdline")
+        service.start(guest, spec)
         started_service = time.monotonic() - t
         url = f"http://127.0.0.1:{guest.host_port(spec.port)}/"
         with urllib.request.urlopen(url, timeout=10) as resp:

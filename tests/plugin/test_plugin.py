@@ -52,7 +52,7 @@ patch:
 
 
 def _scenario_dir(pytester: pytest.Pytester, text: str = SCENARIO) -> None:
-    pytester.mkdir("patch")
+    pytester.mkdir("patch").joinpath("Makefile").write_text("obj-m += p.o\n")
     pytester.path.joinpath("demo.yaml").write_text(text)
     pytester.path.joinpath("other.yaml").write_text("just: some config\n")
 

@@ -13,7 +13,9 @@ pytest_plugins = ["pytester"]
 
 FAKE_RUNNER = '''
 import harness.lab.runner as runner
-from harness.lab.verdict import Reason, Verdict
+from harness.lab.outcome import Outcome
+from harness.lab.record import Reason
+from harness.lab.verdict import Verdict
 
 VERSIONS = {"debian-5.10": "5.10.262-1", "debian-6.1": "6.1.192-2",
             "debian-6.12": "6.12.118-1", "debian-7": "7.2.13-1"}
@@ -28,7 +30,7 @@ def fake_run(sc, kernel, settings, out_dir):
     else:
         v = Verdict("pass", [], {})
         info = {"name": kernel, "version": VERSIONS[kernel], "release": kernel + "-amd64"}
-    return runner.Outcome(sc.name, kernel, v, info, [], str(out_dir), 1.0)
+    return Outcome(sc.name, kernel, v, info, [], str(out_dir), 1.0)
 
 _real_run = runner.run
 runner.run = fake_run
@@ -43,7 +45,7 @@ def matrix(pytester: pytest.Pytester, monkeypatch):
     import harness.lab.runner
     monkeypatch.setattr(harness.lab.runner, "run", harness.lab.runner.run)   # restored whatever happens
     pytester.makeconftest(FAKE_RUNNER)
-    pytester.mkdir("patch")
+    pytester.mkdir("patch").joinpath("Makefile").write_text("obj-m += p.o\n")
     pytester.path.joinpath("good.yaml").write_text("name: good\npatch:\n  source: patch\n")
     pytester.path.joinpath("bad.yaml").write_text(
         "name: bad\npatch:\n  source: patch\nexpect:\n  verdict: fail\n  checks: [dmesg]\n")

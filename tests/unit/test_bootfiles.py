@@ -11,10 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.supply import bootfiles
-from harness.supply.bootfiles import Cpio, ModuleIndex, module_name, read_cpio
 from harness.core.errors import InfraError
 from harness.core.settings import Settings
+from harness.supply import bootfiles
+from harness.supply.bootfiles import Cpio, ModuleIndex, module_name, read_cpio
 
 # A kernel in miniature: virtio_pci/virtio_blk/ext4 as modules, one helper built in.
 DEP = """\

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.supply import build, kernels
-from harness.supply.build import BuildError, CompatError, Module, Toolchain
 from harness.core.errors import ConfigError, HostCommandError, LivepatchError
 from harness.core.settings import Settings
+from harness.supply import build, kernels
+from harness.supply.build import BuildError, CompatError, Module, Toolchain
 
 RELEASE_61 = "6.1.0-56-amd64"
 RELEASE_510 = "5.10.0-46-amd64"

@@ -4,11 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness.cli import main
+from harness.core.settings import Settings
 from harness.supply import apt, cache, vmlinux
 from harness.supply.bootfiles import INITRAMFS_INIT, cache_key
-from harness.cli import main
 from harness.supply.images import Recipe, image_dir
-from harness.core.settings import Settings
 from tests.unit.test_kernels import defn, fake_cached
 
 OLD, NEW = ("6.1.176-1", "6.1.0-50-amd64"), ("6.1.192-2", "6.1.0-56-amd64")

@@ -10,9 +10,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness.supply import images
 from harness.core.errors import ConfigError, HostCommandError, InfraError
 from harness.core.settings import Settings
+from harness.supply import images
 
 GOOD = """\
 name: default

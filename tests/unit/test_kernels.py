@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.supply import apt, kernels
 from harness.core import hostcmd
-from harness.supply.apt import PackageRecord
 from harness.core.errors import ConfigError
-from harness.supply.kernels import KernelDef
 from harness.core.settings import Settings
+from harness.supply import apt, kernels
+from harness.supply.apt import PackageRecord
+from harness.supply.kernels import KernelDef
 
 REPO_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 

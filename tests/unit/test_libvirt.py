@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.core.errors import ConfigError, InfraError, PortInUse
+from harness.core.settings import Settings
 from harness.machine.backends import libvirt as lv
 from harness.machine.backends.base import Forward, MachineSpec
-from harness.core.errors import PortInUse
-from harness.core.errors import ConfigError, InfraError
-from harness.core.settings import Settings
 
 Q = "{%s}" % lv.QEMU_NS
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine.backends.base import Disk, Forward, MachineSpec
-from harness.core.errors import PortInUse
-from harness.machine.backends.qemu import QemuConfig, QemuMachine, build_command
-from harness.core.errors import DeadlineExceeded, InfraError
+from harness.core.errors import DeadlineExceeded, InfraError, PortInUse
 from harness.core.settings import Timeouts
+from harness.machine.backends.base import Disk, Forward, MachineSpec
+from harness.machine.backends.qemu import QemuConfig, QemuMachine, build_command
 
 FAKE_QEMU = Path(__file__).parent / "fakes" / "fake_qemu.py"
 

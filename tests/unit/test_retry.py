@@ -4,8 +4,7 @@ import time
 import pytest
 
 from harness.core import retry
-from harness.core.errors import PortInUse
-from harness.core.errors import BootError, GuestConnectionError, HostCommandError, InfraError
+from harness.core.errors import BootError, GuestConnectionError, HostCommandError, InfraError, PortInUse
 
 
 def run_policy(policy, outcomes):

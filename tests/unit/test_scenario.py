@@ -1,16 +1,25 @@
-"""The scenario format: what is accepted, and errors that name file, line and field."""
+"""The scenario format and check's options: what is accepted, and errors that name file, line
+and field (or the option), refused before anything is fetched or booted."""
+import math
 from pathlib import Path
 
 import pytest
 
-from harness.lab import scenario
 from harness.core.errors import ConfigError
+from harness.lab import scenario
+from harness.lab.specs import ProbeSpec, ServiceSpec, Thresholds, TimelineSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
 
+def kbuild(directory: Path) -> Path:
+    directory.mkdir(exist_ok=True)
+    (directory / "Makefile").write_text("obj-m += p.o\n")
+    return directory
+
+
 def write(tmp_path: Path, text: str) -> Path:
-    (tmp_path / "p").mkdir(exist_ok=True)
+    kbuild(tmp_path / "p")
     path = tmp_path / "s.yaml"
     path.write_text(text)
     return path
@@ -24,22 +33,49 @@ def test_every_shipped_scenario_loads():
 def test_a_minimal_scenario_gets_the_defaults(tmp_path):
     sc = scenario.load(write(tmp_path, "patch:\n  source: p\n"))
     assert sc.name == "s" and sc.patch.source == (tmp_path / "p").resolve()
-    assert (sc.baseline, sc.patched, sc.cooldown) == (5.0, 5.0, 3.0)
-    assert sc.on_stall == "fail" and sc.expect.verdict == "pass" and sc.kernels is None
+    assert sc.timeline == TimelineSpec(5.0, 5.0, 3.0)
+    assert sc.service == ServiceSpec() and sc.probe == ProbeSpec() and sc.thresholds == Thresholds()
+    assert sc.transition.on_stall == "fail" and sc.expect.verdict == "pass" and sc.kernels is None
+
+
+def test_the_yaml_becomes_typed_specs(tmp_path):
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\nprobe:\n  command: cat /proc/cmdline\n"
+                                       "  interval: 0.25\n  expect: {patched: '^x$'}\n"
+                                       "service: {rate: 10, serve_file: /proc/cmdline}\n"
+                                       "stress: {enabled: false}\ntimeline: {baseline: 3}\n"))
+    assert sc.probe == ProbeSpec("cat /proc/cmdline", 0.25, (("patched", "^x$"),))
+    assert sc.service.rate == 10.0 and sc.service.serve_file == "/proc/cmdline"
+    assert sc.stress.enabled is False and sc.timeline.baseline == 3.0
 
 
 @pytest.mark.parametrize("text, line, field, words", [
     ("patch:\n  source: p\nbogus: 1\n", 3, "bogus", "unknown field"),
     ("patch:\n  source: p\n  sauce: x\n", 3, "patch.sauce", "unknown field"),
     ("patch:\n  source: p\ntimeline:\n  baseline: soon\n", 4, "timeline.baseline", "must be a number"),
+    ("patch:\n  source: p\ntimeline:\n  cooldown: -1\n", 4, "timeline.cooldown", "must not be negative"),
+    ("patch:\n  source: p\ntimeline:\n  patched: .inf\n", 4, "timeline.patched", "finite"),
+    ("patch:\n  source: p\ntimeline:\n  patched: .nan\n", 4, "timeline.patched", "nan"),
     ("patch:\n  source: p\ntransition:\n  on_stall: pray\n", 4, "transition.on_stall", "one of fail, signal, force"),
+    ("patch:\n  source: p\ntransition:\n  timeout: 0\n", 4, "transition.timeout", "positive"),
     ("patch:\n  source: p\nprobe:\n  command: x\n  expect:\n    patched: '('\n", 6, "probe.expect.patched",
      "regular expression"),
+    ("patch:\n  source: p\nprobe:\n  command: '  '\n", 4, "probe.command", "must not be empty"),
+    ("patch:\n  source: p\nprobe:\n  command: x\n  interval: 0\n", 5, "probe.interval", "positive"),
+    ("patch:\n  source: p\nprobe:\n  expect: {patched: x}\n", 4, "probe.expect", "need a probe command"),
     ("patch:\n  source: nowhere\n", 2, "patch.source", "does not exist"),
     ("patch:\n  source: p\n  ko: x.ko\n", 1, "patch", "exactly one of"),
     ("description: x\n", 1, "patch", "required"),
     ("patch:\n  source: p\nexpect:\n  checks: [vibes]\n", 4, "expect.checks", "unknown check"),
     ("patch:\n  source: p\nkernels: debian-6.1\n", 3, "kernels", "must be a list"),
+    ("patch:\n  source: p\nservice:\n  rate: 0\n", 4, "service.rate", "positive"),
+    ("patch:\n  source: p\nservice:\n  rate: .inf\n", 4, "service.rate", "finite"),
+    ("patch:\n  source: p\nservice:\n  timeout: -1\n", 4, "service.timeout", "positive"),
+    ("patch:\n  source: p\nservice:\n  port: 0\n", 4, "service.port", "not a TCP port"),
+    ("patch:\n  source: p\nservice:\n  port: 70000\n", 4, "service.port", "not a TCP port"),
+    ("patch:\n  source: p\nservice:\n  path: x\n", 4, "service.path", "absolute URL path"),
+    ("patch:\n  source: p\nservice:\n  path: /a b\n", 4, "service.path", "absolute URL path"),
+    ("patch:\n  source: p\nservice:\n  command: ''\n", 4, "service.command", "must not be empty"),
+    ("patch:\n  source: p\nname: a/b\n", 3, "name", "plain name"),
     ("patch: [\n", None, None, "not valid YAML"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path, text, line, field, words):
@@ -50,8 +86,45 @@ def test_bad_input_names_file_line_and_field(tmp_path, text, line, field, words)
     assert words in str(err.value)
     if line:
         assert err.value.line == line
+        assert str(err.value).startswith(f"{path}:{line} ")
     if field:
         assert err.value.field == field
+        assert f"[{field}]" in str(err.value)
+
+
+def test_a_directory_without_kbuild_files_or_a_ko_that_is_not_elf_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "fake.ko").write_text("not a module")
+    (tmp_path / "s.yaml").write_text("patch: {source: empty}\n")
+    with pytest.raises(ConfigError, match=r"not a kbuild directory \(no Kbuild or Makefile\)"):
+        scenario.load(tmp_path / "s.yaml")
+    (tmp_path / "s.yaml").write_text("patch: {ko: fake.ko}\n")
+    with pytest.raises(ConfigError, match="not a kernel module"):
+        scenario.load(tmp_path / "s.yaml")
+
+
+@pytest.mark.parametrize("timeline, field, words", [
+    ("{baseline: 0, patched: 0, cooldown: 0}", "timeline.baseline", "too short to judge the service"),
+    ("{baseline: 0.4}", "timeline.baseline", "the baseline needs at least 1 s (10 requests at 20/s)"),
+    ("{patched: 1}", "timeline.patched", "at least 1.5 s"),
+])
+def test_windows_too_short_to_judge_are_refused_when_loaded(tmp_path, timeline, field, words):
+    with pytest.raises(ConfigError) as err:
+        scenario.load(write(tmp_path, f"patch: {{source: p}}\ntimeline: {timeline}\n"))
+    assert err.value.field == field and words in str(err.value)
+
+
+def test_a_slow_service_needs_a_longer_baseline_and_probe_phases_need_two_runs(tmp_path):
+    with pytest.raises(ConfigError, match=r"baseline needs at least 10 s \(10 requests at 1/s\)"):
+        scenario.load(write(tmp_path, "patch: {source: p}\nservice: {rate: 1}\n"))
+    with pytest.raises(ConfigError, match="too short to check the probe's 'after' output: at least 3 s") as err:
+        scenario.load(write(tmp_path, "patch: {source: p}\nprobe: {command: x, interval: 1, "
+                                      "expect: {after: x}}\ntimeline: {cooldown: 2}\n"))
+    assert err.value.field == "timeline.cooldown"
+    # without a service and a probe there is nothing to judge in the windows: any length will do
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\nservice: {enabled: false}\n"
+                                       "timeline: {baseline: 0, patched: 0, cooldown: 0}\n"))
+    assert sc.timeline == TimelineSpec(0.0, 0.0, 0.0)
 
 
 def test_per_kernel_expectations_override_the_default(tmp_path):
@@ -60,15 +133,40 @@ def test_per_kernel_expectations_override_the_default(tmp_path):
                                        "      reason: the bug is not in 5.10\n"))
     assert sc.expectation("debian-6.1").verdict == "fail"
     assert sc.expectation("debian-5.10").verdict == "pass"
+    assert sc.expectation("debian-5.10@5.10.1-1").verdict == "pass"
 
 
-def test_the_check_command_builds_a_scenario_from_flags(tmp_path):
-    (tmp_path / "patch").mkdir()
-    sc = scenario.from_patch(tmp_path / "patch", probe="cat /proc/cmdline", expect_patched="patched",
-                             duration=7)
-    assert sc.patch.source == (tmp_path / "patch").resolve() and sc.patched == 7.0
-    assert sc.probe_expect == {"patched": "patched"}
-    with pytest.raises(ConfigError, match="--expect-patched needs --probe"):
-        scenario.from_patch(tmp_path / "patch", expect_patched="x")
-    with pytest.raises(ConfigError, match="neither a kbuild directory nor a .ko"):
-        scenario.from_patch(tmp_path / "missing")
+def test_the_check_command_builds_a_scenario_from_its_options(tmp_path):
+    patch = kbuild(tmp_path / "patch")
+    sc = scenario.from_options(patch, probe="cat /proc/cmdline", expect_patched="patched", duration=7,
+                               serve_file="/proc/version")
+    assert sc.patch.source == patch.resolve() and sc.timeline.patched == 7.0
+    assert sc.probe.patterns == {"patched": "patched"} and sc.service.serve_file == "/proc/version"
+    assert sc.path is None and sc.name == "patch"
+
+
+@pytest.mark.parametrize("options, option, words", [
+    ({"duration": -5}, "--duration", "must not be negative (and finite), not -5"),
+    ({"duration": math.nan}, "--duration", "nan"),
+    ({"duration": math.inf}, "--duration", "finite"),
+    ({"duration": 0.5}, "--duration", "too short to judge the service while patched"),
+    ({"probe": ""}, "--probe", "must not be empty"),
+    ({"probe": "x", "expect_patched": "("}, "--expect-patched", "not a valid regular expression"),
+    ({"expect_patched": "x"}, "--expect-patched", "probe expectations need a probe command"),
+    ({"serve_file": ""}, "--serve-file", "must not be empty"),
+])
+def test_bad_check_options_name_the_option_and_the_value(tmp_path, options, option, words):
+    with pytest.raises(ConfigError) as err:
+        scenario.from_options(kbuild(tmp_path / "patch"), **options)
+    assert err.value.field == option and err.value.line is None
+    assert str(err.value).startswith(f"livepatch-lab check [{option}]: ") and words in str(err.value)
+
+
+def test_check_refuses_what_is_neither_a_kbuild_directory_nor_a_ko(tmp_path):
+    with pytest.raises(ConfigError, match=r"\[PATCH\]: .* is neither a kbuild directory nor a .ko"):
+        scenario.from_options(tmp_path / "missing")
+    with pytest.raises(ConfigError, match=r"\[--target-module\]: .*neither"):
+        scenario.from_options(kbuild(tmp_path / "patch"), targets=(tmp_path / "nope",))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"\[PATCH\]: .*not a kbuild directory"):
+        scenario.from_options(tmp_path / "empty")

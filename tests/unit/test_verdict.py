@@ -5,6 +5,7 @@ from typing import Optional
 import pytest
 
 from harness.lab import verdict as V
+from harness.lab.record import BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Window
 from harness.machine.kmsg import Finding
 
 
@@ -42,26 +43,35 @@ DMESG_OK = [
 ]
 
 
+PATCH_FIELDS = ("loaded", "transition", "unpatch", "revert")
+
+
 def clean_record(**changes) -> V.RunRecord:
-    windows = {"baseline": V.Window("baseline", 0, 10), "apply": V.Window("apply", 10, 12),
-               "patched": V.Window("patched", 12, 20), "revert": V.Window("revert", 20, 22),
-               "cooldown": V.Window("cooldown", 22, 26)}
+    """A record of a good single-patch run; ``changes`` to the patch's own fields (loaded,
+    transition, unpatch, revert) go to its ``PatchRecord``, the rest to the ``RunRecord``."""
+    windows = {"baseline": Window("baseline", 0, 10, BASELINE, "before"),
+               "apply": Window("apply", 10, 12, TRANSITION),
+               "patched": Window("patched", 12, 20, HOLD, "patched"),
+               "revert": Window("revert", 20, 22, TRANSITION),
+               "cooldown": Window("cooldown", 22, 26, COOLDOWN, "after")}
     requests = [Req(i * 0.1, i * 0.1 + 0.02) for i in range(260)]
     probe = ([Sample(t, 0, "console=ttyS0 root\n") for t in (1, 5, 9)] +
              [Sample(t, 0, "livepatch-lab: patched\n") for t in (13, 16, 19)] +
              [Sample(t, 0, "console=ttyS0 root\n") for t in (23, 25)])
+    patch = PatchRecord(NAME, loaded=True, transition={"completed": True, "seconds": 0.8, "deadline": 60},
+                        unpatch={"completed": True, "seconds": 0.5, "deadline": 60},
+                        revert={"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True})
     rec = V.RunRecord(
-        patch_name=NAME, loaded=True, windows=windows, requests=requests, probe=probe,
+        patch_name=NAME, patch_issued=True, patches={NAME: patch},
+        ops=[("enabled", NAME), ("patched", NAME), ("disabled", NAME), ("unpatched", NAME)],
+        windows=windows, requests=requests, probe=probe,
         probe_expect={"before": "console=", "patched": "^livepatch-lab: patched$", "after": "console="},
-        transition={"completed": True, "seconds": 0.8, "deadline": 60},
-        unpatch={"completed": True, "seconds": 0.5, "deadline": 60},
-        revert={"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True},
         dmesg=list(DMESG_OK), taint_before=0, taint_patched=(1 << 15) | (1 << 12) | (1 << 13),
         taint_after=(1 << 15) | (1 << 12) | (1 << 13),
         thresholds={"max_latency": 1.0, "latency_factor": 5.0, "max_gap": 1.0,
                     "median_factor": 3.0, "min_median": 0.05})
     for k, v in changes.items():
-        setattr(rec, k, v)
+        setattr(patch if k in PATCH_FIELDS else rec, k, v)
     return rec
 
 
@@ -169,14 +179,14 @@ def test_a_module_that_cannot_be_removed_fails_the_revert():
 
 def test_a_guest_lost_mid_run_fails_for_the_silence_not_for_a_dmesg_it_could_not_read():
     lost = "the guest stopped answering (no heartbeat for 30 s); vCPU 0 at lab_hang_forever"
-    rec = clean_record(dmesg=[], guest_lost=lost, early=[V.Reason("service", lost)],
+    rec = clean_record(dmesg=[], guest_lost=lost, early=[Reason("service", lost)],
                        revert={}, unpatch={}, taint_patched=None, taint_after=None)
     reasons = V.decide(rec).reasons
     assert [(r.check, r.message) for r in reasons] == [("service", lost)]
 
 
 def test_a_guest_lost_with_a_panic_on_its_console_still_reports_the_panic():
-    rec = clean_record(dmesg=[], guest_lost="gone", early=[V.Reason("dmesg", "gone")],
+    rec = clean_record(dmesg=[], guest_lost="gone", early=[Reason("dmesg", "gone")],
                        console_findings=[Finding("panic", True, "Kernel panic - not syncing: x", 9)])
     assert any(r.message.startswith("panic (console)") for r in V.decide(rec).reasons)
 
@@ -189,7 +199,7 @@ def test_a_stall_that_signalling_did_not_clear_says_so():
 
 
 def test_a_runs_wall_time_is_split_into_phases_that_happened():
-    from harness.lab.runner import phase_seconds
+    from harness.lab.events import phase_seconds
     names = ["start", "build", "built", "booted", "baseline", "load-patch", "loaded", "transition-complete",
              "patched", "disable", "unpatch-complete", "reverted", "cooldown-end", "collected", "verdict"]
     timeline = [{"t": 100.0 + i, "event": n} for i, n in enumerate(names)]
@@ -209,3 +219,46 @@ def test_a_service_failure_on_an_overloaded_host_says_the_host_may_be_to_blame()
     calm = clean_record(requests=slow, host_load=[0.5, 1.1], host_cpus=2)
     assert not any("host load" in r.message for r in V.decide(calm).reasons)
     assert V.decide(clean_record(host_load=[9.0], host_cpus=2)).verdict == "pass"  # a note, never a reason
+
+
+def test_the_expected_kernel_lines_follow_the_operations_of_every_patch_in_order():
+    ops = [("enabled", "v1"), ("patched", "v1"), ("enabled", "v2"), ("patched", "v2"),
+           ("disabled", "v2"), ("unpatched", "v2")]
+    rec = clean_record(ops=ops)
+    assert V.expected_lines(rec) == [
+        "livepatch: enabling patch 'v1'", "livepatch: 'v1': starting patching transition",
+        "livepatch: 'v1': patching complete",
+        "livepatch: enabling patch 'v2'", "livepatch: 'v2': starting patching transition",
+        "livepatch: 'v2': patching complete", "livepatch: 'v2': starting unpatching transition",
+        "livepatch: 'v2': unpatching complete"]
+    assert any("expected, in order, but missing: \"livepatch: enabling patch 'v1'\"" in r.message
+               for r in V.decide(rec).reasons)
+
+
+def test_transition_and_revert_are_judged_for_every_patch_of_the_run():
+    rec = clean_record()
+    rec.patches["v2"] = PatchRecord("v2", loaded=True,
+                                    transition={"completed": False, "deadline": 9, "stragglers": ["kt"]},
+                                    revert={"disabled": True, "rmmod_rc": 1, "rmmod_err": "in use"})
+    msgs = [(r.check, r.message) for r in V.decide(rec).reasons]
+    assert ("transition", "patching did not complete within 9 s; still unpatched: kt") in msgs
+    assert ("revert", "rmmod failed (rc 1): in use") in msgs
+
+
+def test_service_windows_are_judged_by_their_kind_not_their_name():
+    rec = clean_record()
+    rec.windows["patched v2"] = Window("patched v2", 26, 30, HOLD)
+    rec.requests += [Req(26 + i * 0.1, 26 + i * 0.1 + 0.3) for i in range(40)]   # slow while v2 holds
+    msgs = [r.message for r in V.decide(rec).reasons if r.check == "service"]
+    assert any(m.startswith("patched v2 window: median latency 300 ms") for m in msgs)
+    rec.windows["patched v2"].kind = COOLDOWN   # cool-down is not judged
+    assert not [r for r in V.decide(rec).reasons if r.check == "service"]
+
+
+def test_a_probe_phase_whose_window_never_came_is_left_to_the_checks_that_say_why():
+    rec = clean_record()
+    del rec.windows["patched"], rec.windows["revert"], rec.windows["cooldown"]
+    assert not [r for r in V.decide(rec).reasons if r.check == "probe"]
+    rec.windows["patched"] = Window("patched", 12, 12.1, HOLD, "patched")   # came, but empty
+    assert [r.message for r in V.decide(rec).reasons if r.check == "probe"] == \
+        ["no probe sample in the patched phase"]

@@ -30,6 +30,8 @@ from harness.lab import specs
 from harness.lab.workload import clock, detached, httpload, probe, service, stats, stress
 from harness.machine.channel import Result
 
+from .fakes.local_guest import LocalGuest
+
 T0 = 1_800_000_000.0
 
 
@@ -463,38 +465,7 @@ def test_load_goes_to_loopback_addresses_only(host, tmp_path):
         httpload.http_get(host, 80, "/", 1.0)
 
 
-@pytest.mark.parametrize("field,value", [("rate", 0), ("rate", float("inf")), ("timeout", -1),
-                                         ("port", 0), ("port", 70000), ("path", "x"),
-                                         ("path", "/a b")])
-def test_bad_service_specs_are_refused(field, value):
-    with pytest.raises(ConfigError, match=field):
-        specs.ServiceSpec(**{field: value})
-    with pytest.raises(ConfigError):
-        specs.ProbeSpec("true", interval=0)
-
-
 # guest-side scripts, run on this host -------------------------------------------------------
-class LocalGuest:
-    """Runs 'guest' commands on this host with bash (root's shell in the guest), ports as they are."""
-
-    def __init__(self, timeouts: Timeouts):
-        self.timeouts = timeouts
-
-    def run(self, command, timeout=None, *, check=False, stdin=None):
-        timeout = self.timeouts.command if timeout is None else timeout
-        data = stdin.encode() if isinstance(stdin, str) else stdin
-        t = time.monotonic()
-        p = subprocess.run(["bash", "-c", command], input=data, capture_output=True, timeout=timeout)
-        res = Result(command, p.returncode, p.stdout.decode(errors="replace"),
-                     p.stderr.decode(errors="replace"), time.monotonic() - t)
-        if check and res.rc:
-            raise GuestCommandError(command, res.rc, res.stdout, res.stderr)
-        return res
-
-    def host_port(self, port):
-        return port
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -582,8 +553,8 @@ def test_the_default_server_serves_a_file_fresh_per_request(local, tmp_path):
     guest, d = local
     served = tmp_path / "served"
     served.write_text("first\n")
-    spec = specs.ServiceSpec(port=free_port())
-    service.start(guest, spec, serve_file=str(served))
+    spec = specs.ServiceSpec(port=free_port(), serve_file=str(served))
+    service.start(guest, spec)
     try:
         assert httpload.http_get("127.0.0.1", spec.port, "/", 2.0) == 200
         assert fetch_body(spec.port, "/x") == "first\n"

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
 
 from ...core import retry
-from ...core.errors import DeadlineExceeded, GuestCommandError, HarnessError, ServiceNotReady
+from ...core.errors import GUEST, DeadlineExceeded, GuestCommandError, HarnessError, ServiceNotReady
 from ..specs import ServiceSpec
 from . import detached
 from .detached import q
@@ -67,10 +66,10 @@ class ServiceDied(HarnessError):
     """The service's command ended while the lab waited for it to answer."""
 
 
-def start(guest, spec: ServiceSpec, *, serve_file: Optional[str] = None) -> None:
+def start(guest, spec: ServiceSpec) -> None:
     """Start the service detached in the guest; return once it answers GET ``spec.path`` from the host.
 
-    ``serve_file`` is passed to the command as ``LAB_SERVE_FILE`` (the default
+    ``spec.serve_file`` is passed to the command as ``LAB_SERVE_FILE`` (the default
     server answers with that file's fresh contents; a custom command may use it).
     Raises ``GuestCommandError`` (with the service's log) if the command ends,
     ``DeadlineExceeded`` if it does not answer within ``Timeouts.service_start``.
@@ -81,7 +80,7 @@ def start(guest, spec: ServiceSpec, *, serve_file: Optional[str] = None) -> None
         command = f"exec python3 {q(detached.path('httpd.py'))} {spec.port}"
     else:
         command = spec.command
-    env = {SERVE_FILE_ENV: serve_file} if serve_file else {}
+    env = {SERVE_FILE_ENV: spec.serve_file} if spec.serve_file else {}
     detached.start(guest, "service", command, env)
     port = guest.host_port(spec.port)
     deadline = guest.timeouts.service_start
@@ -117,7 +116,7 @@ def start(guest, spec: ServiceSpec, *, serve_file: Optional[str] = None) -> None
         tail = detached.tail(guest, "service")
         stop(guest)
         raise DeadlineExceeded(f"service on guest port {spec.port} answering GET {spec.path} "
-                               f"(last: {last[0]})", deadline, tail) from None
+                               f"(last: {last[0]})", deadline, tail, fault=GUEST) from None
     log.info("service answers on guest port %d (host 127.0.0.1:%d) after %.1fs",
              spec.port, port, time.monotonic() - started)
 

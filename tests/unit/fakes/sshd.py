@@ -14,6 +14,7 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
+
 import paramiko
 
 

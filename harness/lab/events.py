@@ -1,0 +1,42 @@
+"""The run's timeline: timestamped events, and where the wall time went between them."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Optional
+
+from .record import RunRecord
+
+log = logging.getLogger(__name__)
+
+# Where a run's wall time goes: each phase ends at the event that starts the next.
+PHASES = (("prepare", "start", "built"), ("boot", "built", "booted"), ("setup", "booted", "baseline"),
+          ("baseline", "baseline", "load-patch"), ("apply", "load-patch", "patched"),
+          ("patched", "patched", "disable"), ("revert", "disable", "reverted"),
+          ("cooldown", "reverted", "cooldown-end"), ("collect", "cooldown-end", "collected"),
+          ("teardown", "collected", "verdict"))
+
+
+def phase_seconds(timeline: list[dict[str, Any]]) -> dict[str, float]:
+    """{phase: seconds} for the phases whose two events both happened (first occurrences)."""
+    at: dict[str, float] = {}
+    for e in timeline:
+        at.setdefault(e["event"], e["t"])
+    return {name: round(at[b] - at[a], 2) for name, a, b in PHASES if a in at and b in at}
+
+
+class Timeline:
+    """``events("name", key=value)`` records an event now and returns its time."""
+
+    def __init__(self, rec: Optional[RunRecord] = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.rec = rec
+
+    def __call__(self, name: str, **detail: Any) -> float:
+        now = time.time()
+        self.events.append({"t": round(now, 3), "event": name, **detail})
+        if self.rec is not None:   # the host's load at every step: an overloaded host is evidence
+            self.rec.host_load.append(round(os.getloadavg()[0], 2))
+        log.info("%s%s", name, "".join(f" {k}={v}" for k, v in detail.items() if k != "stragglers"))
+        return now

@@ -1,0 +1,45 @@
+"""Whose fault: the rule that turns trouble into ``fail`` or ``error``.
+
+``fail`` is the patch's fault, ``error`` the lab's, the host's or the user's.
+Every error carries where it arose (``HarnessError.fault``, core/errors.py);
+the rule adds when:
+
+- ``patch``: a fail (the kernel refused the patch, its transition stalled, ...);
+- ``guest``: the guest died, froze or stopped answering: a fail once the
+  patch's module was sent to the kernel (``RunRecord.patch_issued``: the patch
+  is what changed), an error before it (set-up, the service never answered,
+  SSH lost while booting);
+- the machine ended by the host's hand (QEMU killed by a signal or crashed, a
+  libvirt domain destroyed from outside): an error whatever the step;
+- ``lab``, ``input``, an interrupt (Ctrl-C, SIGTERM): always an error.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from ..core.errors import GUEST, PATCH
+from .record import Reason
+
+
+class Failed(Exception):
+    """A step found the patch at fault: the run ends early with these reasons (none when a
+    check reads the cause from the record, e.g. a stalled transition)."""
+
+    def __init__(self, *reasons: Reason):
+        super().__init__("; ".join(r.message for r in reasons))
+        self.reasons = list(reasons)
+
+
+def patch_is_to_blame(fault: str, patch_issued: bool, host_ended: Optional[str]) -> bool:
+    """True when trouble of ``fault`` makes a ``fail``; ``host_ended`` says how the host ended the
+    machine, if it did."""
+    if host_ended:
+        return False
+    return fault == PATCH or (fault == GUEST and patch_issued)
+
+
+def host_ended(machine) -> Optional[str]:
+    """How the host ended the machine (QEMU killed or crashed, the domain destroyed from outside),
+    or None while it runs or when the guest ended itself."""
+    ended = machine.exit_info()
+    return ended.detail if ended.kind == "host" else None

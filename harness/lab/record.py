@@ -1,0 +1,73 @@
+"""What a run saw: the one input of the verdict.
+
+The runner's steps fill a ``RunRecord``; ``verdict.decide`` reads it and
+nothing else, so every check is unit-tested on synthetic records. Times are
+host epoch seconds (guest times already converted).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+# Window kinds: how the service is judged in them (verdict.check_service).
+BASELINE, TRANSITION, HOLD, COOLDOWN = "baseline", "transition", "hold", "cooldown"
+
+
+@dataclass
+class Reason:
+    check: str
+    message: str
+
+
+@dataclass
+class Window:
+    """A stretch of the run the service and the probe are judged on."""
+    name: str
+    start: float
+    end: float
+    kind: str = HOLD
+    probe_phase: Optional[str] = None    # before / patched / after: the probe pattern judged here
+
+
+@dataclass
+class PatchRecord:
+    """One livepatch's life in the run."""
+    name: str
+    loaded: bool = False                 # insmod succeeded
+    transition: dict[str, Any] = field(default_factory=dict)  # completed, seconds, deadline, stragglers, ...
+    unpatch: dict[str, Any] = field(default_factory=dict)     # completed, seconds, deadline, stragglers
+    revert: dict[str, Any] = field(default_factory=dict)      # disabled, rmmod_rc, sysfs_gone, module_gone, ...
+
+
+@dataclass
+class RunRecord:
+    patch_name: str = ""                                  # the patch under test
+    early: list[Reason] = field(default_factory=list)     # the patch's fault, found by a step: build, load, ...
+    error: Optional[str] = None                           # the lab, the host or the guest before the patch broke
+    guest_lost: Optional[str] = None                      # the guest froze or died after the patch: why
+    patch_issued: bool = False    # the patch's insmod was sent: from here a dying guest is the patch's doing
+    patches: dict[str, PatchRecord] = field(default_factory=dict)
+    # livepatch operations as they happened, in order: (op, patch) with op in
+    # enabled / patched / disabled / unpatched; the kernel's log must show each
+    ops: list[tuple[str, str]] = field(default_factory=list)
+    windows: dict[str, Window] = field(default_factory=dict)
+    requests: list[Any] = field(default_factory=list)     # httpload.Request
+    service_enabled: bool = True
+    probe: list[Any] = field(default_factory=list)        # probe.ProbeSample, t on the host clock
+    probe_expect: dict[str, str] = field(default_factory=dict)   # phase -> regex
+    dmesg: list[str] = field(default_factory=list)
+    console_findings: list[Any] = field(default_factory=list)  # kmsg.Finding after the run's start
+    taint_before: Optional[int] = None
+    taint_patched: Optional[int] = None
+    taint_after: Optional[int] = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per event
+    host_cpus: int = 0
+
+    def patch(self, name: str) -> PatchRecord:
+        return self.patches.setdefault(name, PatchRecord(name))
+
+    @property
+    def main(self) -> PatchRecord:
+        """The patch under test's record (empty if it never got that far)."""
+        return self.patches.get(self.patch_name) or PatchRecord(self.patch_name)

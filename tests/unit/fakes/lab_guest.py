@@ -1,0 +1,188 @@
+"""A pretend guest for the runner's unit tests: its livepatch kernel is a small model, its
+workload the real guest-side scripts run on this host (``LocalGuest``), its console a real
+``ConsoleFollower`` on a file, its machine one the test can kill or panic.
+
+``FakeKernel`` stands in for the functions of ``harness.lab.livepatch`` (install it with
+``kernel.install(monkeypatch)``): insmod, the transition, disable, rmmod, taint and the
+kernel log follow the kernel's rules as far as the runner needs them; a test scripts the
+trouble (a refused load, a stalled transition, a module that will not unload).
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Optional
+
+from harness.core.errors import GuestConnectionError, LivepatchError
+from harness.lab import livepatch
+from harness.machine.channel import Result
+from harness.machine.console import ConsoleFollower
+
+from .local_guest import LocalGuest
+
+K = 1 << 15
+
+
+@dataclass
+class FakeKernel:
+    refuse: dict[str, str] = field(default_factory=dict)     # module -> the kernel's complaint
+    stall: set[str] = field(default_factory=set)             # transitions that never complete
+    pinned: set[str] = field(default_factory=set)            # modules rmmod refuses
+    on_load: Optional[Callable[[str], None]] = None          # called as a patch is loaded
+    modules: set[str] = field(default_factory=set)
+    enabled: dict[str, bool] = field(default_factory=dict)   # /sys/kernel/livepatch/<name>/enabled
+    log: list[str] = field(default_factory=list)
+    taint_mask: int = 0
+    calls: list[str] = field(default_factory=list)
+
+    def _print(self, line: str) -> None:
+        self.log.append(f"[{len(self.log) + 1:6d}.000000] {line}")
+
+    # harness.lab.livepatch, faked
+    def load(self, guest, remote_ko, timeout, report_text_of=""):
+        name = Path(remote_ko).stem
+        self.calls.append(f"insmod {name}")
+        if self.on_load:
+            self.on_load(name)
+        if name in self.refuse:
+            raise LivepatchError(f"insmod {remote_ko} failed (rc 1): {self.refuse[name]}")
+        self.modules.add(name)
+        self.enabled[name] = True
+        self.taint_mask |= K
+        self._print(f"livepatch: enabling patch '{name}'")
+        self._print(f"livepatch: '{name}': starting patching transition")
+        if name not in self.stall:
+            self._print(f"livepatch: '{name}': patching complete")
+        return Result(f"insmod {remote_ko}", 0, "0xffffffffc0000000\n", "", 0.01)
+
+    def wait_transition(self, guest, name, deadline_s):
+        self.calls.append(f"wait {name}")
+        return name not in self.stall, 0.05
+
+    def stragglers(self, guest, patching, timeout):
+        return [livepatch.Straggler(77, 77, "lab_sleeper", ["lab_target_sleep+0x22/0x40"])]
+
+    def signal_stragglers(self, guest, name, timeout):
+        return False
+
+    def force(self, guest, name, timeout):
+        self.stall.discard(name)
+        self._print("livepatch: forcing remaining tasks to the patched state")
+        return Result("force", 0, "", "", 0.0)
+
+    def disable(self, guest, name, timeout):
+        self.calls.append(f"disable {name}")
+        if not self.enabled.get(name):
+            return Result("disable", 1, "", "No such file or directory", 0.0)
+        self.enabled[name] = False
+        self.stall.discard(name)
+        self._print(f"livepatch: '{name}': starting unpatching transition")
+        self._print(f"livepatch: '{name}': unpatching complete")
+        return Result("disable", 0, "", "", 0.01)
+
+    def unload(self, guest, module, timeout):
+        self.calls.append(f"rmmod {module}")
+        if module in self.pinned:
+            return Result("rmmod", 1, "", f"ERROR: Module {module} is in use", 0.0)
+        self.modules.discard(module)
+        self.enabled.pop(module, None)
+        return Result("rmmod", 0, "", "", 0.0)
+
+    def module_loaded(self, guest, module, timeout):
+        return module in self.modules
+
+    def taint(self, guest, timeout):
+        return self.taint_mask
+
+    def mark_kmsg(self, guest, text, timeout):
+        self._print(text)
+
+    def dmesg_since(self, guest, marker, timeout):
+        at = next(i for i, line in enumerate(self.log) if marker in line)
+        return self.log[at + 1:]
+
+    def install(self, monkeypatch) -> "FakeKernel":
+        for name in ("load", "wait_transition", "stragglers", "signal_stragglers", "force", "disable",
+                     "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since"):
+            monkeypatch.setattr(livepatch, name, getattr(self, name))
+        return self
+
+
+class FakeMachine:
+    """The guest's machine: a console file the test can print to, an end the test can cause."""
+
+    def __init__(self, directory: Path):
+        self.console_log = directory / "console.log"
+        self.console_log.write_text("")
+        self.console = ConsoleFollower(self.console_log).start()
+        self.ended: Optional[SimpleNamespace] = None
+        self.accel = "tcg"
+
+    def print(self, line: str) -> None:
+        with open(self.console_log, "a") as fh:
+            fh.write(line + "\n")
+        self.console.wait_for(lambda c: c.contains(line), 5.0)
+
+    def end(self, kind: str, detail: str) -> None:
+        self.ended = SimpleNamespace(kind=kind, detail=detail)
+
+    def is_running(self) -> bool:
+        return self.ended is None
+
+    def exit_reason(self) -> str:
+        return self.ended.detail if self.ended else ""
+
+    def exit_info(self):
+        return self.ended or SimpleNamespace(kind="running", detail="")
+
+    def cpu_registers(self) -> str:
+        return "CPU#0\nRIP=ffffffff81000000 RFL=00000246\n"
+
+    def describe(self) -> dict:
+        return {"backend": "fake"}
+
+    def stop(self) -> None:
+        self.console.stop()
+
+
+class FakeChannel:
+    def __init__(self):
+        self.lost: Optional[str] = None
+
+    def mark_lost(self, reason: str) -> None:
+        self.lost = self.lost or reason
+
+
+class LabGuest(LocalGuest):
+    """What the runner's steps see as ``Guest``: module uploads and target insmod/rmmod go to
+    the fake kernel, everything else runs on this host."""
+
+    def __init__(self, timeouts, kernel: FakeKernel, directory: Path):
+        super().__init__(timeouts)
+        self.kernel, self.machine, self.channel = kernel, FakeMachine(directory), FakeChannel()
+        self.uploads: list[str] = []
+        self.lost = threading.Event()
+
+    def upload(self, local, remote, mode=0o644):
+        self.uploads.append(remote)
+
+    def run(self, command, timeout=None, *, check=False, stdin=None):
+        if self.channel.lost:
+            raise GuestConnectionError(f"ssh: connection lost during {command!r}: {self.channel.lost}")
+        head, _, arg = command.partition(" ")
+        if head in ("insmod", "rmmod"):
+            name = Path(arg.strip("'")).stem
+            if head == "insmod" and name in self.kernel.refuse:
+                return Result(command, 1, "", f"insmod: ERROR: {self.kernel.refuse[name]}", 0.0)
+            if head == "insmod":
+                self.kernel.modules.add(name)
+            else:
+                self.kernel.modules.discard(name)
+            return Result(command, 0, "", "", 0.0)
+        if command.startswith("mkdir -p /run/lab/modules"):
+            return Result(command, 0, "", "", 0.0)
+        if command.startswith(f"test -e {livepatch.SYSFS}/"):
+            return Result(command, 0 if command.rsplit("/", 1)[1] in self.kernel.enabled else 1, "", "", 0.0)
+        return super().run(command, timeout, check=check, stdin=stdin)
