@@ -27,6 +27,7 @@ class Field:
     default: Any = None
     schema: Optional[Schema] = None               # for a mapping value
     items: Union[type, tuple[type, ...], Schema, None] = None   # for a list value
+    values: Optional[Schema] = None               # for a mapping with keys of the user's choice
     check: Optional[Callable[[Any], Optional[str]]] = None      # returns an error text or None
     doc: str = ""
 
@@ -105,6 +106,16 @@ class _Validator:
             value: Any = self.mapping(node, spec.schema, name)
         elif spec.items is not None and isinstance(node, yaml.SequenceNode):
             value = [self.item(n, spec.items, f"{name}[{i}]") for i, n in enumerate(node.value)]
+        elif spec.values is not None and isinstance(node, yaml.MappingNode):
+            value = {}
+            for key_node, value_node in node.value:
+                key = self.constructor.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    raise self.fail(f"keys must be names, not {key!r}", key_node, name)
+                if key in value:
+                    raise self.fail("given twice", key_node, f"{name}.{key}")
+                self.lines[f"{name}.{key}"] = key_node.start_mark.line + 1
+                value[key] = self.mapping(value_node, spec.values, f"{name}.{key}")
         else:
             value = self.constructor.construct_object(node, deep=True)
         if not _is(value, spec.types):

@@ -18,8 +18,8 @@ from typing import Any, Mapping, Optional
 from ..core import yamlconf
 from ..core.errors import ConfigError
 from ..core.yamlconf import Field
-from .specs import (CHECKS, ON_STALL, VERDICTS, Expectation, ModuleSpec, ProbeSpec, Scenario, ServiceSpec,
-                    StressSpec, Thresholds, TimelineSpec, TransitionSpec)
+from .specs import (ACTIONS, CHECKS, ON_STALL, OUTCOMES, VERDICTS, Expectation, ModuleSpec, ProbeSpec,
+                    Scenario, ServiceSpec, StepSpec, StressSpec, Thresholds, TimelineSpec, TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
 # What the lab needs to judge a window: the service's baseline must hold this many requests
@@ -67,18 +67,42 @@ def _checks(cs: list) -> Optional[str]:
     return next((f"unknown check {c!r} (known: {', '.join(CHECKS)})" for c in cs if c not in CHECKS), None)
 
 
+_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY = re.compile(r"[A-Za-z0-9][\w.+-]*")
+
+
+def _params(v: dict) -> Optional[str]:
+    for name, value in v.items():
+        if not isinstance(name, str) or not _PARAM.fullmatch(name):
+            return f"not a module parameter name: {name!r}"
+        if not isinstance(value, (str, int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+            return f"{name}: must be a string, a number or true/false, not {value!r}"
+    return None
+
+
+def _key(v: str) -> Optional[str]:
+    return None if _KEY.fullmatch(v) else f"must be a plain name (letters, digits, . _ + -), not {v!r}"
+
+
 NUM = (int, float)
 _MODULE = {"source": Field(str, doc="kbuild directory, built against each kernel's headers"),
-           "ko": Field(str, doc="prebuilt module; checked against the kernel before loading")}
+           "ko": Field(str, doc="prebuilt module; checked against the kernel before loading"),
+           "params": Field(dict, default={}, check=_params, doc="module parameters: name -> value")}
+_STEP = {**{a: Field(NUM if a == "hold" else str, check=_seconds if a == "hold" else _key) for a in ACTIONS},
+         "probe": Field(str, check=_regex, doc="what the probe shows in the hold after this step"),
+         "expect": Field(str, default="ok", check=_one_of(OUTCOMES))}
 SCHEMA: yamlconf.Schema = {
-    "name": Field(str, check=lambda v: None if re.fullmatch(r"[\w.+-]+", v) else
-                  f"must be a plain name (letters, digits, . _ + -), not {v!r}"),
+    "name": Field(str, check=_key),
     "description": Field(str, default=""),
     "kernels": Field(list, items=str),
-    "patch": Field(dict, required=True, schema={
+    "patch": Field(dict, schema={
         **_MODULE,
         "build_for": Field(str, doc="build against this kernel instead (compat testing)")}),
-    "target_modules": Field(list, items=_MODULE, default=[]),
+    "upgrade_from": Field(dict, schema=_MODULE, doc="the patch in the field, loaded before the baseline"),
+    "patches": Field(dict, values=_MODULE, check=lambda v: next((_key(k) for k in v if _key(k)), None),
+                     doc="named patches for `steps`: name -> module"),
+    "steps": Field(list, items=_STEP),
+    "target_modules": Field(list, items={**_MODULE, "name": Field(str, check=_key)}, default=[]),
     "probe": Field(dict, schema={
         "command": Field(str, check=_command),
         "interval": Field(NUM, default=ProbeSpec.interval, check=_positive),
@@ -111,7 +135,8 @@ SCHEMA: yamlconf.Schema = {
 }
 
 
-def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path) -> ModuleSpec:
+def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path, key: Optional[str] = None,
+            late: bool = False) -> ModuleSpec:
     src, ko = raw.get("source"), raw.get("ko")
     if bool(src) == bool(ko):
         raise loaded.error("give exactly one of source (a kbuild directory) or ko (a built module)", name)
@@ -124,7 +149,9 @@ def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path) -> Module
         raise loaded.error(f"module {path} does not exist", f"{name}.ko")
     if ko and _magic(path) != b"\x7fELF":
         raise loaded.error(f"{path} is not a kernel module (not an ELF file)", f"{name}.ko")
-    return ModuleSpec(source=path if src else None, ko=path if ko else None, build_for=raw.get("build_for"))
+    params = tuple((k, str(int(v)) if isinstance(v, bool) else str(v)) for k, v in (raw.get("params") or {}).items())
+    return ModuleSpec(source=path if src else None, ko=path if ko else None, build_for=raw.get("build_for"),
+                      params=params, key=key or raw.get("name"), late=late)
 
 
 def _magic(path: Path) -> bytes:
@@ -143,11 +170,17 @@ def _judgeable(sc: Scenario, loaded: yamlconf.Loaded) -> None:
                                f"least {need:g} s ({MIN_REQUESTS} requests at {svc.rate:g}/s)",
                                "timeline.baseline")
         need = TRANSITION_TAIL + MIN_REQUESTS / svc.rate
-        if tl.patched < need:
+        if tl.patched < need and not sc.steps:
             raise loaded.error(f"{tl.patched:g} s is too short to judge the service while patched: at least "
                                f"{need:g} s ({TRANSITION_TAIL:g} s after the transition, then {MIN_REQUESTS} "
                                f"requests at {svc.rate:g}/s)", "timeline.patched")
     runs = 2 * probe.interval   # two runs, so one lies wholly inside the window
+    for i, step in enumerate(sc.steps):
+        probed = step.probe or (i and sc.steps[i - 1].probe)
+        if step.action == "hold" and probed and step.seconds < TRANSITION_TAIL + runs:
+            raise loaded.error(f"{step.seconds:g} s is too short to check the probe: at least "
+                               f"{TRANSITION_TAIL + runs:g} s (two probe runs every {probe.interval:g} s, after "
+                               f"{TRANSITION_TAIL:g} s for the transition)", f"steps[{i}].hold")
     for phase, window, lead in (("before", "baseline", 0.0), ("patched", "patched", TRANSITION_TAIL),
                                 ("after", "cooldown", TRANSITION_TAIL)):
         have = getattr(tl, window)
@@ -158,17 +191,75 @@ def _judgeable(sc: Scenario, loaded: yamlconf.Loaded) -> None:
                                f"timeline.{window}")
 
 
+def _steps(v: dict, loaded: yamlconf.Loaded, base: Path,
+           targets: list[dict]) -> tuple[dict[str, ModuleSpec], tuple[StepSpec, ...], set[str]]:
+    """The lifecycle form: named patches and the steps over them, checked for what can be known
+    before anything runs (names, one action a step, where a probe expectation is judged)."""
+    if not v["steps"]:
+        raise loaded.error("named patches need `steps` saying what to do with them", "patches")
+    if not v["patches"]:
+        raise loaded.error("steps need `patches`: name -> kbuild directory or .ko", "steps")
+    patches = {k: _module(m, loaded, f"patches.{k}", base, key=k) for k, m in v["patches"].items()}
+    names = {t.get("name") for t in targets if t.get("name")}
+    steps, late = [], set()
+    for i, raw in enumerate(v["steps"]):
+        where = f"steps[{i}]"
+        actions = [a for a in ACTIONS if raw[a] is not None]
+        if len(actions) != 1:
+            raise loaded.error(f"a step is exactly one of {', '.join(ACTIONS)}", where)
+        action = actions[0]
+        subject = None if action == "hold" else raw[action]
+        known = names if action.endswith("_target") else patches
+        if subject is not None and subject not in known:
+            what = "target module (a `name` in target_modules)" if action.endswith("_target") else "patch"
+            raise loaded.error(f"no {what} called {subject!r} (known: {', '.join(sorted(known)) or 'none'})",
+                               f"{where}.{action}")
+        if raw["expect"] != "ok" and action != "load":
+            raise loaded.error("only a load can be expected to be refused", f"{where}.expect")
+        if action == "load_target":
+            late.add(subject)
+        steps.append(StepSpec(action, subject, float(raw["hold"] or 0), raw["probe"], raw["expect"]))
+    for i, step in enumerate(steps):
+        if step.probe and step.action != "hold" and (i + 1 == len(steps) or steps[i + 1].action != "hold"):
+            raise loaded.error("a probe expectation is judged in a hold: follow this step with `- hold: S`",
+                               f"steps[{i}].probe")
+    return patches, tuple(steps), late
+
+
 def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Path) -> Scenario:
     v = loaded.values
     probe, service, timeline, expect = v["probe"], v["service"], v["timeline"], v["expect"]
     patterns = {k: r for k, r in (probe["expect"] or {}).items() if r}
     if patterns and not probe["command"]:
         raise loaded.error("probe expectations need a probe command", "probe.expect")
+    def given(section: str) -> bool:   # a mapping left out comes back as its defaults
+        return bool(v[section]["source"] or v[section]["ko"])
+    single = given("patch")
+    patches: dict[str, ModuleSpec] = {}
+    steps: tuple[StepSpec, ...] = ()
+    late: set[str] = set()
+    if v["patches"] is not None or v["steps"] is not None:
+        if single:
+            raise loaded.error("give one patch under test (`patch`), or a lifecycle (`patches` and `steps`), "
+                               "not both", "patch")
+        if given("upgrade_from"):
+            raise loaded.error("upgrade_from goes with a single `patch`; in a lifecycle, load the old patch "
+                               "as a step", "upgrade_from")
+        patches, steps, late = _steps(v, loaded, base, v["target_modules"])
+        if any(s.probe for s in steps) and not probe["command"]:
+            raise loaded.error("probe expectations need a probe command", "probe.command")
+        loads = [s.subject for s in steps if s.action == "load"]
+        if not loads:
+            raise loaded.error("a lifecycle loads at least one patch", "steps")
+        patch = patches[loads[-1]]    # the candidate: the last patch the steps load
+    elif not single:
+        raise loaded.error("required field is missing (or give `patches` and `steps`)", "patch")
+    else:
+        patch = _module(v["patch"], loaded, "patch", base)
     sc = Scenario(
-        name=v["name"] or name, path=path, description=v["description"],
-        patch=_module(v["patch"], loaded, "patch", base),
+        name=v["name"] or name, path=path, description=v["description"], patch=patch,
         kernels=tuple(v["kernels"]) if v["kernels"] is not None else None,
-        targets=tuple(_module(t, loaded, f"target_modules[{i}]", base)
+        targets=tuple(_module(t, loaded, f"target_modules[{i}]", base, late=t.get("name") in late)
                       for i, t in enumerate(v["target_modules"])),
         probe=ProbeSpec(probe["command"], float(probe["interval"]), tuple(patterns.items())),
         service=ServiceSpec(**{k: service[k] for k in ("enabled", "port", "path", "command", "serve_file")},
@@ -179,7 +270,9 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         thresholds=Thresholds(**{k: float(x) for k, x in v["thresholds"].items()}),
         expect=Expectation(expect["verdict"], tuple(expect["checks"])),
         per_kernel={pk["kernel"]: Expectation(pk["verdict"], tuple(pk["checks"]), pk["reason"])
-                    for pk in expect["per_kernel"]})
+                    for pk in expect["per_kernel"]},
+        upgrade_from=_module(v["upgrade_from"], loaded, "upgrade_from", base) if given("upgrade_from") else None,
+        patches=patches, steps=steps)
     _judgeable(sc, loaded)
     return sc
 

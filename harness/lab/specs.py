@@ -11,10 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-CHECKS = ("build", "compat", "load", "transition", "probe", "service", "dmesg", "taint", "revert")
+CHECKS = ("build", "compat", "load", "transition", "probe", "service", "dmesg", "taint", "revert",
+          "lifecycle")
 VERDICTS = ("pass", "fail", "error")
 ON_STALL = ("fail", "signal", "force")
 PROBE_PHASES = ("before", "patched", "after")
+# What a lifecycle step does (README: "Lifecycles"); load / disable wait for their transition.
+ACTIONS = ("load", "disable", "unload", "hold", "load_target", "unload_target")
+OUTCOMES = ("ok", "refused")
 
 
 @dataclass(frozen=True)
@@ -24,10 +28,25 @@ class ModuleSpec:
     source: Optional[Path] = None
     ko: Optional[Path] = None
     build_for: Optional[str] = None    # build against this kernel instead (compat testing)
+    params: tuple[tuple[str, str], ...] = ()   # module parameters for insmod, in order
+    key: Optional[str] = None          # the name a scenario's steps call it by
+    late: bool = False                 # a target loaded by a step, not before the run
 
     @property
     def label(self) -> str:
         return str(self.source or self.ko)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step of a lifecycle: ``action`` on the patch or target called ``subject`` (or
+    ``hold`` for ``seconds``). ``probe``: what the probe must show in the hold after it;
+    ``expect``: ``refused`` when the kernel must refuse this load."""
+    action: str
+    subject: Optional[str] = None
+    seconds: float = 0.0
+    probe: Optional[str] = None
+    expect: str = "ok"
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,10 @@ class Scenario:
     thresholds: Thresholds = Thresholds()
     expect: Expectation = Expectation()
     per_kernel: dict[str, Expectation] = field(default_factory=dict)
+    # lifecycles: a patch in the field to upgrade from, or named patches and the steps over them
+    upgrade_from: Optional[ModuleSpec] = None
+    patches: dict[str, ModuleSpec] = field(default_factory=dict)
+    steps: tuple[StepSpec, ...] = ()
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))
