@@ -21,7 +21,7 @@ from ..core.errors import (BootError, ConfigError, DeadlineExceeded, GuestConnec
                            InfraError, LivepatchError)
 from ..core.settings import Settings
 from ..machine import heartbeat, session
-from ..supply import build, images, kernels
+from ..supply import images, kbuild, kerneldefs, kernelfetch, modinfo, recipes
 from . import forensics, livepatch, workload
 from .scenario import Scenario
 from .verdict import Reason, RunRecord, Verdict, Window, decide
@@ -93,32 +93,32 @@ class _Failed(Exception):
         self.reasons = list(reasons)
 
 
-def _module_for(inp, kernel, settings: Settings) -> build.Module:
+def _module_for(inp, kernel, settings: Settings) -> modinfo.Module:
     if inp.ko is not None:
-        return build.inspect(inp.ko)
+        return modinfo.inspect(inp.ko)
     target = kernel
     if inp.build_for:
-        target = kernels.fetch(kernels.get_definition(inp.build_for), settings)
+        target = kernelfetch.fetch(kerneldefs.get_definition(inp.build_for), settings)
     try:
-        return build.build(inp.source, target, settings)
-    except build.BuildError as exc:
+        return kbuild.build(inp.source, target, settings)
+    except kbuild.BuildError as exc:
         raise _Failed(Reason("build", f"{inp.label} does not build for {target.name} "
                                       f"({target.release}):\n{exc.output[-3000:]}")) from None
 
 
-def _prepare_modules(sc: Scenario, kernel, settings: Settings) -> tuple[build.Module, list[build.Module]]:
+def _prepare_modules(sc: Scenario, kernel, settings: Settings) -> tuple[modinfo.Module, list[modinfo.Module]]:
     patch = _module_for(sc.patch, kernel, settings)
-    build.require_livepatch(patch)
+    modinfo.require_livepatch(patch)
     try:
-        build.check_compatible(patch, kernel)
-    except build.CompatError as exc:
+        modinfo.check_compatible(patch, kernel)
+    except modinfo.CompatError as exc:
         raise _Failed(Reason("compat", str(exc))) from None
     targets = []
     for t in sc.targets:
         mod = _module_for(t, kernel, settings)
         try:
-            build.check_compatible(mod, kernel)
-        except build.CompatError as exc:
+            modinfo.check_compatible(mod, kernel)
+        except modinfo.CompatError as exc:
             raise _Failed(Reason("compat", f"target module: {exc}")) from None
         targets.append(mod)
     return patch, targets
@@ -138,9 +138,9 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     kernel_info: dict[str, Any] = {"name": kernel_spec}
     events("start")
     try:
-        kernel = kernels.fetch(kernels.get_definition(kernel_spec), settings)
+        kernel = kernelfetch.fetch(kerneldefs.get_definition(kernel_spec), settings)
         kernel_info = kernel.describe()
-        image = images.build(images.load_recipe(images.DEFAULT_RECIPE), settings)
+        image = images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), settings)
         events("build")
         patch, targets = _prepare_modules(sc, kernel, settings)
         rec.patch_name = patch.name
@@ -162,7 +162,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     return outcome
 
 
-def _in_guest(sc: Scenario, kernel, image, patch: build.Module, targets: list, settings: Settings,
+def _in_guest(sc: Scenario, kernel, image, patch: modinfo.Module, targets: list, settings: Settings,
               out_dir: Path, events: _Timeline, rec: RunRecord) -> None:
     svc = workload.ServiceSpec(**sc.service)
     ports = (svc.port,) if sc.service_enabled else ()
