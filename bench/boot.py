@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.supply import images, kernels
-from harness import session  # noqa: E402
 from harness.core.settings import Settings  # noqa: E402
+from harness.machine import session  # noqa: E402
+from harness.supply import images, kerneldefs, kernelfetch, recipes  # noqa: E402
 
 
 def _line_time(guest, needle: str) -> float:
@@ -51,8 +51,8 @@ def main() -> int:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # early SSH attempts fail by design
 
     settings = Settings.from_env(accel=args.accel)
-    kernel = kernels.fetch(kernels.get_definition(args.kernel), settings)
-    image = images.build(images.load_recipe(images.DEFAULT_RECIPE), settings)
+    kernel = kernelfetch.fetch(kerneldefs.get_definition(args.kernel), settings)
+    image = images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), settings)
     rows: dict[str, list[float]] = {}
     hwm: list[float] = []
     accel = "?"

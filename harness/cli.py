@@ -67,17 +67,17 @@ def _backend_options(sp: argparse.ArgumentParser) -> None:
 
 # commands -----------------------------------------------------------------
 def cmd_kernels(args: argparse.Namespace) -> int:
-    from .supply import kernels
+    from .supply import kernelcache, kerneldefs, kernelfetch
     settings = _settings(args)
-    defs = kernels.load_definitions()
+    defs = kerneldefs.load_definitions()
     rows = []
     for name, d in sorted(defs.items()):
-        cached = kernels.cached(d, settings)
+        cached = kernelcache.cached(d, settings)
         have = f"{cached.version} ({cached.release})" if cached else "-"
         latest = "-"
         if d.kind == "debian" and not args.offline:
             try:
-                release, version = kernels.resolve(d, settings, refresh=args.refresh)
+                release, version = kernelfetch.resolve(d, settings, refresh=args.refresh)
                 latest = f"{version} ({release})"
             except HarnessError as exc:
                 latest = f"unresolved: {str(exc).splitlines()[0]}"
@@ -92,19 +92,20 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .supply import kernels
+    from .supply import kerneldefs, kernelfetch
     settings = _settings(args)
     for spec in args.kernel:
-        k = kernels.fetch(kernels.get_definition(spec), settings, refresh=args.refresh)
+        k = kernelfetch.fetch(kerneldefs.get_definition(spec), settings, refresh=args.refresh)
         print(f"{k.name}\t{k.version}\t{k.release}\t{k.vmlinuz}")
     return 0
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .supply import cache, images, kernels
+    from .supply import cache, kerneldefs
+    from .supply.recipes import DEFAULT_RECIPE, load_recipe
     settings = _settings(args)
-    recipes = [images.load_recipe(p) for p in sorted(images.DEFAULT_RECIPE.parent.glob("*.yaml"))]
-    entries = cache.survey(settings, kernels.load_definitions(), recipes)
+    recipes = [load_recipe(p) for p in sorted(DEFAULT_RECIPE.parent.glob("*.yaml"))]
+    entries = cache.survey(settings, kerneldefs.load_definitions(), recipes)
     removable = [e for e in entries if not e.keep]
     if args.json:
         print(json.dumps({"cache_dir": str(settings.cache_dir),
@@ -133,22 +134,22 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .supply import images
+    from .supply import images, recipes
     settings = _settings(args)
-    image = images.build(images.load_recipe(Path(args.recipe)), settings, force=args.force)
+    image = images.build(recipes.load_recipe(Path(args.recipe)), settings, force=args.force)
     print(f"{image.name}\t{image.digest[:12]}\t{image.path}")
     return 0
 
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from .machine import session
-    from .supply import images, kernels
+    from .supply import images, kerneldefs, kernelfetch, recipes
     settings = _settings(args)
     session.raise_on_sigterm()
-    defn = kernels.get_definition(args.kernel)
-    recipe = images.load_recipe(Path(args.recipe))
+    defn = kerneldefs.get_definition(args.kernel)
+    recipe = recipes.load_recipe(Path(args.recipe))
     command = " ".join(args.command) if args.command else "uname -a"
-    kernel = kernels.fetch(defn, settings)
+    kernel = kernelfetch.fetch(defn, settings)
     image = images.build(recipe, settings)
     artifacts = Path(args.artifacts) if args.artifacts else None
     try:
@@ -168,10 +169,10 @@ def cmd_boot(args: argparse.Namespace) -> int:
 def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace) -> int:
     from .lab import report, runner
     from .machine import session
-    from .supply import kernels
+    from .supply import kerneldefs
     settings = _settings(args)
     session.raise_on_sigterm()
-    defined = sorted(kernels.load_definitions())
+    defined = sorted(kerneldefs.load_definitions())
     out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
     outcomes = []
     for sc in scenarios:
@@ -179,7 +180,7 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
         if names == ["all"]:
             names = defined
         for name in names:
-            kernels.get_definition(name)  # a typo is a usage error before anything boots
+            kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
         for name in names:
             log.info("scenario %s on %s", sc.name, name)
             outcome = runner.run(sc, name, settings, out_root / sc.name / name.replace("@", "_"))
@@ -222,7 +223,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 # parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from .supply.images import DEFAULT_RECIPE
+    from .supply.recipes import DEFAULT_RECIPE
     p = argparse.ArgumentParser(prog="livepatch-lab",
                                 description="Prove a kernel livepatch in real QEMU guests.")
     p.add_argument("--cache-dir", help="cache for kernels, images and runs "

@@ -77,27 +77,27 @@ def lab_settings(pytestconfig: pytest.Config):
 
 @pytest.fixture(scope="session")
 def lab_kernel_names(pytestconfig: pytest.Config) -> list[str]:
-    from .supply import kernels
+    from .supply import kerneldefs
     names = pytestconfig.getoption("--lab-kernel") or pytestconfig.getini("lab_kernels")
-    return list(names) or sorted(kernels.load_definitions())
+    return list(names) or sorted(kerneldefs.load_definitions())
 
 
 @pytest.fixture(scope="session")
 def lab_image(lab_settings):
     """The default guest image, built once (file-locked across xdist workers)."""
-    from .supply import images
-    return images.build(images.load_recipe(images.DEFAULT_RECIPE), lab_settings)
+    from .supply import images, recipes
+    return images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), lab_settings)
 
 
 @pytest.fixture(scope="session")
 def lab_kernel(lab_settings) -> Callable:
     """``lab_kernel("debian-6.1")`` -> a fetched ``Kernel`` (cached, file-locked)."""
-    from .supply import kernels
+    from .supply import kerneldefs, kernelfetch
     seen: dict = {}
 
     def get(spec: str):
         if spec not in seen:
-            seen[spec] = kernels.fetch(kernels.get_definition(spec), lab_settings)
+            seen[spec] = kernelfetch.fetch(kerneldefs.get_definition(spec), lab_settings)
         return seen[spec]
     return get
 
@@ -135,13 +135,13 @@ class ScenarioFile(pytest.File):
     def collect(self):
         from .core.errors import ConfigError
         from .lab import scenario
-        from .supply import kernels
+        from .supply import kerneldefs
         try:
             sc = scenario.load(self.path)
         except ConfigError as exc:
             raise self.CollectError(str(exc)) from None
         chosen = self.config.getoption("--lab-kernel") or self.config.getini("lab_kernels")
-        names = list(sc.kernels or sorted(kernels.load_definitions()))
+        names = list(sc.kernels or sorted(kerneldefs.load_definitions()))
         if chosen:
             names = [n for n in names if n in chosen or n.split("@")[0] in chosen] or (
                 list(chosen) if sc.kernels is None else [])

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.errors import ConfigError
 from ..core.settings import Settings
-from ..supply import build, kernels
+from ..supply import kbuild, kerneldefs, kernelfetch, modinfo
+from ..supply.kernel import Kernel
 from .faults import Failed
 from .record import Reason
 from .specs import ModuleSpec, Scenario
@@ -15,38 +15,36 @@ from .specs import ModuleSpec, Scenario
 
 @dataclass(frozen=True)
 class Modules:
-    patch: build.Module
-    targets: tuple[build.Module, ...]
+    patch: modinfo.Module
+    targets: tuple[modinfo.Module, ...]
 
-    def by_name(self) -> dict[str, build.Module]:
+    def by_name(self) -> dict[str, modinfo.Module]:
         return {m.name: m for m in (self.patch, *self.targets)}
 
 
-def _module(spec: ModuleSpec, kernel: kernels.Kernel, settings: Settings) -> build.Module:
+def _module(spec: ModuleSpec, kernel: Kernel, settings: Settings) -> modinfo.Module:
     if spec.ko is not None:
-        return build.inspect(spec.ko, settings)
+        return modinfo.inspect(spec.ko, settings)
     target = kernel
     if spec.build_for:
-        target = kernels.fetch(kernels.get_definition(spec.build_for), settings)
+        target = kernelfetch.fetch(kerneldefs.get_definition(spec.build_for), settings)
     try:
-        return build.build(spec.source, target, settings)
-    except build.BuildError as exc:
+        return kbuild.build(spec.source, target, settings)
+    except kbuild.BuildError as exc:
         raise Failed(Reason("build", f"{spec.label} does not build for {target.name} "
                                      f"({target.release}):\n{exc.output[-3000:]}")) from None
 
 
-def _compatible(module: build.Module, kernel: kernels.Kernel, what: str = "") -> None:
+def _compatible(module: modinfo.Module, kernel: Kernel, what: str = "") -> None:
     try:
-        build.check_compatible(module, kernel)
-    except build.CompatError as exc:
+        modinfo.check_compatible(module, kernel)
+    except modinfo.CompatError as exc:
         raise Failed(Reason("compat", f"{what}{exc}")) from None
 
 
-def prepare(sc: Scenario, kernel: kernels.Kernel, settings: Settings) -> Modules:
+def prepare(sc: Scenario, kernel: Kernel, settings: Settings) -> Modules:
     patch = _module(sc.patch, kernel, settings)
-    if not patch.livepatch:
-        raise ConfigError(f"{patch.name} ({patch.path}) is not a livepatch module (modinfo livepatch != Y)",
-                          source=str(sc.path) if sc.path else None, field="patch")
+    modinfo.require_livepatch(patch, str(sc.path) if sc.path else None)
     _compatible(patch, kernel)
     targets = []
     for spec in sc.targets:

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from ..core.errors import HarnessError
 from ..core.settings import Settings
 from ..machine import heartbeat, session
-from ..supply import images, kernels
+from ..supply import images, kerneldefs, kernelfetch, recipes
 from . import outcome as outcomes
 from . import prepare as modules
 from .events import Timeline
@@ -47,9 +47,9 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     events("start")
     interrupted: Optional[BaseException] = None
     try:
-        kernel = kernels.fetch(kernels.get_definition(kernel_spec), settings)
+        kernel = kernelfetch.fetch(kerneldefs.get_definition(kernel_spec), settings)
         kernel_info = kernel.describe()
-        image = images.build(images.load_recipe(images.DEFAULT_RECIPE), settings)
+        image = images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), settings)
         events("build")
         mods = modules.prepare(sc, kernel, settings)
         rec.patch_name = mods.patch.name

@@ -44,7 +44,7 @@ class Context:
     events: Timeline
     out_dir: Path
     evidence: HangEvidence
-    modules: dict[str, Any]          # module name -> supply.build.Module: the patch, then its targets
+    modules: dict[str, Any]          # module name -> supply.modinfo.Module: the patch, then its targets
     patch: str                       # the patch under test's module name
     targets: list[str] = field(default_factory=list)
     lost: threading.Event = field(default_factory=threading.Event)   # set by the heartbeat

@@ -24,7 +24,7 @@ from ..core.errors import BootError, DeadlineExceeded, GuestConnectionError, Har
 from ..core.net import free_port
 from ..core.settings import Settings, Timeouts
 from ..supply import bootfiles, images, vmlinux
-from ..supply.kernels import Kernel
+from ..supply.kernel import Kernel
 from . import accel as accel_mod
 from .backends.base import Disk, Forward, Machine, MachineSpec
 from .backends.qemu import QemuConfig, QemuMachine

@@ -26,9 +26,12 @@ from typing import Iterable, Mapping, Optional, Sequence
 
 from ..core.locks import file_lock
 from ..core.settings import Settings
-from . import apt, kernels, vmlinux
-from .images import Recipe, image_dir
-from .kernels import MANIFEST, Kernel, KernelDef
+from . import apt, kernelcache, vmlinux
+from .images import image_dir
+from .kernel import Kernel
+from .kernelcache import MANIFEST
+from .kerneldefs import KernelDef
+from .recipes import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ def kept_kernels(settings: Settings, defs: Mapping[str, KernelDef]) -> list[Kern
     found = []
     for name in names:
         defn = defs.get(name) or _definition_from_cache(kdir / name)
-        k = kernels.cached(defn, settings) if defn else None
+        k = kernelcache.cached(defn, settings) if defn else None
         if k is not None:
             found.append(k)
     return found
@@ -82,7 +85,7 @@ def kept_kernels(settings: Settings, defs: Mapping[str, KernelDef]) -> list[Kern
 
 def _definition_from_cache(line_dir: Path) -> Optional[KernelDef]:
     """What a cached line's manifests say of its definition, for lines not defined here
-    (``kernels.cached`` then picks its newest complete version)."""
+    (``kernelcache.cached`` then picks its newest complete version)."""
     for vdir in _children(line_dir):
         try:
             m = json.loads((vdir / MANIFEST).read_text())
@@ -116,7 +119,7 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
     for line in _children(settings.kernels_dir):
         k = by_line.get(line.name)
         for vdir in _children(line):
-            current = k is not None and vdir.name == kernels._version_dir(k.version)
+            current = k is not None and vdir.name == kernelcache.version_dir(k.version)
             add("kernels", vdir, current,
                 f"{line.name} {vdir.name}: " + ("in use" if current else
                                                f"not in use ({k.version} is)" if k else
@@ -185,7 +188,7 @@ def prune(entries: Sequence[Entry], settings: Settings) -> tuple[int, int]:
         if e.keep:
             continue
         if e.store == "kernels":
-            with file_lock(kernels.fetch_lock(settings, e.path.parent.name), timeout=settings.timeouts.lock,
+            with file_lock(kernelcache.fetch_lock(settings, e.path.parent.name), timeout=settings.timeouts.lock,
                            what=f"kernel {e.path.parent.name} (pruning)"):
                 _remove(e.path)
         else:

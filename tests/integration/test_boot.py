@@ -12,7 +12,7 @@ import pytest
 
 from harness.core.errors import BootError
 from harness.machine import session
-from harness.supply.kernels import load_definitions
+from harness.supply.kerneldefs import load_definitions
 
 from .conftest import qemu_processes_under
 
@@ -60,13 +60,13 @@ def test_a_guest_that_never_answers_ssh_fails_within_the_boot_deadline(
 
 BOOT_SCRIPT = textwrap.dedent("""
     import sys, time
-    from harness.supply import images, kernels
-from harness.machine import session
+    from harness.machine import session
+    from harness.supply import images, kerneldefs, kernelfetch, recipes
     from harness.core.settings import Settings
     s = Settings.from_env()
     session.raise_on_sigterm()
-    k = kernels.fetch(kernels.get_definition("debian-6.1"), s)
-    img = images.build(images.load_recipe(images.DEFAULT_RECIPE), s)
+    k = kernelfetch.fetch(kerneldefs.get_definition("debian-6.1"), s)
+    img = images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), s)
     print("booting", flush=True)
     with session.boot(k, img, s) as g:
         print("ready", flush=True)
@@ -129,12 +129,12 @@ def test_a_killed_host_process_takes_its_qemu_along_and_the_next_run_reaps_its_d
 def test_a_local_kernel_boots_from_its_own_files(tmp_path, lab_settings, lab_kernel, lab_image,
                                                  no_leftovers):
     """A vendor's own build: vmlinuz + modules + build dir named in a kind: local file."""
-    from harness.supply import kernels
+    from harness.supply import kerneldefs, kernelfetch
     debian = lab_kernel("debian-6.1")
     (tmp_path / "my-6.1.yaml").write_text(
         f"name: my-6.1\nkind: local\ndescription: a vendor build\n"
         f"vmlinuz: {debian.vmlinuz}\nmodules: {debian.modules_dir}\nbuild: {debian.build_dir}\n")
-    local = kernels.fetch(kernels.get_definition("my-6.1", tmp_path), lab_settings)
+    local = kernelfetch.fetch(kerneldefs.get_definition("my-6.1", tmp_path), lab_settings)
     assert (local.release, local.version) == (debian.release, "local")
     with session.boot(local, lab_image, lab_settings) as guest:
         assert guest.run("uname -r", check=True).stdout.strip() == debian.release

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import LivepatchError
+from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.supply import build, kernels
+from harness.supply import kbuild, kerneldefs, kernelfetch, modinfo, toolchains
 
 pytestmark = pytest.mark.network
 
@@ -45,14 +45,14 @@ def matrix(settings):
     before = _tree(PATCHES_DIR)
     results = {}
     for kname in KERNELS:
-        k = kernels.fetch(kernels.get_definition(kname), settings)
-        build.toolchain_identity(build.toolchain_for(k), k, settings)   # make a build root first
+        k = kernelfetch.fetch(kerneldefs.get_definition(kname), settings)
+        kbuild.toolchain_identity(toolchains.toolchain_for(k), k, settings)   # make a build root first
         for patch in PATCHES:
             t0 = time.monotonic()
-            mod = build.build(PATCHES_DIR / patch, k, settings)
+            mod = kbuild.build(PATCHES_DIR / patch, k, settings)
             first = time.monotonic() - t0
             t0 = time.monotonic()
-            again = build.build(PATCHES_DIR / patch, k, settings)
+            again = kbuild.build(PATCHES_DIR / patch, k, settings)
             second = time.monotonic() - t0
             assert again == mod
             results[kname, patch] = (k, mod, first, second)
@@ -69,7 +69,7 @@ def _print_table(results) -> None:
         row = f"{patch:<9}"
         for kname in KERNELS:
             _, mod, first, second = results[kname, patch]
-            recorded = build.build_info(mod).get("seconds", first)
+            recorded = kbuild.build_info(mod).get("seconds", first)
             row += f"{f'{recorded:.2f} / {second:.3f}':>22}"
         lines.append(row)
     lines.append("toolchains: " + ", ".join(f"{k}={results[k, 'good'][1].toolchain}" for k in KERNELS))
@@ -85,15 +85,15 @@ def test_each_patch_builds_for_each_kernel(matrix, kname, patch):
     assert mod.name == name
     assert mod.kernel_release == k.release
     assert mod.vermagic.split()[0] == k.release
-    build.check_compatible(mod, k)
+    modinfo.check_compatible(mod, k)
     assert mod.livepatch is is_livepatch
     if is_livepatch:
-        build.require_livepatch(mod)
+        modinfo.require_livepatch(mod)
     else:
-        with pytest.raises(LivepatchError):
-            build.require_livepatch(mod)
+        with pytest.raises(ConfigError):
+            modinfo.require_livepatch(mod)
     # what modinfo says about the cached file agrees with what the cache recorded
-    assert build.inspect(mod.path) == build.Module(mod.path, mod.name, mod.vermagic, mod.livepatch,
+    assert modinfo.inspect(mod.path) == modinfo.Module(mod.path, mod.name, mod.vermagic, mod.livepatch,
                                                    mod.kernel_release)
     assert second < 0.5, f"a cached build took {second:.2f}s"
 
@@ -101,10 +101,10 @@ def test_each_patch_builds_for_each_kernel(matrix, kname, patch):
 @pytest.mark.parametrize("kname", KERNELS)
 def test_the_toolchain_matches_the_kernels_compiler(matrix, kname):
     k, mod, _, _ = matrix[kname, "good"]
-    info = build.build_info(mod)
+    info = kbuild.build_info(mod)
     assert info["toolchain"] == mod.toolchain
     cc = re.search(r"gcc-\d+$", mod.toolchain).group(0)     # host-gcc-12, trixie-gcc-14
-    assert cc == k.compiler or cc in build.SUBSTITUTES.get(k.compiler, ())
+    assert cc == k.compiler or cc in toolchains.SUBSTITUTES.get(k.compiler, ())
     assert info["seconds"] < 30
 
 
@@ -116,8 +116,8 @@ def test_no_mount_is_left_behind(matrix, settings):
 def test_the_good_patch_built_for_510_does_not_fit_61(matrix):
     k61 = matrix["debian-6.1", "good"][0]
     old = matrix["debian-5.10", "good"][1]
-    with pytest.raises(build.CompatError) as err:
-        build.check_compatible(old, k61)
+    with pytest.raises(modinfo.CompatError) as err:
+        modinfo.check_compatible(old, k61)
     assert old.kernel_release in str(err.value) and k61.release in str(err.value)
     assert old.kernel_release != k61.release
 
@@ -132,8 +132,8 @@ def test_a_broken_source_is_a_build_error_with_the_compiler_output(matrix, setti
                                       'static int __init b_init(void) { return not_declared; }\n'
                                       'module_init(b_init);\nMODULE_LICENSE("GPL");\n')
     before = sorted(p.name for p in src.iterdir())
-    with pytest.raises(build.BuildError) as err:
-        build.build(src, k, settings)
+    with pytest.raises(kbuild.BuildError) as err:
+        kbuild.build(src, k, settings)
     assert re.search(r"[‘']not_declared[’'] undeclared", err.value.output)
     assert "error:" in err.value.output and "error:" in str(err.value)
     assert err.value.kernel == kname and err.value.source == src

@@ -10,7 +10,7 @@ import time
 import paramiko
 import pytest
 
-from harness.supply import bootfiles, images
+from harness.supply import bootfiles, cpio, guestfs, images, recipes
 
 pytestmark = [pytest.mark.network,
               pytest.mark.skipif(os.geteuid() != 0, reason="building an image needs root")]
@@ -23,7 +23,7 @@ def debugfs(image, request: str) -> str:
 
 @pytest.fixture(scope="module")
 def built(lab_settings):
-    recipe = images.load_recipe(images.DEFAULT_RECIPE)
+    recipe = recipes.load_recipe(recipes.DEFAULT_RECIPE)
     return recipe, images.build(recipe, lab_settings)
 
 
@@ -59,8 +59,8 @@ def test_the_image_pins_one_host_key_and_lets_only_the_client_key_in(built):
 
 def test_the_image_boots_through_the_lab_init_not_systemd(built):
     _, image = built
-    for name, (target, _) in images.GUEST_FILES.items():
-        assert debugfs(image.path, f"cat {target}") == (images.GUEST_DIR / name).read_text(), target
+    for name, (target, _) in guestfs.GUEST_FILES.items():
+        assert debugfs(image.path, f"cat {target}") == (guestfs.GUEST_DIR / name).read_text(), target
     assert "Inode:" not in debugfs(image.path, "stat /usr/sbin/init")   # no systemd-sysv
     for tool in ("/usr/sbin/sshd", "/usr/sbin/modprobe", "/usr/sbin/ip", "/usr/sbin/poweroff",
                  "/usr/bin/busybox", "/usr/bin/stress-ng", "/usr/bin/python3"):
@@ -88,11 +88,11 @@ def test_overlays_leave_the_base_untouched(built, tmp_path):
 
 
 def test_boot_files_for_a_real_kernel(lab_settings, lab_kernel):
-    pytest.importorskip("harness.supply.kernels")
+    pytest.importorskip("harness.supply.kernelfetch")
     kernel = lab_kernel("debian-6.1")
     files = bootfiles.prepare(kernel, lab_settings)
     assert files.release == kernel.release
-    archive = bootfiles.read_cpio(gzip.decompress(files.initramfs.read_bytes()))
+    archive = cpio.read_cpio(gzip.decompress(files.initramfs.read_bytes()))
     for member in ("init", "bin/busybox", "bin/switch_root", "dev/console",
                    "lab/modules/virtio_blk.ko", "lab/modules/ext4.ko", "lab/modules.list"):
         assert member in archive, member

@@ -10,7 +10,7 @@ import pytest
 from harness.core import hostcmd
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.supply import apt, kernels
+from harness.supply import apt, kerneldefs, kernelfetch, kerneltree
 
 pytestmark = pytest.mark.network
 
@@ -33,14 +33,14 @@ def settings(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kernel(settings):
-    return kernels.fetch(kernels.get_definition("debian-6.1"), settings)
+    return kernelfetch.fetch(kerneldefs.get_definition("debian-6.1"), settings)
 
 
 def test_the_fetched_kernel_is_complete(kernel, settings):
     assert re.fullmatch(r"6\.1\.0-\d+-amd64", kernel.release)
     assert kernel.version.startswith("6.1.")
     assert kernel.compiler == "gcc-12"
-    assert kernels.bzimage_release(kernel.vmlinuz) == kernel.release
+    assert kerneltree.bzimage_release(kernel.vmlinuz) == kernel.release
     assert (kernel.modules_dir / "modules.dep").stat().st_size > 0
     assert kernel.modules_dir.name == kernel.release
     assert (kernel.build_dir / "Module.symvers").is_file()
@@ -70,18 +70,18 @@ def test_a_second_fetch_uses_no_network_and_no_host_command(kernel, settings, mo
     def refuse(*a, **kw):
         raise AssertionError("a cached fetch ran a host command")
     monkeypatch.setattr(hostcmd, "run", refuse)
-    assert kernels.fetch(kernels.get_definition("debian-6.1"), settings) == kernel
-    pinned = kernels.get_definition(f"debian-6.1@{kernel.version}")
-    assert kernels.fetch(pinned, settings) == kernel
+    assert kernelfetch.fetch(kerneldefs.get_definition("debian-6.1"), settings) == kernel
+    pinned = kerneldefs.get_definition(f"debian-6.1@{kernel.version}")
+    assert kernelfetch.fetch(pinned, settings) == kernel
 
 
 def test_resolve_agrees_with_the_fetch(kernel, settings):
-    assert kernels.resolve(kernels.get_definition("debian-6.1"), settings) == \
+    assert kernelfetch.resolve(kerneldefs.get_definition("debian-6.1"), settings) == \
         (kernel.release, kernel.version)
 
 
 def test_a_pin_the_archive_lacks_lists_the_versions_it_has(kernel, settings):
     with pytest.raises(ConfigError) as err:
-        kernels.fetch(kernels.get_definition("debian-6.1@6.1.0-0"), settings)
+        kernelfetch.fetch(kerneldefs.get_definition("debian-6.1@6.1.0-0"), settings)
     assert "pin 6.1.0-0" in str(err.value) and kernel.version in str(err.value)
     assert err.value.source == "debian-6.1@6.1.0-0"

@@ -8,8 +8,9 @@ from harness.cli import main
 from harness.core.settings import Settings
 from harness.supply import apt, cache, vmlinux
 from harness.supply.bootfiles import INITRAMFS_INIT, cache_key
-from harness.supply.images import Recipe, image_dir
-from tests.unit.test_kernels import defn, fake_cached
+from harness.supply.images import image_dir
+from harness.supply.recipes import Recipe
+from tests.unit.fakes.kernels import defn, fake_cached
 
 OLD, NEW = ("6.1.176-1", "6.1.0-50-amd64"), ("6.1.192-2", "6.1.0-56-amd64")
 
@@ -102,8 +103,8 @@ def test_sizes_count_blocks_once_per_hard_link(tmp_path):
 
 def test_the_cli_lists_then_prunes(tmp_path, capsys, monkeypatch):
     s, defs, recipe = populated(tmp_path)
-    monkeypatch.setattr("harness.supply.kernels.load_definitions", lambda *a, **k: defs)
-    monkeypatch.setattr("harness.supply.images.load_recipe", lambda p: recipe)
+    monkeypatch.setattr("harness.supply.kerneldefs.load_definitions", lambda *a, **k: defs)
+    monkeypatch.setattr("harness.supply.recipes.load_recipe", lambda p: recipe)
     assert main(["--cache-dir", str(s.cache_dir), "cache"]) == 0
     out = capsys.readouterr().out
     assert f"prunable: {s.kernels_dir / 'debian-6.1' / OLD[0]}" in out

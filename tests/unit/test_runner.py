@@ -25,7 +25,7 @@ from harness.lab.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, Str
                                TransitionSpec)
 from harness.lab.verdict import decide
 from harness.lab.workload import detached
-from harness.supply.build import Module
+from harness.supply.modinfo import Module
 
 from .fakes.lab_guest import FakeKernel, K, LabGuest
 
@@ -239,11 +239,11 @@ def whole_run(tmp_path, kernel, monkeypatch):
     """runner.run with the supply and the boot stood in for: ``whole_run(sc)`` -> Outcome."""
     from harness.lab import prepare as prep
     from harness.machine import heartbeat, session
-    from harness.supply import images, kernels
+    from harness.supply import images, kerneldefs, kernelfetch
     fake_kernel = type("K", (), {"name": "debian-6.1", "release": "6.1.0-1-amd64", "version": "6.1.1-1",
                                  "describe": lambda self: {"name": "debian-6.1", "version": "6.1.1-1"}})()
-    monkeypatch.setattr(kernels, "get_definition", lambda spec: spec)
-    monkeypatch.setattr(kernels, "fetch", lambda defn, settings: fake_kernel)
+    monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
+    monkeypatch.setattr(kernelfetch, "fetch", lambda defn, settings: fake_kernel)
     monkeypatch.setattr(images, "build", lambda recipe, settings: None)
     monkeypatch.setattr(prep, "prepare", lambda sc, k, s: Modules(module(tmp_path, PATCH), ()))
     monkeypatch.setattr(runner, "HangEvidence", lambda guest, settings, timeout: Evidence())
@@ -279,11 +279,11 @@ def test_a_whole_run_writes_its_verdict_and_timeline(whole_run, tmp_path):
 
 
 def test_bad_input_found_late_is_an_error(whole_run, monkeypatch):
-    from harness.supply import kernels
+    from harness.supply import kerneldefs
 
     def unknown(spec):
         raise ConfigError("unknown kernel 'debian-9' (known: debian-6.1)", source=spec, field="kernel")
-    monkeypatch.setattr(kernels, "get_definition", unknown)
+    monkeypatch.setattr(kerneldefs, "get_definition", unknown)
     outcome = whole_run()
     assert outcome.verdict.verdict == "error" and "unknown kernel" in outcome.verdict.reasons[0].message
 

@@ -1,0 +1,177 @@
+"""Fetching a kernel: resolve its definition against the archive, download, unpack, fix up.
+
+``resolve`` turns a definition into one exact Debian package version,
+``fetch`` downloads and unpacks it into the cache (``kernelcache``) and returns
+the ``Kernel``: vmlinuz, a depmod'ed modules directory and a kbuild directory
+(KDIR). Packages come through a private apt root (``apt``), verified against
+the archive keyring; a cached kernel is returned with no network access at all.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..core import hostcmd
+from ..core.errors import InfraError
+from ..core.locks import file_lock
+from ..core.settings import Settings
+from . import apt
+from .kernel import Kernel
+from .kernelcache import cached, fetch_lock, kernel_from_manifest, version_dir, write_manifest
+from .kerneldefs import KernelDef
+from .kernelselect import Selection, select
+from .kerneltree import (bzimage_release, compiler_from_config, find_config, find_vmlinuz, module_compression,
+                         relink_absolute, rewrite_makefiles, unify_modules_dir)
+from .localkernel import local_kernel
+
+log = logging.getLogger(__name__)
+
+
+def _select_from_archive(defn: KernelDef, settings: Settings, refresh: bool) -> Selection:
+    root = apt.root_for(settings, defn.suites)
+    apt.update(root, force=refresh)
+    return select(defn, apt.packages(root, lambda n: n.startswith("linux-")))
+
+
+def resolve(defn: KernelDef, settings: Settings, *, refresh: bool = False) -> tuple[str, str]:
+    """(release, version) the definition means now, from the apt lists (updated if stale)."""
+    if defn.kind == "local":
+        return local_kernel(defn).release, "local"
+    sel = _select_from_archive(defn, settings, refresh)
+    return sel.release, sel.version
+
+
+def fetch(defn: KernelDef, settings: Settings, *, refresh: bool = False) -> Kernel:
+    """A ready kernel for ``defn``: from the cache, else downloaded and unpacked.
+
+    Without ``refresh`` a cached kernel is returned with no network access at all.
+    With ``refresh`` the apt lists are updated and a newer version, if any, is
+    fetched. One process per kernel name works at a time (file lock); the others
+    wait and then find it cached.
+    """
+    if defn.kind == "local":
+        return local_kernel(defn)
+    if not refresh:
+        k = cached(defn, settings)
+        if k is not None:
+            return k
+    lock = fetch_lock(settings, defn.name)
+    with file_lock(lock, timeout=settings.timeouts.lock, what=f"fetching kernel {defn.name}"):
+        if not refresh:
+            k = cached(defn, settings)
+            if k is not None:
+                return k
+        sel = _select_from_archive(defn, settings, refresh)
+        vdir = settings.kernels_dir / defn.name / version_dir(sel.version)
+        k = kernel_from_manifest(defn, vdir, settings)
+        if k is not None:
+            return k
+        return _install(defn, settings, sel)
+
+
+def _download_all(defn: KernelDef, settings: Settings, sel: Selection) -> list[apt.Deb]:
+    root = apt.root_for(settings, defn.suites)
+    debs = []
+    for rec in sel.packages:
+        target = settings.downloads_dir / apt.deb_name(rec.package, rec.version)
+        if not target.exists():
+            log.info("fetching %s %s (%.1f MB)", rec.package, rec.version, rec.size / 1e6)
+        start = time.monotonic()
+        deb = apt.download(root, rec.package, rec.version, settings.downloads_dir,
+                           sha256=rec.sha256 or None)
+        log.debug("%s ready in %.1fs", deb.path.name, time.monotonic() - start)
+        debs.append(deb)
+    return debs
+
+
+def _clean_leftovers(kdir: Path) -> None:
+    # only called under the kernel's lock: no other process is extracting here
+    for p in kdir.glob(".extract-*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in kdir.glob(".trash-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _install(defn: KernelDef, settings: Settings, sel: Selection) -> Kernel:
+    debs = _download_all(defn, settings, sel)
+    kdir = settings.kernels_dir / defn.name
+    kdir.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(kdir)
+    final = kdir / version_dir(sel.version)
+    tmp = Path(tempfile.mkdtemp(dir=kdir, prefix=f".extract-{version_dir(sel.version)}-"))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the kernel from an unprivileged QEMU
+    try:
+        _unpack(defn, settings, sel, debs, tmp, final)
+        if os.path.lexists(final):
+            trash = Path(tempfile.mkdtemp(dir=kdir, prefix=".trash-"))
+            os.rename(final, trash / "old")
+            shutil.rmtree(trash, ignore_errors=True)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    k = kernel_from_manifest(defn, final, settings)
+    if k is None:
+        raise InfraError(f"{final}: unpacked kernel failed its own completeness check")
+    log.info("kernel %s %s (%s) ready in %s", defn.name, k.version, k.release, final)
+    return k
+
+
+def _unpack(defn: KernelDef, settings: Settings, sel: Selection, debs: Sequence[apt.Deb],
+            tmp: Path, final: Path) -> None:
+    release, t = sel.release, settings.timeouts
+    root = tmp / "root"
+    root.mkdir()
+    start = time.monotonic()
+    log.info("fetching %s: extracting %d packages", release, len(debs))
+    for deb in debs:
+        hostcmd.run(["dpkg", "-x", deb.path, root], what=f"extract {deb.path.name}",
+                    timeout=t.host_command)
+    log.info("extracted %s in %.1fs", release, time.monotonic() - start)
+
+    modules_dir = unify_modules_dir(root, release)
+    relinked = relink_absolute(root)
+    headers_dirs = sorted((root / "usr/src").glob("linux-headers-*"))
+    rewritten = rewrite_makefiles(headers_dirs, final / "root")
+    build_dir = root / "usr/src" / f"linux-headers-{release}"
+    if not (build_dir / "Makefile").is_file():
+        raise InfraError(f"{build_dir}: no Makefile; the headers package layout is unexpected")
+    log.debug("%s: %d links made relative, Makefiles rewritten: %s", release, relinked,
+              [str(p.relative_to(root)) for p in rewritten])
+
+    vmlinuz = find_vmlinuz(root, modules_dir, release)
+    if vmlinuz is None:
+        raise InfraError(f"no vmlinuz for {release} in {root} (looked in boot/ and {modules_dir})")
+    if vmlinuz.parent == modules_dir:
+        # 7.x ships it inside the modules dir; moved out, it stays off the guest's modules disk
+        (root / "boot").mkdir(exist_ok=True)
+        moved = root / "boot" / f"vmlinuz-{release}"
+        os.rename(vmlinuz, moved)
+        vmlinuz = moved
+    announced = bzimage_release(vmlinuz)
+    if announced is not None and announced != release:
+        raise InfraError(f"{vmlinuz} announces release {announced}, expected {release}")
+    config = find_config(root, modules_dir, release)
+
+    log.info("fetching %s: depmod", release)
+    start = time.monotonic()
+    hostcmd.run(["depmod", "-b", root, release], what=f"depmod {release}", timeout=t.host_command)
+    if not (modules_dir / "modules.dep").is_file():
+        raise InfraError(f"depmod wrote no {modules_dir / 'modules.dep'}")
+    log.info("depmod %s in %.1fs", release, time.monotonic() - start)
+
+    compiler = sel.compiler or compiler_from_config(config)
+    from_config = compiler_from_config(config)
+    if sel.compiler and from_config and from_config != sel.compiler:
+        log.warning("%s: headers depend on %s but the config says %s", release, sel.compiler,
+                    from_config)
+
+    write_manifest(defn, sel, debs, tmp, final,
+                   {"vmlinuz": vmlinuz, "modules_dir": modules_dir, "build_dir": build_dir,
+                    "config": config},
+                   compiler=compiler, module_compression=module_compression(modules_dir))
