@@ -195,9 +195,10 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
 
 def cmd_check(args: argparse.Namespace) -> int:
     from .lab import scenario
-    sc = scenario.from_options(Path(args.patch), targets=tuple(Path(t) for t in args.target_module),
-                               probe=args.probe, expect_patched=args.expect_patched,
-                               duration=args.duration, serve_file=args.serve_file)
+    sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
+                               expect_patched=args.expect_patched, duration=args.duration,
+                               serve_file=args.serve_file, params=args.param,
+                               upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None)
     return _run_matrix([sc], args.kernel, args)
 
 
@@ -284,8 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate one livepatch (kbuild dir or .ko) under load; "
                                      "exit 0 pass, 1 fail, 2 error")
     c.add_argument("patch", help="kbuild directory or prebuilt .ko")
-    c.add_argument("--target-module", action="append", default=[], metavar="M",
-                   help="module (dir or .ko) the patch patches, loaded first (repeatable)")
+    c.add_argument("--target-module", action="append", default=[], metavar="M[:NAME=VALUE,...]",
+                   help="module (dir or .ko) the patch patches, loaded first, with its module parameters "
+                        "(repeatable)")
+    c.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a module parameter of the patch (repeatable; quoted for the guest's shell)")
+    c.add_argument("--upgrade-from", metavar="OLD",
+                   help="the patch in the field (dir or .ko): loaded and settled before the baseline, then "
+                        "PATCH is applied over it under load (atomic replace or stacking, as PATCH says)")
     c.add_argument("--probe", metavar="CMD", help="guest command run in a loop through the run")
     c.add_argument("--expect-patched", metavar="REGEX", help="the probe's output while patched")
     c.add_argument("--duration", type=float, metavar="S", help="seconds to hold the patch under load")

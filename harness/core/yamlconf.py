@@ -242,6 +242,6 @@ def load_data(data: Mapping[str, Any], schema: Schema, *, source: str,
               names: Optional[Mapping[str, str]] = None) -> Loaded:
     """Validate plain data (e.g. command-line options) against ``schema``: the same checks,
     defaults and error shape as a file, with each field named as ``names`` says (an option)."""
-    root = yaml.compose(yaml.safe_dump(dict(data)), Loader=yaml.SafeLoader)
+    root = yaml.compose(yaml.safe_dump(dict(data), sort_keys=False), Loader=yaml.SafeLoader)
     v = _Validator(source, Path.cwd(), names=names or {})
     return Loaded(v.mapping(root, schema, ""), {}, source, names or {})

@@ -11,7 +11,7 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..core.errors import LivepatchError
 from ..machine.channel import Result
@@ -57,7 +57,13 @@ def _q(s: str) -> str:
     return shlex.quote(s)
 
 
-def load(guest, remote_ko: str, timeout: float, report_text_of: str = "") -> Result:
+def insmod(remote_ko: str, params: Sequence[tuple[str, str]] = ()) -> str:
+    """The insmod command line, each ``name=value`` parameter quoted for the shell."""
+    return " ".join(["insmod", _q(remote_ko), *(_q(f"{k}={v}") for k, v in params)])
+
+
+def load(guest, remote_ko: str, timeout: float, report_text_of: str = "",
+         params: Sequence[tuple[str, str]] = ()) -> Result:
     """insmod; raise ``LivepatchError`` with the kernel's complaint if it refuses.
 
     With ``report_text_of`` (the module's name) stdout is the module's ``.text``
@@ -66,7 +72,7 @@ def load(guest, remote_ko: str, timeout: float, report_text_of: str = "") -> Res
     """
     report = (f" && {{ cat /sys/module/{_q(report_text_of)}/sections/.text 2>/dev/null; true; }}"
               if report_text_of else "")
-    result = guest.run(f"insmod {_q(remote_ko)}{report}", timeout)
+    result = guest.run(insmod(remote_ko, params) + report, timeout)
     if not result.ok:
         tail = guest.run("dmesg | tail -n 15", timeout).stdout
         raise LivepatchError(f"insmod {remote_ko} failed (rc {result.rc}): "
@@ -81,6 +87,23 @@ def state(guest, name: str, timeout: float) -> dict[str, Optional[int]]:
     values = dict(line.split("=", 1) for line in out.split() if "=" in line)
     return {k: int(values[k]) if values.get(k, "").lstrip("-").isdigit() else None
             for k in ("enabled", "transition")}
+
+
+_PATCHES = (f"for d in {SYSFS}/*/; do [ -d \"$d\" ] || continue; n=${{d%/}}; n=${{n##*/}}; e=-; t=-; r=-; "
+            "read -r e < \"$d/enabled\"; read -r t < \"$d/transition\"; "
+            "[ -e \"$d/replace\" ] && read -r r < \"$d/replace\"; echo \"$n $e $t $r\"; done")
+
+
+def patches(guest, timeout: float) -> dict[str, dict[str, Optional[int]]]:
+    """Every patch in /sys/kernel/livepatch: name -> enabled, transition, replace (None where the
+    kernel has no such attribute: ``replace`` appeared in 6.11)."""
+    out = {}
+    for line in guest.run(_PATCHES, timeout).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4:
+            out[parts[0]] = {k: int(v) if v.lstrip("-").isdigit() else None
+                             for k, v in zip(("enabled", "transition", "replace"), parts[1:])}
+    return out
 
 
 def wait_transition(guest, name: str, deadline_s: float) -> tuple[bool, float]:

@@ -3,8 +3,10 @@ checked. A patch that does not build, or was built for another kernel, fails her
 anything boots; a module that is not a livepatch at all is the user's input error."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
+from ..core.errors import ConfigError
 from ..core.settings import Settings
 from ..supply import kbuild, kerneldefs, kernelfetch, modinfo
 from ..supply.kernel import Kernel
@@ -14,12 +16,31 @@ from .specs import ModuleSpec, Scenario
 
 
 @dataclass(frozen=True)
+class Prepared:
+    module: modinfo.Module
+    spec: ModuleSpec
+    livepatch: bool
+
+
+@dataclass(frozen=True)
 class Modules:
-    patch: modinfo.Module
-    targets: tuple[modinfo.Module, ...]
+    """Every module of a run by module name (the candidate first), and the names the scenario
+    calls them by."""
+    patch: str                                            # the patch under test
+    all: dict[str, Prepared]
+    keys: dict[str, str] = field(default_factory=dict)    # scenario key -> module name
+    old: Optional[str] = None                             # the patch upgraded from
+
+    @property
+    def targets(self) -> list[str]:
+        """Target modules loaded before the run (a late one is loaded by a step)."""
+        return [n for n, p in self.all.items() if not p.livepatch and not p.spec.late]
 
     def by_name(self) -> dict[str, modinfo.Module]:
-        return {m.name: m for m in (self.patch, *self.targets)}
+        return {n: p.module for n, p in self.all.items()}
+
+    def params(self, name: str) -> tuple[tuple[str, str], ...]:
+        return self.all[name].spec.params
 
 
 def _module(spec: ModuleSpec, kernel: Kernel, settings: Settings) -> modinfo.Module:
@@ -43,12 +64,31 @@ def _compatible(module: modinfo.Module, kernel: Kernel, what: str = "") -> None:
 
 
 def prepare(sc: Scenario, kernel: Kernel, settings: Settings) -> Modules:
-    patch = _module(sc.patch, kernel, settings)
-    modinfo.require_livepatch(patch, str(sc.path) if sc.path else None)
-    _compatible(patch, kernel)
-    targets = []
-    for spec in sc.targets:
+    source = str(sc.path) if sc.path else None
+    done: dict[int, str] = {}      # id(spec) -> module name: a spec named twice is built once
+    out: dict[str, Prepared] = {}
+    keys: dict[str, str] = {}
+
+    def add(spec: ModuleSpec, livepatch: bool, where: str) -> str:
+        if id(spec) in done:
+            return done[id(spec)]
         mod = _module(spec, kernel, settings)
-        _compatible(mod, kernel, "target module: ")
-        targets.append(mod)
-    return Modules(patch, tuple(targets))
+        if livepatch:
+            modinfo.require_livepatch(mod, source, where)
+        _compatible(mod, kernel, "" if livepatch else "target module: ")
+        if mod.name in out:
+            raise ConfigError(f"{spec.label} is module {mod.name}, like {out[mod.name].spec.label}: "
+                              "one run loads a module once", source=source, field=where)
+        out[mod.name] = Prepared(mod, spec, livepatch)
+        done[id(spec)] = mod.name
+        if spec.key:
+            keys[spec.key] = mod.name
+        return mod.name
+
+    patch = add(sc.patch, True, "patch")
+    old = add(sc.upgrade_from, True, "upgrade_from") if sc.upgrade_from else None
+    for key, spec in sc.patches.items():
+        add(spec, True, f"patches.{key}")
+    for i, spec in enumerate(sc.targets):
+        add(spec, False, f"target_modules[{i}]")
+    return Modules(patch, out, keys, old)

@@ -37,6 +37,7 @@ class PatchRecord:
     transition: dict[str, Any] = field(default_factory=dict)  # completed, seconds, deadline, stragglers, ...
     unpatch: dict[str, Any] = field(default_factory=dict)     # completed, seconds, deadline, stragglers
     revert: dict[str, Any] = field(default_factory=dict)      # disabled, rmmod_rc, sysfs_gone, module_gone, ...
+    refused: Optional[str] = None        # the kernel refused it, as the scenario expected: its message
 
 
 @dataclass
@@ -50,15 +51,20 @@ class RunRecord:
     # livepatch operations as they happened, in order: (op, patch) with op in
     # enabled / patched / disabled / unpatched; the kernel's log must show each
     ops: list[tuple[str, str]] = field(default_factory=list)
+    replaced: dict[str, str] = field(default_factory=dict)      # a patch -> the one that atomically replaced it
+    lifecycle: list[Reason] = field(default_factory=list)      # /sys/kernel/livepatch not as the steps imply
     windows: dict[str, Window] = field(default_factory=dict)
     requests: list[Any] = field(default_factory=list)     # httpload.Request
     service_enabled: bool = True
     probe: list[Any] = field(default_factory=list)        # probe.ProbeSample, t on the host clock
     probe_expect: dict[str, str] = field(default_factory=dict)   # phase -> regex
+    probe_same: dict[str, str] = field(default_factory=dict)     # phase -> the phase whose output it must show
+    probe_unpatched: Optional[str] = None   # one run of the probe before any patch: what a revert returns to
     dmesg: list[str] = field(default_factory=list)
     console_findings: list[Any] = field(default_factory=list)  # kmsg.Finding after the run's start
     taint_before: Optional[int] = None
-    taint_patched: Optional[int] = None
+    taint_patched: Optional[int] = None                   # at the end of the first hold with a patch
+    taint_held: list[tuple[str, int]] = field(default_factory=list)   # (hold, taint) for every hold with a patch
     taint_after: Optional[int] = None
     thresholds: dict[str, float] = field(default_factory=dict)
     host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per event

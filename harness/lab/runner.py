@@ -26,10 +26,11 @@ from .events import Timeline
 from .faults import Failed, host_ended, patch_is_to_blame
 from .forensics import HangEvidence
 from .outcome import Outcome
+from .plans import plan
 from .record import TRANSITION, Reason, RunRecord, Window
 from .scenario import TRANSITION_TAIL
 from .specs import Scenario
-from .steps import Collect, Context, Step, default_steps, unwind
+from .steps import Collect, Context, Step, unwind
 from .verdict import decide
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,11 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
         image = images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), settings)
         events("build")
         mods = modules.prepare(sc, kernel, settings)
-        rec.patch_name = mods.patch.name
-        events("built", patch=str(mods.patch.path), targets=[str(t.path) for t in mods.targets])
+        rec.patch_name = mods.patch
+        built = mods.by_name()
+        events("built", patch=str(built[mods.patch].path),
+               modules={n: str(m.path) for n, m in built.items()},
+               targets=[str(built[n].path) for n, p in mods.all.items() if not p.livepatch])
         _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec)
     except Failed as exc:            # build or compat: the patch's files themselves
         rec.early += exc.reasons
@@ -81,10 +85,11 @@ def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Sett
                backend=where.get("backend"), **({"uri": where["uri"]} if "uri" in where else {}))
         t = guest.timeouts
         ctx = Context(sc, guest, t, rec, events, out_dir, HangEvidence(guest, settings, t.command),
-                      mods.by_name(), mods.patch.name, [m.name for m in mods.targets])
+                      mods.by_name(), mods.patch, mods.targets,
+                      {n: mods.params(n) for n in mods.all if mods.params(n)})
         try:
             with heartbeat.Heartbeat(guest.channel, t.heartbeat, on_lost=lambda _why: ctx.lost.set()):
-                execute(ctx, default_steps(sc, mods.patch.name) if steps is None else steps)
+                execute(ctx, plan(sc, mods.patch, mods.old, mods.keys, rec) if steps is None else steps)
         except HarnessError as exc:
             trouble(ctx, exc)
 
@@ -93,18 +98,17 @@ def execute(ctx: Context, steps: Sequence[Step]) -> None:
     """Run ``steps`` in order, then ``Collect``. A step that fails the patch ends the list early
     and the patches it left loaded are unwound; any other exception propagates, once the
     host-side load is stopped (its requests are evidence)."""
-    done: list[tuple[Step, float, float]] = []
     try:
         try:
             for step in steps:
                 t0 = time.time()
-                step.run(ctx)
-                done.append((step, t0, time.time()))
+                if step.run(ctx) is not False:
+                    ctx.done.append((step, t0, time.time()))
         except Failed as exc:
             ctx.rec.early += exc.reasons
             unwind(ctx)
         finally:
-            ctx.rec.windows = windows(done)
+            ctx.rec.windows = windows(ctx.done)
         Collect().run(ctx)
     except BaseException:
         if ctx.load is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from ..core import yamlconf
 from ..core.errors import ConfigError
@@ -284,27 +284,48 @@ def load(path: Path) -> Scenario:
 
 
 # check's options, by the scenario field each one sets
-OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH",
-           "target_modules": "--target-module", "probe.command": "--probe",
+OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH", "patch.params": "--param",
+           "upgrade_from": "--upgrade-from", "upgrade_from.source": "--upgrade-from",
+           "upgrade_from.ko": "--upgrade-from", "target_modules": "--target-module", "probe.command": "--probe",
            "probe.expect": "--expect-patched", "probe.expect.patched": "--expect-patched",
            "timeline.patched": "--duration", "service.serve_file": "--serve-file"}
 
 
-def from_options(patch: Path, *, targets: tuple[Path, ...] = (), probe: Optional[str] = None,
+def parse_params(items: Sequence[str], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` strings (as given on the command line) -> {name: value}."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not _PARAM.fullmatch(name):
+            raise ConfigError(f"not NAME=VALUE (a module parameter): {item!r}", source=CHECK_SOURCE, field=option)
+        out[name] = value
+    return out
+
+
+def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[str] = None,
                  expect_patched: Optional[str] = None, duration: Optional[float] = None,
-                 serve_file: Optional[str] = None) -> Scenario:
+                 serve_file: Optional[str] = None, upgrade_from: Optional[Path] = None,
+                 params: Sequence[str] = ()) -> Scenario:
     """The scenario behind ``livepatch-lab check PATCH ...`` (a kbuild directory or a .ko),
-    validated by the scenario schema; errors name the option."""
-    def module(p: Path, option: str) -> dict[str, str]:
+    validated by the scenario schema; errors name the option. A target is ``DIR`` or
+    ``DIR:NAME=VALUE[,NAME=VALUE...]`` (its module parameters)."""
+    def module(p: Path, option: str, extra: Optional[dict] = None) -> dict[str, Any]:
         p = Path(p).resolve()
-        if p.is_dir():
-            return {"source": str(p)}
-        if p.is_file() and p.suffix == ".ko":
-            return {"ko": str(p)}
-        raise ConfigError(f"{p} is neither a kbuild directory nor a .ko file",
-                                   source=CHECK_SOURCE, field=option)
-    raw: dict[str, Any] = {"patch": module(Path(patch), "PATCH"),
-                           "target_modules": [module(Path(t), "--target-module") for t in targets]}
+        found: dict[str, Any] = ({"source": str(p)} if p.is_dir() else
+                                 {"ko": str(p)} if p.is_file() and p.suffix == ".ko" else {})
+        if not found:
+            raise ConfigError(f"{p} is neither a kbuild directory nor a .ko file", source=CHECK_SOURCE,
+                              field=option)
+        return {**found, "params": extra} if extra else found
+
+    def target(spec: str) -> dict[str, Any]:
+        path, colon, rest = str(spec).partition(":")
+        return module(Path(path), "--target-module",
+                      parse_params(rest.split(","), "--target-module") if colon else None)
+    raw: dict[str, Any] = {"patch": module(Path(patch), "PATCH", parse_params(params, "--param")),
+                           "target_modules": [target(t) for t in targets]}
+    if upgrade_from is not None:
+        raw["upgrade_from"] = module(Path(upgrade_from), "--upgrade-from")
     if probe is not None:
         raw["probe"] = {"command": probe}
     if expect_patched is not None:
@@ -314,6 +335,6 @@ def from_options(patch: Path, *, targets: tuple[Path, ...] = (), probe: Optional
     if serve_file is not None:
         raw["service"] = {"serve_file": serve_file}
     names: Mapping[str, str] = {**OPTIONS, **{f"target_modules[{i}]{part}": "--target-module"
-                                              for i in range(len(targets)) for part in ("", ".source", ".ko")}}
+                                              for i in range(len(targets)) for part in ("", ".source", ".ko", ".params")}}
     loaded = yamlconf.load_data(raw, SCHEMA, source=CHECK_SOURCE, names=names)
     return _scenario(loaded, Path(patch).stem, None, Path.cwd())

@@ -1,14 +1,15 @@
 """The steps a run is made of, from the workload's set-up to the collection of evidence.
 
-A run is a list of steps (``default_steps`` for the single-patch scenario).
-Each step is small, does one thing in the guest under its own deadline (a
-``Timeouts`` entry, scaled for TCG), puts its events on the timeline, and
-writes what it saw into the ``RunRecord``. A step that finds the patch at
-fault raises ``faults.Failed`` with its reasons; anything else it raises is
-classed by ``faults.classify``. The runner (runner.py) runs them in order,
-unwinds the patches left loaded when one fails, and always ends with
-``Collect``. Each step names the window its time belongs to, which is how
-the service and the probe are judged around every transition.
+A run is a list of steps (plans.py builds it from the scenario). Each step is
+small, does one thing in the guest under its own deadline (a ``Timeouts``
+entry, scaled for TCG), puts its events on the timeline, and writes what it
+saw into the ``RunRecord``. A step that finds the patch at fault raises
+``faults.Failed`` with its reasons; anything else it raises is classed by
+faults.py. The runner runs them in order, unwinds the patches left loaded
+when one fails, and always ends with ``Collect``. Each step names the window
+its time belongs to, which is how the service and the probe are judged
+around every transition. ``run`` returns False when the step found nothing
+to do (e.g. no old patch left to revert): it then makes no window.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from typing import Any, Optional
 
 from ..core.errors import GuestCommandError, GuestConnectionError, HarnessError, LivepatchError
 from ..core.settings import Timeouts
-from . import livepatch
+from . import lifecycle, livepatch
 from .events import Timeline
 from .faults import Failed
 from .forensics import HangEvidence
@@ -32,6 +33,7 @@ from .workload import clock, httpload, probe, service, stress
 
 log = logging.getLogger(__name__)
 REMOTE_DIR = "/run/lab/modules"
+Window = Optional[tuple[str, str, Optional[str]]]   # (name, kind, probe phase)
 
 
 @dataclass
@@ -44,15 +46,19 @@ class Context:
     events: Timeline
     out_dir: Path
     evidence: HangEvidence
-    modules: dict[str, Any]          # module name -> supply.modinfo.Module: the patch, then its targets
+    modules: dict[str, Any]          # module name -> supply.modinfo.Module: every module of the run
     patch: str                       # the patch under test's module name
-    targets: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)   # target modules loaded at set-up
+    params: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)   # module -> insmod params
     lost: threading.Event = field(default_factory=threading.Event)   # set by the heartbeat
     load: Optional[httpload.HttpLoad] = None
     offset: float = 0.0              # guest clock - host clock
     marker: str = ""
     console_from: int = 0
-    loaded: list[str] = field(default_factory=list)   # patches loaded and not yet unloaded, oldest first
+    loaded: list[str] = field(default_factory=list)          # patches whose modules are loaded, oldest first
+    late_loaded: list[str] = field(default_factory=list)     # target modules a step loaded
+    state: lifecycle.State = field(default_factory=lifecycle.State)   # what /sys/kernel/livepatch must hold
+    done: list[tuple["Step", float, float]] = field(default_factory=list)  # steps that ran: (step, start, end)
 
     def remote(self, name: str) -> str:
         return f"{REMOTE_DIR}/{self.modules[name].path.name}"
@@ -61,9 +67,9 @@ class Context:
 class Step:
     """One step: ``run`` does it; ``window`` is (name, kind, probe phase) of the stretch of the
     run its time belongs to, or None for time that is not judged."""
-    window: Optional[tuple[str, str, Optional[str]]] = None
+    window: Window = None
 
-    def run(self, ctx: Context) -> None:
+    def run(self, ctx: Context) -> Optional[bool]:
         raise NotImplementedError
 
 
@@ -75,7 +81,8 @@ def _hold(ctx: Context, seconds: float) -> None:
 
 # set-up -----------------------------------------------------------------------------
 class Setup(Step):
-    """Upload the modules, load the targets, start probe, service, load and stress."""
+    """Upload the modules, load the targets, note the unpatched probe output, start probe,
+    service, load and stress."""
 
     def run(self, ctx: Context) -> None:
         g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
@@ -84,20 +91,17 @@ class Setup(Step):
             g.upload(ctx.modules[name].path, ctx.remote(name))
         ctx.evidence.prepare()
         for name in ctx.targets:
-            command = f"insmod {shlex.quote(ctx.remote(name))}"
-            res = g.run(command, t.command)
-            if not res.ok:   # before the patch: the scenario's module or the guest, not the patch
-                raise GuestCommandError(command, res.rc, res.stdout, res.stderr or
-                                        f"target module {name} does not load")
-            ctx.evidence.add_module(name, ctx.modules[name].path)
-            ctx.events("target-loaded", module=name)
+            _load_target(ctx, name)
         ctx.offset = clock.clock_offset(g)
         rec.taint_before = livepatch.taint(g, t.command)
         ctx.marker = f"livepatch-lab: run {uuid.uuid4().hex[:8]} start"
         ctx.console_from = len(g.machine.console.lines)
         livepatch.mark_kmsg(g, ctx.marker, t.command)
-        if sc.probe.command:  # first, so its first (slow, under TCG) runs precede the baseline
-            probe.start(g, sc.probe)
+        if sc.probe.command:
+            # what the kernel shows before any patch: the revert is judged against it
+            first = g.run(sc.probe.command, t.probe_command)
+            rec.probe_unpatched = first.stdout + first.stderr
+            probe.start(g, sc.probe)   # before the rest: its first (slow, under TCG) runs precede the baseline
         if sc.service.enabled:
             service.start(g, sc.service)
             ctx.load = httpload.HttpLoad("127.0.0.1", g.host_port(sc.service.port), sc.service,
@@ -106,6 +110,15 @@ class Setup(Step):
             stress.start(g, sc.stress)
         if ctx.load:
             ctx.load.start()
+
+
+def _load_target(ctx: Context, name: str) -> None:
+    command = livepatch.insmod(ctx.remote(name), ctx.params.get(name, ()))
+    res = ctx.guest.run(command, ctx.timeouts.command)
+    if not res.ok:
+        raise GuestCommandError(command, res.rc, res.stdout, res.stderr or f"target module {name} does not load")
+    ctx.evidence.add_module(name, ctx.modules[name].path)
+    ctx.events("target-loaded", module=name)
 
 
 class Baseline(Step):
@@ -121,10 +134,10 @@ class Baseline(Step):
 
 # the patch ----------------------------------------------------------------------------
 class LoadPatch(Step):
-    window = ("apply", TRANSITION, None)
+    """insmod the patch; ``refused``: the kernel must refuse it (and keep nothing of it)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, window: Window = ("apply", TRANSITION, None), refused: bool = False):
+        self.name, self.window, self.refused = name, window, refused
 
     def run(self, ctx: Context) -> None:
         ctx.events("load-patch", module=self.name)
@@ -132,33 +145,43 @@ class LoadPatch(Step):
         prec = ctx.rec.patch(self.name)
         try:
             loaded = livepatch.load(ctx.guest, ctx.remote(self.name), ctx.timeouts.command,
-                                    report_text_of=self.name)
+                                    report_text_of=self.name, params=ctx.params.get(self.name, ()))
         except LivepatchError as exc:
-            raise Failed(Reason("load", str(exc))) from None
+            if not self.refused:
+                raise Failed(Reason("load", str(exc))) from None
+            prec.refused = str(exc)
+            ctx.events("refused", module=self.name)
+            lifecycle.check(ctx, f"the refused load of {self.name}", gone=[self.name])
+            return
         prec.loaded = True
         prec.transition["load_seconds"] = round(loaded.seconds, 3)
         ctx.loaded.append(self.name)
         ctx.rec.ops.append(("enabled", self.name))
         ctx.events("loaded", seconds=round(loaded.seconds, 3))
         ctx.evidence.add_module(self.name, ctx.modules[self.name].path, loaded.stdout)
+        if self.refused:
+            raise Failed(Reason("load", f"the kernel accepted {self.name}, but the scenario expects it to "
+                                        "refuse it"))
 
 
 class WaitTransition(Step):
-    """Until the patching transition completes; a stall is handled as the scenario says."""
-    window = ("apply", TRANSITION, None)
+    """Until the patching transition completes; a stall is handled as the scenario says. Then
+    /sys/kernel/livepatch must hold what the kernel's rules say (lifecycle.py)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, window: Window = ("apply", TRANSITION, None)):
+        self.name, self.window = name, window
 
     def deadline(self, ctx: Context) -> float:
         t, own = ctx.timeouts, ctx.scenario.transition.timeout
         # a scenario's seconds are at KVM speed, scaled like the rest
         return t.transition if own is None else own * (t.transition / Timeouts.transition)
 
-    def run(self, ctx: Context) -> None:
+    def run(self, ctx: Context) -> Optional[bool]:
+        prec = ctx.rec.patch(self.name)
+        if not prec.loaded:      # refused, as expected
+            return False
         g, t, on_stall = ctx.guest, ctx.timeouts, ctx.scenario.transition.on_stall
         deadline = self.deadline(ctx)
-        prec = ctx.rec.patch(self.name)
         done, secs = livepatch.wait_transition(g, self.name, deadline)
         prec.transition.update(completed=done, seconds=round(secs, 3), deadline=deadline)
         if done:
@@ -185,77 +208,132 @@ class WaitTransition(Step):
         if not done:
             raise Failed()   # check_transition says why; the runner unwinds the patch
         ctx.rec.ops.append(("patched", self.name))
+        lifecycle.patched(ctx, self.name)
         ctx.events("patched")
+        return None
+
+
+class RetireReplaced(Step):
+    """After an atomic replace: the replaced patches' modules must unload (the kernel disabled
+    them; nothing holds them)."""
+
+    def __init__(self, name: str, window: Window = ("apply", TRANSITION, None)):
+        self.name, self.window = name, window
+
+    def run(self, ctx: Context) -> Optional[bool]:
+        replaced = [n for n, by in ctx.state.replaced.items() if by == self.name and n in ctx.loaded]
+        for old in replaced:
+            _rmmod(ctx, old)
+        return bool(replaced) or False
 
 
 class Hold(Step):
-    """Hold the patched state under load; the taint is read at its end."""
-    window = ("patched", HOLD, "patched")
+    """Hold the state under load; the taint is read at its end (K while a patch is loaded)."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, seconds: float, window: Window = ("patched", HOLD, "patched")):
+        self.seconds, self.window = seconds, window
 
     def run(self, ctx: Context) -> None:
         _hold(ctx, self.seconds)
-        if ctx.loaded and ctx.rec.taint_patched is None:
-            ctx.rec.taint_patched = livepatch.taint(ctx.guest, ctx.timeouts.command)
+        if ctx.loaded:
+            value = livepatch.taint(ctx.guest, ctx.timeouts.command)
+            ctx.rec.taint_held.append((self.window[0] if self.window else "hold", value))
+            if ctx.rec.taint_patched is None:
+                ctx.rec.taint_patched = value
 
 
 # the revert -------------------------------------------------------------------------------
 class Disable(Step):
-    window = ("revert", TRANSITION, None)
+    def __init__(self, name: str, window: Window = ("revert", TRANSITION, None)):
+        self.name, self.window = name, window
 
-    def __init__(self, name: str):
-        self.name = name
-
-    def run(self, ctx: Context) -> None:
-        ctx.events("disable")
+    def run(self, ctx: Context) -> Optional[bool]:
+        if self.name not in ctx.loaded:
+            return False
+        ctx.events("disable", module=self.name)
         res = livepatch.disable(ctx.guest, self.name, ctx.timeouts.command)
         ctx.rec.patch(self.name).revert.update(disabled=res.ok, disable_err=res.stderr.strip(),
                                                disable_seconds=round(res.seconds, 3))
         if res.ok:
             ctx.rec.ops.append(("disabled", self.name))
+        return None
 
 
 class WaitUnpatch(Step):
-    window = ("revert", TRANSITION, None)
+    def __init__(self, name: str, window: Window = ("revert", TRANSITION, None)):
+        self.name, self.window = name, window
 
-    def __init__(self, name: str):
-        self.name = name
-
-    def run(self, ctx: Context) -> None:
+    def run(self, ctx: Context) -> Optional[bool]:
         prec = ctx.rec.patch(self.name)
-        if not prec.revert.get("disabled"):
-            return
+        if not prec.revert.get("disabled") or self.name not in ctx.loaded:
+            return False
         t = ctx.timeouts
         done, secs = livepatch.wait_transition(ctx.guest, self.name, t.transition)
         prec.unpatch = {"completed": done, "seconds": round(secs, 3), "deadline": t.transition}
         if not done:
             prec.unpatch["stragglers"] = [s.describe() for s in livepatch.stragglers(ctx.guest, False, t.command)]
             ctx.events("unpatch-stalled", seconds=round(secs, 3))
-            return
+            return None
         ctx.rec.ops.append(("unpatched", self.name))
+        lifecycle.unpatched(ctx, self.name)
         ctx.events("unpatch-complete", seconds=round(secs, 3))
+        return None
+
+
+def _rmmod(ctx: Context, name: str) -> None:
+    """rmmod a patch's module, then check that its sysfs entry and the module are gone."""
+    prec, g, t = ctx.rec.patch(name), ctx.guest, ctx.timeouts
+    rmmod = livepatch.unload(g, name, t.command)
+    prec.revert.update(rmmod_rc=rmmod.rc, rmmod_err=rmmod.stderr.strip())
+    prec.revert["sysfs_gone"] = not g.run(f"test -e {livepatch.SYSFS}/{shlex.quote(name)}", t.command).ok
+    prec.revert["module_gone"] = not livepatch.module_loaded(g, name, t.command)
+    if prec.revert["module_gone"] and name in ctx.loaded:
+        ctx.loaded.remove(name)
+    ctx.events("unloaded", module=name, rc=rmmod.rc)
 
 
 class Unload(Step):
-    """rmmod, then check that the sysfs entry and the module are gone."""
-    window = ("revert", TRANSITION, None)
+    """rmmod a patch that was disabled (by the lab, or by an atomic replace)."""
 
-    def __init__(self, name: str):
-        self.name = name
+    def __init__(self, name: str, window: Window = ("revert", TRANSITION, None), last: bool = True):
+        self.name, self.window, self.last = name, window, last
+
+    def run(self, ctx: Context) -> Optional[bool]:
+        prec = ctx.rec.patch(self.name)
+        ready = self.name in ctx.loaded and (prec.unpatch.get("completed") or self.name in ctx.state.replaced)
+        if ready:
+            _rmmod(ctx, self.name)
+        if self.last:
+            ctx.events("reverted")
+        return None if ready else False
+
+
+class LoadTarget(Step):
+    """insmod a target module mid-run: a patch waiting for it is applied as it loads."""
+
+    def __init__(self, name: str, window: Window):
+        self.name, self.window = name, window
 
     def run(self, ctx: Context) -> None:
-        prec, g, t = ctx.rec.patch(self.name), ctx.guest, ctx.timeouts
-        if prec.unpatch.get("completed"):
-            rmmod = livepatch.unload(g, self.name, t.command)
-            prec.revert.update(rmmod_rc=rmmod.rc, rmmod_err=rmmod.stderr.strip())
-            prec.revert["sysfs_gone"] = not g.run(f"test -e {livepatch.SYSFS}/{self.name}", t.command).ok
-            prec.revert["module_gone"] = not livepatch.module_loaded(g, self.name, t.command)
-            if prec.revert["module_gone"] and self.name in ctx.loaded:
-                ctx.loaded.remove(self.name)
-            ctx.events("unloaded", rc=rmmod.rc)
-        ctx.events("reverted")
+        _load_target(ctx, self.name)
+        ctx.late_loaded.append(self.name)
+
+
+class UnloadTarget(Step):
+    """rmmod a target module mid-run (a patch on it is reverted from it as it goes)."""
+
+    def __init__(self, name: str, window: Window):
+        self.name, self.window = name, window
+
+    def run(self, ctx: Context) -> None:
+        command = f"rmmod {shlex.quote(self.name)}"
+        res = ctx.guest.run(command, ctx.timeouts.command)
+        if not res.ok:
+            raise Failed(Reason("revert", f"target module {self.name} does not unload: {res.stderr.strip()}"))
+        for lst in (ctx.late_loaded, ctx.targets):
+            if self.name in lst:
+                lst.remove(self.name)
+        ctx.events("target-unloaded", module=self.name)
 
 
 class Cooldown(Step):
@@ -276,7 +354,7 @@ def unwind(ctx: Context) -> None:
     g, t = ctx.guest, ctx.timeouts
     for name in reversed(list(ctx.loaded)):
         prec = ctx.rec.patch(name)
-        if prec.revert.get("disabled") is None:
+        if prec.revert.get("disabled") is None and name not in ctx.state.replaced:
             livepatch.disable(g, name, t.command)
             prec.revert["disabled"] = True
         livepatch.wait_transition(g, name, t.transition)
@@ -287,8 +365,8 @@ def unwind(ctx: Context) -> None:
 
 # evidence -------------------------------------------------------------------------------
 class Collect(Step):
-    """Stop the workload and read what it and the kernel recorded. Runs whatever happened before,
-    as long as the guest answers."""
+    """Stop the workload and read what it and the kernel recorded; unload the targets and check
+    that the run left nothing behind. Runs whatever happened before, as long as the guest answers."""
 
     def run(self, ctx: Context) -> None:
         g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
@@ -312,14 +390,7 @@ class Collect(Step):
         rec.dmesg = livepatch.dmesg_since(g, ctx.marker, t.command)
         rec.taint_after = livepatch.taint(g, t.command)
         rec.console_findings = [f for f in g.machine.console.findings if f.lineno > ctx.console_from]
-        for name in reversed(ctx.targets):
+        for name in reversed(ctx.late_loaded + ctx.targets):
             g.run(f"rmmod {shlex.quote(name)}", t.command)
+        lifecycle.left_behind(ctx)
         ctx.events("collected")
-
-
-def default_steps(sc: Scenario, patch: str) -> list[Step]:
-    """The single-patch timeline: baseline → load → transition → hold → disable → unpatch →
-    unload → cool-down."""
-    tl = sc.timeline
-    return [Setup(), Baseline(tl.baseline), LoadPatch(patch), WaitTransition(patch), Hold(tl.patched),
-            Disable(patch), WaitUnpatch(patch), Unload(patch), Cooldown(tl.cooldown)]

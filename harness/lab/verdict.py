@@ -95,29 +95,66 @@ def _samples(rec: RunRecord, phase: str) -> Optional[list]:
     return [s for s in rec.probe if w.start <= s.t and (getattr(s, "t_end", None) or s.t) < w.end]
 
 
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _lost_fix(rec: RunRecord, phase: str, output: str) -> str:
+    """Why a sample may not match after an upgrade: lines that are the unpatched kernel's output
+    again, though the patch before showed otherwise (an atomic replace reverted a function the
+    new patch no longer carries)."""
+    if rec.probe_unpatched is None or not rec.replaced:
+        return ""
+    w = next(w for w in rec.windows.values() if w.probe_phase == phase)
+    earlier = [x for x in rec.windows.values() if x.probe_phase and x.end <= w.start and _samples(rec, x.probe_phase)]
+    if not earlier:
+        return ""
+    before = set(_lines(_samples(rec, earlier[-1].probe_phase)[-1].output))
+    unpatched = set(_lines(rec.probe_unpatched))
+    lost = [line for line in _lines(output) if line in unpatched and line not in before]
+    if not lost:
+        return ""
+    return (f"; a fix was lost in the upgrade: {lost[0].strip()[:80]!r} is the unpatched kernel's output "
+            f"again (an atomic replace reverts what the new patch does not carry)")
+
+
 def check_probe(rec: RunRecord) -> list[Reason]:
     reasons = []
-    for phase, rx in rec.probe_expect.items():
+    expect = {**rec.probe_expect, **{phase: None for phase in rec.probe_same}}
+    for phase, rx in expect.items():
         samples = _samples(rec, phase)
         if samples is None:
-            # the run ended before this phase (a failed load, a lost guest): others say why
+            # the run ended before this phase (a failed load, a lost guest), or a conditional
+            # hold did not happen: others say why, if anything is wrong
             if phase == "before":
                 reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
             continue
         if not samples:
             reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
             continue
+        if rx is None:   # must show what another phase showed
+            ref = _samples(rec, rec.probe_same[phase])
+            if not ref:
+                continue
+            bad = [s for s in samples if s.output != ref[-1].output or s.rc != ref[-1].rc]
+            if bad:
+                reasons.append(Reason("probe", f"{phase}: {len(bad)} of {len(samples)} samples differ from "
+                                               f"the {rec.probe_same[phase]} phase: {bad[0].output.strip()[:120]!r}"
+                                               f" vs {ref[-1].output.strip()[:120]!r}"))
+            continue
         bad = [s for s in samples if s.rc != 0 or not re.search(rx, s.output)]
         if bad:
             out = bad[0].output.strip().splitlines()[:2]
             reasons.append(Reason("probe", f"{phase}: {len(bad)} of {len(samples)} samples do not match "
-                                           f"/{rx}/ (e.g. rc {bad[0].rc}: {' | '.join(out) or '(empty)'})"))
-    # Reverted means the old behaviour is back, even when no 'after' pattern was given.
+                                           f"/{rx}/ (e.g. rc {bad[0].rc}: {' | '.join(out) or '(empty)'})"
+                                           + _lost_fix(rec, phase, bad[0].output)))
+    # Reverted means the unpatched behaviour is back, even when no 'after' pattern was given:
+    # what the probe showed before any patch (or, if unknown, in the baseline).
     if "after" not in rec.probe_expect and rec.main.revert.get("module_gone"):
         before, after = _samples(rec, "before"), _samples(rec, "after")
-        if before and after:
-            want = before[-1].output
-            differ = [s for s in after if s.output != want or s.rc != before[-1].rc]
+        want = rec.probe_unpatched if rec.probe_unpatched is not None else before[-1].output if before else None
+        if want is not None and after:
+            differ = [s for s in after if s.output != want or s.rc != 0]
             if differ:
                 reasons.append(Reason("revert", f"probe output after revert differs from before the "
                                                 f"patch: {differ[0].output.strip()[:120]!r} vs "
@@ -151,7 +188,11 @@ def check_dmesg(rec: RunRecord) -> list[Reason]:
             break
         pos = found + 1
     seen = set()
+    # a load the scenario expects the kernel to refuse makes the kernel say so: not trouble
+    excused = [f"'{p.name}'" for p in rec.patches.values() if p.refused]
     for line in text:
+        if any(name in line for name in excused):
+            continue
         hit = kmsg.classify(line)
         kind = hit[0] if hit else ("livepatch-trouble" if _LIVEPATCH_TROUBLE.search(line) else
                                    "call-trace" if _CALL_TRACE.search(line) else None)
@@ -170,9 +211,14 @@ def check_taint(rec: RunRecord) -> list[Reason]:
     if rec.taint_patched is None or rec.taint_before is None:
         return []
     reasons = []
-    if not rec.taint_patched & LIVEPATCH_TAINT:
-        reasons.append(Reason("taint", "K (kernel has been live patched) is not set while patched"))
+    unmarked = [hold for hold, value in rec.taint_held or [("patched", rec.taint_patched)]
+                if not value & LIVEPATCH_TAINT]
+    if unmarked:
+        reasons.append(Reason("taint", "K (kernel has been live patched) is not set while patched"
+                                       + (f" (in {', '.join(unmarked)})" if rec.taint_held else "")))
     seen = rec.taint_patched | (rec.taint_after or 0)
+    for _hold, value in rec.taint_held:
+        seen |= value
     extra = seen & ~rec.taint_before & ~ALLOWED_TAINT
     for letter, meaning in taint_letters(extra):
         reasons.append(Reason("taint", f"{letter}: {meaning}"))
@@ -186,7 +232,7 @@ def check_transition(rec: RunRecord) -> list[Reason]:
 
 def _transition(p: PatchRecord) -> list[Reason]:
     tr = p.transition
-    if not p.loaded or not tr:
+    if not p.loaded or "completed" not in tr:   # never waited for (e.g. an unexpected load)
         return []
     reasons = []
     who = "; ".join(tr.get("stragglers", [])[:5])
@@ -207,15 +253,15 @@ def _transition(p: PatchRecord) -> list[Reason]:
 
 
 def check_revert(rec: RunRecord) -> list[Reason]:
-    return [r for p in rec.patches.values() for r in _revert(p)]
+    return [r for p in rec.patches.values() for r in _revert(p, p.name in rec.replaced)]
 
 
-def _revert(p: PatchRecord) -> list[Reason]:
+def _revert(p: PatchRecord, replaced: bool) -> list[Reason]:
     rv = p.revert
     if not p.loaded or not rv:
         return []
     reasons = []
-    if not rv.get("disabled"):
+    if not rv.get("disabled") and not replaced:   # an atomic replace disabled it: nothing to disable
         reasons.append(Reason("revert", f"could not disable the patch: {rv.get('disable_err', '')}"))
     if rv.get("disabled") and p.unpatch and not p.unpatch.get("completed"):
         who = "; ".join(p.unpatch.get("stragglers", [])[:5])
@@ -257,7 +303,7 @@ def kernel_durations(name: str, dmesg: list[str]) -> dict[str, float]:
 def decide(rec: RunRecord) -> Verdict:
     if rec.error:
         return Verdict("error", [Reason("lab", rec.error)], {})
-    reasons = list(rec.early)
+    reasons = list(rec.early) + list(rec.lifecycle)
     service_reasons, service_stats = check_service(rec)
     for part in (check_transition(rec), check_probe(rec), service_reasons, check_dmesg(rec),
                  check_taint(rec), check_revert(rec)):

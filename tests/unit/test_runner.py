@@ -17,12 +17,13 @@ import pytest
 
 from harness.core.errors import ConfigError, GuestConnectionError, HarnessError
 from harness.core.settings import Settings, Timeouts
-from harness.lab import runner, steps
+from harness.lab import livepatch as livepatch_mod
+from harness.lab import plans, runner, steps
 from harness.lab.events import Timeline
-from harness.lab.prepare import Modules
+from harness.lab.prepare import Modules, Prepared
 from harness.lab.record import BASELINE, COOLDOWN, HOLD, TRANSITION, RunRecord
-from harness.lab.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, StressSpec, TimelineSpec,
-                               TransitionSpec)
+from harness.lab.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, StepSpec, StressSpec,
+                               TimelineSpec, TransitionSpec)
 from harness.lab.verdict import decide
 from harness.lab.workload import detached
 from harness.supply.modinfo import Module
@@ -64,12 +65,13 @@ def lab(tmp_path, kernel, monkeypatch):
     monkeypatch.setattr(detached, "GUEST_DIR", str(tmp_path / "guest"))
     made = []
 
-    def make(sc: Scenario = QUIET, targets: tuple[str, ...] = ()) -> steps.Context:
+    def make(sc: Scenario = QUIET, targets: tuple[str, ...] = (), patches: tuple[str, ...] = ()) -> steps.Context:
         guest = LabGuest(TIMEOUTS, kernel, tmp_path)
         made.append(guest)
         rec = RunRecord(patch_name=PATCH, service_enabled=sc.service.enabled, probe_expect=sc.probe.patterns,
                         thresholds=dataclasses.asdict(sc.thresholds))
-        mods = {m.name: m for m in (module(tmp_path, PATCH), *(module(tmp_path, t) for t in targets))}
+        mods = {m.name: m for m in (module(tmp_path, PATCH), *(module(tmp_path, p) for p in patches),
+                                    *(module(tmp_path, t) for t in targets))}
         ctx = steps.Context(sc, guest, TIMEOUTS, rec, Timeline(rec), tmp_path, Evidence(), mods, PATCH,
                             list(targets))
         guest.lost = ctx.lost
@@ -86,7 +88,7 @@ def names(ctx: steps.Context) -> list[str]:
 def run_steps(ctx: steps.Context) -> None:
     """What runner._in_guest does inside the heartbeat: the steps, and trouble classed."""
     try:
-        runner.execute(ctx, steps.default_steps(ctx.scenario, PATCH))
+        runner.execute(ctx, plans.plan(ctx.scenario, PATCH, None, {}, ctx.rec))
     except HarnessError as exc:
         runner.trouble(ctx, exc)
 
@@ -95,8 +97,9 @@ def run_steps(ctx: steps.Context) -> None:
 def test_a_good_run_goes_through_every_step_in_order_and_passes(lab, kernel):
     ctx = lab(targets=(TARGET,))
     run_steps(ctx)
-    assert names(ctx) == ["target-loaded", "baseline", "load-patch", "loaded", "transition-complete", "patched",
-                          "disable", "unpatch-complete", "unloaded", "reverted", "cooldown-end", "collected"]
+    assert names(ctx) == ["target-loaded", "baseline", "load-patch", "loaded", "transition-complete",
+                          "livepatch-state", "patched", "disable", "livepatch-state", "unpatch-complete",
+                          "unloaded", "reverted", "cooldown-end", "collected"]
     rec = ctx.rec
     assert rec.ops == [("enabled", PATCH), ("patched", PATCH), ("disabled", PATCH), ("unpatched", PATCH)]
     assert rec.main.revert == {"disabled": True, "disable_err": "", "disable_seconds": 0.01, "rmmod_rc": 0,
@@ -245,7 +248,8 @@ def whole_run(tmp_path, kernel, monkeypatch):
     monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
     monkeypatch.setattr(kernelfetch, "fetch", lambda defn, settings: fake_kernel)
     monkeypatch.setattr(images, "build", lambda recipe, settings: None)
-    monkeypatch.setattr(prep, "prepare", lambda sc, k, s: Modules(module(tmp_path, PATCH), ()))
+    monkeypatch.setattr(prep, "prepare", lambda sc, k, s: Modules(
+        PATCH, {PATCH: Prepared(module(tmp_path, PATCH), sc.patch, True)}))
     monkeypatch.setattr(runner, "HangEvidence", lambda guest, settings, timeout: Evidence())
     monkeypatch.setattr(detached, "GUEST_DIR", str(tmp_path / "guest"))
 
@@ -303,3 +307,94 @@ def test_a_lost_channel_is_a_guest_connection_error(lab):
     ctx.guest.channel.mark_lost("gone")
     with pytest.raises(GuestConnectionError):
         ctx.guest.run("true")
+
+
+# lifecycles --------------------------------------------------------------------------------
+OLD = "lab_old"
+
+
+def run_plan(ctx: steps.Context, old=None, keys=None) -> None:
+    try:
+        runner.execute(ctx, plans.plan(ctx.scenario, PATCH, old, keys or {}, ctx.rec))
+    except HarnessError as exc:
+        runner.trouble(ctx, exc)
+
+
+def test_an_upgrade_by_atomic_replace_retires_the_old_patch_and_unloads_it(lab, kernel):
+    kernel.replace.add(PATCH)
+    ctx = lab(patches=(OLD,))
+    run_plan(ctx, old=OLD)
+    rec = ctx.rec
+    assert rec.replaced == {OLD: PATCH} and kernel.modules == set()
+    assert rec.patches[OLD].revert["module_gone"] and "disabled" not in rec.patches[OLD].revert
+    assert "old again" not in rec.windows and "revert old" not in rec.windows
+    assert [w for w in rec.windows] == ["baseline", "apply", "patched", "revert", "cooldown"]
+    assert rec.lifecycle == [] and decide(rec).verdict == "pass", decide(rec).reasons
+    assert kernel.calls.index(f"rmmod {OLD}") < kernel.calls.index(f"disable {PATCH}")   # while NEW holds
+
+
+def test_a_stacked_upgrade_holds_the_old_patch_alone_then_reverts_it(lab, kernel):
+    ctx = lab(patches=(OLD,))
+    run_plan(ctx, old=OLD)
+    rec = ctx.rec
+    assert rec.replaced == {} and kernel.modules == set()
+    assert list(rec.windows) == ["baseline", "apply", "patched", "revert", "old again", "revert old", "cooldown"]
+    assert rec.ops == [("enabled", OLD), ("patched", OLD), ("enabled", PATCH), ("patched", PATCH),
+                       ("disabled", PATCH), ("unpatched", PATCH), ("disabled", OLD), ("unpatched", OLD)]
+    assert decide(rec).verdict == "pass", decide(rec).reasons
+
+
+def test_a_new_patch_the_kernel_refuses_fails_on_load_and_the_old_one_is_cleaned_up(lab, kernel):
+    kernel.refuse[PATCH] = ("livepatch: Livepatch patch (lab_good) is not compatible with the already "
+                            "installed livepatches.")
+    ctx = lab(patches=(OLD,))
+    run_plan(ctx, old=OLD)
+    v = decide(ctx.rec)
+    assert [r.check for r in v.reasons] == ["load"] and "not compatible" in v.reasons[0].message
+    assert kernel.modules == set() and kernel.calls[-3:] == [f"disable {OLD}", f"wait {OLD}", f"rmmod {OLD}"]
+
+
+def lifecycle_scenario(*specs: StepSpec) -> Scenario:
+    return dataclasses.replace(QUIET, steps=specs)
+
+
+def test_a_lifecycle_runs_its_steps_each_in_a_window_of_its_own_and_reverts_what_is_left(lab, kernel):
+    sc = lifecycle_scenario(StepSpec("load", "a"), StepSpec("hold", seconds=0.05), StepSpec("load", "b"),
+                            StepSpec("hold", seconds=0.05), StepSpec("disable", "b"), StepSpec("unload", "b"))
+    ctx = lab(sc, patches=(OLD,))
+    run_plan(ctx, keys={"a": OLD, "b": PATCH})
+    rec = ctx.rec
+    assert list(rec.windows) == ["baseline", "load a", "hold 1", "load b", "hold 2", "disable b", "unload b",
+                                 f"revert {OLD}", "cooldown"]
+    assert [w.kind for w in rec.windows.values()] == [BASELINE, TRANSITION, HOLD, TRANSITION, HOLD, TRANSITION,
+                                                       TRANSITION, TRANSITION, COOLDOWN]
+    assert rec.taint_held == [("hold 1", K), ("hold 2", K)] and kernel.modules == set()
+    assert rec.lifecycle == [] and decide(rec).verdict == "pass", decide(rec).reasons
+
+
+def test_a_load_the_scenario_expects_refused_passes_when_the_kernel_refuses_it(lab, kernel):
+    kernel.refuse[PATCH] = "Invalid argument"
+    kernel.log.append(f"[ 1.0] livepatch: failed to enable patch '{PATCH}'")   # said by the kernel: excused
+    sc = lifecycle_scenario(StepSpec("load", "a"), StepSpec("load", "b", expect="refused"),
+                            StepSpec("hold", seconds=0.05))
+    ctx = lab(sc, patches=(OLD,))
+    run_plan(ctx, keys={"a": OLD, "b": PATCH})
+    assert ctx.rec.patches[PATCH].refused.endswith("Invalid argument") and "refused" in names(ctx)
+    assert decide(ctx.rec).verdict == "pass", decide(ctx.rec).reasons
+    kernel.refuse.clear()
+    ctx = lab(sc, patches=(OLD,))
+    run_plan(ctx, keys={"a": OLD, "b": PATCH})
+    assert [r.message for r in decide(ctx.rec).reasons] == [
+        "the kernel accepted lab_good, but the scenario expects it to refuse it"]
+    assert kernel.modules == set()
+
+
+def test_sysfs_not_as_the_lifecycle_implies_fails_on_lifecycle(lab, kernel, monkeypatch):
+    ctx = lab(lifecycle_scenario(StepSpec("load", "a"), StepSpec("load", "b")), patches=(OLD,))
+    real = kernel.patches
+    monkeypatch.setattr(livepatch_mod, "patches", lambda g, t: {n: s for n, s in real(g, t).items() if n != OLD}
+                        if PATCH in kernel.enabled else real(g, t))   # a replaces b "by half"
+    run_plan(ctx, keys={"a": OLD, "b": PATCH})
+    msgs = [r.message for r in decide(ctx.rec).reasons if r.check == "lifecycle"]
+    assert msgs == []   # one patch before: gone entirely reads as a replace
+    assert ctx.rec.replaced == {OLD: PATCH}

@@ -170,3 +170,66 @@ def test_check_refuses_what_is_neither_a_kbuild_directory_nor_a_ko(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"\[PATCH\]: .*not a kbuild directory"):
         scenario.from_options(tmp_path / "empty")
+
+
+# lifecycles -----------------------------------------------------------------------------------
+def lifecycle(tmp_path: Path, text: str) -> Path:
+    for d in ("v1", "v2", "late"):
+        kbuild(tmp_path / d)
+    return write(tmp_path, "patches:\n  v1: {source: v1}\n  v2: {source: v2, params: {pre_patch_ret: -19}}\n"
+                           "target_modules:\n  - {source: late, name: late, params: {sleep_secs: 30}}\n"
+                           "probe: {command: cat /proc/cmdline}\n" + text)
+
+
+def test_a_lifecycle_is_named_patches_and_steps_over_them(tmp_path):
+    sc = scenario.load(lifecycle(tmp_path, "steps:\n  - load: v1\n  - hold: 3\n    probe: v1\n"
+                                           "  - load: v2\n    expect: refused\n  - load_target: late\n"
+                                           "  - unload_target: late\n  - disable: v1\n  - unload: v1\n"))
+    assert [(s.action, s.subject) for s in sc.steps] == [
+        ("load", "v1"), ("hold", None), ("load", "v2"), ("load_target", "late"), ("unload_target", "late"),
+        ("disable", "v1"), ("unload", "v1")]
+    assert sc.steps[1].seconds == 3.0 and sc.steps[1].probe == "v1" and sc.steps[2].expect == "refused"
+    assert sc.patch is sc.patches["v2"] and sc.patches["v2"].params == (("pre_patch_ret", "-19"),)
+    assert sc.targets[0].key == "late" and sc.targets[0].late and sc.targets[0].params == (("sleep_secs", "30"),)
+
+
+@pytest.mark.parametrize("steps, field, words", [
+    ("steps:\n  - load: v3\n", "steps[0].load", "no patch called 'v3' (known: v1, v2)"),
+    ("steps:\n  - load: v1\n    hold: 2\n", "steps[0]", "a step is exactly one of load, disable"),
+    ("steps:\n  - {}\n", "steps[0]", "a step is exactly one of"),
+    ("steps:\n  - disable: v1\n    expect: refused\n", "steps[0].expect", "only a load can be expected"),
+    ("steps:\n  - load: v1\n    probe: x\n  - load: v2\n", "steps[0].probe", "judged in a hold"),
+    ("steps:\n  - load: v1\n    probe: x\n  - hold: 1\n", "steps[1].hold", "too short to check the probe"),
+    ("steps:\n  - load_target: nope\n", "steps[0].load_target", "no target module"),
+    ("steps:\n  - hold: 1\n", "steps", "loads at least one patch"),
+    ("steps:\n  - load: v1\n    expect: maybe\n", "steps[0].expect", "one of ok, refused"),
+])
+def test_a_lifecycle_that_cannot_run_is_refused_when_loaded(tmp_path, steps, field, words):
+    with pytest.raises(ConfigError) as err:
+        scenario.load(lifecycle(tmp_path, steps))
+    assert err.value.field == field and words in str(err.value), str(err.value)
+
+
+def test_patch_and_lifecycle_forms_do_not_mix(tmp_path):
+    kbuild(tmp_path / "v1")
+    with pytest.raises(ConfigError, match=r"\[patch\]: give one patch under test"):
+        scenario.load(write(tmp_path, "patch: {source: p}\npatches: {v1: {source: v1}}\nsteps: [{load: v1}]\n"))
+    with pytest.raises(ConfigError, match=r"\[patches\]: named patches need `steps`"):
+        scenario.load(write(tmp_path, "patches: {v1: {source: v1}}\n"))
+    with pytest.raises(ConfigError, match=r"\[upgrade_from\]: upgrade_from goes with a single `patch`"):
+        scenario.load(write(tmp_path, "upgrade_from: {source: v1}\npatches: {v1: {source: v1}}\n"
+                                      "steps: [{load: v1}]\n"))
+    with pytest.raises(ConfigError, match=r"\[patch.params\]: not a module parameter name: 'a-b'"):
+        scenario.load(write(tmp_path, "patch: {source: p, params: {a-b: 1}}\n"))
+
+
+def test_check_takes_an_upgrade_and_module_parameters(tmp_path):
+    new, old, target = kbuild(tmp_path / "new"), kbuild(tmp_path / "old"), kbuild(tmp_path / "busy")
+    sc = scenario.from_options(new, upgrade_from=old, params=["pre_patch_ret=-19", "msg=a b"],
+                               targets=[f"{target}:sleep_secs=30,verbose=1"])
+    assert sc.upgrade_from.source == old.resolve() and sc.patch.params == (("pre_patch_ret", "-19"), ("msg", "a b"))
+    assert sc.targets[0].params == (("sleep_secs", "30"), ("verbose", "1"))
+    with pytest.raises(ConfigError, match=r"livepatch-lab check \[--param\]: not NAME=VALUE .*'oops'"):
+        scenario.from_options(new, params=["oops"])
+    with pytest.raises(ConfigError, match=r"\[--upgrade-from\]: .* is neither"):
+        scenario.from_options(new, upgrade_from=tmp_path / "missing")

@@ -262,3 +262,31 @@ def test_a_probe_phase_whose_window_never_came_is_left_to_the_checks_that_say_wh
     rec.windows["patched"] = Window("patched", 12, 12.1, HOLD, "patched")   # came, but empty
     assert [r.message for r in V.decide(rec).reasons if r.check == "probe"] == \
         ["no probe sample in the patched phase"]
+
+
+def test_the_old_patch_alone_again_must_show_what_it_showed_before_the_upgrade():
+    rec = clean_record(probe_same={"old again": "before"})
+    rec.windows["old again"] = Window("old again", 30, 34, HOLD, "old again")
+    rec.probe += [Sample(31, 0, "console=ttyS0 root\n")]
+    assert V.decide(rec).verdict == "pass"
+    rec.probe[-1] = Sample(31, 0, "livepatch-lab: patched\n")
+    assert [r.message for r in V.decide(rec).reasons] == [
+        "old again: 1 of 1 samples differ from the before phase: 'livepatch-lab: patched' vs 'console=ttyS0 root'"]
+
+
+def test_an_upgrade_that_brings_back_the_unpatched_output_says_a_fix_was_lost():
+    rec = clean_record(probe_unpatched="cmdline original\nversion original\n", replaced={"lab_v1": NAME},
+                       probe_expect={"before": "v1", "patched": "v2 cmdline\nv2 version"})
+    rec.probe = ([Sample(t, 0, "v1 cmdline\nv1 version\n") for t in (1, 5, 9)] +
+                 [Sample(t, 0, "v2 cmdline\nversion original\n") for t in (13, 16, 19)])
+    msg = next(r.message for r in V.decide(rec).reasons if r.check == "probe")
+    assert msg.startswith("patched: 3 of 3 samples do not match")
+    assert msg.endswith("a fix was lost in the upgrade: 'version original' is the unpatched kernel's output "
+                        "again (an atomic replace reverts what the new patch does not carry)")
+
+
+def test_the_revert_is_judged_against_the_kernel_before_any_patch():
+    rec = clean_record(probe_expect={"patched": "patched"}, probe_unpatched="console=ttyS0 root\n")
+    assert V.decide(rec).verdict == "pass"
+    rec.probe_unpatched = "something else\n"
+    assert [r.check for r in V.decide(rec).reasons] == ["revert"]

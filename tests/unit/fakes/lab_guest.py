@@ -30,6 +30,7 @@ class FakeKernel:
     refuse: dict[str, str] = field(default_factory=dict)     # module -> the kernel's complaint
     stall: set[str] = field(default_factory=set)             # transitions that never complete
     pinned: set[str] = field(default_factory=set)            # modules rmmod refuses
+    replace: set[str] = field(default_factory=set)           # patches with .replace = true
     on_load: Optional[Callable[[str], None]] = None          # called as a patch is loaded
     modules: set[str] = field(default_factory=set)
     enabled: dict[str, bool] = field(default_factory=dict)   # /sys/kernel/livepatch/<name>/enabled
@@ -41,9 +42,9 @@ class FakeKernel:
         self.log.append(f"[{len(self.log) + 1:6d}.000000] {line}")
 
     # harness.lab.livepatch, faked
-    def load(self, guest, remote_ko, timeout, report_text_of=""):
+    def load(self, guest, remote_ko, timeout, report_text_of="", params=()):
         name = Path(remote_ko).stem
-        self.calls.append(f"insmod {name}")
+        self.calls.append(" ".join([f"insmod {name}", *(f"{k}={v}" for k, v in params)]))
         if self.on_load:
             self.on_load(name)
         if name in self.refuse:
@@ -54,8 +55,17 @@ class FakeKernel:
         self._print(f"livepatch: enabling patch '{name}'")
         self._print(f"livepatch: '{name}': starting patching transition")
         if name not in self.stall:
-            self._print(f"livepatch: '{name}': patching complete")
+            self._complete(name)
         return Result(f"insmod {remote_ko}", 0, "0xffffffffc0000000\n", "", 0.01)
+
+    def _complete(self, name):
+        self._print(f"livepatch: '{name}': patching complete")
+        if name in self.replace:   # the others are disabled and leave sysfs; their modules stay
+            for other in [n for n in self.enabled if n != name]:
+                del self.enabled[other]
+
+    def patches(self, guest, timeout):
+        return {n: {"enabled": int(on), "transition": 0, "replace": None} for n, on in self.enabled.items()}
 
     def wait_transition(self, guest, name, deadline_s):
         self.calls.append(f"wait {name}")
@@ -70,6 +80,7 @@ class FakeKernel:
     def force(self, guest, name, timeout):
         self.stall.discard(name)
         self._print("livepatch: forcing remaining tasks to the patched state")
+        self._complete(name)
         return Result("force", 0, "", "", 0.0)
 
     def disable(self, guest, name, timeout):
@@ -104,7 +115,7 @@ class FakeKernel:
         return self.log[at + 1:]
 
     def install(self, monkeypatch) -> "FakeKernel":
-        for name in ("load", "wait_transition", "stragglers", "signal_stragglers", "force", "disable",
+        for name in ("load", "patches", "wait_transition", "stragglers", "signal_stragglers", "force", "disable",
                      "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since"):
             monkeypatch.setattr(livepatch, name, getattr(self, name))
         return self
