@@ -58,6 +58,7 @@ class Timeouts:
     loopback_connect: float = 0.05  # workload: one connect to a host forward; slower = SYN dropped: anew
     libvirt_connect: float = 30.0  # libvirt backend: open a connection (qemu+ssh includes the SSH login)
     libvirt_call: float = 60.0     # libvirt backend: one API call (start, destroy, monitor command)
+    libvirt_event: float = 2.0     # libvirt backend: a domain's stopped event follows its end
     libvirt_upload: float = 900.0  # libvirt backend: upload a kernel, initrd or disk into the pool
     tunnel: float = 15.0           # libvirt backend: an SSH port forward to a remote host listens
 
