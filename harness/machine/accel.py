@@ -47,7 +47,7 @@ def probe_kvm(kernel: Path, settings: Settings, backend: Backend) -> tuple[bool,
             machine.start()
             seen = machine.console.wait_for(lambda c: c.contains("Linux version"), deadline)
         except InfraError as exc:
-            return False, f"{backend.name} refused KVM: {str(exc).splitlines()[-1]}"
+            return False, f"{backend.name} refused KVM: {_last_words(exc)}"
         finally:
             machine.destroy()
     finally:
@@ -56,6 +56,11 @@ def probe_kvm(kernel: Path, settings: Settings, backend: Backend) -> tuple[bool,
         return True, f"a KVM guest printed its first kernel line in {time.monotonic() - start:.1f}s"
     return False, (f"a KVM guest printed nothing in {deadline:.0f}s "
                    "(/dev/kvm opens, but guests hang: nested virtualization?)")
+
+
+def _last_words(exc: Exception) -> str:
+    """An error's last line before the evidence attached to it ("--- evidence ---" ...)."""
+    return str(exc).split("\n--- ")[0].strip().splitlines()[-1]
 
 
 def choose(requested: str, kernel: Path, settings: Settings, backend: Backend) -> str:
