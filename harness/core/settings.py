@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 ACCELS = ("auto", "kvm", "tcg")
 BACKENDS = ("qemu", "libvirt")
-# The libvirt backend's single-threaded TCG (see backends/libvirt.py); lab.sh installs it.
+# The libvirt backend's single-threaded TCG (see backends/libvirt/machine.py); lab.sh installs it.
 DEFAULT_TCG_EMULATOR = "/usr/local/libexec/livepatch-lab/qemu-tcg-single"
 BOOT_PROTOCOLS = ("pvh", "bzimage")
 ENV_PREFIX = "LIVEPATCH_LAB_"
