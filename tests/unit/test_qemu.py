@@ -140,13 +140,13 @@ def machine(tmp_path, sock_dir):
     """machine(mode) -> a QemuMachine whose binary is the fake QEMU in that mode."""
     made = []
 
-    def make(mode="normal", timeouts=TIMEOUTS, network=True):
+    def make(mode="normal", timeouts=TIMEOUTS, network=True, record=lambda **_items: None):
         binary = tmp_path / f"qemu-{mode}"
         binary.write_text(f"#!/bin/sh\nFAKE_QEMU_MODE={mode} exec {sys.executable} {FAKE_QEMU} \"$@\"\n")
         binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
         cfg = QemuConfig(spec(console_log=tmp_path / "console.log", network=network), "tcg",
                          sock_dir / "qmp.sock", binary=str(binary))
-        m = QemuMachine(cfg, timeouts, tmp_path / "qemu.log")
+        m = QemuMachine(cfg, timeouts, tmp_path / "qemu.log", record=record)
         made.append(m)
         return m
 
@@ -313,3 +313,17 @@ def test_qemu_runs_in_its_own_process_group(machine):
     m = machine()
     m.start()
     assert os.getpgid(m.pid) == m.pid != os.getpgid(0)
+
+
+def test_the_qemu_pid_is_recorded_for_the_reaper_and_a_failing_record_leaves_no_qemu(machine):
+    notes = []
+    m = machine(record=lambda **items: notes.append(items))
+    m.start()
+    assert notes == [{"qemu_pid": m.pid}]
+
+    def disk_full(**_items):
+        raise OSError(28, "No space left on device")
+    m = machine(record=disk_full)
+    with pytest.raises(OSError):
+        m.start()
+    assert not m.is_running() and gone(m.pid)

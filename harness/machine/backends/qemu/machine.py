@@ -55,9 +55,9 @@ class QemuMachine:
                 raise InfraError(f"{self.cfg.binary} not found: install qemu-system-x86 "
                                  "(see `livepatch-lab doctor`)") from None
         self.started_at = time.monotonic()
-        self.record(qemu_pid=self.proc.pid)
         self.console.start()
         try:
+            self.record(qemu_pid=self.proc.pid)
             self._connect_qmp()
         except BaseException:
             self.destroy()
