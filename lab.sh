@@ -44,7 +44,7 @@ install_system() {
   fi
 }
 
-# The libvirt backend's single-threaded TCG wrapper (see harness/machine/backends/libvirt.py), and
+# The libvirt backend's single-threaded TCG wrapper (see harness/machine/backends/libvirt/machine.py), and
 # /dev/kvm as Debian's udev rule leaves it (root:kvm 0660): a root-only /dev/kvm makes
 # libvirt re-probe QEMU on every call (its probe sees KVM, its QEMU user cannot), ~1 min per start.
 install_libvirt_host() {

@@ -18,7 +18,7 @@ from .errors import ConfigError
 
 ACCELS = ("auto", "kvm", "tcg")
 BACKENDS = ("qemu", "libvirt")
-# The libvirt backend's single-threaded TCG (see backends/libvirt.py); lab.sh installs it.
+# The libvirt backend's single-threaded TCG (see backends/libvirt/machine.py); lab.sh installs it.
 DEFAULT_TCG_EMULATOR = "/usr/local/libexec/livepatch-lab/qemu-tcg-single"
 BOOT_PROTOCOLS = ("pvh", "bzimage")
 ENV_PREFIX = "LIVEPATCH_LAB_"
@@ -58,6 +58,7 @@ class Timeouts:
     loopback_connect: float = 0.05  # workload: one connect to a host forward; slower = SYN dropped: anew
     libvirt_connect: float = 30.0  # libvirt backend: open a connection (qemu+ssh includes the SSH login)
     libvirt_call: float = 60.0     # libvirt backend: one API call (start, destroy, monitor command)
+    libvirt_event: float = 2.0     # libvirt backend: a domain's stopped event follows its end
     libvirt_upload: float = 900.0  # libvirt backend: upload a kernel, initrd or disk into the pool
     tunnel: float = 15.0           # libvirt backend: an SSH port forward to a remote host listens
 

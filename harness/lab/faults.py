@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ..core.errors import GUEST, PATCH
+from ..machine.backends.base import HOST
 from .record import Reason
 
 
@@ -42,4 +43,4 @@ def host_ended(machine) -> Optional[str]:
     """How the host ended the machine (QEMU killed or crashed, the domain destroyed from outside),
     or None while it runs or when the guest ended itself."""
     ended = machine.exit_info()
-    return ended.detail if ended.kind == "host" else None
+    return ended.detail if ended.kind == HOST else None

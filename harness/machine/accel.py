@@ -2,86 +2,72 @@
 
 ``/dev/kvm`` opening is not enough: on a host without working nested
 virtualization a KVM guest hangs at 100% CPU before printing anything. So the
-probe boots the very kernel under test with KVM and early printk, and asks for
-its first line within a short deadline. The answer is remembered per host boot
-and QEMU binary, so the cost is paid once.
+probe boots the very kernel under test with KVM and early printk, where the
+backend runs its machines (QEMU: here; libvirt: on the URI's host), and asks
+for its first line within a short deadline. The backend says what the verdict
+is remembered by (QEMU: this host's boot and QEMU binary; libvirt: the URI),
+so the cost is paid once.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
 from ..core import atomic
 from ..core.errors import InfraError
 from ..core.settings import Settings
-from .backends.base import MachineSpec
-from .backends.qemu import QemuConfig, QemuMachine
+from .backends.base import Backend, MachineSpec
+from .host import kvm_device_usable
+from .runs import RunDir
 
 log = logging.getLogger(__name__)
 
 _memo: dict[str, tuple[bool, str]] = {}
 
-
-def _host_key(settings: Settings) -> str:
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = "unknown"
-    return f"{boot_id}:{settings.qemu_binary}"
+__all__ = ["cached_probe", "choose", "kvm_device_usable", "probe_kvm"]
 
 
-def kvm_device_usable() -> tuple[bool, str]:
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError as exc:
-        return False, f"/dev/kvm cannot be opened ({exc.strerror})"
-    os.close(fd)
-    return True, "/dev/kvm opens"
-
-
-def probe_kvm(kernel: Path, settings: Settings) -> tuple[bool, str]:
-    """Boot ``kernel`` under KVM; usable iff it prints ``Linux version`` in time."""
-    ok, why = kvm_device_usable()
+def probe_kvm(kernel: Path, settings: Settings, backend: Backend) -> tuple[bool, str]:
+    """Boot ``kernel`` under KVM on ``backend``; usable iff it prints ``Linux version`` in time."""
+    ok, why = backend.kvm_precheck()
     if not ok:
         return ok, why
     deadline = settings.timeouts.kvm_probe
-    with tempfile.TemporaryDirectory(prefix="kvm-probe-", dir=_probe_dir(settings)) as tmp:
-        spec = MachineSpec(name="lab-kvm-probe", kernel=kernel,
+    run = RunDir.create(settings.runs_dir, "kvm-probe")
+    try:
+        spec = MachineSpec(name=f"lab-{run.id}", kernel=kernel,
                            append="console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1",
-                           console_log=Path(tmp) / "console.log", cpus=1, memory_mib=256,
+                           console_log=run.path / "console.log", cpus=1, memory_mib=256,
                            rng=False, network=False)
-        machine = QemuMachine(QemuConfig(spec, "kvm", Path(tmp) / "qmp.sock",
-                                         binary=settings.qemu_binary),
-                              settings.timeouts, Path(tmp) / "qemu.log")
+        machine = backend.machine(spec, "kvm", settings.timeouts, run)
         start = time.monotonic()
         try:
             machine.start()
             seen = machine.console.wait_for(lambda c: c.contains("Linux version"), deadline)
         except InfraError as exc:
-            return False, f"QEMU refused KVM: {str(exc).splitlines()[-1]}"
+            return False, f"{backend.name} refused KVM: {_last_words(exc)}"
         finally:
             machine.destroy()
-        if seen:
-            return True, f"a KVM guest printed its first kernel line in {time.monotonic() - start:.1f}s"
-        return False, (f"a KVM guest printed nothing in {deadline:.0f}s "
-                       "(/dev/kvm opens, but guests hang: nested virtualization?)")
+    finally:
+        run.remove()
+    if seen:
+        return True, f"a KVM guest printed its first kernel line in {time.monotonic() - start:.1f}s"
+    return False, (f"a KVM guest printed nothing in {deadline:.0f}s "
+                   "(/dev/kvm opens, but guests hang: nested virtualization?)")
 
 
-def _probe_dir(settings: Settings) -> Path:
-    path = settings.runs_dir
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+def _last_words(exc: Exception) -> str:
+    """An error's last line before the evidence attached to it ("--- evidence ---" ...)."""
+    return str(exc).split("\n--- ")[0].strip().splitlines()[-1]
 
 
-def choose(requested: str, kernel: Path, settings: Settings) -> str:
+def choose(requested: str, kernel: Path, settings: Settings, backend: Backend) -> str:
     """Resolve ``auto|kvm|tcg`` to ``kvm`` or ``tcg``; explain a fallback."""
     if requested == "tcg":
         return "tcg"
-    usable, why = cached_probe(kernel, settings)
+    usable, why = cached_probe(kernel, settings, backend)
     if usable:
         return "kvm"
     if requested == "kvm":
@@ -91,11 +77,10 @@ def choose(requested: str, kernel: Path, settings: Settings) -> str:
     return "tcg"
 
 
-def cached_probe(kernel: Path, settings: Settings) -> tuple[bool, str]:
-    key = _host_key(settings)
+def cached_probe(kernel: Path, settings: Settings, backend: Backend) -> tuple[bool, str]:
+    key, store = backend.kvm_verdict()
     if key in _memo:
         return _memo[key]
-    store = settings.cache_dir / "kvm-probe.json"
     try:
         saved = json.loads(store.read_text())
         if saved.get("key") == key:
@@ -104,7 +89,7 @@ def cached_probe(kernel: Path, settings: Settings) -> tuple[bool, str]:
     except (OSError, ValueError, KeyError):
         pass
     log.info("probing KVM (up to %.0fs)", settings.timeouts.kvm_probe)
-    result = probe_kvm(kernel, settings)
+    result = probe_kvm(kernel, settings, backend)
     _memo[key] = result
     atomic.write(store, json.dumps({"key": key, "usable": result[0], "why": result[1]}))
     return result

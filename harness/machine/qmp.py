@@ -1,6 +1,6 @@
 """A small QMP client: one command at a time, every read under a deadline.
 
-The process layer (backends/qemu.py) uses this; this module knows nothing of
+The process layer (backends/qemu/machine.py) uses this; this module knows nothing of
 processes. Asynchronous events that arrive between replies are kept in
 ``events`` so a caller can tell a guest poweroff from a reset.
 """

@@ -4,7 +4,9 @@ Every guest gets a run directory under the cache (overlay, console, QEMU log)
 and a short socket directory under /tmp (AF_UNIX paths are limited to 107
 bytes, cache paths can be longer). Both go away when the run ends. A run
 killed outright cannot clean up after itself; the next run reaps it: its
-owner file names the PID that made it and the QEMU it started.
+owner file names the PID that made it, and its backend records there what
+it started (a QEMU's PID, a libvirt domain and volumes), for that backend's
+reaper.
 """
 from __future__ import annotations
 
@@ -12,26 +14,19 @@ import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from ..core import atomic
+from . import backends
+from .host import boot_id
 
 log = logging.getLogger(__name__)
 
 OWNER = "owner.json"
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def _alive(pid: int) -> bool:
@@ -69,29 +64,19 @@ class RunDir:
         return run
 
     def _write_owner(self) -> None:
-        data = {"pid": os.getpid(), "boot_id": _boot_id(), "sock_dir": str(self.sock_dir),
-                "qemu_pid": None, **self.extra}
+        data = {"pid": os.getpid(), "boot_id": boot_id(), "sock_dir": str(self.sock_dir),
+                **self.extra}
         atomic.write(self.path / OWNER, json.dumps(data))
 
-    def record_qemu(self, pid: Optional[int]) -> None:
-        self.record(qemu_pid=pid)
-
-    def record(self, **items: object) -> None:
-        """Note in the owner file what a dead run would leave (e.g. ``libvirt={...}``)."""
-        self.extra.update(items)
+    def record(self, backend: str, **items: object) -> None:
+        """Note in the owner file what a dead run would leave, for ``backend``'s reaper
+        (e.g. ``record("qemu", qemu_pid=1234)``)."""
+        self.extra.update(items, backend=backend)
         self._write_owner()
 
     def remove(self) -> None:
         shutil.rmtree(self.sock_dir, ignore_errors=True)
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _is_our_qemu(pid: int, run_path: Path) -> bool:
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return str(run_path).encode() in cmdline
 
 
 def _is_our_sock_dir(sock_dir: object) -> bool:
@@ -102,23 +87,13 @@ def _is_our_sock_dir(sock_dir: object) -> bool:
     return path.parent == Path(tempfile.gettempdir()) and path.name.startswith("lab-")
 
 
-def _reap_libvirt(record: dict, path: Path) -> None:
-    """A dead run's libvirt domain and overlay volumes (see backends/libvirt.py)."""
-    try:
-        from ..core.settings import Timeouts
-        from .backends.libvirt import reap
-        reap(record, Timeouts())
-    except Exception as exc:  # the reaper never stops a new run
-        log.warning("could not clean libvirt leftovers of %s (%s): %s", path.name,
-                    record.get("uri"), exc)
-
-
 def reap_stale(runs_dir: Path) -> int:
-    """Remove run directories whose owner process is gone; kill their QEMU if still up."""
+    """Remove run directories whose owner process is gone, after their backend's reaper
+    cleaned what they started."""
     if not runs_dir.is_dir():
         return 0
     reaped = 0
-    boot = _boot_id()
+    boot = boot_id()
     for path in runs_dir.iterdir():
         owner = path / OWNER
         try:
@@ -134,15 +109,11 @@ def reap_stale(runs_dir: Path) -> int:
         same_boot = data.get("boot_id") == boot
         if same_boot and _alive(int(data.get("pid", 0))):
             continue
-        qemu = data.get("qemu_pid")
-        if same_boot and qemu and _is_our_qemu(int(qemu), path):
-            log.warning("killing QEMU %s left behind by a dead run (%s)", qemu, path.name)
-            try:
-                os.kill(int(qemu), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if isinstance(data.get("libvirt"), dict):
-            _reap_libvirt(data["libvirt"], path)
+        try:
+            backends.reap(data, path, same_boot)
+        except Exception as exc:  # the reaper never stops a new run
+            log.warning("could not clean what the dead run %s left (%s backend): %s", path.name,
+                        data.get("backend"), exc)
         if _is_our_sock_dir(data.get("sock_dir")):
             shutil.rmtree(data["sock_dir"], ignore_errors=True)
         shutil.rmtree(path, ignore_errors=True)

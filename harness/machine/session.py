@@ -1,11 +1,12 @@
 """A booted guest, from kernel and image to a command channel, always torn down.
 
 ``boot()`` is the one way into a guest: it reaps what dead runs left, prepares
-the kernel's boot files, picks the accelerator, makes a throwaway overlay,
-starts the machine, and waits until a real SSH command answers, watching the
-console for a panic all the while. Whatever happens inside (an error, a
-timeout, Ctrl-C, SIGTERM), it powers the guest off, makes sure QEMU is gone
-and removes the overlay.
+the kernel's boot files, picks the accelerator, has the backend make a
+throwaway overlay and the machine, starts it, and waits until a real SSH
+command answers, watching the console for a panic all the while. Whatever
+happens inside (an error, a timeout, Ctrl-C, SIGTERM), it powers the guest
+off, makes sure the machine is gone and removes the overlay. It never asks
+which backend it holds.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from ..core import retry
 from ..core.errors import BootError, DeadlineExceeded, GuestConnectionError, HarnessError
@@ -26,8 +27,8 @@ from ..core.settings import Settings, Timeouts
 from ..supply import bootfiles, images, vmlinux
 from ..supply.kernel import Kernel
 from . import accel as accel_mod
-from .backends.base import Disk, Forward, Machine, MachineSpec
-from .backends.qemu import QemuConfig, QemuMachine
+from . import backends
+from .backends.base import Backend, Disk, Forward, Machine, MachineSpec
 from .channel import GuestChannel, Result
 from .runs import RunDir, reap_stale
 
@@ -72,39 +73,15 @@ class Guest:
                 "machine": self.machine.describe()}
 
 
-def _new_machine(spec: MachineSpec, run: RunDir, accel: str, settings: Settings,
-                 timeouts: Timeouts) -> Machine:
-    if settings.backend == "libvirt":
-        from .backends.libvirt import LibvirtMachine
-        return LibvirtMachine(spec, accel, settings, timeouts, run.path,
-                              record=lambda rec: run.record(libvirt=rec))
-    qmp_sock = run.sock_dir / "qmp.sock"
-    qmp_sock.unlink(missing_ok=True)
-    return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=settings.qemu_binary),
-                       timeouts, run.path / "qemu.log")
-
-
-def _start_machine(spec_for, run: RunDir, accel: str, settings: Settings,
-                   timeouts: Timeouts) -> Machine:
+def _start_machine(backend: Backend, spec_for: Callable[[], MachineSpec], run: RunDir,
+                   accel: str, timeouts: Timeouts) -> Machine:
+    """A started machine; a loopback port taken meanwhile means new ports and a new try."""
     for attempt in retry.port_clash_policy():
         with attempt:
-            machine = _new_machine(spec_for(), run, accel, settings, timeouts)
+            machine = backend.machine(spec_for(), accel, timeouts, run)
             machine.start()
-            if isinstance(machine, QemuMachine):
-                run.record_qemu(machine.pid)
             return machine
     raise AssertionError("unreachable")
-
-
-def _root_disk(image: images.Image, run: RunDir, settings: Settings, timings: dict) -> Disk:
-    """The image under a throwaway overlay: made here for QEMU, by the backend for libvirt
-    (a volume next to the base image's on the libvirt host)."""
-    if settings.backend == "libvirt":
-        return Disk(image.path.resolve(), "raw", overlay=True)
-    t0 = time.monotonic()
-    overlay = images.create_overlay(image, run.path / "root.qcow2")
-    timings["overlay"] = time.monotonic() - t0
-    return Disk(overlay, "qcow2")
 
 
 def _wait_ready(guest: Guest, deadline: float) -> None:
@@ -122,6 +99,7 @@ def _wait_ready(guest: Guest, deadline: float) -> None:
             raise BootError(f"guest {finding.kind} during boot: {finding.line}",
                             machine.console.tail(), str(machine.spec.console_log))
         if not machine.is_running():
+            machine.console.stop()   # drains what the machine printed last, for the tail
             raise BootError(f"QEMU ended during boot ({machine.exit_reason()})",
                             machine.console.tail(), str(machine.spec.console_log))
         left = deadline - time.monotonic()
@@ -171,19 +149,23 @@ def _kernel_image(kernel: Kernel, settings: Settings) -> Path:
 @contextlib.contextmanager
 def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
          forward_ports: Sequence[int] = (), append: str = "",
-         artifacts_dir: Optional[Path] = None) -> Iterator[Guest]:
-    """Boot ``kernel`` with ``image``; yield a ``Guest`` whose SSH answers."""
+         artifacts_dir: Optional[Path] = None, backend: Optional[Backend] = None) -> Iterator[Guest]:
+    """Boot ``kernel`` with ``image``; yield a ``Guest`` whose SSH answers.
+    ``backend``: the one ``settings.backend`` names unless given."""
     reap_stale(settings.runs_dir)
+    backend = backend or backends.get(settings)
     files = bootfiles.prepare(kernel, settings)
     kernel_image = _kernel_image(kernel, settings)
-    accel = accel_mod.choose(settings.accel, kernel.vmlinuz, settings)
+    accel = accel_mod.choose(settings.accel, kernel.vmlinuz, settings, backend)
     timeouts = settings.timeouts_for(accel)
     run = RunDir.create(settings.runs_dir, kernel.name)
     machine: Optional[Machine] = None
     guest: Optional[Guest] = None
     timings: dict[str, float] = {}
     try:
-        root = _root_disk(image, run, settings, timings)
+        t0 = time.monotonic()
+        root = backend.root_disk(image, run)
+        timings["overlay"] = time.monotonic() - t0
         guest_ports = (SSH_PORT, *forward_ports)
         ports: dict[int, int] = {}
 
@@ -198,9 +180,9 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
                 cpus=settings.cpus, memory_mib=settings.memory_mib)
 
         log.info("booting %s (%s) under %s (%s backend)", kernel.name, kernel.release,
-                 accel.upper(), settings.backend)
+                 accel.upper(), backend.name)
         t1 = time.monotonic()
-        machine = _start_machine(spec_for, run, accel, settings, timeouts)
+        machine = _start_machine(backend, spec_for, run, accel, timeouts)
         ports = machine.lab_ports()   # a remote libvirt host's forwards arrive through a tunnel
         channel = GuestChannel("127.0.0.1", ports[SSH_PORT], user=image.user,
                                client_key=image.client_key, host_key=image.host_key,

@@ -12,6 +12,7 @@ import pytest
 
 from harness.core.errors import BootError
 from harness.machine import session
+from harness.machine.backends.base import GUEST, HOST, MachineExit
 from harness.supply.kerneldefs import load_definitions
 
 from .conftest import qemu_processes_under
@@ -56,6 +57,23 @@ def test_a_guest_that_never_answers_ssh_fails_within_the_boot_deadline(
             pytest.fail("answered impossibly fast")
     assert time.monotonic() - start < 1.5 + 15  # deadline + teardown
     assert err.value.console_log
+
+
+def test_how_a_machine_ended_says_whether_the_guest_or_the_host_ended_it(lab_boot, no_leftovers):
+    with lab_boot("debian-6.1") as guest:
+        if guest.machine.describe()["backend"] != "qemu":
+            pytest.skip("kills the QEMU process by its PID")
+        os.kill(guest.machine.pid, signal.SIGKILL)   # as the OOM killer, or an admin, would
+        assert guest.machine.wait_exit(guest.timeouts.kill)
+        assert guest.machine.exit_info() == MachineExit(HOST, "QEMU killed by SIGKILL")
+    with lab_boot("debian-6.1") as guest:
+        # the command returns first; the panic follows (panic=-1 -no-reboot: QEMU exits 0)
+        guest.run("nohup sh -c 'sleep 0.5; echo c > /proc/sysrq-trigger' >/dev/null 2>&1 &",
+                  check=True)
+        assert guest.machine.wait_exit(guest.timeouts.poweroff)
+        assert guest.machine.proc.returncode == 0
+        assert guest.machine.exit_info() == MachineExit(GUEST, "reset")
+        assert guest.machine.console.wait_for(lambda c: c.contains("Kernel panic - not syncing"), 5)
 
 
 BOOT_SCRIPT = textwrap.dedent("""

@@ -4,6 +4,7 @@ and one whole scenario. Nothing may be left behind: domain, overlay volume,
 QEMU process or tunnel."""
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -89,6 +90,27 @@ def test_a_scenario_passes_through_libvirt(lab_settings, lab_kernel, lab_image, 
     assert outcome.verdict.verdict == "pass", outcome.as_dict()
     assert any(e["event"] == "booted" for e in outcome.timeline)
     print(f"good.yaml via libvirt: {outcome.verdict.verdict} in {outcome.seconds:.1f}s")
+
+
+def test_how_a_domain_ended_says_whether_the_guest_or_the_host_ended_it(
+        lab_settings, lab_kernel, lab_image, libvirtd, libvirt_clean, no_leftovers):
+    from harness.machine import session
+    from harness.machine.backends.base import GUEST, HOST, MachineExit
+    settings = dataclasses.replace(lab_settings, backend="libvirt", libvirt_uri=libvirtd)
+    kernel = lab_kernel("debian-6.1")
+    with session.boot(kernel, lab_image, settings) as guest:
+        name = guest.machine.describe()["domain"]
+        pid = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+        os.kill(pid, signal.SIGKILL)   # QEMU killed under libvirt's feet
+        assert guest.machine.wait_exit(guest.timeouts.kill)
+        assert guest.machine.exit_info() == MachineExit(
+            HOST, "QEMU crashed or was killed (it ended without a shutdown)")
+    with session.boot(kernel, lab_image, settings) as guest:
+        guest.run("nohup sh -c 'sleep 0.5; echo c > /proc/sysrq-trigger' >/dev/null 2>&1 &",
+                  check=True)
+        assert guest.machine.wait_exit(guest.timeouts.poweroff)
+        assert guest.machine.exit_info() == MachineExit(
+            GUEST, "the guest shut down (poweroff, reset or panic)")
 
 
 POOL_PROBE = """

@@ -6,23 +6,24 @@ import pytest
 
 from harness.core.errors import ConfigError, InfraError, PortInUse
 from harness.core.settings import Settings
-from harness.machine.backends import libvirt as lv
+from harness.machine.backends import libvirt
 from harness.machine.backends.base import Forward, MachineSpec
+from harness.machine.backends.libvirt import errors, storage, tunnel, uri, xmldefs
 
-Q = "{%s}" % lv.QEMU_NS
+Q = "{%s}" % xmldefs.QEMU_NS
 
 
 def _cfg(accel="tcg", emulator="", forwards=(Forward(40022, 22), Forward(40080, 8080)), **spec_kw):
     spec = MachineSpec(name="lab-x", kernel=Path("/local/vmlinux"), append="console=ttyS0 panic=-1",
                        console_log=Path("/tmp/c.log"), initrd=Path("/local/initrd"),
                        forwards=forwards, cpus=2, memory_mib=1024, **spec_kw)
-    disks = (lv.DomainDisk("/pool/lab-x-disk0.qcow2", "qcow2"),
-             lv.DomainDisk("/pool/disk-modules-abc", "raw", readonly=True))
-    return lv.DomainConfig(spec, accel, "/pool/kernel-1", "/pool/initrd-2", disks, emulator)
+    disks = (xmldefs.DomainDisk("/pool/lab-x-disk0.qcow2", "qcow2"),
+             xmldefs.DomainDisk("/pool/disk-modules-abc", "raw", readonly=True))
+    return xmldefs.DomainConfig(spec, accel, "/pool/kernel-1", "/pool/initrd-2", disks, emulator)
 
 
 def _dom(cfg) -> ET.Element:
-    return ET.fromstring(lv.domain_xml(cfg))
+    return ET.fromstring(xmldefs.domain_xml(cfg))
 
 
 def test_direct_kernel_boot_with_the_pool_paths_and_the_spec_cmdline():
@@ -79,17 +80,17 @@ def test_the_single_threaded_tcg_emulator_only_when_given():
 
 
 def test_overlay_volume_is_qcow2_backed_by_the_raw_base_volume():
-    vol = ET.fromstring(lv.volume_xml("lab-x-disk0.qcow2", 2 << 30, "qcow2", backing="/pool/base-1"))
+    vol = ET.fromstring(xmldefs.volume_xml("lab-x-disk0.qcow2", 2 << 30, "qcow2", backing="/pool/base-1"))
     assert vol.find("target/format").get("type") == "qcow2"
     assert (vol.findtext("backingStore/path"), vol.find("backingStore/format").get("type")) == (
         "/pool/base-1", "raw")
     assert (vol.findtext("capacity"), vol.findtext("allocation")) == (str(2 << 30), "0")
-    pool = ET.fromstring(lv.pool_xml())
-    assert (pool.get("type"), pool.findtext("target/path")) == ("dir", lv.POOL_PATH)
+    pool = ET.fromstring(xmldefs.pool_xml())
+    assert (pool.get("type"), pool.findtext("target/path")) == ("dir", xmldefs.POOL_PATH)
 
 
 # URIs ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("uri, host, tunnel", [
+@pytest.mark.parametrize("text, host, needs_tunnel", [
     ("qemu:///system", "", False),
     ("qemu+unix:///system", "", False),
     ("qemu+ssh://root@build1.example/system", "build1.example", True),
@@ -97,14 +98,14 @@ def test_overlay_volume_is_qcow2_backed_by_the_raw_base_volume():
     ("qemu+tcp://127.0.0.1/system", "127.0.0.1", False),
     ("qemu+tls://kvm7.example/system", "kvm7.example", True),
 ])
-def test_local_and_remote_uris(uri, host, tunnel):
-    t = lv.parse_uri(uri)
-    assert (t.host, t.needs_tunnel) == (host, tunnel)
+def test_local_and_remote_uris(text, host, needs_tunnel):
+    t = uri.parse_uri(text)
+    assert (t.host, t.needs_tunnel) == (host, needs_tunnel)
 
 
 def test_the_tunnel_uses_the_uris_ssh_settings_and_forwards_loopback_to_loopback():
-    t = lv.parse_uri("qemu+ssh://lab@10.0.0.5:2222/system?keyfile=/k/id&no_verify=1&command=/bin/myssh")
-    cmd = lv.tunnel_command(t, [(50001, 40022), (50002, 40080)])
+    t = uri.parse_uri("qemu+ssh://lab@10.0.0.5:2222/system?keyfile=/k/id&no_verify=1&command=/bin/myssh")
+    cmd = tunnel.tunnel_command(t, [(50001, 40022), (50002, 40080)])
     assert cmd[0] == "/bin/myssh" and cmd[-2:] == ["--", "10.0.0.5"]
     assert cmd[cmd.index("-p") + 1] == "2222" and cmd[cmd.index("-l") + 1] == "lab"
     assert cmd[cmd.index("-i") + 1] == "/k/id" and "StrictHostKeyChecking=no" in cmd
@@ -114,7 +115,7 @@ def test_the_tunnel_uses_the_uris_ssh_settings_and_forwards_loopback_to_loopback
 
 
 def test_a_plain_tunnel_verifies_host_keys():
-    cmd = lv.tunnel_command(lv.parse_uri("qemu+ssh://h/system"), [(1, 2)])
+    cmd = tunnel.tunnel_command(uri.parse_uri("qemu+ssh://h/system"), [(1, 2)])
     assert "StrictHostKeyChecking=no" not in cmd and cmd[0] == "ssh" and "-p" not in cmd
 
 
@@ -164,8 +165,8 @@ class FakeLibvirtError(Exception):
 
 
 def test_a_connection_failure_names_the_uri_and_what_to_try():
-    exc = FakeLibvirtError(lv.ERR_SYSTEM, "Failed to connect socket to '/run/libvirt/libvirt-sock'")
-    err = lv.connect_error(exc, "qemu:///system")
+    exc = FakeLibvirtError(errors.ERR_SYSTEM, "Failed to connect socket to '/run/libvirt/libvirt-sock'")
+    err = errors.connect_error(exc, "qemu:///system")
     assert isinstance(err, InfraError)
     assert "qemu:///system" in str(err) and "libvirtd running" in str(err)
     assert "virsh -c 'qemu:///system' list" in str(err)
@@ -173,8 +174,8 @@ def test_a_connection_failure_names_the_uri_and_what_to_try():
 
 
 def test_a_refused_definition_carries_the_xml_as_evidence():
-    exc = FakeLibvirtError(lv.ERR_XML_DETAIL, "unsupported configuration: bad cpu")
-    err = lv.call_error(exc, "start the domain", "qemu:///system", "<domain>...</domain>")
+    exc = FakeLibvirtError(errors.ERR_XML_DETAIL, "unsupported configuration: bad cpu")
+    err = errors.call_error(exc, "start the domain", "qemu:///system", "<domain>...</domain>")
     assert isinstance(err, InfraError)
     assert "refused the definition" in str(err) and "<domain>...</domain>" in str(err)
 
@@ -182,12 +183,12 @@ def test_a_refused_definition_carries_the_xml_as_evidence():
 def test_a_taken_forward_port_is_retried_like_qemus():
     exc = FakeLibvirtError(1, "qemu unexpectedly closed the monitor: Could not set up host "
                               "forwarding rule 'tcp:127.0.0.1:4022-:22'")
-    assert isinstance(lv.call_error(exc, "start the domain", "qemu:///system"), PortInUse)
+    assert isinstance(errors.call_error(exc, "start the domain", "qemu:///system"), PortInUse)
 
 
 def test_a_lost_connection_mid_call_is_a_connection_error():
-    exc = FakeLibvirtError(lv.ERR_RPC, "Cannot recv data: Connection reset by peer")
-    assert "virsh -c" in str(lv.call_error(exc, "destroy", "qemu+ssh://h/system"))
+    exc = FakeLibvirtError(errors.ERR_RPC, "Cannot recv data: Connection reset by peer")
+    assert "virsh -c" in str(errors.call_error(exc, "destroy", "qemu+ssh://h/system"))
 
 
 def test_sparse_sections(tmp_path):
@@ -199,19 +200,20 @@ def test_sparse_sections(tmp_path):
         fh.write(b"x" * 4096)
     fd = os.open(path, os.O_RDONLY)
     try:
-        in_data, length = lv._section(fd, 8 << 20)
+        in_data, length = storage._section(fd, 8 << 20)
         # a filesystem without hole reporting shows one data section: also correct
         assert (in_data, length) in ((False, 4 << 20), (True, 8 << 20))
         os.lseek(fd, 8 << 20, os.SEEK_SET)
-        assert lv._section(fd, 8 << 20) == (True, 0)
+        assert storage._section(fd, 8 << 20) == (True, 0)
     finally:
         os.close(fd)
 
 
-def test_the_module_imports_without_libvirt():
-    """Only the runtime parts import libvirt, lazily (``_libvirt()``)."""
-    src = Path(lv.__file__).read_text()
-    assert "\nimport libvirt" not in src and "\nfrom libvirt" not in src
+def test_the_package_imports_without_libvirt():
+    """libvirt-python is optional: the bindings are imported inside functions only."""
+    for path in Path(libvirt.__file__).parent.glob("*.py"):
+        src = path.read_text()
+        assert "\nimport libvirt" not in src and "\nfrom libvirt" not in src, path.name
 
 
 # the pool ------------------------------------------------------------------------------
@@ -247,14 +249,16 @@ class FakeConn:
         self.pool = pool
 
     def storagePoolLookupByName(self, name):
-        assert name == lv.POOL_NAME
+        assert name == xmldefs.POOL_NAME
         return self.pool
 
 
 @pytest.fixture
 def fake_libvirt(monkeypatch):
     import types
-    monkeypatch.setattr(lv, "_libvirt", lambda: types.SimpleNamespace(libvirtError=FakeLibvirtError))
+    fake = types.SimpleNamespace(libvirtError=FakeLibvirtError)
+    for module in (storage, libvirt.connection):
+        monkeypatch.setattr(module, "bindings", lambda: fake)
 
 
 @pytest.mark.parametrize("active, dir_exists", [(False, False), (False, True), (True, False)],
@@ -262,12 +266,12 @@ def fake_libvirt(monkeypatch):
 def test_the_pool_is_rebuilt_and_started_whatever_state_the_host_left_it_in(
         fake_libvirt, active, dir_exists):
     pool = FakePool(active, dir_exists)
-    assert lv.ensure_pool(FakeConn(pool)) is pool
+    assert storage.ensure_pool(FakeConn(pool)) is pool
     assert pool.active and pool.dir_exists
     assert pool.calls[-1] == "refresh"
 
 
 def test_a_running_pool_is_only_refreshed(fake_libvirt):
     pool = FakePool(True, True)
-    lv.ensure_pool(FakeConn(pool))
+    storage.ensure_pool(FakeConn(pool))
     assert pool.calls == ["refresh"]

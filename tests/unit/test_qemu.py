@@ -14,8 +14,8 @@ import pytest
 
 from harness.core.errors import DeadlineExceeded, InfraError, PortInUse
 from harness.core.settings import Timeouts
-from harness.machine.backends.base import Disk, Forward, MachineSpec
-from harness.machine.backends.qemu import QemuConfig, QemuMachine, build_command
+from harness.machine.backends.base import GUEST, HOST, Disk, Forward, MachineExit, MachineSpec, StillRunning
+from harness.machine.backends.qemu import QemuConfig, QemuMachine, build_command, classify
 
 FAKE_QEMU = Path(__file__).parent / "fakes" / "fake_qemu.py"
 
@@ -140,13 +140,13 @@ def machine(tmp_path, sock_dir):
     """machine(mode) -> a QemuMachine whose binary is the fake QEMU in that mode."""
     made = []
 
-    def make(mode="normal", timeouts=TIMEOUTS, network=True):
+    def make(mode="normal", timeouts=TIMEOUTS, network=True, record=lambda **_items: None):
         binary = tmp_path / f"qemu-{mode}"
         binary.write_text(f"#!/bin/sh\nFAKE_QEMU_MODE={mode} exec {sys.executable} {FAKE_QEMU} \"$@\"\n")
         binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
         cfg = QemuConfig(spec(console_log=tmp_path / "console.log", network=network), "tcg",
                          sock_dir / "qmp.sock", binary=str(binary))
-        m = QemuMachine(cfg, timeouts, tmp_path / "qemu.log")
+        m = QemuMachine(cfg, timeouts, tmp_path / "qemu.log", record=record)
         made.append(m)
         return m
 
@@ -170,7 +170,7 @@ def test_start_returns_with_qmp_up_and_the_console_being_followed(machine):
     assert m.is_running() and m.pid
     assert m.qmp.execute("query-status", timeout=2) == {"status": "running", "running": True}
     assert m.console.wait_for(lambda c: c.contains("Linux version 6.1.0-18-amd64"), 2)
-    assert m.exit_reason() == ""
+    assert m.exit_info() == StillRunning and m.exit_reason() == ""
     assert m.describe() == {"backend": "qemu", "accel": "tcg", "command": m.command, "pid": m.pid}
     assert "fake QEMU up" in m.qemu_output()
 
@@ -183,7 +183,8 @@ def test_destroy_quits_through_qmp_promptly(machine):
     m.destroy()
     assert time.monotonic() - start < KILL   # no signal needed
     assert m.proc.returncode == 0 and gone(pid)
-    assert m.exit_reason() == "host-qmp-quit"   # QEMU's event, sent after its reply to quit
+    # QEMU's SHUTDOWN event (host-qmp-quit), sent after its reply to quit
+    assert m.exit_info() == MachineExit(HOST, "stopped by the lab (QMP quit)")
 
 
 def test_destroy_is_idempotent_and_never_raises(machine):
@@ -203,6 +204,7 @@ def test_a_qemu_that_ignores_quit_gets_sigterm_after_the_kill_deadline(machine):
     took = time.monotonic() - start
     assert m.proc.returncode == -signal.SIGTERM
     assert KILL <= took < 2 * KILL + 0.5
+    assert m.exit_info() == MachineExit(HOST, "stopped by the lab (SIGTERM)")
 
 
 def test_a_qemu_that_ignores_sigterm_too_gets_sigkill(machine):
@@ -214,6 +216,7 @@ def test_a_qemu_that_ignores_sigterm_too_gets_sigkill(machine):
     assert m.proc.returncode == -signal.SIGKILL
     assert 2 * KILL <= took < 3 * KILL + 0.5
     assert gone(m.pid)
+    assert m.exit_info() == MachineExit(HOST, "stopped by the lab (SIGKILL)")
 
 
 def test_a_taken_host_port_is_port_in_use_and_leaves_nothing_running(machine):
@@ -261,11 +264,66 @@ def test_a_guest_poweroff_ends_the_machine_with_reason_poweroff(machine):
     assert m.proc.returncode == 0   # the exit status cannot tell a poweroff from a reset ...
     assert m.exit_reason() == "poweroff"   # ... the SHUTDOWN event QEMU sent before exiting can
     m.destroy()
-    assert m.exit_reason() == "poweroff"
+    assert m.exit_info() == MachineExit(GUEST, "poweroff")   # the lab's destroy came after
     assert m.console.contains("reboot: Power down")
+
+
+# -- how the machine ended: the guest's doing, or the host's ---------------------------------
+
+@pytest.mark.parametrize("mode, returncode, ended", [
+    ("reset", 0, MachineExit(GUEST, "reset")),     # panic=-1 -no-reboot: a panic ends QEMU, status 0
+    ("pvpanic", 0, MachineExit(GUEST, "panic")),
+    ("segfault", -signal.SIGSEGV, MachineExit(HOST, "QEMU crashed (SIGSEGV)")),
+    ("abort", -signal.SIGABRT, MachineExit(HOST, "QEMU crashed (SIGABRT)")),
+    ("error-exit", 1, MachineExit(HOST, "QEMU exited with status 1 without a shutdown event")),
+])
+def test_how_the_machine_ended_comes_from_qemus_event_else_its_exit_status(machine, mode, returncode,
+                                                                          ended):
+    m = machine(mode)
+    m.start()
+    assert m.wait_exit(3)
+    assert m.proc.returncode == returncode
+    assert m.exit_info() == ended and m.exit_reason() == ended.detail
+    m.destroy()
+    assert m.exit_info() == ended
+
+
+@pytest.mark.parametrize("sig, ended", [
+    (signal.SIGKILL, MachineExit(HOST, "QEMU killed by SIGKILL")),
+    (signal.SIGTERM, MachineExit(HOST, "QEMU stopped by a signal (SIGTERM, SIGINT or SIGHUP)")),
+])
+def test_qemu_signalled_from_outside_the_lab_is_the_hosts_doing(machine, sig, ended):
+    m = machine()
+    m.start()
+    os.kill(m.pid, sig)
+    assert m.wait_exit(3)
+    assert m.exit_info() == ended
+
+
+def test_a_guest_event_outweighs_the_labs_stop_and_a_crash_outweighs_the_status():
+    reset = {"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-reset"}}
+    assert classify(0, [reset], stopped_by="QMP quit") == MachineExit(GUEST, "reset")
+    assert classify(1, [{"event": "GUEST_PANICKED", "data": {}}]) == MachineExit(GUEST, "panic")
+    assert classify(None, [reset]) == StillRunning
+    unknown = {"event": "SHUTDOWN", "data": {"guest": True, "reason": "guest-something-new"}}
+    assert classify(0, [unknown]).kind == GUEST
 
 
 def test_qemu_runs_in_its_own_process_group(machine):
     m = machine()
     m.start()
     assert os.getpgid(m.pid) == m.pid != os.getpgid(0)
+
+
+def test_the_qemu_pid_is_recorded_for_the_reaper_and_a_failing_record_leaves_no_qemu(machine):
+    notes = []
+    m = machine(record=lambda **items: notes.append(items))
+    m.start()
+    assert notes == [{"qemu_pid": m.pid}]
+
+    def disk_full(**_items):
+        raise OSError(28, "No space left on device")
+    m = machine(record=disk_full)
+    with pytest.raises(OSError):
+        m.start()
+    assert not m.is_running() and gone(m.pid)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine import runs
+from harness.machine import backends, runs
 from harness.machine.runs import OWNER, RunDir, reap_stale
 
 
@@ -53,13 +53,14 @@ def test_a_run_dir_records_its_owner_and_has_a_short_socket_dir(made, runs_dir):
     assert "6.1.0-18-amd64" in run.id
     owner = json.loads((run.path / OWNER).read_text())
     assert owner["pid"] == os.getpid()
-    assert owner["sock_dir"] == str(run.sock_dir) and owner["qemu_pid"] is None
+    assert owner["sock_dir"] == str(run.sock_dir) and "backend" not in owner
     assert run.sock_dir.is_dir() and str(run.sock_dir).startswith(tempfile.gettempdir())
     assert len(str(run.sock_dir / "qmp.sock")) < 100   # AF_UNIX limit is 107 bytes
 
-    run.record_qemu(4242)
-    assert json.loads((run.path / OWNER).read_text())["qemu_pid"] == 4242
-    assert not (run.path / (OWNER + ".tmp")).exists()
+    run.record("qemu", qemu_pid=4242)
+    owner = json.loads((run.path / OWNER).read_text())
+    assert (owner["backend"], owner["qemu_pid"], owner["pid"]) == ("qemu", 4242, os.getpid())
+    assert [p.name for p in run.path.iterdir()] == [OWNER]   # no temporary left
 
 
 def test_two_runs_of_the_same_kernel_get_distinct_dirs(made):
@@ -101,7 +102,7 @@ def test_a_qemu_left_running_by_a_dead_run_is_killed(made, runs_dir):
     qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                              "-chardev", f"file,id=con0,path={run.path}/console.log"])
     try:
-        set_owner(run, pid=dead_pid(), qemu_pid=qemu.pid)
+        set_owner(run, pid=dead_pid(), backend="qemu", qemu_pid=qemu.pid)
         assert reap_stale(runs_dir) == 1
         assert qemu.wait(timeout=5) == -signal.SIGKILL
         assert not run.path.exists() and not run.sock_dir.exists()
@@ -115,7 +116,7 @@ def test_a_recorded_qemu_pid_now_used_by_another_program_is_left_alone(made, run
     run = made()
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        set_owner(run, pid=dead_pid(), qemu_pid=stranger.pid)
+        set_owner(run, pid=dead_pid(), backend="qemu", qemu_pid=stranger.pid)
         assert reap_stale(runs_dir) == 1
         time.sleep(0.1)
         assert stranger.poll() is None   # not ours: its command line does not name the run
@@ -129,7 +130,7 @@ def test_after_a_reboot_every_old_run_is_stale_and_no_pid_is_trusted(made, runs_
     # a pid recorded before a reboot means nothing now: this one happens to be alive
     other = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(60)  # {run.path}"])
     try:
-        set_owner(run, boot_id="an-earlier-boot", qemu_pid=other.pid)
+        set_owner(run, boot_id="an-earlier-boot", backend="qemu", qemu_pid=other.pid)
         assert reap_stale(runs_dir) == 1
         assert not run.path.exists()
         time.sleep(0.1)
@@ -175,7 +176,8 @@ def test_only_a_socket_dir_the_lab_made_is_ever_deleted(made, runs_dir, temp_roo
 
 
 @pytest.mark.parametrize("owner", [{"sock_dir": None}, {"qemu_pid": None, "sock_dir": None},
-                                   {"boot_id": None}])
+                                   {"boot_id": None}, {"backend": "qemu", "qemu_pid": "x"},
+                                   {"backend": "xen"}, {"backend": None}])
 def test_odd_owner_values_do_not_stop_the_reaper(made, runs_dir, owner):
     run = made()
     set_owner(run, pid=dead_pid(), **owner)
@@ -212,3 +214,71 @@ def test_a_zombie_owner_counts_as_dead():
         assert not runs._alive(child.pid)
     finally:
         child.wait()
+
+
+# -- each record goes to the reaper of the backend that wrote it ------------------------------
+
+class Reaper:
+    """A backend that only reaps: what the registry handed it."""
+    calls: list = []
+    fail = False
+
+    @staticmethod
+    def reap(record, run_path, same_boot):
+        Reaper.calls.append((record["backend"], record.get("thing"), run_path.name, same_boot))
+        if Reaper.fail:
+            raise RuntimeError("the libvirt host is unreachable")
+
+
+@pytest.fixture
+def fake_backend(monkeypatch):
+    Reaper.calls, Reaper.fail = [], False
+    monkeypatch.setitem(backends.REGISTRY, "fake", lambda: Reaper)
+    return Reaper
+
+
+def test_a_dead_runs_record_goes_to_its_backends_reaper_through_the_registry(made, runs_dir,
+                                                                            fake_backend):
+    dead, alive, rebooted = made("dead"), made("alive"), made("rebooted")
+    dead.record("fake", thing="domain-1")
+    set_owner(dead, pid=dead_pid())
+    alive.record("fake", thing="domain-2")
+    rebooted.record("fake", thing="domain-3")
+    set_owner(rebooted, boot_id="an-earlier-boot")
+    assert reap_stale(runs_dir) == 2
+    assert sorted(fake_backend.calls) == [("fake", "domain-1", dead.id, True),
+                                          ("fake", "domain-3", rebooted.id, False)]
+    assert alive.path.is_dir() and not dead.path.exists() and not rebooted.path.exists()
+
+
+def test_a_reaper_that_fails_does_not_stop_the_others_nor_the_new_run(made, runs_dir, fake_backend):
+    fake_backend.fail = True
+    runs = [made("a"), made("b")]
+    for run in runs:
+        run.record("fake", thing=run.id)
+        set_owner(run, pid=dead_pid())
+    assert reap_stale(runs_dir) == 2
+    assert len(fake_backend.calls) == 2 and not any(r.path.exists() for r in runs)
+
+
+@pytest.mark.parametrize("record, backend", [
+    ({"qemu_pid": 4242}, "qemu"), ({"libvirt": {"uri": "qemu:///system"}}, "libvirt"),
+    ({"qemu_pid": None}, None), ({}, None)])
+def test_records_from_before_backends_were_named_go_to_the_backend_they_came_from(
+        monkeypatch, tmp_path, record, backend):
+    seen = []
+
+    class Named:
+        def __init__(self, name):
+            self.name = name
+
+        def reap(self, record, run_path, same_boot):
+            seen.append(self.name)
+    for name in ("qemu", "libvirt"):
+        monkeypatch.setitem(backends.REGISTRY, name, lambda name=name: Named(name))
+    assert backends.reap(record, tmp_path, True) == (backend is not None)
+    assert seen == ([backend] if backend else [])
+
+
+def test_the_registry_knows_every_backend_the_settings_accept():
+    assert set(backends.REGISTRY) == set(backends.BACKENDS)

@@ -1,10 +1,13 @@
-"""What every backend is given (a ``MachineSpec``) and what it offers (``Machine``)."""
+"""What every backend is given (a ``MachineSpec``), what it makes (a ``Machine``), and
+the ``Backend`` that owns its own root disk, KVM probe place, reaper and machines."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
+from ...core.settings import Timeouts
+from ...supply.images import Image
 from ..console import ConsoleFollower
 
 
@@ -41,6 +44,37 @@ class MachineSpec:
     network: bool = True
 
 
+RUNNING, GUEST, HOST = "running", "guest", "host"
+
+
+@dataclass(frozen=True)
+class MachineExit:
+    """How a machine ended, and so whose fault it is.
+
+    ``guest``: the guest ended itself (poweroff, reset, a panic, a triple fault): after a
+    patch was loaded, the patch's doing. ``host``: the emulator was killed, crashed or
+    exited on an error, or the domain was destroyed from outside (or by the lab):
+    never the patch's fault, whatever the step."""
+    kind: str           # RUNNING | GUEST | HOST
+    detail: str = ""    # "poweroff", "reset", "QEMU killed by SIGKILL", ...
+
+
+StillRunning = MachineExit(RUNNING)
+
+# What a backend writes into its run's owner file so a later run can reap what a dead one
+# left: ``record(**items)`` (``RunDir.record`` with the backend's name bound).
+Recorder = Callable[..., None]
+
+
+class RunSpace(Protocol):
+    """A run's scratch space (``runs.RunDir``), as a backend sees it."""
+    id: str
+    path: Path        # files of the run (console, logs, a local overlay); removed after it
+    sock_dir: Path    # short directory for AF_UNIX sockets
+
+    def record(self, backend: str, **items: object) -> None: ...
+
+
 class Machine(Protocol):
     spec: MachineSpec
     console: ConsoleFollower
@@ -54,8 +88,11 @@ class Machine(Protocol):
     def wait_exit(self, timeout: float) -> bool:
         """True if the guest's machine ended within ``timeout``."""
 
+    def exit_info(self) -> MachineExit:
+        """How the machine ended (``StillRunning`` while it runs)."""
+
     def exit_reason(self) -> str:
-        """How the machine ended so far: '', 'poweroff', 'reset', 'exited N', …"""
+        """``exit_info().detail`` as text: '' while running, 'poweroff', 'reset', …"""
 
     def destroy(self) -> None:
         """Hard stop; idempotent; never raises; leaves no process behind."""
@@ -67,3 +104,27 @@ class Machine(Protocol):
 
     def cpu_registers(self) -> str:
         """Every vCPU's registers (HMP ``info registers -a``), for hang forensics."""
+
+
+class Backend(Protocol):
+    """One way of running machines, bound to the lab's settings. The session and the
+    reaper use only this; neither asks which backend it holds."""
+    name: str
+
+    def root_disk(self, image: Image, run: RunSpace) -> Disk:
+        """``image`` under a throwaway copy-on-write overlay for one run."""
+
+    def kvm_verdict(self) -> tuple[str, Path]:
+        """What a remembered KVM probe verdict is keyed on, and the file that keeps it."""
+
+    def kvm_precheck(self) -> tuple[bool, str]:
+        """Cheap reasons KVM cannot work where this backend's machines run (before a probe
+        machine is booted there); raises ``InfraError`` when it cannot even ask."""
+
+    def machine(self, spec: MachineSpec, accel: str, timeouts: Timeouts, run: RunSpace) -> Machine:
+        """A machine for ``spec`` (not started), recording its leftovers in ``run``."""
+
+    @staticmethod
+    def reap(record: dict, run_path: Path, same_boot: bool) -> None:
+        """What a dead run left (its owner file: ``record``); ``same_boot``: whether its
+        PIDs still mean anything. May raise; the caller logs and goes on."""

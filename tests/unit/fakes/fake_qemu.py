@@ -13,12 +13,25 @@ idles like a running guest. ``FAKE_QEMU_MODE`` picks a misbehaviour:
   port-in-use     exits at once, as QEMU does when a host forward's port is taken
   exit-at-start   exits at once with another error
   no-qmp          runs, but never creates the QMP socket
-  poweroff        the guest powers itself off shortly after QMP is negotiated
+
+and how the machine ends, shortly after QMP is negotiated:
+
+  poweroff        the guest powers itself off (SHUTDOWN guest-shutdown, exit 0)
+  reset           the guest panics with panic=-1 and resets: -no-reboot ends QEMU
+                  (SHUTDOWN guest-reset, exit 0)
+  pvpanic         the guest panics through pvpanic (GUEST_PANICKED, SHUTDOWN guest-panic)
+  segfault        QEMU itself dies of SIGSEGV (no event)
+  abort           QEMU itself aborts (SIGABRT, no event)
+  error-exit      QEMU exits with status 1 on an error (no event)
+
+In every mode but ignore-term, SIGTERM is handled as QEMU does: a SHUTDOWN
+event with cause host-signal, then exit 0.
 
 Only the standard library: it runs under whatever python3 is on PATH.
 """
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -49,8 +62,23 @@ def shutdown_event(reason):
             "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1e6)}}
 
 
+CONNECTED = []   # the QMP connection, for the SIGTERM handler
+GUEST_ACTS = ("poweroff", "reset", "pvpanic", "segfault", "abort", "error-exit")
+
+
+def on_sigterm(signum, frame):
+    for conn in CONNECTED:
+        try:
+            send(conn, shutdown_event("host-signal"))
+        except OSError:
+            pass
+    sys.stderr.write("qemu-system-x86_64: terminating on signal 15\n")
+    os._exit(0)
+
+
 def main(argv):
     mode = os.environ.get("FAKE_QEMU_MODE", "normal")
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))   # a deliberate crash leaves no core file
     qmp = option(argv, "-qmp")
     chardev = option(argv, "-chardev")
     netdev = option(argv, "-netdev") or ""
@@ -67,6 +95,8 @@ def main(argv):
         return 1
     if mode == "ignore-term":
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif mode != "ignore-quit":   # ignore-quit: a wedged QEMU, that SIGTERM kills outright
+        signal.signal(signal.SIGTERM, on_sigterm)
 
     console_path = suboption(chardev, "path")
     with open(console_path, "ab", buffering=0) as console:
@@ -89,21 +119,44 @@ def main(argv):
         sys.stderr.flush()
         while True:
             conn, _ = listener.accept()
+            CONNECTED[:] = [conn]
             if serve(conn, mode, console) == "exit":
                 return 0
+
+
+def guest_acts(mode, conn, console):
+    """The machine ends as ``mode`` says; returns only if QEMU exits normally."""
+    if mode == "poweroff":
+        console.write(b"[    3.210000] reboot: Power down\r\n")
+        send(conn, shutdown_event("guest-shutdown"))
+    elif mode == "reset":
+        console.write(b"[    3.210000] Kernel panic - not syncing: sysrq triggered crash\r\n")
+        console.write(b"[    3.220000] Rebooting in 1 seconds..\r\n")
+        send(conn, shutdown_event("guest-reset"))
+    elif mode == "pvpanic":
+        console.write(b"[    3.210000] Kernel panic - not syncing: sysrq triggered crash\r\n")
+        send(conn, {"event": "GUEST_PANICKED", "data": {"action": "pause"}})
+        send(conn, shutdown_event("guest-panic"))
+    elif mode == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif mode == "abort":
+        os.abort()
+    elif mode == "error-exit":
+        sys.stderr.write("qemu-system-x86_64: virtio: bogus descriptor or out of resources\n")
+        sys.stderr.flush()
+        os._exit(1)
 
 
 def serve(conn, mode, console):
     send(conn, {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
                         "capabilities": ["oob"]}})
     buf = b""
-    conn.settimeout(0.2 if mode == "poweroff" else None)
+    conn.settimeout(0.2 if mode in GUEST_ACTS else None)
     while True:
         try:
             chunk = conn.recv(4096)
-        except socket.timeout:   # poweroff mode: the guest shuts itself down
-            console.write(b"[    3.210000] reboot: Power down\r\n")
-            send(conn, shutdown_event("guest-shutdown"))
+        except socket.timeout:   # the machine ends by itself
+            guest_acts(mode, conn, console)
             return "exit"
         if not chunk:
             return "closed"

@@ -12,11 +12,11 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Optional
 
 from harness.core.errors import GuestConnectionError, LivepatchError
 from harness.lab import livepatch
+from harness.machine.backends.base import MachineExit, StillRunning
 from harness.machine.channel import Result
 from harness.machine.console import ConsoleFollower
 
@@ -128,7 +128,7 @@ class FakeMachine:
         self.console_log = directory / "console.log"
         self.console_log.write_text("")
         self.console = ConsoleFollower(self.console_log).start()
-        self.ended: Optional[SimpleNamespace] = None
+        self.ended: Optional[MachineExit] = None
         self.accel = "tcg"
 
     def print(self, line: str) -> None:
@@ -137,7 +137,7 @@ class FakeMachine:
         self.console.wait_for(lambda c: c.contains(line), 5.0)
 
     def end(self, kind: str, detail: str) -> None:
-        self.ended = SimpleNamespace(kind=kind, detail=detail)
+        self.ended = MachineExit(kind, detail)
 
     def is_running(self) -> bool:
         return self.ended is None
@@ -146,7 +146,7 @@ class FakeMachine:
         return self.ended.detail if self.ended else ""
 
     def exit_info(self):
-        return self.ended or SimpleNamespace(kind="running", detail="")
+        return self.ended or StillRunning
 
     def cpu_registers(self) -> str:
         return "CPU#0\nRIP=ffffffff81000000 RFL=00000246\n"

@@ -4,7 +4,9 @@ Stands in for the guest's sshd: a generated ECDSA host key, public-key auth
 with one generated client key, and ``exec`` requests run through the host's
 shell in a thread, streaming stdout and stderr back while the command runs
 and sending its exit status. A command whose channel the client closes is
-killed (with its process group), as sshd does.
+killed (with its process group), as sshd does. Commands named in ``builtins``
+are answered by their handler instead (a stand-in guest's ``poweroff`` must
+never reach this host's shell).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import socket
 import subprocess
 import threading
 from pathlib import Path
+from typing import Callable
 
 import paramiko
 
@@ -52,7 +55,8 @@ class _Server(paramiko.ServerInterface):
     def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
         cmd = command.decode()
         self.owner.commands.append(cmd)
-        threading.Thread(target=self.owner._exec, args=(channel, cmd), daemon=True).start()
+        target = self.owner._builtin if cmd in self.owner.builtins else self.owner._exec
+        threading.Thread(target=target, args=(channel, cmd), daemon=True).start()
         return True
 
 
@@ -64,6 +68,7 @@ class FakeSSHServer:
         self.auth_attempts: list[tuple[str, str]] = []
         self.commands: list[str] = []
         self.killed: list[str] = []          # commands killed because their channel closed
+        self.builtins: dict[str, Callable[[], int]] = {}   # command -> handler returning its status
         self._listener = socket.socket()
         self._listener.bind(("127.0.0.1", 0))
         self._listener.listen(8)
@@ -113,6 +118,15 @@ class FakeSSHServer:
                 transport.start_server(server=_Server(self))
             except (paramiko.SSHException, EOFError, OSError):
                 transport.close()
+
+    def _builtin(self, chan: paramiko.Channel, cmd: str) -> None:
+        rc = self.builtins[cmd]()
+        try:
+            chan.send_exit_status(rc)
+            chan.shutdown_write()
+            chan.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
 
     def _exec(self, chan: paramiko.Channel, cmd: str) -> None:
         proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

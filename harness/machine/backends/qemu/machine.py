@@ -1,4 +1,4 @@
-"""QEMU as a process: a pure command-line builder and a process lifecycle.
+"""QEMU as a process: its lifecycle, and how it ended.
 
 The lifecycle depends on the QMP client, never the other way round. Stopping is
 QMP ``quit`` with a deadline, then SIGTERM, then SIGKILL; the child also gets
@@ -6,94 +6,37 @@ a parent-death signal so a host process killed outright cannot orphan it.
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ...core.errors import DeadlineExceeded, InfraError, PortInUse
-from ...core.settings import Timeouts
-from ..console import ConsoleFollower
-from ..qmp import QMPClient
-from .base import MachineSpec
+from ....core.errors import DeadlineExceeded, InfraError, PortInUse
+from ....core.settings import Timeouts
+from ...console import ConsoleFollower
+from ...qmp import QMPClient
+from ..base import MachineExit, Recorder
+from ..child import die_with_parent
+from .command import QemuConfig, build_command
+from .exits import classify
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
-
-
-@dataclass(frozen=True)
-class QemuConfig:
-    spec: MachineSpec
-    accel: str                  # "kvm" | "tcg"
-    qmp_socket: Path
-    binary: str = "qemu-system-x86_64"
-    machine: str = "pc"
-    # MTTCG ("multi") runs each vCPU on its own host thread, but its handling of
-    # cross-modifying code races with the kernel's int3-based text patching
-    # (text_poke_bp): a vCPU can execute a stale int3 -> "Oops: int3" (seen on 6.12
-    # while a livepatch transition ran). "single" interleaves vCPUs on one thread.
-    tcg_thread: str = "single"
-
-
-def _opt(value: object) -> str:
-    """A value inside a QEMU ``key=value,...`` option: commas are doubled."""
-    return str(value).replace(",", ",,")
-
-
-def build_command(cfg: QemuConfig) -> list[str]:
-    """The full QEMU command line for ``cfg``. Pure: no I/O, unit-tested."""
-    s = cfg.spec
-    cmd = [cfg.binary, "-name", s.name, "-nodefaults", "-no-user-config",
-           "-display", "none", "-no-reboot", "-M", cfg.machine]
-    if cfg.accel == "kvm":
-        cmd += ["-accel", "kvm", "-cpu", "host"]
-    else:
-        cmd += ["-accel", f"tcg,thread={cfg.tcg_thread}", "-cpu", "max"]
-    cmd += ["-smp", str(s.cpus), "-m", str(s.memory_mib)]
-    cmd += ["-kernel", str(s.kernel), "-append", s.append]
-    if s.initrd is not None:
-        cmd += ["-initrd", str(s.initrd)]
-    cmd += ["-chardev", f"file,id=con0,path={_opt(s.console_log)}", "-serial", "chardev:con0",
-            "-qmp", f"unix:{_opt(cfg.qmp_socket)},server=on,wait=off"]
-    for i, disk in enumerate(s.disks):
-        # The overlay is thrown away after the run: no host flushes needed.
-        opts = [f"file={_opt(disk.path)}", "if=none", f"id=disk{i}", f"format={disk.format}",
-                "cache=unsafe"]
-        if disk.readonly:
-            opts.append("readonly=on")
-        cmd += ["-drive", ",".join(opts), "-device", f"virtio-blk-pci,drive=disk{i}"]
-    if s.network:
-        # restrict=on: the guest reaches nothing; only our loopback forwards reach it.
-        net = ["user", "id=net0", "restrict=on"]
-        net += [f"hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in s.forwards]
-        cmd += ["-netdev", ",".join(net), "-device", "virtio-net-pci,netdev=net0"]
-    if s.rng:
-        cmd += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
-                "-device", "virtio-rng-pci,rng=rng0"]
-    return cmd
-
-
-_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here, not in the forked child
-
-
-def _child_setup() -> None:  # runs in the forked child, before exec
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class QemuMachine:
     """One QEMU process. Not thread-safe; create and destroy it from one thread
     (the parent-death signal fires when the *thread* that forked it exits)."""
 
-    def __init__(self, cfg: QemuConfig, timeouts: Timeouts, log_path: Path):
+    def __init__(self, cfg: QemuConfig, timeouts: Timeouts, log_path: Path,
+                 record: Recorder = lambda **_items: None):
         self.cfg, self.spec, self.accel = cfg, cfg.spec, cfg.accel
         self.timeouts = timeouts
         self.log_path = log_path
+        self.record = record          # the reaper's note: which QEMU a dead run left
+        self.stopped_by = ""          # how destroy() ended a running QEMU, if it did
         self.console = ConsoleFollower(cfg.spec.console_log)
         self.qmp = QMPClient(cfg.qmp_socket)
         self.proc: Optional[subprocess.Popen] = None
@@ -107,13 +50,14 @@ class QemuMachine:
             try:
                 self.proc = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, stdout=out,
                                              stderr=subprocess.STDOUT, start_new_session=True,
-                                             preexec_fn=_child_setup)
+                                             preexec_fn=die_with_parent)
             except FileNotFoundError:
                 raise InfraError(f"{self.cfg.binary} not found: install qemu-system-x86 "
                                  "(see `livepatch-lab doctor`)") from None
         self.started_at = time.monotonic()
         self.console.start()
         try:
+            self.record(qemu_pid=self.proc.pid)
             self._connect_qmp()
         except BaseException:
             self.destroy()
@@ -159,31 +103,33 @@ class QemuMachine:
         except subprocess.TimeoutExpired:
             return False
 
+    def exit_info(self) -> MachineExit:
+        """Who ended QEMU: its SHUTDOWN event's cause, else its exit status."""
+        if self.proc is None:
+            return classify(None, ())
+        return classify(self.proc.poll(), self.qmp.pending_events(), self.stopped_by)
+
     def exit_reason(self) -> str:
-        for event in reversed(self.qmp.pending_events()):
-            if event.get("event") == "SHUTDOWN":
-                reason = event.get("data", {}).get("reason", "")
-                return {"guest-shutdown": "poweroff", "guest-reset": "reset",
-                        "guest-panic": "panic"}.get(reason, reason)
-        if self.proc is not None and self.proc.poll() is not None:
-            return f"exited {self.proc.returncode}"
-        return ""
+        return self.exit_info().detail
 
     def destroy(self) -> None:
         """QMP quit → SIGTERM → SIGKILL, each with a deadline; never raises."""
         try:
             if self.is_running():
+                self.stopped_by = "QMP quit"
                 try:
                     self.qmp.execute("quit", timeout=self.timeouts.qmp)
                 except Exception as exc:  # QMP gone or wedged: fall through to signals
                     log.debug("QMP quit failed: %s", exc)
                 if not self.wait_exit(self.timeouts.kill):
                     self._signal(signal.SIGTERM)
+                    self.stopped_by = "SIGTERM"
                     if not self.wait_exit(self.timeouts.kill):
                         self._signal(signal.SIGKILL)
+                        self.stopped_by = "SIGKILL"
                         self.wait_exit(self.timeouts.kill)
         finally:
-            self.qmp.pending_events()  # keep the SHUTDOWN reason for exit_reason()
+            self.qmp.pending_events()  # keep the SHUTDOWN event for exit_info()
             self.qmp.close()
             self.console.stop()
 

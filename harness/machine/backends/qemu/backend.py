@@ -1,0 +1,66 @@
+"""The QEMU backend: QEMU as the lab's own child process, on this host.
+
+The root disk's overlay is a local qcow2 file in the run directory; KVM is
+probed here, and the verdict holds for this host's boot and this QEMU binary;
+a dead run's QEMU is found by the PID its run recorded.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+from ....core.settings import Settings, Timeouts
+from ....supply import images
+from ...host import boot_id, kvm_device_usable
+from ..base import Disk, MachineSpec, RunSpace
+from .command import QemuConfig
+from .machine import QemuMachine
+
+log = logging.getLogger(__name__)
+
+
+def _is_our_qemu(pid: int, run_path: Path) -> bool:
+    """``pid`` is still the QEMU of that run: its command line names the run directory."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return str(run_path).encode() in cmdline
+
+
+class QemuBackend:
+    name = "qemu"
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def root_disk(self, image: images.Image, run: RunSpace) -> Disk:
+        return Disk(images.create_overlay(image, run.path / "root.qcow2", self.settings), "qcow2")
+
+    def kvm_verdict(self) -> tuple[str, Path]:
+        return f"{boot_id() or 'unknown'}:{self.settings.qemu_binary}", \
+            self.settings.cache_dir / "kvm-probe.json"
+
+    def kvm_precheck(self) -> tuple[bool, str]:
+        return kvm_device_usable()
+
+    def machine(self, spec: MachineSpec, accel: str, timeouts: Timeouts, run: RunSpace) -> QemuMachine:
+        qmp_sock = run.sock_dir / "qmp.sock"
+        qmp_sock.unlink(missing_ok=True)   # a port-clash retry's predecessor
+        return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=self.settings.qemu_binary),
+                           timeouts, run.path / "qemu.log",
+                           record=lambda **items: run.record(self.name, **items))
+
+    @staticmethod
+    def reap(record: dict, run_path: Path, same_boot: bool) -> None:
+        """Kill the QEMU a dead run left running (its parent-death signal normally has)."""
+        pid = record.get("qemu_pid")
+        if not (same_boot and isinstance(pid, int) and _is_our_qemu(pid, run_path)):
+            return
+        log.warning("killing QEMU %s left behind by a dead run (%s)", pid, run_path.name)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
