@@ -145,8 +145,10 @@ def trouble(ctx: Context, exc: HarnessError) -> None:
     where its vCPUs are) or as an error with its evidence, by faults.py's rule."""
     guest, rec = ctx.guest, ctx.rec
     machine = guest.machine
-    # a dying kernel's last lines reach the console just after the silence
-    machine.console.wait_for(lambda c: c.fatal() is not None, 1.0)
+    # a dying kernel's last lines reach the console just after the silence, and with panic=-1
+    # its machine ends about a second after a panic
+    if machine.console.wait_for(lambda c: c.fatal() is not None, 1.0):
+        machine.wait_exit(2.0)
     by_host = None if machine.is_running() else host_ended(machine)
     why = guest.channel.lost or f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     if not machine.is_running():

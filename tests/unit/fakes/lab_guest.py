@@ -142,6 +142,9 @@ class FakeMachine:
     def is_running(self) -> bool:
         return self.ended is None
 
+    def wait_exit(self, timeout: float) -> bool:
+        return self.ended is not None
+
     def exit_reason(self) -> str:
         return self.ended.detail if self.ended else ""
 
