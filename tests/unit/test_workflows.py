@@ -110,7 +110,8 @@ def test_composite_action_structure():
     steps = action["runs"]["steps"]
     assert steps and all("uses" in s or ("run" in s and "shell" in s) for s in steps)
     assert action["inputs"]["patch-dir"].get("required") is True
-    assert set(action["inputs"]) >= {"patch-dir", "kernels", "probe", "expect-patched", "duration"}
+    assert set(action["inputs"]) >= {"patch-dir", "kernels", "probe", "expect-patched", "duration",
+                                      "upgrade-from", "params"}
     assert "verdict" in action["outputs"]
     # the lab is the action's own checkout, never the caller's workspace
     assert "github.action_path" in ACTION.read_text()
@@ -129,7 +130,8 @@ def test_reusable_workflow_interface():
     call = load(GITHUB / "workflows" / "validate-livepatch.yml")[True]["workflow_call"]
     assert call["inputs"]["patch-dir"]["required"] is True
     assert call["inputs"]["kernels"]["default"] == "debian-6.1"
-    assert set(call["inputs"]) >= {"probe", "expect-patched", "duration", "lab-repository", "lab-ref"}
+    assert set(call["inputs"]) >= {"probe", "expect-patched", "duration", "upgrade-from", "params",
+                                    "lab-repository", "lab-ref"}
     assert "verdict" in call["outputs"]
     # its steps are the composite action's: what it passes must be the action's inputs
     steps = load(GITHUB / "workflows" / "validate-livepatch.yml")["jobs"]["validate"]["steps"]
