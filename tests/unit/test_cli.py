@@ -43,7 +43,8 @@ def test_kernels_offline_lists_every_definition_without_touching_the_network(cap
 def test_doctor_reports_every_check(capsys, tmp_path):
     rc = cli.main(["--cache-dir", str(tmp_path), "doctor"])
     out = capsys.readouterr().out
-    assert rc in (0, 1)
+    failed = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert rc == (1 if failed else 0), out   # exit 1 exactly when a check failed, and it is named
     for name in ("qemu-system-x86_64", "qemu-img", "kvm", "mmdebstrap", "busybox", "gcc", "mirror", "cache"):
         assert name in out
 
