@@ -51,11 +51,14 @@ def _setup_logging(verbosity: int) -> None:
     logging.getLogger("paramiko").setLevel(logging.DEBUG if verbosity > 2 else logging.CRITICAL)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings.from_env(cache_dir=args.cache_dir, accel=getattr(args, "accel", None),
-                             memory_mib=getattr(args, "memory", None), cpus=getattr(args, "cpus", None),
-                             backend=getattr(args, "backend", None),
-                             libvirt_uri=getattr(args, "libvirt_uri", None))
+def _settings(args: argparse.Namespace, *, check_cache: bool = True) -> Settings:
+    settings = Settings.from_env(cache_dir=args.cache_dir, accel=getattr(args, "accel", None),
+                                 memory_mib=getattr(args, "memory", None), cpus=getattr(args, "cpus", None),
+                                 backend=getattr(args, "backend", None),
+                                 libvirt_uri=getattr(args, "libvirt_uri", None))
+    if not check_cache:   # doctor reports an unusable cache as one of its checks
+        return settings
+    return settings.usable_cache("--cache-dir" if args.cache_dir else "LIVEPATCH_LAB_CACHE")
 
 
 def _backend_options(sp: argparse.ArgumentParser) -> None:
@@ -209,7 +212,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_checks
-    settings = _settings(args)
+    settings = _settings(args, check_cache=False)
     failed = 0
     for check in run_checks(settings):
         failed += check.status == "FAIL"
@@ -334,6 +337,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except HarnessError as exc:
         log.error("%s", exc)
         return EXIT_LAB if args.cmd == "boot" else 2 if args.cmd in ("check", "run") else 1
+    except OSError as exc:   # the host refused a file operation the lab did not foresee: one line
+        log.error("%s%s", exc, "" if args.verbose else " (run with -v for where)")
+        log.debug("where", exc_info=True)
+        return EXIT_LAB if args.cmd == "boot" else 2
 
 
 if __name__ == "__main__":

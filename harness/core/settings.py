@@ -119,6 +119,19 @@ class Settings:
                 raise ConfigError(f"must be positive and finite, not {getattr(self, name)!r}",
                                   field=name)
 
+    def usable_cache(self, option: str = "cache_dir") -> "Settings":
+        """Make the cache directory, or refuse it with a ``ConfigError`` naming ``option``: a
+        cache the lab cannot write fails here, not as a traceback deep inside a download."""
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.cache_dir / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"cannot use {self.cache_dir} as the cache: {exc.strerror or exc}",
+                              field=option) from None
+        return self
+
     def timeouts_for(self, accel: str) -> Timeouts:
         """Deadlines for a guest running under ``accel`` (``kvm`` or ``tcg``)."""
         return self.timeouts.scaled(self.tcg_factor) if accel == "tcg" else self.timeouts

@@ -54,3 +54,13 @@ def test_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         cli.main(argv)
     assert exc.value.code == 2
+
+
+def test_an_unusable_cache_directory_is_one_line_naming_the_option(capsys, tmp_path):
+    ro = tmp_path / "file-not-dir"
+    ro.write_text("")
+    for where in ("/proc/nope", str(ro / "sub")):
+        assert cli.main(["--cache-dir", where, "kernels"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "[--cache-dir]: cannot use" in err[0] and where in err[0]
+        assert "Traceback" not in err[0]
