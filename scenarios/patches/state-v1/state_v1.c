@@ -45,24 +45,12 @@ static struct klp_state *lab_state_v1_state(void)
 	return klp_get_state(&lab_state_v1_patch, LAB_STATE_ID);
 }
 
-/* The state an installed patch set up, if any: taken over in post_patch. */
-static struct lab_state_data *lab_state_v1_inherited(void)
-{
-	struct klp_state *prev = klp_get_prev_state(LAB_STATE_ID);
-
-	return prev ? prev->data : NULL;
-}
-
+/* The first patch of the series: there is no earlier state to take over. */
 static int lab_state_v1_pre_patch(struct klp_object *obj)
 {
 	struct klp_state *state = lab_state_v1_state();
-	struct lab_state_data *data = lab_state_v1_inherited();
+	struct lab_state_data *data = kzalloc(sizeof(*data), GFP_KERNEL);
 
-	if (data) {
-		pr_info("state found (version %u), taking it over\n", data->version);
-		return 0;
-	}
-	data = kzalloc(sizeof(*data), GFP_KERNEL);
 	if (!data)
 		return -ENOMEM;
 	data->version = state->version;
@@ -74,23 +62,14 @@ static int lab_state_v1_pre_patch(struct klp_object *obj)
 
 static void lab_state_v1_post_patch(struct klp_object *obj)
 {
-	struct klp_state *prev = klp_get_prev_state(LAB_STATE_ID);
-	struct klp_state *state = lab_state_v1_state();
-	struct lab_state_data *data;
-
-	if (prev && prev->data) {
-		/* ownership moves only once the transition has completed */
-		data = prev->data;
-		prev->data = NULL;
-		pr_info("state taken over (version %u -> %u)\n", data->version, state->version);
-		data->version = state->version;
-		state->data = data;
-		return;
-	}
-	pr_info("state in use (version %u)\n", state->version);
+	pr_info("state in use (version %u)\n", lab_state_v1_state()->version);
 }
 
-/* Also runs after a reversed patching transition: frees only what it owns. */
+/*
+ * Runs when lab_state_v1 itself is disabled (or its patching transition is
+ * reversed), not when a cumulative patch replaces it: that one owns the data
+ * by then.
+ */
 static void lab_state_v1_post_unpatch(struct klp_object *obj)
 {
 	struct klp_state *state = lab_state_v1_state();

@@ -45,21 +45,19 @@ static struct klp_state *lab_state_v2_state(void)
 	return klp_get_state(&lab_state_v2_patch, LAB_STATE_ID);
 }
 
-/* The state an installed patch set up, if any: taken over in post_patch. */
-static struct lab_state_data *lab_state_v2_inherited(void)
-{
-	struct klp_state *prev = klp_get_prev_state(LAB_STATE_ID);
-
-	return prev ? prev->data : NULL;
-}
-
+/*
+ * An installed patch's state (klp_get_prev_state(), valid in callbacks) is
+ * only looked at here; the data changes hands in post_patch, once nothing
+ * can reverse the transition any more.
+ */
 static int lab_state_v2_pre_patch(struct klp_object *obj)
 {
+	struct klp_state *prev = klp_get_prev_state(LAB_STATE_ID);
 	struct klp_state *state = lab_state_v2_state();
-	struct lab_state_data *data = lab_state_v2_inherited();
+	struct lab_state_data *data;
 
-	if (data) {
-		pr_info("state found (version %u), taking it over\n", data->version);
+	if (prev && prev->data) {
+		pr_info("state found (version %u), taking it over\n", prev->version);
 		return 0;
 	}
 	data = kzalloc(sizeof(*data), GFP_KERNEL);
@@ -79,7 +77,6 @@ static void lab_state_v2_post_patch(struct klp_object *obj)
 	struct lab_state_data *data;
 
 	if (prev && prev->data) {
-		/* ownership moves only once the transition has completed */
 		data = prev->data;
 		prev->data = NULL;
 		pr_info("state taken over (version %u -> %u)\n", data->version, state->version);
