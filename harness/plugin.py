@@ -115,18 +115,18 @@ def lab_boot(lab_settings, lab_image, lab_kernel) -> Callable[..., ContextManage
 
 
 # scenario files as test items ------------------------------------------------
-_SCENARIO_HINT = "patch:"
+_SCENARIO_HINTS = ("patch:", "patches:")   # a top-level key only a scenario has
 
 
 def pytest_collect_file(file_path, parent):
-    """Collect YAML files that are scenarios (they have a top-level ``patch:``)."""
+    """Collect YAML files that are scenarios (they have a top-level ``patch:`` or ``patches:``)."""
     if file_path.suffix not in (".yaml", ".yml"):
         return None
     try:
         head = file_path.read_text(errors="replace")
     except OSError:
         return None
-    if not any(line.startswith(_SCENARIO_HINT) for line in head.splitlines()):
+    if not any(line.startswith(_SCENARIO_HINTS) for line in head.splitlines()):
         return None
     return ScenarioFile.from_parent(parent, path=file_path)
 
@@ -151,10 +151,11 @@ class ScenarioFile(pytest.File):
             item.add_marker(pytest.mark.kernel(name))
             # `-m debian_6_12` picks one kernel line: marker names must be identifiers
             line = kernel_marker(name)
-            doc = f"{line}: scenario items on kernel {name.split('@')[0]}"
-            if doc not in self.config.getini("markers"):   # once per kernel, not per item
-                self.config.addinivalue_line("markers", doc)
+            register_marker(self.config, line, f"{line}: scenario items on kernel {name.split('@')[0]}")
             item.add_marker(getattr(pytest.mark, line))
+            for tag in sc.tags:   # `-m lifecycle` picks scenarios by what they exercise
+                register_marker(self.config, tag, f"{tag}: scenarios tagged {tag}")
+                item.add_marker(getattr(pytest.mark, tag))
             yield item
 
 
@@ -203,6 +204,12 @@ class ScenarioItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, 0, f"scenario {self.scenario.name} on {self.kernel}"
+
+
+def register_marker(config: pytest.Config, name: str, doc: str) -> None:
+    """Declare a marker once per session (not once per item), so ``--strict-markers`` accepts it."""
+    if not any(line.split(":")[0] == name for line in config.getini("markers")):
+        config.addinivalue_line("markers", doc)
 
 
 def item_name(scenario: str, kernel: str) -> str:

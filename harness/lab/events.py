@@ -19,11 +19,18 @@ PHASES = (("prepare", "start", "built"), ("boot", "built", "booted"), ("setup", 
 
 
 def phase_seconds(timeline: list[dict[str, Any]]) -> dict[str, float]:
-    """{phase: seconds} for the phases whose two events both happened (first occurrences)."""
-    at: dict[str, float] = {}
-    for e in timeline:
-        at.setdefault(e["event"], e["t"])
-    return {name: round(at[b] - at[a], 2) for name, a, b in PHASES if a in at and b in at}
+    """{phase: seconds} for the phases whose two events both happened: from the first ``a`` that
+    follows the previous phase's start to the first ``b`` after it (a lifecycle repeats events:
+    an old patch's load precedes the baseline)."""
+    out: dict[str, float] = {}
+    since = float("-inf")
+    for name, a, b in PHASES:
+        t_a = next((e["t"] for e in timeline if e["event"] == a and e["t"] >= since), None)
+        t_b = None if t_a is None else next((e["t"] for e in timeline if e["event"] == b and e["t"] >= t_a), None)
+        if t_a is not None and t_b is not None:
+            out[name] = round(t_b - t_a, 2)
+            since = t_a
+    return out
 
 
 class Timeline:

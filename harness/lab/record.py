@@ -61,6 +61,7 @@ class RunRecord:
     probe_same: dict[str, str] = field(default_factory=dict)     # phase -> the phase whose output it must show
     probe_unpatched: Optional[str] = None   # one run of the probe before any patch: what a revert returns to
     dmesg: list[str] = field(default_factory=list)
+    dmesg_expect: list[str] = field(default_factory=list)      # the scenario's own lines, in order
     console_findings: list[Any] = field(default_factory=list)  # kmsg.Finding after the run's start
     taint_before: Optional[int] = None
     taint_patched: Optional[int] = None                   # at the end of the first hold with a patch

@@ -42,7 +42,8 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     started = time.monotonic()
     outcomes.clear(out_dir)
     rec = RunRecord(service_enabled=sc.service.enabled, probe_expect=sc.probe.patterns,
-                    thresholds=asdict(sc.thresholds), host_cpus=os.cpu_count() or 0)
+                    dmesg_expect=list(sc.dmesg_expect), thresholds=asdict(sc.thresholds),
+                    host_cpus=os.cpu_count() or 0)
     events = Timeline(rec)
     kernel_info = {"name": kernel_spec}
     events("start")

@@ -95,6 +95,9 @@ SCHEMA: yamlconf.Schema = {
     "name": Field(str, check=_key),
     "description": Field(str, default=""),
     "kernels": Field(list, items=str),
+    "tags": Field(list, items=str, default=[], check=lambda ts: next(
+        (f"a tag is a pytest marker name (letters, digits, _), not {t!r}" for t in ts
+         if not re.fullmatch(r"[A-Za-z_]\w*", t)), None), doc="pytest markers for the scenario's items"),
     "patch": Field(dict, schema={
         **_MODULE,
         "build_for": Field(str, doc="build against this kernel instead (compat testing)")}),
@@ -114,6 +117,8 @@ SCHEMA: yamlconf.Schema = {
         "rate": Field(NUM, default=ServiceSpec.rate, check=_positive),
         "timeout": Field(NUM, default=ServiceSpec.timeout, check=_positive),
         "command": Field(str, check=_command), "serve_file": Field(str, check=_command)}),
+    "dmesg": Field(dict, schema={"expect": Field(list, items=str, default=[],
+                                                 doc="lines the kernel must log during the run, in order")}),
     "stress": Field(dict, schema={"enabled": Field(bool, default=True),
                                   "args": Field(str, default=StressSpec.args, check=_command)}),
     "timeline": Field(dict, schema={"baseline": Field(NUM, default=TimelineSpec.baseline, check=_seconds),
@@ -272,7 +277,7 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         per_kernel={pk["kernel"]: Expectation(pk["verdict"], tuple(pk["checks"]), pk["reason"])
                     for pk in expect["per_kernel"]},
         upgrade_from=_module(v["upgrade_from"], loaded, "upgrade_from", base) if given("upgrade_from") else None,
-        patches=patches, steps=steps)
+        patches=patches, steps=steps, dmesg_expect=tuple(v["dmesg"]["expect"]), tags=tuple(v["tags"]))
     _judgeable(sc, loaded)
     return sc
 

@@ -138,6 +138,8 @@ class Scenario:
     upgrade_from: Optional[ModuleSpec] = None
     patches: dict[str, ModuleSpec] = field(default_factory=dict)
     steps: tuple[StepSpec, ...] = ()
+    dmesg_expect: tuple[str, ...] = ()   # lines the kernel must log during the run, in this order
+    tags: tuple[str, ...] = ()           # pytest markers of its items (e.g. `lifecycle`)
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))

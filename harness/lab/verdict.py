@@ -178,15 +178,17 @@ def expected_lines(rec: RunRecord) -> list[str]:
 def check_dmesg(rec: RunRecord) -> list[Reason]:
     reasons = []
     text = [kmsg.strip_prefix(line) for line in rec.dmesg]
-    pos = 0
     # A guest lost mid-run has no readable dmesg: its console findings speak for it.
-    wanted = [] if rec.guest_lost and not rec.dmesg else expected_lines(rec)
-    for want in wanted:
-        found = next((i for i in range(pos, len(text)) if want in text[i]), None)
-        if found is None:
-            reasons.append(Reason("dmesg", f"expected, in order, but missing: {want!r}"))
-            break
-        pos = found + 1
+    lost = rec.guest_lost and not rec.dmesg
+    # the kernel's livepatch lines for what the run did, and the scenario's own: each in order
+    for wanted in ([] if lost else expected_lines(rec), [] if lost else rec.dmesg_expect):
+        pos = 0
+        for want in wanted:
+            found = next((i for i in range(pos, len(text)) if want in text[i]), None)
+            if found is None:
+                reasons.append(Reason("dmesg", f"expected, in order, but missing: {want!r}"))
+                break
+            pos = found + 1
     seen = set()
     # a load the scenario expects the kernel to refuse makes the kernel say so: not trouble
     excused = [f"'{p.name}'" for p in rec.patches.values() if p.refused]

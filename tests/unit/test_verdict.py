@@ -290,3 +290,21 @@ def test_the_revert_is_judged_against_the_kernel_before_any_patch():
     assert V.decide(rec).verdict == "pass"
     rec.probe_unpatched = "something else\n"
     assert [r.check for r in V.decide(rec).reasons] == ["revert"]
+
+
+def test_lines_the_scenario_expects_must_be_in_dmesg_in_their_order():
+    callbacks = ["lab_callbacks: pre_patch vmlinux", "lab_callbacks: post_patch vmlinux"]
+    dmesg = DMESG_OK[:2] + ["[ 10.15] " + callbacks[0], "[ 10.9] " + callbacks[1]] + DMESG_OK[2:]
+    assert V.decide(clean_record(dmesg=dmesg, dmesg_expect=callbacks)).verdict == "pass"
+    rec = clean_record(dmesg=dmesg, dmesg_expect=list(reversed(callbacks)))
+    assert [r.message for r in V.decide(rec).reasons] == [
+        "expected, in order, but missing: 'lab_callbacks: pre_patch vmlinux'"]
+
+
+def test_phases_of_an_upgrade_count_from_the_baseline_not_from_the_old_patchs_load():
+    from harness.lab.events import phase_seconds
+    names = ["start", "built", "booted", "load-patch", "patched", "baseline", "load-patch", "patched", "disable",
+             "reverted", "cooldown-end", "collected", "verdict"]
+    phases = phase_seconds([{"t": 100.0 + i, "event": n} for i, n in enumerate(names)])
+    assert phases == {"prepare": 1, "boot": 1, "setup": 3, "baseline": 1, "apply": 1, "patched": 1,
+                      "revert": 1, "cooldown": 1, "collect": 1, "teardown": 1}
