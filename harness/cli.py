@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,14 +52,43 @@ def _setup_logging(verbosity: int) -> None:
     logging.getLogger("paramiko").setLevel(logging.DEBUG if verbosity > 2 else logging.CRITICAL)
 
 
+# Settings fields set by an option, so an error names what the user typed.
+_OPTIONS = {"memory_mib": "--memory", "cpus": "--cpus", "libvirt_uri": "--libvirt-uri", "accel": "--accel",
+            "backend": "--backend"}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):   # one line naming the option and the value, not a usage dump
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _settings(args: argparse.Namespace, *, check_cache: bool = True) -> Settings:
-    settings = Settings.from_env(cache_dir=args.cache_dir, accel=getattr(args, "accel", None),
-                                 memory_mib=getattr(args, "memory", None), cpus=getattr(args, "cpus", None),
-                                 backend=getattr(args, "backend", None),
-                                 libvirt_uri=getattr(args, "libvirt_uri", None))
+    try:
+        settings = Settings.from_env(cache_dir=args.cache_dir, accel=getattr(args, "accel", None),
+                                     memory_mib=getattr(args, "memory", None), cpus=getattr(args, "cpus", None),
+                                     backend=getattr(args, "backend", None),
+                                     libvirt_uri=getattr(args, "libvirt_uri", None))
+    except ConfigError as exc:
+        if exc.source is None and exc.field in _OPTIONS:
+            raise ConfigError(exc.message, field=_OPTIONS[exc.field]) from None
+        raise
     if not check_cache:   # doctor reports an unusable cache as one of its checks
         return settings
     return settings.usable_cache("--cache-dir" if args.cache_dir else "LIVEPATCH_LAB_CACHE")
+
+
+def _writable_dir(path, option: str) -> Optional[Path]:
+    """``path`` made if missing and writable, or a ``ConfigError`` naming ``option``; None stays None."""
+    if path is None:
+        return None
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {path}: {exc.strerror or exc}", field=option) from None
+    return path
 
 
 def _backend_options(sp: argparse.ArgumentParser) -> None:
@@ -149,12 +179,14 @@ def cmd_boot(args: argparse.Namespace) -> int:
     from .supply import images, kerneldefs, kernelfetch, recipes
     settings = _settings(args)
     session.raise_on_sigterm()
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise ConfigError(f"must be positive and finite, not {args.timeout!r}", field="--timeout")
+    artifacts = _writable_dir(args.artifacts, "--artifacts")
     defn = kerneldefs.get_definition(args.kernel)
     recipe = recipes.load_recipe(Path(args.recipe))
     command = " ".join(args.command) if args.command else "uname -a"
     kernel = kernelfetch.fetch(defn, settings)
     image = images.build(recipe, settings)
-    artifacts = Path(args.artifacts) if args.artifacts else None
     try:
         with session.boot(kernel, image, settings, artifacts_dir=artifacts) as guest:
             result = guest.run(command, timeout=args.timeout)
@@ -176,7 +208,10 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
     settings = _settings(args)
     session.raise_on_sigterm()
     defined = sorted(kerneldefs.load_definitions())
-    out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
+    out_root = _writable_dir(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"),
+                             "--artifacts")
+    if args.json:   # found unwritable now, not after the runs it would have recorded
+        _writable_dir(Path(args.json).parent, "--json")
     outcomes = []
     for sc in scenarios:
         names = list(kernel_args) or list(sc.kernels or [DEFAULT_KERNEL])
@@ -228,8 +263,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 # parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from .supply.recipes import DEFAULT_RECIPE
-    p = argparse.ArgumentParser(prog="livepatch-lab",
-                                description="Prove a kernel livepatch in real QEMU guests.")
+    p = _Parser(prog="livepatch-lab", description="Prove a kernel livepatch in real QEMU guests.")
     p.add_argument("--cache-dir", help="cache for kernels, images and runs "
                    "(env LIVEPATCH_LAB_CACHE; default ~/.cache/livepatch-lab)")
     p.add_argument("-v", "--verbose", action="count", default=0)

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional, Sequence
 from ..core import yamlconf
 from ..core.errors import ConfigError
 from ..core.yamlconf import Field
+from ..supply import modinfo
 from .specs import (ACTIONS, CHECKS, ON_STALL, OUTCOMES, VERDICTS, Expectation, ModuleSpec, ProbeSpec,
                     Scenario, ServiceSpec, StepSpec, StressSpec, Thresholds, TimelineSpec, TransitionSpec)
 
@@ -154,6 +155,13 @@ def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path, key: Opti
         raise loaded.error(f"module {path} does not exist", f"{name}.ko")
     if ko and _magic(path) != b"\x7fELF":
         raise loaded.error(f"{path} is not a kernel module (not an ELF file)", f"{name}.ko")
+    if ko:   # a prebuilt module is checked now, not after kernels were fetched for it
+        try:
+            info = modinfo.inspect(path)
+            if not name.startswith("target_modules"):
+                modinfo.require_livepatch(info)
+        except ConfigError as exc:
+            raise loaded.error(exc.message, f"{name}.ko") from None
     params = tuple((k, str(int(v)) if isinstance(v, bool) else str(v)) for k, v in (raw.get("params") or {}).items())
     return ModuleSpec(source=path if src else None, ko=path if ko else None, build_for=raw.get("build_for"),
                       params=params, key=key or raw.get("name"), late=late)

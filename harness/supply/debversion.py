@@ -39,6 +39,8 @@ def parse(version: str) -> tuple[int, str, str]:
         upstream, revision = text, ""
     if not upstream:
         raise ValueError(f"not a Debian version (empty upstream): {version!r}")
+    if not upstream[0].isdigit():   # Debian policy 5.6.12: the upstream version starts with a digit
+        raise ValueError(f"not a Debian version (the upstream part must start with a digit): {version!r}")
     return epoch, upstream, revision
 
 

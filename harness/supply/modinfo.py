@@ -73,8 +73,9 @@ def inspect(ko: Path, settings: Optional[Settings] = None) -> Module:
     except HostCommandError as exc:
         if exc.rc is None:
             raise
-        raise ConfigError(f"{ko} is not a kernel module (modinfo: {exc.output.strip()})",
-                          field="ko") from None
+        said = next((line.strip() for line in exc.output.splitlines() if "ERROR" in line), "")
+        raise ConfigError(f"{ko} is not a kernel module (modinfo found no module information"
+                          f"{': ' + said[:160] if said else ''})", field="ko") from None
     info = parse_modinfo(text)
     stem = ko.name.split(".ko")[0]
     vermagic = info.get("vermagic", "")
