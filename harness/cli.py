@@ -240,6 +240,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     return _run_matrix([sc], args.kernel, args)
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from .lab import scenario
+    sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
+                               expect_patched=args.expect_patched, params=args.param,
+                               soak={"cycles": args.cycles, "hold": args.hold, "leak_kib": args.leak_kib})
+    return _run_matrix([sc], args.kernel, args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .lab import scenario
     return _run_matrix([scenario.load(Path(p)) for p in args.scenario], args.kernel, args)
@@ -338,6 +346,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "(puts a /proc handler on the service's path)")
     matrix_options(c)
     c.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("soak", help="apply and revert one livepatch N times in one guest under load; fail on "
+                                    "a leak, a leftover or a steady slow-down")
+    s.add_argument("patch", help="kbuild directory or prebuilt .ko")
+    s.add_argument("--cycles", type=int, default=20, metavar="N", help="apply/revert cycles (default 20)")
+    s.add_argument("--hold", type=float, metavar="S", help="seconds patched in each cycle (default 2)")
+    s.add_argument("--leak-kib", type=float, metavar="KIB",
+                   help="unreclaimable slab growth a cycle that counts as a leak (default 256)")
+    s.add_argument("--target-module", action="append", default=[], metavar="M[:NAME=VALUE,...]",
+                   help="module the patch patches, loaded first (repeatable)")
+    s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a module parameter")
+    s.add_argument("--probe", metavar="CMD", help="guest command run in a loop through the run")
+    s.add_argument("--expect-patched", metavar="REGEX", help="the probe's output in every patched hold")
+    matrix_options(s)
+    s.set_defaults(func=cmd_soak)
 
     r = sub.add_parser("run", help="run scenario files; exit 0 all pass, 1 a fail, 2 an error")
     r.add_argument("scenario", nargs="+", help="scenario YAML file(s)")

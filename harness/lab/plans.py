@@ -19,8 +19,8 @@ from typing import Callable, Optional
 
 from .record import HOLD, TRANSITION, RunRecord
 from .specs import Scenario, StepSpec
-from .steps import (Baseline, Cooldown, Disable, Hold, LoadPatch, LoadTarget, RetireReplaced, Setup, Step,
-                    Unload, UnloadTarget, WaitTransition, WaitUnpatch)
+from .steps import (Baseline, Cooldown, Disable, Hold, LoadPatch, LoadTarget, RetireReplaced, Sample, Setup,
+                    Step, Unload, UnloadTarget, WaitTransition, WaitUnpatch)
 
 
 class RevertRest(Step):
@@ -55,6 +55,8 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str], rec
     """The steps of ``sc``; ``patch``/``old`` are module names, ``keys`` maps the scenario's names
     to module names. The probe expectations of lifecycle holds go into ``rec``."""
     tl = sc.timeline
+    if sc.soak.cycles:
+        return [Setup(), Baseline(tl.baseline), Sample(0), *_soak(sc, patch, rec), Cooldown(tl.cooldown)]
     if sc.steps:
         return [Setup(), Baseline(tl.baseline), *_lifecycle(sc.steps, keys, rec), RevertRest(),
                 Cooldown(tl.cooldown)]
@@ -72,6 +74,20 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str], rec
         steps += [HoldIf(tl.patched, ("old again", HOLD, "old again"), lambda ctx: old in ctx.loaded),
                   Disable(old, revert), WaitUnpatch(old, revert), Unload(old, revert)]
     return steps + [Cooldown(tl.cooldown)]
+
+
+def _soak(sc: Scenario, patch: str, rec: RunRecord) -> list[Step]:
+    """Cycle after cycle: apply, hold, revert, sample. Every hold is judged like the first (the
+    probe's ``patched`` pattern, the service), every transition like any other."""
+    out: list[Step] = []
+    rec.soak_limits = {"leak_kib": sc.soak.leak_kib, "slowdown": sc.soak.slowdown}
+    for i in range(1, sc.soak.cycles + 1):
+        phase = "patched" if i == 1 else f"patched {i}"
+        if i > 1 and "patched" in rec.probe_expect:
+            rec.probe_expect[phase] = rec.probe_expect["patched"]
+        out += [LoadPatch(patch), WaitTransition(patch), Hold(sc.soak.hold, ("patched", HOLD, phase)),
+                Disable(patch), WaitUnpatch(patch), Unload(patch, last=i == sc.soak.cycles), Sample(i)]
+    return out
 
 
 def _lifecycle(specs: tuple[StepSpec, ...], keys: dict[str, str], rec: RunRecord) -> list[Step]:

@@ -68,6 +68,8 @@ class RunRecord:
     taint_held: list[tuple[str, int]] = field(default_factory=list)   # (hold, taint) for every hold with a patch
     taint_after: Optional[int] = None
     thresholds: dict[str, float] = field(default_factory=dict)
+    soak: list[dict[str, Any]] = field(default_factory=list)   # one sample a cycle (0: before the first)
+    soak_limits: dict[str, float] = field(default_factory=dict)   # leak_kib, slowdown
     host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per event
     host_cpus: int = 0
 

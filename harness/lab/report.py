@@ -43,6 +43,13 @@ def explain(outcome: Any) -> str:
     lines = [f"{outcome.scenario} on {outcome.kernel} "
              f"({outcome.kernel_info.get('version', '?')}): {outcome.verdict.verdict.upper()}"]
     lines += [f"  [{r.check}] {r.message}" for r in outcome.verdict.reasons]
+    soak = outcome.verdict.measurements.get("soak")
+    if soak:
+        lines.append("  soak: " + columns([("cycle", "load s", "transition s", "unpatch s", "MemAvailable KiB",
+                                             "SUnreclaim KiB", "modules", "left")] + [
+            (s["cycle"], s["load_s"] or "-", s["transition_s"] or "-", s["unpatch_s"] or "-",
+             s["mem_available_kib"], s["sunreclaim_kib"], s["modules"], ",".join(s["left"]) or "-")
+            for s in soak]).replace("\n", "\n        "))
     phases = outcome.phases
     if phases:
         lines.append(f"  time: {outcome.seconds:.1f} s = " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))

@@ -20,7 +20,8 @@ from ..core.errors import ConfigError
 from ..core.yamlconf import Field
 from ..supply import modinfo
 from .specs import (ACTIONS, CHECKS, ON_STALL, OUTCOMES, VERDICTS, Expectation, ModuleSpec, ProbeSpec,
-                    Scenario, ServiceSpec, StepSpec, StressSpec, Thresholds, TimelineSpec, TransitionSpec)
+                    Scenario, ServiceSpec, SoakSpec, StepSpec, StressSpec, Thresholds, TimelineSpec,
+                    TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
 # What the lab needs to judge a window: the service's baseline must hold this many requests
@@ -118,6 +119,13 @@ SCHEMA: yamlconf.Schema = {
         "rate": Field(NUM, default=ServiceSpec.rate, check=_positive),
         "timeout": Field(NUM, default=ServiceSpec.timeout, check=_positive),
         "command": Field(str, check=_command), "serve_file": Field(str, check=_command)}),
+    "soak": Field(dict, schema={
+        "cycles": Field(int, default=0, check=lambda n: None if 2 <= n <= 1000 else
+                        f"must be 2 to 1000 cycles, not {n}"),
+        "hold": Field(NUM, default=SoakSpec.hold, check=_seconds),
+        "leak_kib": Field(NUM, default=SoakSpec.leak_kib, check=_positive),
+        "slowdown": Field(NUM, default=SoakSpec.slowdown, check=lambda v: None if 1 < v < math.inf else
+                          f"must be more than 1 (a factor), not {v!r}")}),
     "dmesg": Field(dict, schema={"expect": Field(list, items=str, default=[],
                                                  doc="lines the kernel must log during the run, in order")}),
     "stress": Field(dict, schema={"enabled": Field(bool, default=True),
@@ -194,6 +202,9 @@ def _judgeable(sc: Scenario, loaded: yamlconf.Loaded) -> None:
             raise loaded.error(f"{step.seconds:g} s is too short to check the probe: at least "
                                f"{TRANSITION_TAIL + runs:g} s (two probe runs every {probe.interval:g} s, after "
                                f"{TRANSITION_TAIL:g} s for the transition)", f"steps[{i}].hold")
+    if sc.soak.cycles and "patched" in probe.patterns and sc.soak.hold < TRANSITION_TAIL + runs:
+        raise loaded.error(f"{sc.soak.hold:g} s is too short to check the probe while patched: at least "
+                           f"{TRANSITION_TAIL + runs:g} s", "soak.hold")
     for phase, window, lead in (("before", "baseline", 0.0), ("patched", "patched", TRANSITION_TAIL),
                                 ("after", "cooldown", TRANSITION_TAIL)):
         have = getattr(tl, window)
@@ -285,7 +296,11 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         per_kernel={pk["kernel"]: Expectation(pk["verdict"], tuple(pk["checks"]), pk["reason"])
                     for pk in expect["per_kernel"]},
         upgrade_from=_module(v["upgrade_from"], loaded, "upgrade_from", base) if given("upgrade_from") else None,
-        patches=patches, steps=steps, dmesg_expect=tuple(v["dmesg"]["expect"]), tags=tuple(v["tags"]))
+        patches=patches, steps=steps, dmesg_expect=tuple(v["dmesg"]["expect"]), tags=tuple(v["tags"]),
+        soak=SoakSpec(int(v["soak"]["cycles"]), float(v["soak"]["hold"]), float(v["soak"]["leak_kib"]),
+                      float(v["soak"]["slowdown"])))
+    if sc.soak.cycles and (sc.steps or sc.upgrade_from):
+        raise loaded.error("a soak cycles one patch: not with steps or upgrade_from", "soak.cycles")
     _judgeable(sc, loaded)
     return sc
 
@@ -301,16 +316,17 @@ OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH", "patc
            "upgrade_from": "--upgrade-from", "upgrade_from.source": "--upgrade-from",
            "upgrade_from.ko": "--upgrade-from", "target_modules": "--target-module", "probe.command": "--probe",
            "probe.expect": "--expect-patched", "probe.expect.patched": "--expect-patched",
-           "timeline.patched": "--duration", "service.serve_file": "--serve-file"}
+           "timeline.patched": "--duration", "service.serve_file": "--serve-file", "soak.cycles": "--cycles",
+           "soak.hold": "--hold", "soak.leak_kib": "--leak-kib"}
 
 
-def parse_params(items: Sequence[str], option: str) -> dict[str, str]:
+def parse_params(items: Sequence[str], option: str, source: str = CHECK_SOURCE) -> dict[str, str]:
     """``NAME=VALUE`` strings (as given on the command line) -> {name: value}."""
     out: dict[str, str] = {}
     for item in items:
         name, eq, value = item.partition("=")
         if not eq or not _PARAM.fullmatch(name):
-            raise ConfigError(f"not NAME=VALUE (a module parameter): {item!r}", source=CHECK_SOURCE, field=option)
+            raise ConfigError(f"not NAME=VALUE (a module parameter): {item!r}", source=source, field=option)
         out[name] = value
     return out
 
@@ -318,24 +334,25 @@ def parse_params(items: Sequence[str], option: str) -> dict[str, str]:
 def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[str] = None,
                  expect_patched: Optional[str] = None, duration: Optional[float] = None,
                  serve_file: Optional[str] = None, upgrade_from: Optional[Path] = None,
-                 params: Sequence[str] = ()) -> Scenario:
+                 params: Sequence[str] = (), soak: Optional[dict[str, Any]] = None) -> Scenario:
     """The scenario behind ``livepatch-lab check PATCH ...`` (a kbuild directory or a .ko),
     validated by the scenario schema; errors name the option. A target is ``DIR`` or
-    ``DIR:NAME=VALUE[,NAME=VALUE...]`` (its module parameters)."""
+    ``DIR:NAME=VALUE[,NAME=VALUE...]`` (its module parameters). With ``soak`` it is ``livepatch-lab
+    soak``'s scenario."""
+    source = "livepatch-lab soak" if soak else CHECK_SOURCE
     def module(p: Path, option: str, extra: Optional[dict] = None) -> dict[str, Any]:
         p = Path(p).resolve()
         found: dict[str, Any] = ({"source": str(p)} if p.is_dir() else
                                  {"ko": str(p)} if p.is_file() and p.suffix == ".ko" else {})
         if not found:
-            raise ConfigError(f"{p} is neither a kbuild directory nor a .ko file", source=CHECK_SOURCE,
-                              field=option)
+            raise ConfigError(f"{p} is neither a kbuild directory nor a .ko file", source=source, field=option)
         return {**found, "params": extra} if extra else found
 
     def target(spec: str) -> dict[str, Any]:
         path, colon, rest = str(spec).partition(":")
         return module(Path(path), "--target-module",
-                      parse_params(rest.split(","), "--target-module") if colon else None)
-    raw: dict[str, Any] = {"patch": module(Path(patch), "PATCH", parse_params(params, "--param")),
+                      parse_params(rest.split(","), "--target-module", source) if colon else None)
+    raw: dict[str, Any] = {"patch": module(Path(patch), "PATCH", parse_params(params, "--param", source)),
                            "target_modules": [target(t) for t in targets]}
     if upgrade_from is not None:
         raw["upgrade_from"] = module(Path(upgrade_from), "--upgrade-from")
@@ -347,7 +364,9 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
         raw["timeline"] = {"patched": duration}
     if serve_file is not None:
         raw["service"] = {"serve_file": serve_file}
+    if soak:
+        raw["soak"] = {k: v for k, v in soak.items() if v is not None}
     names: Mapping[str, str] = {**OPTIONS, **{f"target_modules[{i}]{part}": "--target-module"
                                               for i in range(len(targets)) for part in ("", ".source", ".ko", ".params")}}
-    loaded = yamlconf.load_data(raw, SCHEMA, source=CHECK_SOURCE, names=names)
+    loaded = yamlconf.load_data(raw, SCHEMA, source=source, names=names)
     return _scenario(loaded, Path(patch).stem, None, Path.cwd())

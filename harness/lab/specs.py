@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 CHECKS = ("build", "compat", "load", "transition", "probe", "service", "dmesg", "taint", "revert",
-          "lifecycle")
+          "lifecycle", "soak")
 VERDICTS = ("pass", "fail", "error")
 ON_STALL = ("fail", "signal", "force")
 PROBE_PHASES = ("before", "patched", "after")
@@ -112,6 +112,16 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class SoakSpec:
+    """Apply / revert the patch ``cycles`` times in one guest, under load, sampling memory,
+    slab and modules after every cycle. 0 cycles: not a soak."""
+    cycles: int = 0
+    hold: float = 2.0             # seconds patched in each cycle
+    leak_kib: float = 256.0       # unreclaimable slab growth a cycle that counts as a leak
+    slowdown: float = 2.0         # transitions this many times slower at the end than at the start
+
+
+@dataclass(frozen=True)
 class Expectation:
     verdict: str = "pass"
     checks: tuple[str, ...] = ()
@@ -140,6 +150,7 @@ class Scenario:
     steps: tuple[StepSpec, ...] = ()
     dmesg_expect: tuple[str, ...] = ()   # lines the kernel must log during the run, in this order
     tags: tuple[str, ...] = ()           # pytest markers of its items (e.g. `lifecycle`)
+    soak: SoakSpec = SoakSpec()
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))

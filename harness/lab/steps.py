@@ -347,6 +347,30 @@ class Cooldown(Step):
         ctx.events("cooldown-end")
 
 
+class Sample(Step):
+    """A soak's sample after a cycle: memory, slab, the modules and patches still there."""
+    _READ = "cat /proc/meminfo; echo @@; cut -d' ' -f1 /proc/modules; echo @@; ls /sys/kernel/livepatch"
+
+    def __init__(self, cycle: int):
+        self.cycle = cycle
+
+    def run(self, ctx: Context) -> bool:
+        meminfo, modules, patches = (ctx.guest.run(self._READ, ctx.timeouts.command, check=True).stdout
+                                     .split("@@\n") + ["", ""])[:3]
+        mem = {k.strip(): int(v.split()[0]) for k, v in (line.split(":", 1) for line in meminfo.splitlines()
+                                                          if ":" in line) if v.split() and v.split()[0].isdigit()}
+        loaded = set(modules.split())
+        prec = ctx.rec.main
+        ctx.rec.soak.append({
+            "cycle": self.cycle, "load_s": prec.transition.get("load_seconds"),
+            "transition_s": prec.transition.get("seconds"), "unpatch_s": prec.unpatch.get("seconds"),
+            "mem_available_kib": mem.get("MemAvailable"), "slab_kib": mem.get("Slab"),
+            "sunreclaim_kib": mem.get("SUnreclaim"), "modules": len(loaded),
+            "left": sorted({n for n in ctx.modules if n in loaded and n not in ctx.targets} | set(patches.split()))})
+        ctx.events("soak-sample", cycle=self.cycle, sunreclaim_kib=mem.get("SUnreclaim"))
+        return False
+
+
 # after a failed step ---------------------------------------------------------------------
 def unwind(ctx: Context) -> None:
     """Disable and unload the patches a failed step left loaded, newest first, recording what

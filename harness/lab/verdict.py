@@ -278,6 +278,50 @@ def _revert(p: PatchRecord, replaced: bool) -> list[Reason]:
     return reasons
 
 
+# soak -------------------------------------------------------------------------------
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+
+
+def _thirds(values: list[float]) -> tuple[float, float]:
+    """Medians of the first and the last third."""
+    k = max(1, len(values) // 3)
+    first, last = sorted(values[:k]), sorted(values[-k:])
+    return first[len(first) // 2], last[len(last) // 2]
+
+
+def check_soak(rec: RunRecord) -> list[Reason]:
+    """Across the cycles of a soak: nothing left after a cycle, no steady growth of unreclaimable
+    slab (a leak), no steady slow-down of the transitions."""
+    cycles = [s for s in rec.soak if s["cycle"] > 0]
+    if not cycles:
+        return []
+    reasons = [Reason("soak", f"cycle {s['cycle']} left {', '.join(s['left'])} behind")
+               for s in cycles if s["left"]][:3]
+    limit = rec.soak_limits.get("leak_kib", 256.0)
+    slab = [(s["cycle"], s["sunreclaim_kib"]) for s in rec.soak if s["sunreclaim_kib"] is not None]
+    if len(slab) >= 3:
+        xs, ys = [float(c) for c, _ in slab], [float(v) for _, v in slab]
+        per_cycle = _slope(xs, ys)
+        rising = sum(1 for a, b in zip(ys, ys[1:]) if b > a) / (len(ys) - 1)
+        if per_cycle > limit and rising >= 0.6:
+            reasons.append(Reason("soak", f"unreclaimable slab grew {(ys[-1] - ys[0]) / 1024:.1f} MiB over "
+                                          f"{len(cycles)} cycles, {per_cycle:.0f} KiB a cycle (> {limit:.0f} "
+                                          f"allowed), rising in {rising:.0%} of them: a leak on every "
+                                          f"apply/revert"))
+    times = [s["transition_s"] for s in cycles if s["transition_s"] is not None]
+    factor = rec.soak_limits.get("slowdown", 2.0)
+    if len(times) >= 6:
+        first, last = _thirds(times)
+        if last > factor * first and last - first > 1.0 and _slope(list(range(len(times))), times) > 0:
+            reasons.append(Reason("soak", f"transitions slowed down steadily: {first:.2f} s in the first "
+                                          f"cycles, {last:.2f} s in the last (> {factor:g}x)"))
+    return reasons
+
+
 _KTIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
 
@@ -308,7 +352,7 @@ def decide(rec: RunRecord) -> Verdict:
     reasons = list(rec.early) + list(rec.lifecycle)
     service_reasons, service_stats = check_service(rec)
     for part in (check_transition(rec), check_probe(rec), service_reasons, check_dmesg(rec),
-                 check_taint(rec), check_revert(rec)):
+                 check_taint(rec), check_revert(rec), check_soak(rec)):
         reasons += part
     main = rec.main
     measurements = {
@@ -322,4 +366,6 @@ def decide(rec: RunRecord) -> Verdict:
         "requests": len(rec.requests), "probe_samples": len(rec.probe),
         "host_load": {"max": max(rec.host_load) if rec.host_load else None, "cpus": rec.host_cpus},
     }
+    if rec.soak:
+        measurements["soak"] = rec.soak
     return Verdict("fail" if reasons else "pass", reasons, measurements)

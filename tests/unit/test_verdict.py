@@ -308,3 +308,29 @@ def test_phases_of_an_upgrade_count_from_the_baseline_not_from_the_old_patchs_lo
     phases = phase_seconds([{"t": 100.0 + i, "event": n} for i, n in enumerate(names)])
     assert phases == {"prepare": 1, "boot": 1, "setup": 3, "baseline": 1, "apply": 1, "patched": 1,
                       "revert": 1, "cooldown": 1, "collect": 1, "teardown": 1}
+
+
+def soak_samples(slab_step: float, transition=lambda i: 0.5, left=lambda i: []):
+    return [{"cycle": i, "load_s": 1.0, "transition_s": transition(i) if i else None, "unpatch_s": 0.4,
+             "mem_available_kib": 800_000, "slab_kib": 40_000, "sunreclaim_kib": 20_000 + int(i * slab_step)
+             + (37 if i % 2 else -41), "modules": 40, "left": left(i)} for i in range(0, 21)]
+
+
+def test_a_soak_of_a_clean_patch_passes_and_its_cycles_are_in_the_measurements():
+    rec = clean_record(soak=soak_samples(0), soak_limits={"leak_kib": 256, "slowdown": 2})
+    v = V.decide(rec)
+    assert v.verdict == "pass", v.reasons
+    assert len(v.measurements["soak"]) == 21
+
+
+def test_a_soak_fails_a_leak_a_leftover_and_a_steady_slow_down():
+    leak = clean_record(soak=soak_samples(1024), soak_limits={"leak_kib": 256, "slowdown": 2})
+    msgs = [r.message for r in V.decide(leak).reasons if r.check == "soak"]
+    assert len(msgs) == 1 and msgs[0].startswith("unreclaimable slab grew 20.0 MiB over 20 cycles, 1024 KiB a "
+                                                 "cycle (> 256 allowed)")
+    left = clean_record(soak=soak_samples(0, left=lambda i: ["lab_good"] if i == 7 else []))
+    assert [r.message for r in V.decide(left).reasons] == ["cycle 7 left lab_good behind"]
+    slow = clean_record(soak=soak_samples(0, transition=lambda i: 0.5 + 0.3 * i),
+                        soak_limits={"leak_kib": 256, "slowdown": 2})
+    msgs = [r.message for r in V.decide(slow).reasons if r.check == "soak"]
+    assert msgs and msgs[0].startswith("transitions slowed down steadily: 1.70 s in the first cycles, 5.90 s")
