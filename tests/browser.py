@@ -27,8 +27,21 @@ class BrowserError(Exception):
     pass
 
 
+def screenshot_dir(config) -> Path:
+    """Where tests keep their screenshots: ``<--lab-artifacts or <rootdir>/lab-artifacts>/screenshots``."""
+    root = config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts"
+    return Path(root) / "screenshots"
+
+
 def chromium() -> Optional[str]:
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def require_chromium() -> None:
+    import pytest
+    if chromium() is None:
+        pytest.fail("chromium is not installed: these tests need Debian's chromium package "
+                    "(lab.sh installs it)", pytrace=False)
 
 
 @dataclass

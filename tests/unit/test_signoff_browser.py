@@ -9,7 +9,7 @@ import pytest
 
 from harness.core.settings import Settings
 from harness.lab import signoff
-from tests.browser import chromium, open_page
+from tests.browser import open_page, require_chromium, screenshot_dir
 
 from .signoff_runs import VERSION, make_module, make_run
 
@@ -27,15 +27,12 @@ QUERIES = {
 
 @pytest.fixture
 def screenshots(request) -> Path:
-    root = request.config.getoption("--lab-artifacts") or request.config.rootpath / "lab-artifacts"
-    return Path(root) / "screenshots"
+    return screenshot_dir(request.config)
 
 
 @pytest.fixture
 def browser() -> None:
-    if chromium() is None:
-        pytest.fail("chromium is not installed: these tests need Debian's chromium package "
-                    "(lab.sh installs it)", pytrace=False)
+    require_chromium()
 
 
 def test_the_report_opens_offline_with_no_error_and_shows_matrix_and_plots(browser, tmp_path, screenshots,

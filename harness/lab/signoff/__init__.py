@@ -8,7 +8,6 @@ with the runs' inputs. ``verify(DIR)`` recomputes it.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import shutil
@@ -21,7 +20,6 @@ from . import collect, inputs, manifest, page, plot
 from .collect import Run
 from .manifest import Check, verify
 
-log = logging.getLogger(__name__)
 RUNS = "runs"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -121,7 +119,6 @@ def write(report_dir: Path, folders: Iterable[Path], settings: Settings,
         _replace(report_dir, stage)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    log.info("report: %s (manifest sha256 %s)", report_dir / "index.html", digest)
     return digest
 
 

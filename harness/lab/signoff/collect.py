@@ -105,7 +105,7 @@ class Run:
         edges = {"before": (None, self.at("load-patch")), "patched": (self.at("patched"), self.at("disable")),
                  "after": (self.at("reverted"), None)}
         out: dict[str, list[ProbeOutput]] = {}
-        for phase, (start, end) in edges.items():
+        for phase, (start, end) in edges.items() if self.probe else ():
             if (start is None and phase != "before") or (end is None and phase != "after"):
                 continue
             seen: dict[str, ProbeOutput] = {}

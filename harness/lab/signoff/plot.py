@@ -111,6 +111,8 @@ def timeline_svg(run: Run, salt: str) -> Optional[str]:
     if pax is not None:
         _phases_and_events(pax, run, t0, label=False)
         _probe(pax, run, t0)
+    if run.requests:   # the probe starts before the load: show the load's span, not the probe's
+        ax.set_xlim(left=min(r["intended"] for r in run.requests) - t0 - 2.0)
     (pax or ax).set_xlabel("seconds from the start of the baseline")
     buf = io.StringIO()
     with matplotlib.rc_context({"svg.hashsalt": salt, "svg.fonttype": "none"}):
