@@ -10,6 +10,8 @@ import pytest
 
 from harness.lab import signoff
 
+from .fake_runner import use_fake_runner
+
 pytest_plugins = ["pytester"]
 
 FAKE_RUNNER = '''
@@ -28,21 +30,12 @@ def fake_run(sc, kernel, settings, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "verdict.json").write_text(json.dumps(outcome.as_dict()))
     return outcome
-
-_real_run = runner.run
-runner.run = fake_run
-
-def pytest_unconfigure(config):   # in-process runs share our harness.lab.runner: give it back
-    runner.run = _real_run
 '''
 
 
 @pytest.fixture
 def scenarios(pytester: pytest.Pytester, monkeypatch):
-    import harness.lab.runner
-    monkeypatch.setattr(harness.lab.runner, "run", harness.lab.runner.run)   # restored whatever happens
-    pytester.makeconftest(FAKE_RUNNER)
-    pytester.mkdir("patch")
+    use_fake_runner(pytester, monkeypatch, FAKE_RUNNER)
     pytester.path.joinpath("good.yaml").write_text("name: good\npatch:\n  source: patch\n")
     pytester.path.joinpath("bad.yaml").write_text("name: bad\npatch:\n  source: patch\n")   # expects pass
     return pytester
