@@ -175,7 +175,7 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
     out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
     if args.report:
         from .lab import signoff
-        signoff.check_destination(Path(args.report))   # before anything boots
+        signoff.check_destination(Path(args.report), out_root)   # before anything boots
     outcomes = []
     for sc in scenarios:
         names = list(kernel_args) or list(sc.kernels or [DEFAULT_KERNEL])

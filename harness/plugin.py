@@ -58,7 +58,8 @@ def pytest_configure(config: pytest.Config) -> None:
             from .core.errors import ConfigError
             from .lab.signoff import check_destination
             try:
-                check_destination(Path(config.getoption("--lab-report")))
+                check_destination(Path(config.getoption("--lab-report")),
+                                  Path(config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts"))
             except ConfigError as exc:
                 raise pytest.UsageError(f"--lab-report: {exc}") from None
         config.pluginmanager.register(LabSummary(config), "livepatch-lab-summary")

@@ -239,6 +239,14 @@ def test_a_new_report_replaces_an_old_one_but_nothing_else(tmp_path, runs, setti
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no staging left
 
 
+@pytest.mark.parametrize("report, artifacts", [("a", "a"), ("r", "r/art")])
+def test_the_report_never_holds_the_artifacts_it_would_replace(tmp_path, report, artifacts):
+    with pytest.raises(ConfigError, match="would hold the artifact folder"):
+        signoff.check_destination(tmp_path / report, tmp_path / artifacts)
+    signoff.check_destination(tmp_path / "r", tmp_path / "art")      # side by side
+    signoff.check_destination(tmp_path / "art" / "r", tmp_path / "art")   # a report among the runs
+
+
 def test_the_check_and_run_commands_take_report(tmp_path):
     parser = cli.build_parser()
     assert parser.parse_args(["check", "p", "--report", "r"]).report == "r"

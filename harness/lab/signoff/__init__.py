@@ -68,9 +68,15 @@ def _inputs(runs: Sequence[Run], modules: Mapping[str, list], env: dict[str, Any
             "lab": {k: env[k] for k in ("lab_version", "git_commit", "host", "qemu", "generated")}}
 
 
-def check_destination(report_dir: Path) -> None:
+def check_destination(report_dir: Path, artifacts: Optional[Path] = None) -> None:
     """Refuse a report directory that holds anything but an earlier report (which a new
-    report replaces): a typo must not cost someone's files."""
+    report replaces): a typo must not cost someone's files. Nor may it hold the runs'
+    ``artifacts``: a report replaces itself whole."""
+    if artifacts is not None:
+        mine, theirs = report_dir.absolute(), Path(artifacts).absolute()
+        if mine == theirs or mine in theirs.parents:
+            raise ConfigError(f"the report directory {report_dir} would hold the artifact folder {artifacts}; "
+                              "give the report its own directory")
     if not report_dir.exists():
         return
     if not report_dir.is_dir():
