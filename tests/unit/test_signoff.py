@@ -64,6 +64,15 @@ def test_the_matrix_links_each_cell_to_its_run_section(report):
         assert f'id="{anchor}"' in page
 
 
+def test_every_link_on_the_page_leads_to_a_file_of_the_report_or_a_section(report):
+    page = (report / "index.html").read_text()
+    links = set(re.findall(r'<a href="([^"]+)"', page))
+    files = {link for link in links if not link.startswith("#")}
+    assert "runs/good/debian-6.1/modules/lab_good.ko" in files and "runs/slow/debian-6.1/dmesg.txt" in files
+    assert [link for link in files if not (report / link).is_file()] == []
+    assert [link for link in links - files if f'id="{link[1:]}"' not in page] == []
+
+
 def test_the_page_is_self_contained_and_needs_no_script(report):
     page = (report / "index.html").read_text()
     assert "<script" not in page and "<link" not in page and "@import" not in page
