@@ -135,6 +135,15 @@ def test_dmesg_lines_are_classified(runs):
     assert lines[-1].text == OOPS
 
 
+def test_the_modules_come_from_the_built_event_with_what_the_user_gave(runs, tmp_path):
+    run = collect.load(runs[0])
+    ((role, path, given),) = run.modules()
+    assert role == "patch" and path.endswith("lab_good.ko") and given is None
+    built = run.event("built")
+    built.update(targets=["/c/t.ko"], target_sources=["/src/target"], patch_source="/src/good")
+    assert run.modules() == [("target", "/c/t.ko", "/src/target"), ("patch", path, "/src/good")]
+
+
 def test_a_folder_without_a_verdict_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not a run's artifact folder"):
         collect.load(tmp_path)
@@ -148,6 +157,8 @@ def test_module_facts_from_modinfo_and_the_build_manifest(tmp_path, settings):
     assert facts["name"] == "lab_good" and facts["sha256"] == sha256_file(ko)
     assert facts["vermagic"].startswith(RELEASE) and facts["signature"] is None
     assert facts["source"] == "/src/good" and facts["built_here"]
+    # what the run says it was given wins over where these sources were first built from
+    assert inputs.module_facts(str(ko), "patch", settings, "/home/me/patch")["source"] == "/home/me/patch"
     assert inputs.module_facts(str(tmp_path / "gone.ko"), "patch", settings)["missing"]
 
 

@@ -44,8 +44,8 @@ def _copy_run(run: Run, stage: Path, settings: Settings) -> list[dict[str, Any]]
         if f.is_file() and not f.name.startswith("."):
             shutil.copyfile(f, dest / f.name)
     modules = []
-    for role, path in run.module_paths():
-        facts = inputs.module_facts(path, role, settings)
+    for role, path, given in run.modules():
+        facts = inputs.module_facts(path, role, settings, given)
         if "sha256" in facts:
             (dest / "modules").mkdir(exist_ok=True)
             shutil.copyfile(path, dest / "modules" / facts["file"])
@@ -62,7 +62,8 @@ def _inputs(runs: Sequence[Run], modules: Mapping[str, list], env: dict[str, Any
                 "kernel": {"name": r.kernel, "version": k.get("version"), "release": k.get("release"),
                            "packages": k.get("packages") or []},
                 "modules": [{key: m.get(key) for key in ("role", "name", "sha256", "vermagic", "signature",
-                                                          "source", "copy")} for m in modules[r.slug]],
+                                                          "source", "source_files", "copy")}
+                            for m in modules[r.slug]],
                 "accel": booted.get("accel"), "backend": booted.get("backend"), "uri": booted.get("uri")}
     return {"runs": [run_inputs(r) for r in runs], "image": env["image"],
             "lab": {k: env[k] for k in ("lab_version", "git_commit", "host", "qemu", "generated")}}

@@ -93,11 +93,15 @@ class Run:
             out.append((name, start, end, True))
         return out
 
-    def module_paths(self) -> list[tuple[str, str]]:
-        """(role, .ko path) of the modules the run built or was given, from its ``built`` event."""
+    def modules(self) -> list[tuple[str, str, Optional[str]]]:
+        """(role, .ko path, what the user gave: source directory or .ko) of the modules the run
+        built or was given, from its ``built`` event (``patch``/``targets``; the optional
+        ``patch_source``/``target_sources`` name the inputs)."""
         built = self.event("built") or {}
-        mods = [("target", p) for p in built.get("targets") or []]
-        return mods + ([("patch", built["patch"])] if built.get("patch") else [])
+        targets = built.get("targets") or []
+        given = list(built.get("target_sources") or []) + [None] * len(targets)
+        mods = [("target", p, given[i]) for i, p in enumerate(targets)]
+        return mods + ([("patch", built["patch"], built.get("patch_source"))] if built.get("patch") else [])
 
     def probe_by_phase(self) -> dict[str, list[ProbeOutput]]:
         """The probe's distinct outputs before, while and after patched (a run counts for a

@@ -30,8 +30,10 @@ def signature(info: dict[str, str]) -> Optional[dict[str, str]]:
             "hash_algorithm": info.get("sig_hashalgo", ""), "type": info.get("sig_id", "")}
 
 
-def module_facts(path: str, role: str, settings: Settings) -> dict[str, Any]:
-    """Name, sha256, vermagic, signature and source of one module the run loaded."""
+def module_facts(path: str, role: str, settings: Settings, given: Optional[str] = None) -> dict[str, Any]:
+    """Name, sha256, vermagic, signature and source of one module the run loaded: the source
+    is what the run says it was given, else the directory its build manifest names (where
+    these exact source files were first built from), else the .ko itself."""
     ko = Path(path)
     facts: dict[str, Any] = {"role": role, "path": str(ko), "file": ko.name}
     if not ko.is_file():
@@ -53,6 +55,8 @@ def module_facts(path: str, role: str, settings: Settings) -> dict[str, Any]:
     if made.get("ko") == ko.name and made.get("source"):
         facts.update(source=made["source"], built_here=True, toolchain=made.get("toolchain_version", ""),
                      source_files=made.get("files", {}))
+    if given:
+        facts["source"] = given
     return facts
 
 

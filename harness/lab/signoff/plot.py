@@ -64,13 +64,17 @@ def _phases_and_events(ax, run: Run, t0: float, label: bool) -> None:
         if label:
             ax.text((start + end) / 2 - t0, 0.985, name if finished else f"{name} (never ended)",
                     transform=top, ha="center", va="top", fontsize=8, color="#555555")
+    span = max(1.0, max(e["t"] for e in run.events) - t0)
+    last, level = None, 0
     for e in run.events:
         if e.get("event") in EVENT_LABELS:
             x = e["t"] - t0
             ax.axvline(x, color=EVENT, linewidth=0.8, linestyle="--", zorder=2)
-            if label:
-                ax.text(x, 0.9, " " + EVENT_LABELS[e["event"]], transform=top, rotation=90, ha="right",
-                        va="top", fontsize=7, color=EVENT)
+            if label:   # a label close to the one before it goes lower, so the two stay readable
+                level = (level + 1) % 2 if last is not None and x - last < 0.04 * span else 0
+                ax.text(x, 0.9 - 0.3 * level, " " + EVENT_LABELS[e["event"]], transform=top, rotation=90,
+                        ha="right", va="top", fontsize=7, color=EVENT)
+                last = x
 
 
 def _probe(ax, run: Run, t0: float) -> None:
