@@ -63,6 +63,11 @@ class Run:
         return self.verdict.get("kernel", "?")
 
     @property
+    def anchor(self) -> str:
+        """The id of the run's section on the page."""
+        return "run-" + self.slug.replace("/", "-")
+
+    @property
     def kernel_info(self) -> dict[str, Any]:
         return self.verdict.get("kernel_info") or {}
 

@@ -60,7 +60,7 @@ def run_view(run: Run, svg: Optional[str], modules: list[dict[str, Any]]) -> dic
     if phases and rest >= 0.5:   # a phase that never ended (a frozen guest) has no length of its own
         bars.append(("in a phase that did not end", round(rest, 2), 100.0 * rest / total, "seg-unended"))
     timings = [m.get(k) for k in ("load_s", "transition_s", "disable_s", "unpatch_s")]
-    return {"run": run, "anchor": "run-" + run.slug.replace("/", "-"), "svg": Markup(svg) if svg else None,
+    return {"run": run, "anchor": run.anchor, "svg": Markup(svg) if svg else None,
             "reasons": run.verdict.get("reasons") or [], "modules": modules,
             "booted": booted, "events": _events(run, t0), "service": m.get("service") or {},
             "timings": [("insmod (load_s)", m.get("load_s")), ("patching transition", m.get("transition_s")),
