@@ -27,6 +27,7 @@ APT_PACKAGES=(
   libvirt-dev pkg-config            # so pip builds libvirt-python for .venv
   openssh-server                    # the libvirt tests' remote-style host: an sshd on 127.0.0.1
   shellcheck                        # actionlint (test suite) checks the workflows' shell with it
+  chromium fonts-dejavu-core        # the test suite opens the sign-off report as a reader would
 )
 TCG_WRAPPER=/usr/local/libexec/livepatch-lab/qemu-tcg-single  # Settings.libvirt_tcg_emulator
 

@@ -7,8 +7,8 @@ Public API (heavy modules are imported lazily by their users):
 from .core.errors import (BootError, ConfigError, DeadlineExceeded, GuestCommandError, GuestConnectionError,
                           HarnessError, HostCommandError, InfraError, LivepatchError)
 from .core.settings import Settings, Timeouts
+from .core.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["BootError", "ConfigError", "DeadlineExceeded", "GuestCommandError",
            "GuestConnectionError", "HarnessError", "HostCommandError", "InfraError",
            "LivepatchError", "Settings", "Timeouts", "__version__"]

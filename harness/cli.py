@@ -1,6 +1,6 @@
 """``livepatch-lab``: the command line.
 
-Exit status: 0 success; 1 a check failed (``doctor``); 2 bad usage or input;
+Exit status: 0 success; 1 a check failed (``doctor``, ``verify``); 2 bad usage or input;
 ``boot`` exits with the guest command's own status, or 125 when the lab could
 not boot the guest or run the command.
 """
@@ -212,6 +212,9 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
                              "--artifacts")
     if args.json:   # found unwritable now, not after the runs it would have recorded
         _writable_dir(Path(args.json).parent, "--json")
+    if args.report:
+        from .lab import signoff
+        signoff.check_destination(Path(args.report), out_root)   # before anything boots
     outcomes = []
     for sc in scenarios:
         names = list(kernel_args) or list(sc.kernels or [DEFAULT_KERNEL])
@@ -227,6 +230,10 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
     print("\n" + report.table(outcomes))
     if args.json:
         report.write_json(Path(args.json), outcomes)
+    if args.report:
+        from .lab import signoff
+        digest = signoff.write(Path(args.report), [Path(o.artifacts) for o in outcomes], settings)
+        print(f"report: {Path(args.report) / 'index.html'} (manifest sha256 {digest})")
     verdicts = {o.verdict.verdict for o in outcomes}
     return 2 if "error" in verdicts else 1 if "fail" in verdicts else 0
 
@@ -251,6 +258,19 @@ def cmd_soak(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .lab import scenario
     return _run_matrix([scenario.load(Path(p)) for p in args.scenario], args.kernel, args)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .lab import signoff
+    check = signoff.verify(Path(args.report))
+    for line in check.problems():
+        print(line)
+    if check.ok:
+        print(f"{args.report}: all {check.matched} files match its manifest "
+              f"(manifest sha256 {check.manifest_sha256})")
+        return 0
+    print(f"{args.report}: {len(check.problems())} file(s) do not match its manifest")
+    return 1
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -325,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--json", metavar="FILE", help="write verdicts, reasons, timelines, artifact paths")
         sp.add_argument("--artifacts", metavar="DIR",
                         help="artifact folder (default lab-artifacts/<timestamp>)")
+        sp.add_argument("--report", metavar="DIR",
+                        help="write a sign-off report: DIR/index.html (one self-contained page), the "
+                             "artifacts, and DIR/manifest.json (sha256 of every file; see verify)")
         _backend_options(sp)
 
     c = sub.add_parser("check", help="validate one livepatch (kbuild dir or .ko) under load; "
@@ -366,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("scenario", nargs="+", help="scenario YAML file(s)")
     matrix_options(r)
     r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("verify", help="check a sign-off report against its manifest: exit 0 when every "
+                                      "file matches, 1 naming each that differs, is missing or was added")
+    v.add_argument("report", metavar="DIR", help="the report directory (holds manifest.json)")
+    v.set_defaults(func=cmd_verify)
 
     d = sub.add_parser("doctor", help="check this host: qemu, KVM, image tools, compiler, disk, cache")
     d.set_defaults(func=cmd_doctor)

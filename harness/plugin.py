@@ -25,6 +25,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "(default <rootdir>/lab-artifacts)")
     group.addoption("--lab-json", metavar="FILE", help="write the kernel x scenario verdicts "
                     "(versions, reasons, artifact paths) as JSON at the end of the run")
+    group.addoption("--lab-report", metavar="DIR", help="write a sign-off report of the scenario runs at "
+                    "the end: DIR/index.html (one self-contained page), their artifacts, and "
+                    "DIR/manifest.json (check it with `livepatch-lab verify DIR`)")
     group.addoption("--lab-backend", choices=BACKENDS,
                     help="qemu (default) or libvirt (ini lab_backend; env LIVEPATCH_LAB_BACKEND)")
     group.addoption("--lab-libvirt-uri", action="append", default=[], metavar="URI",
@@ -49,6 +52,16 @@ def pytest_configure(config: pytest.Config) -> None:
     from .machine.session import raise_on_sigterm
     raise_on_sigterm()  # so a SIGTERM'd test run still tears its guests down
     if not hasattr(config, "workerinput"):   # xdist workers report to the controller
+        if config.getoption("--lab-report"):
+            from pathlib import Path
+
+            from .core.errors import ConfigError
+            from .lab.signoff import check_destination
+            try:
+                check_destination(Path(config.getoption("--lab-report")),
+                                  Path(config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts"))
+            except ConfigError as exc:
+                raise pytest.UsageError(f"--lab-report: {exc}") from None
         config.pluginmanager.register(LabSummary(config), "livepatch-lab-summary")
 
 
@@ -277,6 +290,7 @@ class LabSummary:
     def __init__(self, config: pytest.Config):
         self.config = config
         self.rows: list[dict] = []
+        self.report_line = ""
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -291,6 +305,8 @@ class LabSummary:
         odd = sum(1 for r in self.rows if not r["as_expected"])
         terminalreporter.write_line(f"{len(self.rows)} runs, {odd} not as expected"
                                     + (" (marked !)" if odd else ""))
+        if self.report_line:   # written at session finish, which runs before this summary
+            terminalreporter.write_line(self.report_line)
 
     def pytest_sessionfinish(self) -> None:
         try:
@@ -304,6 +320,25 @@ class LabSummary:
             from pathlib import Path
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(json.dumps(summary_document(self.rows), indent=2, default=str) + "\n")
+        if self.config.getoption("--lab-report") and self.rows:
+            self.report_line = write_report(self.config, self.rows)
+
+
+def write_report(config: pytest.Config, rows: list[dict]) -> str:
+    """The sign-off report of the runs in ``rows`` (built on the controller from the artifact
+    folders the workers name); the line the summary prints about it."""
+    from pathlib import Path
+
+    from .core.errors import HarnessError
+    from .lab import signoff
+    dest = Path(config.getoption("--lab-report"))
+    runs = {Path(r["artifacts"]): (r["expected"], bool(r["as_expected"])) for r in rows
+            if r.get("artifacts") and (Path(r["artifacts"]) / "verdict.json").is_file()}
+    try:
+        digest = signoff.write(dest, list(runs), settings_for(config), expected=runs)
+    except (HarnessError, OSError) as exc:
+        return f"livepatch-lab: no sign-off report: {exc}"
+    return f"sign-off report: {dest / 'index.html'} (manifest sha256 {digest})"
 
 
 def summary_table(rows: list[dict]) -> str:

@@ -9,6 +9,8 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from .fake_runner import use_fake_runner
+
 pytest_plugins = ["pytester"]
 
 FAKE_RUNNER = '''
@@ -31,21 +33,12 @@ def fake_run(sc, kernel, settings, out_dir):
         v = Verdict("pass", [], {})
         info = {"name": kernel, "version": VERSIONS[kernel], "release": kernel + "-amd64"}
     return Outcome(sc.name, kernel, v, info, [], str(out_dir), 1.0)
-
-_real_run = runner.run
-runner.run = fake_run
-
-def pytest_unconfigure(config):   # in-process runs share our harness.lab.runner: give it back
-    runner.run = _real_run
 '''
 
 
 @pytest.fixture
 def matrix(pytester: pytest.Pytester, monkeypatch):
-    import harness.lab.runner
-    monkeypatch.setattr(harness.lab.runner, "run", harness.lab.runner.run)   # restored whatever happens
-    pytester.makeconftest(FAKE_RUNNER)
-    pytester.mkdir("patch").joinpath("Makefile").write_text("obj-m += p.o\n")
+    use_fake_runner(pytester, monkeypatch, FAKE_RUNNER)
     pytester.path.joinpath("good.yaml").write_text("name: good\npatch:\n  source: patch\n")
     pytester.path.joinpath("bad.yaml").write_text(
         "name: bad\npatch:\n  source: patch\nexpect:\n  verdict: fail\n  checks: [dmesg]\n")

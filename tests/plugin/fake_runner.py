@@ -1,0 +1,23 @@
+"""A stand-in for ``harness.lab.runner.run`` in a pytester project: its conftest (which
+xdist workers load too) defines ``fake_run(sc, kernel, settings, out_dir)``; this puts it
+in the runner's place there, and puts the real one back whatever happens."""
+from __future__ import annotations
+
+import pytest
+
+SWAP = '''
+_real_run = runner.run
+runner.run = fake_run
+
+def pytest_unconfigure(config):   # in-process runs share our harness.lab.runner: give it back
+    runner.run = _real_run
+'''
+
+
+def use_fake_runner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake_run_source: str) -> None:
+    """``fake_run_source`` imports ``harness.lab.runner as runner`` and defines ``fake_run``; a
+    ``patch/`` directory is made for the scenarios' ``source: patch``."""
+    import harness.lab.runner
+    monkeypatch.setattr(harness.lab.runner, "run", harness.lab.runner.run)   # restored whatever happens
+    pytester.makeconftest(fake_run_source + SWAP)
+    pytester.mkdir("patch").joinpath("Makefile").write_text("obj-m += p.o\n")
