@@ -243,15 +243,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
                                expect_patched=args.expect_patched, duration=args.duration,
                                serve_file=args.serve_file, params=args.param,
-                               upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None)
+                               upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None,
+                               security=_security(args))
     return _run_matrix([sc], args.kernel, args)
+
+
+def _security(args: argparse.Namespace) -> dict:
+    return {"sig_enforce": args.sig_enforce, "sign_key": args.sign_key, "sign_cert": args.sign_cert}
+
+
+def _security_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--sig-enforce", action="store_true",
+                    help="boot with module.sig_enforce=1, as Secure Boot / lockdown would: an untrusted patch is "
+                         "refused (check `signature`)")
+    sp.add_argument("--sign-key", metavar="KEY", help="sign the run's modules with this private key "
+                    "(the kernel's own scripts/sign-file), for kernels that trust it")
+    sp.add_argument("--sign-cert", metavar="CERT", help="the signing key's X.509 certificate")
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
     from .lab import scenario
     sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
                                expect_patched=args.expect_patched, params=args.param,
-                               soak={"cycles": args.cycles, "hold": args.hold, "leak_kib": args.leak_kib})
+                               soak={"cycles": args.cycles, "hold": args.hold, "leak_kib": args.leak_kib},
+                               security=_security(args))
     return _run_matrix([sc], args.kernel, args)
 
 
@@ -367,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--serve-file", metavar="PATH",
                    help="the guest service answers with this file, read per request "
                         "(puts a /proc handler on the service's path)")
+    _security_options(c)
     matrix_options(c)
     c.set_defaults(func=cmd_check)
 
@@ -382,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a module parameter")
     s.add_argument("--probe", metavar="CMD", help="guest command run in a loop through the run")
     s.add_argument("--expect-patched", metavar="REGEX", help="the probe's output in every patched hold")
+    _security_options(s)
     matrix_options(s)
     s.set_defaults(func=cmd_soak)
 

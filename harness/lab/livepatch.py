@@ -74,7 +74,7 @@ def load(guest, remote_ko: str, timeout: float, report_text_of: str = "",
               if report_text_of else "")
     result = guest.run(insmod(remote_ko, params) + report, timeout)
     if not result.ok:
-        tail = guest.run("dmesg | tail -n 15", timeout).stdout
+        tail = guest.run("dmesg | tail -n 6", timeout).stdout   # the kernel's own words on the refusal
         raise LivepatchError(f"insmod {remote_ko} failed (rc {result.rc}): "
                              f"{(result.stderr or result.stdout).strip()}\n{tail}")
     return result

@@ -26,6 +26,7 @@ class Outcome:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     artifacts: str = ""
     seconds: float = 0.0
+    modules: list[dict[str, str]] = field(default_factory=list)   # role, name, path, signature
 
     @property
     def phases(self) -> dict[str, float]:
@@ -35,7 +36,7 @@ class Outcome:
         return {"scenario": self.scenario, "kernel": self.kernel, **self.verdict.as_dict(),
                 "kernel_info": self.kernel_info, "timeline": self.timeline,
                 "phases": self.phases,
-                "artifacts": self.artifacts, "seconds": round(self.seconds, 2)}
+                "modules": self.modules, "artifacts": self.artifacts, "seconds": round(self.seconds, 2)}
 
 
 def clear(out_dir: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Optional
 
 from ..core.errors import ConfigError
 from ..core.settings import Settings
-from ..supply import kbuild, kerneldefs, kernelfetch, modinfo
+from ..supply import kbuild, kerneldefs, kernelfetch, modinfo, signing
 from ..supply.kernel import Kernel
 from .faults import Failed
 from .record import Reason
@@ -42,6 +42,12 @@ class Modules:
     def params(self, name: str) -> tuple[tuple[str, str], ...]:
         return self.all[name].spec.params
 
+    def describe(self) -> list[dict[str, str]]:
+        """Each module of the run: its role, name, file and signature (for the JSON and the text)."""
+        return [{"role": "patch" if n == self.patch else "upgraded from" if n == self.old else
+                 "patch" if p.livepatch else "target", "name": n, "path": str(p.module.path),
+                 "signature": p.module.describe_signature()} for n, p in self.all.items()]
+
 
 def _module(spec: ModuleSpec, kernel: Kernel, settings: Settings) -> modinfo.Module:
     if spec.ko is not None:
@@ -73,6 +79,8 @@ def prepare(sc: Scenario, kernel: Kernel, settings: Settings) -> Modules:
         if id(spec) in done:
             return done[id(spec)]
         mod = _module(spec, kernel, settings)
+        if sc.security.sign_key:   # every module of the run, as the vendor's build would sign them
+            mod = signing.sign(mod, kernel, sc.security.sign_key, sc.security.sign_cert, settings)
         if livepatch:
             modinfo.require_livepatch(mod, source, where)
         _compatible(mod, kernel, "" if livepatch else "target module: ")

@@ -43,6 +43,7 @@ def explain(outcome: Any) -> str:
     lines = [f"{outcome.scenario} on {outcome.kernel} "
              f"({outcome.kernel_info.get('version', '?')}): {outcome.verdict.verdict.upper()}"]
     lines += [f"  [{r.check}] {r.message}" for r in outcome.verdict.reasons]
+    lines += [f"  {m['role']} {m['name']}: {m['signature']}" for m in getattr(outcome, "modules", [])]
     soak = outcome.verdict.measurements.get("soak")
     if soak:
         lines.append("  soak: " + columns([("cycle", "load s", "transition s", "unpatch s", "MemAvailable KiB",

@@ -48,6 +48,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     kernel_info = {"name": kernel_spec}
     events("start")
     interrupted: Optional[BaseException] = None
+    modules_info: list = []
     try:
         kernel = kernelfetch.fetch(kerneldefs.get_definition(kernel_spec), settings)
         kernel_info = kernel.describe()
@@ -55,6 +56,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
         events("build")
         mods = modules.prepare(sc, kernel, settings)
         rec.patch_name = mods.patch
+        modules_info = mods.describe()
         built = mods.by_name()
         events("built", patch=str(built[mods.patch].path),
                modules={n: str(m.path) for n, m in built.items()},
@@ -70,7 +72,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     verdict = decide(rec)
     events("verdict", verdict=verdict.verdict)
     result = Outcome(sc.name, kernel_spec, verdict, kernel_info, events.events, str(out_dir),
-                     time.monotonic() - started)
+                     time.monotonic() - started, modules_info)
     outcomes.write(out_dir, result, rec)
     if interrupted is not None:
         raise interrupted
@@ -80,7 +82,8 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
 def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Settings, out_dir: Path,
               events: Timeline, rec: RunRecord, steps: Optional[Sequence[Step]] = None) -> None:
     ports = (sc.service.port,) if sc.service.enabled else ()
-    with session.boot(kernel, image, settings, forward_ports=ports, artifacts_dir=out_dir) as guest:
+    append = "module.sig_enforce=1" if sc.security.sig_enforce else ""
+    with session.boot(kernel, image, settings, forward_ports=ports, append=append, artifacts_dir=out_dir) as guest:
         where = guest.machine.describe()
         events("booted", accel=guest.accel, seconds=round(guest.timings.get("ssh_ready", 0), 2),
                backend=where.get("backend"), **({"uri": where["uri"]} if "uri" in where else {}))

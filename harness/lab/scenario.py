@@ -20,8 +20,8 @@ from ..core.errors import ConfigError
 from ..core.yamlconf import Field
 from ..supply import modinfo
 from .specs import (ACTIONS, CHECKS, ON_STALL, OUTCOMES, VERDICTS, Expectation, ModuleSpec, ProbeSpec,
-                    Scenario, ServiceSpec, SoakSpec, StepSpec, StressSpec, Thresholds, TimelineSpec,
-                    TransitionSpec)
+                    Scenario, SecuritySpec, ServiceSpec, SoakSpec, StepSpec, StressSpec, Thresholds,
+                    TimelineSpec, TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
 # What the lab needs to judge a window: the service's baseline must hold this many requests
@@ -119,6 +119,10 @@ SCHEMA: yamlconf.Schema = {
         "rate": Field(NUM, default=ServiceSpec.rate, check=_positive),
         "timeout": Field(NUM, default=ServiceSpec.timeout, check=_positive),
         "command": Field(str, check=_command), "serve_file": Field(str, check=_command)}),
+    "security": Field(dict, schema={
+        "sig_enforce": Field(bool, default=False, doc="boot with module.sig_enforce=1"),
+        "sign_key": Field(str, check=_command, doc="private key to sign the run's modules with"),
+        "sign_cert": Field(str, check=_command, doc="its X.509 certificate")}),
     "soak": Field(dict, schema={
         "cycles": Field(int, default=0, check=lambda n: None if 2 <= n <= 1000 else
                         f"must be 2 to 1000 cycles, not {n}"),
@@ -215,6 +219,21 @@ def _judgeable(sc: Scenario, loaded: yamlconf.Loaded) -> None:
                                f"timeline.{window}")
 
 
+def _security(raw: dict, loaded: yamlconf.Loaded, base: Path) -> SecuritySpec:
+    key, cert = raw["sign_key"], raw["sign_cert"]
+    if bool(key) != bool(cert):
+        raise loaded.error("give both sign_key and sign_cert, or neither", "security.sign_key" if cert else
+                           "security.sign_cert")
+    paths = []
+    for name, value in (("sign_key", key), ("sign_cert", cert)):
+        if value:
+            path = (base / value).resolve()
+            if not path.is_file():
+                raise loaded.error(f"{path} does not exist or is not a file", f"security.{name}")
+            paths.append(path)
+    return SecuritySpec(raw["sig_enforce"], *(paths or (None, None)))
+
+
 def _steps(v: dict, loaded: yamlconf.Loaded, base: Path,
            targets: list[dict]) -> tuple[dict[str, ModuleSpec], tuple[StepSpec, ...], set[str]]:
     """The lifecycle form: named patches and the steps over them, checked for what can be known
@@ -298,7 +317,8 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         upgrade_from=_module(v["upgrade_from"], loaded, "upgrade_from", base) if given("upgrade_from") else None,
         patches=patches, steps=steps, dmesg_expect=tuple(v["dmesg"]["expect"]), tags=tuple(v["tags"]),
         soak=SoakSpec(int(v["soak"]["cycles"]), float(v["soak"]["hold"]), float(v["soak"]["leak_kib"]),
-                      float(v["soak"]["slowdown"])))
+                      float(v["soak"]["slowdown"])),
+        security=_security(v["security"], loaded, base))
     if sc.soak.cycles and (sc.steps or sc.upgrade_from):
         raise loaded.error("a soak cycles one patch: not with steps or upgrade_from", "soak.cycles")
     _judgeable(sc, loaded)
@@ -317,7 +337,8 @@ OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH", "patc
            "upgrade_from.ko": "--upgrade-from", "target_modules": "--target-module", "probe.command": "--probe",
            "probe.expect": "--expect-patched", "probe.expect.patched": "--expect-patched",
            "timeline.patched": "--duration", "service.serve_file": "--serve-file", "soak.cycles": "--cycles",
-           "soak.hold": "--hold", "soak.leak_kib": "--leak-kib"}
+           "soak.hold": "--hold", "soak.leak_kib": "--leak-kib", "security.sig_enforce": "--sig-enforce",
+           "security.sign_key": "--sign-key", "security.sign_cert": "--sign-cert"}
 
 
 def parse_params(items: Sequence[str], option: str, source: str = CHECK_SOURCE) -> dict[str, str]:
@@ -334,7 +355,8 @@ def parse_params(items: Sequence[str], option: str, source: str = CHECK_SOURCE) 
 def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[str] = None,
                  expect_patched: Optional[str] = None, duration: Optional[float] = None,
                  serve_file: Optional[str] = None, upgrade_from: Optional[Path] = None,
-                 params: Sequence[str] = (), soak: Optional[dict[str, Any]] = None) -> Scenario:
+                 params: Sequence[str] = (), soak: Optional[dict[str, Any]] = None,
+                 security: Optional[dict[str, Any]] = None) -> Scenario:
     """The scenario behind ``livepatch-lab check PATCH ...`` (a kbuild directory or a .ko),
     validated by the scenario schema; errors name the option. A target is ``DIR`` or
     ``DIR:NAME=VALUE[,NAME=VALUE...]`` (its module parameters). With ``soak`` it is ``livepatch-lab
@@ -366,6 +388,8 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
         raw["service"] = {"serve_file": serve_file}
     if soak:
         raw["soak"] = {k: v for k, v in soak.items() if v is not None}
+    if security:
+        raw["security"] = {k: v for k, v in security.items() if v not in (None, False)}
     names: Mapping[str, str] = {**OPTIONS, **{f"target_modules[{i}]{part}": "--target-module"
                                               for i in range(len(targets)) for part in ("", ".source", ".ko", ".params")}}
     loaded = yamlconf.load_data(raw, SCHEMA, source=source, names=names)

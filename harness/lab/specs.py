@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-CHECKS = ("build", "compat", "load", "transition", "probe", "service", "dmesg", "taint", "revert",
-          "lifecycle", "soak")
+CHECKS = ("build", "compat", "load", "signature", "transition", "probe", "service", "dmesg", "taint",
+          "revert", "lifecycle", "soak")
 VERDICTS = ("pass", "fail", "error")
 ON_STALL = ("fail", "signal", "force")
 PROBE_PHASES = ("before", "patched", "after")
@@ -122,6 +122,14 @@ class SoakSpec:
 
 
 @dataclass(frozen=True)
+class SecuritySpec:
+    """How the guest treats module signatures, and how the run's modules are signed."""
+    sig_enforce: bool = False          # boot with module.sig_enforce=1 (what Secure Boot/lockdown imposes)
+    sign_key: Optional[Path] = None    # sign the run's modules with the kernel's sign-file
+    sign_cert: Optional[Path] = None
+
+
+@dataclass(frozen=True)
 class Expectation:
     verdict: str = "pass"
     checks: tuple[str, ...] = ()
@@ -151,6 +159,7 @@ class Scenario:
     dmesg_expect: tuple[str, ...] = ()   # lines the kernel must log during the run, in this order
     tags: tuple[str, ...] = ()           # pytest markers of its items (e.g. `lifecycle`)
     soak: SoakSpec = SoakSpec()
+    security: SecuritySpec = SecuritySpec()
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))

@@ -14,6 +14,7 @@ to do (e.g. no old patch left to revert): it then makes no window.
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import threading
 import uuid
@@ -33,6 +34,9 @@ from .workload import clock, httpload, probe, service, stress
 
 log = logging.getLogger(__name__)
 REMOTE_DIR = "/run/lab/modules"
+# what insmod and the kernel say when module.sig_enforce refuses a module (EKEYREJECTED, ENOKEY)
+_SIGNATURE_REFUSED = re.compile(r"Key was rejected by service|Required key not available|"
+                                r"Loading of (unsigned )?module .*is rejected")
 Window = Optional[tuple[str, str, Optional[str]]]   # (name, kind, probe phase)
 
 
@@ -147,6 +151,11 @@ class LoadPatch(Step):
             loaded = livepatch.load(ctx.guest, ctx.remote(self.name), ctx.timeouts.command,
                                     report_text_of=self.name, params=ctx.params.get(self.name, ()))
         except LivepatchError as exc:
+            if ctx.scenario.security.sig_enforce and _SIGNATURE_REFUSED.search(str(exc)):
+                mod = ctx.modules[self.name]
+                raise Failed(Reason("signature", f"the kernel, enforcing module signatures, refused {self.name} "
+                                                 f"({mod.describe_signature()}): a host with Secure Boot or "
+                                                 f"lockdown would refuse this patch too. {exc}")) from None
             if not self.refused:
                 raise Failed(Reason("load", str(exc))) from None
             prec.refused = str(exc)

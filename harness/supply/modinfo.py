@@ -25,6 +25,24 @@ class CompatError(HarnessError):
 
 
 @dataclass(frozen=True)
+class Signature:
+    """A module's appended signature, as modinfo reads it."""
+    signer: str
+    key_id: str
+    hash_algorithm: str
+
+    def describe(self) -> str:
+        return f"signed by {self.signer or '(no signer name)'} (key {self.key_id or '?'}, {self.hash_algorithm or '?'})"
+
+
+def signature(info: dict[str, str]) -> Optional[Signature]:
+    """The signature in modinfo's fields; None for an unsigned module."""
+    if not info.get("signer") and not info.get("sig_id") and not info.get("sig_key"):
+        return None
+    return Signature(info.get("signer", ""), info.get("sig_key", ""), info.get("sig_hashalgo", ""))
+
+
+@dataclass(frozen=True)
 class Module:
     path: Path               # the .ko
     name: str                # modinfo name (else the file stem, '-' -> '_')
@@ -32,6 +50,10 @@ class Module:
     livepatch: bool          # modinfo livepatch == "Y"
     kernel_release: str      # first word of vermagic
     toolchain: Optional[str] = None   # what built it ("host-gcc-12", "trixie-gcc-14"); None: prebuilt
+    signature: Optional[Signature] = None   # None: unsigned (the lab's own builds are, unless signed)
+
+    def describe_signature(self) -> str:
+        return self.signature.describe() if self.signature else "unsigned"
 
 
 def vermagic_release(vermagic: str) -> str:
@@ -80,7 +102,8 @@ def inspect(ko: Path, settings: Optional[Settings] = None) -> Module:
     stem = ko.name.split(".ko")[0]
     vermagic = info.get("vermagic", "")
     return Module(path=ko, name=info.get("name") or stem.replace("-", "_"), vermagic=vermagic,
-                  livepatch=info.get("livepatch") == "Y", kernel_release=vermagic_release(vermagic))
+                  livepatch=info.get("livepatch") == "Y", kernel_release=vermagic_release(vermagic),
+                  signature=signature(info))
 
 
 def check_compatible(module: Module, kernel: Kernel) -> None:

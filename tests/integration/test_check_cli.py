@@ -1,6 +1,7 @@
 """`livepatch-lab check` end to end: exit status and the JSON a CI job reads."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def test_a_good_patch_passes_with_exit_0_and_a_complete_json(tmp_path, lab_setti
     assert rc == 0, log
     (result,) = doc["results"]
     assert result["verdict"] == "pass" and result["reasons"] == []
-    assert result["kernel_info"]["release"] == "6.1.0-56-amd64" or result["kernel_info"]["release"]
+    assert re.fullmatch(r"6\.1\.0-\d+-amd64", result["kernel_info"]["release"]), result["kernel_info"]
     events = [e["event"] for e in result["timeline"]]
     for step in ("booted", "baseline", "load-patch", "transition-complete", "disable",
                  "unpatch-complete", "unloaded", "verdict"):

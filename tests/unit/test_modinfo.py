@@ -98,3 +98,11 @@ def test_require_livepatch():
     with pytest.raises(ConfigError, match=r"lab_target .* is not a livepatch module "
                                              r"\(modinfo livepatch != Y\)"):
         modinfo.require_livepatch(module(name="lab_target", livepatch=False))
+
+
+def test_a_signature_is_read_from_modinfo_and_described():
+    sig = modinfo.signature({"signer": "Debian Secure Boot CA", "sig_key": "4B:6E", "sig_hashalgo": "sha256",
+                             "sig_id": "PKCS#7"})
+    assert sig == modinfo.Signature("Debian Secure Boot CA", "4B:6E", "sha256")
+    assert sig.describe() == "signed by Debian Secure Boot CA (key 4B:6E, sha256)"
+    assert modinfo.signature({"name": "lab_good"}) is None

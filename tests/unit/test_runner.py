@@ -260,7 +260,7 @@ def whole_run(tmp_path, kernel, monkeypatch):
     guests = []
 
     @contextlib.contextmanager
-    def boot(k, image, settings, forward_ports=(), artifacts_dir=None):
+    def boot(k, image, settings, forward_ports=(), append="", artifacts_dir=None):
         guest = LabGuest(TIMEOUTS, kernel, tmp_path)
         guest.accel, guest.timings, guest.timeouts = "tcg", {}, TIMEOUTS
         guests.append(guest)
@@ -398,3 +398,18 @@ def test_sysfs_not_as_the_lifecycle_implies_fails_on_lifecycle(lab, kernel, monk
     msgs = [r.message for r in decide(ctx.rec).reasons if r.check == "lifecycle"]
     assert msgs == []   # one patch before: gone entirely reads as a replace
     assert ctx.rec.replaced == {OLD: PATCH}
+
+
+def test_a_patch_refused_under_signature_enforcement_fails_on_signature_naming_its_signature(lab, kernel):
+    from harness.lab.specs import SecuritySpec
+    kernel.refuse[PATCH] = "ERROR: could not insert module lab_good.ko: Key was rejected by service"
+    ctx = lab(dataclasses.replace(QUIET, security=SecuritySpec(sig_enforce=True)))
+    run_steps(ctx)
+    v = decide(ctx.rec)
+    assert [r.check for r in v.reasons] == ["signature"]
+    assert v.reasons[0].message.startswith("the kernel, enforcing module signatures, refused lab_good (unsigned): "
+                                           "a host with Secure Boot or lockdown would refuse this patch too")
+    kernel.refuse[PATCH] = "ERROR: could not insert module lab_good.ko: Invalid parameters"
+    ctx = lab(dataclasses.replace(QUIET, security=SecuritySpec(sig_enforce=True)))
+    run_steps(ctx)
+    assert [r.check for r in decide(ctx.rec).reasons] == ["load"]   # another refusal stays a load failure

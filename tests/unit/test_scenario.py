@@ -233,3 +233,16 @@ def test_check_takes_an_upgrade_and_module_parameters(tmp_path):
         scenario.from_options(new, params=["oops"])
     with pytest.raises(ConfigError, match=r"\[--upgrade-from\]: .* is neither"):
         scenario.from_options(new, upgrade_from=tmp_path / "missing")
+
+
+def test_security_settings_sign_with_both_key_and_cert_and_refuse_one_alone(tmp_path):
+    (tmp_path / "k.pem").write_text("key")
+    (tmp_path / "c.pem").write_text("cert")
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\nsecurity: {sig_enforce: true, sign_key: k.pem, "
+                                       "sign_cert: c.pem}\n"))
+    assert sc.security.sig_enforce and sc.security.sign_key == (tmp_path / "k.pem").resolve()
+    with pytest.raises(ConfigError, match=r"\[security.sign_cert\]: give both sign_key and sign_cert"):
+        scenario.load(write(tmp_path, "patch: {source: p}\nsecurity: {sign_key: k.pem}\n"))
+    with pytest.raises(ConfigError, match=r"\[--sign-cert\]: .*nope.pem does not exist"):
+        scenario.from_options(kbuild(tmp_path / "patch"), security={"sign_key": str(tmp_path / "k.pem"),
+                                                                    "sign_cert": str(tmp_path / "nope.pem")})

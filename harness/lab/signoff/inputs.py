@@ -24,10 +24,11 @@ from ...supply.apt import sha256_file
 
 def signature(info: dict[str, str]) -> Optional[dict[str, str]]:
     """A module's signature from its modinfo fields; None when it carries none."""
-    if not info.get("signer") and not info.get("sig_id"):
+    sig = modinfo.signature(info)
+    if sig is None:
         return None
-    return {"signer": info.get("signer", ""), "key_id": info.get("sig_key", ""),
-            "hash_algorithm": info.get("sig_hashalgo", ""), "type": info.get("sig_id", "")}
+    return {"signer": sig.signer, "key_id": sig.key_id, "hash_algorithm": sig.hash_algorithm,
+            "type": info.get("sig_id", "")}
 
 
 def module_facts(path: str, role: str, settings: Settings, given: Optional[str] = None) -> dict[str, Any]:
