@@ -92,14 +92,13 @@ def _compare(ctx: Context, after: str, listed: dict[str, dict]) -> None:
     ctx.events("livepatch-state", after=after, enabled=have)
 
 
-def left_behind(ctx: Context) -> None:
-    """The end of the run: no patch listed, no module of the run loaded."""
-    listed = _listed(ctx)
+def left_behind(ctx: Context, end: livepatch.EndState) -> None:
+    """The end of the run (``end``: what the kernel shows once the targets are unloaded): no patch
+    listed, no module of the run loaded."""
     reported = {n for n, p in ctx.rec.patches.items()   # the revert check names these already
                 if p.revert.get("module_gone") is False or p.revert.get("rmmod_rc") not in (0, None)}
-    mods = [n for n in ctx.modules
-            if n not in reported and livepatch.module_loaded(ctx.guest, n, ctx.timeouts.command)]
-    if listed or mods:
+    mods = [n for n in ctx.modules if n not in reported and n in end.modules]
+    if end.listed or mods:
         ctx.rec.lifecycle.append(Reason("revert", "left behind at the end of the run: " + "; ".join(
-            part for part in (f"/sys/kernel/livepatch lists {', '.join(sorted(listed))}" if listed else "",
+            part for part in (f"/sys/kernel/livepatch lists {', '.join(end.listed)}" if end.listed else "",
                               f"modules still loaded: {', '.join(mods)}" if mods else "") if part)))

@@ -168,12 +168,61 @@ def unload(guest, module: str, timeout: float) -> Result:
     return guest.run(f"rmmod {_q(module)}", timeout)
 
 
+@dataclass
+class Removal:
+    rc: int                # rmmod's exit status
+    err: str               # what it said
+    sysfs_gone: bool       # /sys/kernel/livepatch/<module> is gone
+    module_gone: bool      # the module is out of /proc/modules
+
+
+def remove(guest, module: str, timeout: float) -> Removal:
+    """rmmod, then whether its livepatch entry and the module are gone: one round trip."""
+    m = _q(module)
+    out = guest.run(f"rmmod {m} 2>&1; echo \"@@rc=$?\"; test -e {SYSFS}/{m} && echo @@listed; "
+                    f"grep -q '^{module} ' /proc/modules && echo @@loaded; true", timeout)
+    said, _, rest = out.stdout.partition("@@rc=")
+    rc = rest.split()[0] if rest.split() else "-1"
+    return Removal(int(rc) if rc.lstrip("-").isdigit() else -1, said.strip(),
+                   "@@listed" not in rest, "@@loaded" not in rest)
+
+
 def module_loaded(guest, module: str, timeout: float) -> bool:
     return guest.run(f"grep -q '^{module} ' /proc/modules", timeout).ok
 
 
 def taint(guest, timeout: float) -> int:
     return int(guest.run("cat /proc/sys/kernel/tainted", timeout, check=True).stdout.strip())
+
+
+def begin(guest, marker: str, timeout: float) -> int:
+    """Mark the kernel log (the run's dmesg starts after the marker) and read the taint: one round trip."""
+    out = guest.run(f"echo {_q(marker)} > /dev/kmsg && cat /proc/sys/kernel/tainted", timeout, check=True).stdout
+    return int(out.split()[-1])
+
+
+@dataclass
+class EndState:
+    """What the kernel shows at the end of a run."""
+    dmesg: list[str]            # the log since the run's marker
+    taint: int
+    modules: set[str]           # /proc/modules
+    listed: list[str]           # /sys/kernel/livepatch
+
+
+def finish(guest, marker: str, unload: Sequence[str], timeout: float) -> EndState:
+    """Unload ``unload`` (the run's target modules, newest first), then read taint, modules, the
+    livepatch list and the log since ``marker``: one round trip."""
+    script = "".join(f"rmmod {_q(n)} 2>/dev/null\n" for n in unload) + (
+        f"echo @@taint; cat /proc/sys/kernel/tainted; echo @@modules; cut -d' ' -f1 /proc/modules; "
+        f"echo @@listed; ls {SYSFS}; echo @@dmesg; dmesg")
+    out = guest.run(script, timeout, check=True).stdout
+    parts = dict(section.split("\n", 1) if "\n" in section else (section, "")
+                 for section in out.split("@@")[1:])
+    lines = parts.get("dmesg", "").splitlines()
+    at = next((i for i in range(len(lines) - 1, -1, -1) if marker in lines[i]), -1)
+    return EndState(lines[at + 1:], int(parts["taint"].split()[0]), set(parts.get("modules", "").split()),
+                    sorted(parts.get("listed", "").split()))
 
 
 def mark_kmsg(guest, text: str, timeout: float) -> None:

@@ -13,16 +13,18 @@ to do (e.g. no old patch left to revert): it then makes no window.
 """
 from __future__ import annotations
 
+import io
 import logging
 import re
 import shlex
+import tarfile
 import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from ..core.errors import GuestCommandError, GuestConnectionError, HarnessError, LivepatchError
+from ..core.errors import GuestCommandError, GuestConnectionError, LivepatchError
 from ..core.settings import Timeouts
 from . import lifecycle, livepatch
 from .events import Timeline
@@ -30,7 +32,7 @@ from .faults import Failed
 from .forensics import HangEvidence
 from .record import BASELINE, COOLDOWN, HOLD, TRANSITION, Reason, RunRecord
 from .specs import Scenario
-from .workload import clock, httpload, probe, service, stress
+from .workload import clock, detached, httpload, probe, service, stress
 
 log = logging.getLogger(__name__)
 REMOTE_DIR = "/run/lab/modules"
@@ -86,34 +88,49 @@ def _hold(ctx: Context, seconds: float) -> None:
 # set-up -----------------------------------------------------------------------------
 class Setup(Step):
     """Upload the modules, load the targets, note the unpatched probe output, start probe,
-    service, load and stress."""
+    stress and service together, wait for the service, start the load: few round trips, as
+    every one is ~0.1-0.3 s under TCG."""
 
     def run(self, ctx: Context) -> None:
         g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
-        g.run(f"mkdir -p {REMOTE_DIR}", t.command, check=True)
-        for name in ctx.modules:
-            g.upload(ctx.modules[name].path, ctx.remote(name))
+        g.run(f"mkdir -p {REMOTE_DIR} && tar -x -C {REMOTE_DIR}", t.command, check=True,
+              stdin=_tar({ctx.modules[n].path.name: ctx.modules[n].path for n in ctx.modules}))
         ctx.evidence.prepare()
         for name in ctx.targets:
             _load_target(ctx, name)
-        ctx.offset = clock.clock_offset(g)
-        rec.taint_before = livepatch.taint(g, t.command)
         ctx.marker = f"livepatch-lab: run {uuid.uuid4().hex[:8]} start"
         ctx.console_from = len(g.machine.console.lines)
-        livepatch.mark_kmsg(g, ctx.marker, t.command)
+        rec.taint_before = livepatch.begin(g, ctx.marker, t.command)
+        scripts = []
         if sc.probe.command:
             # what the kernel shows before any patch: the revert is judged against it
             first = g.run(sc.probe.command, t.probe_command)
             rec.probe_unpatched = first.stdout + first.stderr
-            probe.start(g, sc.probe)   # before the rest: its first (slow, under TCG) runs precede the baseline
+            scripts.append(probe.start_script(sc.probe, t))   # first: its first (slow) runs precede the baseline
+        if sc.stress.enabled:
+            scripts.append(stress.start_script(sc.stress))
         if sc.service.enabled:
-            service.start(g, sc.service)
+            scripts.append(service.start_script(sc.service))
+        if scripts:
+            g.run("".join(scripts), t.command, check=True)
+        if sc.service.enabled:
+            service.wait_ready(g, sc.service)
             ctx.load = httpload.HttpLoad("127.0.0.1", g.host_port(sc.service.port), sc.service,
                                          ctx.out_dir / "requests.jsonl")
-        if sc.stress.enabled:
-            stress.start(g, sc.stress)
+        ctx.offset = clock.clock_offset(g, samples=3)
+        if sc.stress.enabled:   # stress-ng refuses bad arguments before it forks: it had its moment
+            stress.check_running(g, sc.stress)
         if ctx.load:
             ctx.load.start()
+
+
+def _tar(files: dict[str, Path]) -> bytes:
+    """The run's modules as one tar stream: one upload for all of them."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, path in files.items():
+            tar.add(str(path), arcname=name)
+    return buf.getvalue()
 
 
 def _load_target(ctx: Context, name: str) -> None:
@@ -291,14 +308,13 @@ class WaitUnpatch(Step):
 
 def _rmmod(ctx: Context, name: str) -> None:
     """rmmod a patch's module, then check that its sysfs entry and the module are gone."""
-    prec, g, t = ctx.rec.patch(name), ctx.guest, ctx.timeouts
-    rmmod = livepatch.unload(g, name, t.command)
-    prec.revert.update(rmmod_rc=rmmod.rc, rmmod_err=rmmod.stderr.strip())
-    prec.revert["sysfs_gone"] = not g.run(f"test -e {livepatch.SYSFS}/{shlex.quote(name)}", t.command).ok
-    prec.revert["module_gone"] = not livepatch.module_loaded(g, name, t.command)
-    if prec.revert["module_gone"] and name in ctx.loaded:
+    prec = ctx.rec.patch(name)
+    gone = livepatch.remove(ctx.guest, name, ctx.timeouts.command)
+    prec.revert.update(rmmod_rc=gone.rc, rmmod_err=gone.err, sysfs_gone=gone.sysfs_gone,
+                       module_gone=gone.module_gone)
+    if gone.module_gone and name in ctx.loaded:
         ctx.loaded.remove(name)
-    ctx.events("unloaded", module=name, rc=rmmod.rc)
+    ctx.events("unloaded", module=name, rc=gone.rc)
 
 
 class Unload(Step):
@@ -399,31 +415,27 @@ def unwind(ctx: Context) -> None:
 # evidence -------------------------------------------------------------------------------
 class Collect(Step):
     """Stop the workload and read what it and the kernel recorded; unload the targets and check
-    that the run left nothing behind. Runs whatever happened before, as long as the guest answers."""
+    that the run left nothing behind: two round trips. Runs whatever happened before, as long
+    as the guest answers."""
 
     def run(self, ctx: Context) -> None:
         g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
         try:
             if ctx.load:
                 rec.requests = ctx.load.stop(timeout=sc.service.timeout + 2)
-            if sc.probe.command:
-                try:
-                    rec.probe = [probe.ProbeSample(s.t - ctx.offset, s.rc, s.output,
-                                                   None if s.t_end is None else s.t_end - ctx.offset)
-                                 for s in probe.stop(g)]
-                except HarnessError as exc:
-                    log.warning("probe log lost: %s", exc)
         finally:
             if ctx.load:   # stopped whatever happened: its thread must not outlive the run
                 ctx.load.stop(timeout=0)
-        if sc.stress.enabled:
-            stress.stop(g)
-        if sc.service.enabled:
-            service.stop(g)
-        rec.dmesg = livepatch.dmesg_since(g, ctx.marker, t.command)
-        rec.taint_after = livepatch.taint(g, t.command)
+        started = [n for n, on in (("probe", bool(sc.probe.command)), ("stress", sc.stress.enabled),
+                                   ("service", sc.service.enabled)) if on]
+        if started:
+            out = detached.stop_all(g, started, t.service_stop,
+                                    then=probe.read_log() if sc.probe.command else "")
+            rec.probe = [probe.ProbeSample(s.t - ctx.offset, s.rc, s.output,
+                                           None if s.t_end is None else s.t_end - ctx.offset)
+                         for s in probe.parse_log(out)] if sc.probe.command else []
+        end = livepatch.finish(g, ctx.marker, list(reversed(ctx.late_loaded + ctx.targets)), t.command)
+        rec.dmesg, rec.taint_after = end.dmesg, end.taint
         rec.console_findings = [f for f in g.machine.console.findings if f.lineno > ctx.console_from]
-        for name in reversed(ctx.late_loaded + ctx.targets):
-            g.run(f"rmmod {shlex.quote(name)}", t.command)
-        lifecycle.left_behind(ctx)
+        lifecycle.left_behind(ctx, end)
         ctx.events("collected")

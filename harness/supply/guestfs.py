@@ -27,6 +27,10 @@ GUEST_FILES: dict[str, tuple[str, int]] = {
     "inittab": ("/etc/inittab", 0o644),
     "sshd_config": ("/etc/ssh/sshd_config", 0o644),
 }
+# C sources in images/guest/ compiled (static, by the host's cc) into the image: path, mode
+GUEST_PROGRAMS: dict[str, tuple[str, int]] = {
+    "lab-httpd.c": ("/usr/lib/livepatch-lab/httpd", 0o755),   # the default service (workload/service.py)
+}
 # busybox applets linked into the image when the image has no such command
 BUSYBOX_LINKS = ("poweroff", "reboot", "halt")
 
@@ -34,7 +38,17 @@ BUSYBOX_LINKS = ("poweroff", "reboot", "halt")
 def guest_files_digest(guest_dir: Optional[Path] = None) -> dict[str, str]:
     guest_dir = GUEST_DIR if guest_dir is None else guest_dir
     return {name: f"{target}:{mode:o}:{hashlib.sha256((guest_dir / name).read_bytes()).hexdigest()}"
-            for name, (target, mode) in sorted(GUEST_FILES.items())}
+            for name, (target, mode) in sorted({**GUEST_FILES, **GUEST_PROGRAMS}.items())}
+
+
+def compile_program(source: Path, out: Path, timeout: float) -> None:
+    """A guest program from its C source: static, so it runs on any guest userland."""
+    try:
+        hostcmd.run(["cc", "-static", "-O2", "-Wall", "-o", str(out), str(source)],
+                    what=f"compile {source.name} for the guest", timeout=timeout)
+    except HostCommandError as exc:
+        raise InfraError(f"cannot build the guest's {source.name} (is libc6-dev installed?):\n"
+                         f"{exc.output.strip()[-800:]}") from None
 
 
 def guest_path(tree: Path, path: str) -> Path:
@@ -101,6 +115,11 @@ def customise(tree: Path, out: Path, guest_dir: Optional[Path] = None) -> tuple[
     guest_dir = GUEST_DIR if guest_dir is None else guest_dir
     for name, (target, mode) in GUEST_FILES.items():
         write_file(tree, target, (guest_dir / name).read_bytes(), mode)
+    for name, (target, mode) in GUEST_PROGRAMS.items():
+        built = out / f".{Path(target).name}.built"
+        compile_program(guest_dir / name, built, Settings().timeouts.host_command)
+        write_file(tree, target, built.read_bytes(), mode)
+        built.unlink()
 
     # keys: one pinned host key, one client key, both per image
     ssh_dir = guest_path(tree, "/etc/ssh")

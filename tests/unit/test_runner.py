@@ -51,7 +51,9 @@ class Evidence:
 
 
 def module(tmp_path: Path, name: str) -> Module:
-    return Module(tmp_path / f"{name}.ko", name, "6.1.0-1-amd64 SMP", name != TARGET, "6.1.0-1-amd64")
+    ko = tmp_path / f"{name}.ko"
+    ko.write_bytes(b"\x7fELF a module")   # uploaded (to the pretend guest's nowhere) as it is
+    return Module(ko, name, "6.1.0-1-amd64 SMP", name != TARGET, "6.1.0-1-amd64")
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from harness.core.settings import Timeouts
 from harness.lab import specs
 from harness.lab.workload import clock, detached, httpload, probe, service, stats, stress
 from harness.machine.channel import Result
+from harness.supply import guestfs
 
 from .fakes.local_guest import LocalGuest
 
@@ -482,10 +483,14 @@ def group_alive(pidfile: Path) -> bool:
 
 @pytest.fixture
 def local(tmp_path, monkeypatch):
-    if not all(shutil.which(t) for t in ("bash", "setsid", "timeout", "base64", "mkfifo")):
-        pytest.skip("needs bash, setsid, timeout, base64, mkfifo")
+    if not all(shutil.which(t) for t in ("bash", "setsid", "timeout", "base64", "mkfifo", "cc")):
+        pytest.skip("needs bash, setsid, timeout, base64, mkfifo, cc")
     d = tmp_path / "lab"
     monkeypatch.setattr(detached, "GUEST_DIR", str(d))
+    # the guest's own server, built from its source as the image build does
+    server = tmp_path / "lab-httpd"
+    guestfs.compile_program(guestfs.GUEST_DIR / "lab-httpd.c", server, 60.0)
+    monkeypatch.setattr(service, "DEFAULT_SERVER", str(server))
     guest = LocalGuest(dataclasses.replace(Timeouts(), service_start=5.0, service_stop=2.0,
                                            probe_command=1.0, command=20.0))
     yield guest, d
@@ -630,3 +635,17 @@ def live_members(pgid: int) -> list[int]:
         if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(stat.parent.name))
     return members
+
+
+def test_stop_all_ends_every_session_in_one_round_trip_and_kills_the_stubborn(local):
+    guest, d = local
+    guest.run(detached.start_script("calm", "exec sleep 60") + detached.start_script(
+        "stubborn", "trap '' TERM; while :; do sleep 0.05; done"), check=True)
+    pids = {n: int((d / f"{n}.pid").read_text()) for n in ("calm", "stubborn")}
+    ran = []
+    real_run = guest.run
+    guest.run = lambda cmd, *a, **kw: ran.append(cmd) or real_run(cmd, *a, **kw)
+    out = detached.stop_all(guest, ["calm", "stubborn", "never-started"], 0.5, then="echo after")
+    assert out.strip() == "after" and len(ran) == 1
+    assert all(live_members(p) == [] for p in pids.values())
+    assert not (d / "calm.pid").exists() and not (d / "stubborn.pid").exists()

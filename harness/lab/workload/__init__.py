@@ -21,10 +21,13 @@ by signalling every process of that session), with its pid and log under ``/run/
 Every request gets its own TCP connection (``Connection: close``); see
 ``HttpLoad`` for why. Measured on the lab's 2-vCPU guest (single-threaded TCG)
 under the default stress, interleaved 10 s runs at 20 requests/s, p50 / p99:
-the default server (python3 http.server, one thread) 20 / 40 ms; busybox httpd
+python3's http.server (one thread) 20 / 40 ms; busybox httpd
 with a static file 21 / 42 ms (but it serves /proc files empty: their size is
 0); http.server with a thread per connection 27 / 65 ms; a busybox CGI script
 (fork + exec per request) 63 ms p50 on an idle guest, and half its requests
 timed out under stress. Keep-alive (pooled connections, threaded server):
-12 / 40 ms, so a new connection costs ~8 ms of the median, not the tail.
+12 / 40 ms, so a new connection costs ~8 ms of the median, not the tail. The
+default server is now a static C program of the lab's (images/guest/lab-httpd.c):
+the same one-connection-at-a-time model as the python one, ready in milliseconds
+instead of ~3 s.
 """

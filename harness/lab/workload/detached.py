@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from typing import Optional
+from typing import Optional, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +19,13 @@ def path(name: str) -> str:
     return f"{GUEST_DIR}/{name}"
 
 
-def start(guest, name: str, command: str, env: Optional[dict[str, str]] = None,
-                    stop_first: bool = True) -> None:
-    """Run ``command`` (a shell command line) detached, in a session of its own.
+def start_script(name: str, command: str, env: Optional[dict[str, str]] = None) -> str:
+    """Shell that runs ``command`` (a shell command line) detached, in a session of its own.
 
     ``<name>.pid`` holds the session leader's pid (= its session and process
     group), ``<name>.log`` the output; ``<name>.rc`` appears with the command's
-    exit status when it ends by itself. A leftover of the same name is stopped first.
+    exit status when it ends by itself. Several such scripts can run in one round trip.
     """
-    if stop_first:
-        stop(guest, name, guest.timeouts.service_stop)
     assignments = " ".join(f"{k}={q(v)}" for k, v in (env or {}).items())
     # The command runs in a subshell so that even `exit` or a failed `exec` leaves
     # the leader to record the status (newlines: the command may end in a comment).
@@ -37,10 +34,17 @@ def start(guest, name: str, command: str, env: Optional[dict[str, str]] = None,
     wrapped = f"(\n{command}\n)\necho $? >{rc}.tmp && mv {rc}.tmp {rc}"
     # Not a process group leader (no job control in a non-interactive shell), so
     # setsid(1) does not fork: $! is the new session's leader.
-    script = (f"mkdir -p {q(GUEST_DIR)} && cd / && rm -f {q(path(name + '.rc'))} || exit 1\n"
-              f"{assignments} setsid sh -c {q(wrapped)} </dev/null >{q(path(name + '.log'))} 2>&1 &\n"
-              f"echo $! >{q(path(name + '.pid'))}")
-    guest.run(script, check=True)
+    return (f"mkdir -p {q(GUEST_DIR)} && cd / && rm -f {q(path(name + '.rc'))} || exit 1\n"
+            f"{assignments} setsid sh -c {q(wrapped)} </dev/null >{q(path(name + '.log'))} 2>&1 &\n"
+            f"echo $! >{q(path(name + '.pid'))}\n")
+
+
+def start(guest, name: str, command: str, env: Optional[dict[str, str]] = None,
+          stop_first: bool = True) -> None:
+    """``start_script`` in the guest; a leftover of the same name is stopped first."""
+    if stop_first:
+        stop(guest, name, guest.timeouts.service_stop)
+    guest.run(start_script(name, command, env), check=True)
 
 
 def _session_sh(name: str) -> str:
@@ -73,6 +77,26 @@ def stop(guest, name: str, grace: float, before: str = "") -> bool:
     if res.rc == 5:
         log.warning("%s did not end within %.1fs of SIGTERM: killed", name, grace)
     return res.rc in (0, 5)
+
+
+def stop_all(guest, names: Sequence[str], grace: float, then: str = "") -> str:
+    """TERM every process of every named session at once, KILL what is left after ``grace`` s,
+    then run ``then`` (shell) in the same round trip and return what it printed."""
+    ticks = max(1, int(grace * 10))
+    sessions = " ".join(q(path(n + ".pid")) for n in names)
+    script = f"""
+        ps_of() {{ ps -o stat= --sid "$1" 2>/dev/null | grep -qv '^Z'; }}
+        live=; for f in {sessions}; do p=; read -r p <"$f" 2>/dev/null && rm -f "$f" && [ -n "$p" ] && \
+            ps_of "$p" && live="$live $p"; done
+        for p in $live; do pkill -TERM -s "$p"; done
+        i=0; while [ $i -lt {ticks} ]; do left=; for p in $live; do ps_of "$p" && left="$left $p"; done
+            [ -z "$left" ] && break; sleep 0.1; i=$((i+1)); done
+        for p in $left; do pkill -KILL -s "$p"; echo "killed session $p" >&2; done
+        {then}"""
+    res = guest.run(script, 2 * grace + guest.timeouts.command)
+    if "killed session" in res.stderr:
+        log.warning("%s did not all end within %.1fs of SIGTERM: killed", ", ".join(names), grace)
+    return res.stdout
 
 
 def ended(guest, name: str, after: float = 0.0) -> Optional[str]:

@@ -75,22 +75,32 @@ done
 '''
 
 
-def start(guest, spec: ProbeSpec) -> None:
-    """Run ``spec.command`` every ``spec.interval`` s in a detached loop (bash sources it in a
-    subshell); one record per run goes to probe.log. A run longer than
-    ``Timeouts.probe_command`` is killed, with all it started, and recorded with rc 124."""
+def start_script(spec: ProbeSpec, timeouts) -> str:
+    """Shell that writes the loop and the command and starts the loop detached: run ``spec.command``
+    every ``spec.interval`` s (bash sources it in a subshell); one record per run goes to
+    probe.log. A run longer than ``Timeouts.probe_command`` is killed, with all it started,
+    and recorded with rc 124."""
     if not spec.command:
         raise ConfigError("a probe needs a command", field="probe.command")
-    detached.stop(guest, "probe", guest.timeouts.service_stop)   # a leftover loop
-    encoded = base64.b64encode(spec.command.encode() + b"\n").decode()
-    guest.run(f"mkdir -p {q(detached.GUEST_DIR)} && cat >{q(detached.path('probe.sh'))} && "
-              f"echo {encoded} | base64 -d >{q(detached.path('probe.cmd'))} && "
-              f"rm -f {q(detached.path('probe.log'))} && : >{q(detached.path('probe.run'))}",
-              check=True, stdin=PROBE_LOOP.encode())
+    loop = base64.b64encode(PROBE_LOOP.encode()).decode()
+    cmd = base64.b64encode(spec.command.encode() + b"\n").decode()
     step_us = max(1, round(spec.interval * 1e6))
-    limit_us = max(1, round(guest.timeouts.probe_command * 1e6))
-    detached.start(guest, "probe", f"exec bash {q(detached.path('probe.sh'))} {q(detached.GUEST_DIR)} "
-                                   f"{step_us} {limit_us}", stop_first=False)
+    limit_us = max(1, round(timeouts.probe_command * 1e6))
+    return (f"mkdir -p {q(detached.GUEST_DIR)} && echo {loop} | base64 -d >{q(detached.path('probe.sh'))} && "
+            f"echo {cmd} | base64 -d >{q(detached.path('probe.cmd'))} && "
+            f"rm -f {q(detached.path('probe.log'))} && : >{q(detached.path('probe.run'))} || exit 1\n"
+            + detached.start_script("probe", f"exec bash {q(detached.path('probe.sh'))} "
+                                             f"{q(detached.GUEST_DIR)} {step_us} {limit_us}"))
+
+
+def start(guest, spec: ProbeSpec) -> None:
+    detached.stop(guest, "probe", guest.timeouts.service_stop)   # a leftover loop
+    guest.run(start_script(spec, guest.timeouts), check=True)
+
+
+def read_log() -> str:
+    """Shell that prints probe.log (for ``parse_log``)."""
+    return f"cat {q(detached.path('probe.log'))}"
 
 
 def stop(guest) -> list[ProbeSample]:
@@ -102,9 +112,9 @@ def stop(guest) -> list[ProbeSample]:
         rm -f {q(detached.path('probe.run'))}
         echo wake 1<>{q(detached.path('probe.tick'))}
         gone && exit 0""")
-    res = guest.run(f"cat {q(detached.path('probe.log'))}", check=False)
+    res = guest.run(read_log(), check=False)
     if not res.ok:
-        raise GuestCommandError(f"cat {detached.path('probe.log')}", res.rc, res.stdout, res.stderr)
+        raise GuestCommandError(read_log(), res.rc, res.stdout, res.stderr)
     return parse_log(res.stdout)
 
 

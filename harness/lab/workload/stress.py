@@ -6,19 +6,29 @@ from ..specs import StressSpec
 from . import detached
 
 
+def command(spec: StressSpec) -> str:
+    return f"exec stress-ng {spec.args}"
+
+
+def start_script(spec: StressSpec) -> str:
+    return detached.start_script("stress", command(spec))
+
+
+def check_running(guest, spec: StressSpec, after: float = 0.0) -> None:
+    """Raise ``GuestCommandError`` if stress-ng ended (bad arguments, say): it checks its
+    arguments before it forks a stressor, so one still there a moment after its start runs."""
+    ended = detached.ended(guest, "stress", after=after)
+    if ended is not None:
+        raise GuestCommandError(command(spec), int(ended) if ended.isdigit() else -1,
+                                detached.tail(guest, "stress"), "stress-ng ended at once")
+
+
 def start(guest, spec: StressSpec) -> None:
-    """stress-ng with ``spec.args``, detached. Raises ``GuestCommandError`` if it ends at once
-    (bad arguments, say)."""
+    """stress-ng with ``spec.args``, detached, checked a second later."""
     if not spec.enabled:
         return
-    command = f"exec stress-ng {spec.args}"
-    detached.start(guest, "stress", command)
-    # stress-ng checks its arguments before it forks a stressor: if it is still
-    # there after a moment, it runs.
-    ended = detached.ended(guest, "stress", after=1.0)
-    if ended is not None:
-        raise GuestCommandError(command, int(ended) if ended.isdigit() else -1, detached.tail(guest, "stress"),
-                                "stress-ng ended at once")
+    detached.start(guest, "stress", command(spec))
+    check_running(guest, spec, after=1.0)
 
 
 def stop(guest) -> None:

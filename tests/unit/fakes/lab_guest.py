@@ -38,11 +38,18 @@ class FakeKernel:
     taint_mask: int = 0
     calls: list[str] = field(default_factory=list)
 
+    @staticmethod
+    def _reach(guest) -> None:
+        """A guest given up on answers nothing, to the kernel's functions as to any command."""
+        if guest.channel.lost:
+            raise GuestConnectionError(f"ssh: connection lost: {guest.channel.lost}")
+
     def _print(self, line: str) -> None:
         self.log.append(f"[{len(self.log) + 1:6d}.000000] {line}")
 
     # harness.lab.livepatch, faked
     def load(self, guest, remote_ko, timeout, report_text_of="", params=()):
+        self._reach(guest)
         name = Path(remote_ko).stem
         self.calls.append(" ".join([f"insmod {name}", *(f"{k}={v}" for k, v in params)]))
         if self.on_load:
@@ -65,25 +72,31 @@ class FakeKernel:
                 del self.enabled[other]
 
     def patches(self, guest, timeout):
+        self._reach(guest)
         return {n: {"enabled": int(on), "transition": 0, "replace": None} for n, on in self.enabled.items()}
 
     def wait_transition(self, guest, name, deadline_s):
+        self._reach(guest)
         self.calls.append(f"wait {name}")
         return name not in self.stall, 0.05
 
     def stragglers(self, guest, patching, timeout):
+        self._reach(guest)
         return [livepatch.Straggler(77, 77, "lab_sleeper", ["lab_target_sleep+0x22/0x40"])]
 
     def signal_stragglers(self, guest, name, timeout):
+        self._reach(guest)
         return False
 
     def force(self, guest, name, timeout):
+        self._reach(guest)
         self.stall.discard(name)
         self._print("livepatch: forcing remaining tasks to the patched state")
         self._complete(name)
         return Result("force", 0, "", "", 0.0)
 
     def disable(self, guest, name, timeout):
+        self._reach(guest)
         self.calls.append(f"disable {name}")
         if not self.enabled.get(name):
             return Result("disable", 1, "", "No such file or directory", 0.0)
@@ -94,6 +107,7 @@ class FakeKernel:
         return Result("disable", 0, "", "", 0.01)
 
     def unload(self, guest, module, timeout):
+        self._reach(guest)
         self.calls.append(f"rmmod {module}")
         if module in self.pinned:
             return Result("rmmod", 1, "", f"ERROR: Module {module} is in use", 0.0)
@@ -101,22 +115,43 @@ class FakeKernel:
         self.enabled.pop(module, None)
         return Result("rmmod", 0, "", "", 0.0)
 
+    def remove(self, guest, module, timeout):
+        self._reach(guest)
+        res = self.unload(guest, module, timeout)
+        return livepatch.Removal(res.rc, res.stderr, module not in self.enabled, module not in self.modules)
+
     def module_loaded(self, guest, module, timeout):
+        self._reach(guest)
         return module in self.modules
 
     def taint(self, guest, timeout):
+        self._reach(guest)
         return self.taint_mask
 
     def mark_kmsg(self, guest, text, timeout):
+        self._reach(guest)
         self._print(text)
 
     def dmesg_since(self, guest, marker, timeout):
+        self._reach(guest)
         at = next(i for i, line in enumerate(self.log) if marker in line)
         return self.log[at + 1:]
 
+    def begin(self, guest, marker, timeout):
+        self._reach(guest)
+        self.mark_kmsg(guest, marker, timeout)
+        return self.taint_mask
+
+    def finish(self, guest, marker, unload, timeout):
+        self._reach(guest)
+        for name in unload:
+            self.modules.discard(name)
+        return livepatch.EndState(self.dmesg_since(guest, marker, timeout), self.taint_mask, set(self.modules),
+                                  sorted(self.enabled))
+
     def install(self, monkeypatch) -> "FakeKernel":
         for name in ("load", "patches", "wait_transition", "stragglers", "signal_stragglers", "force", "disable",
-                     "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since"):
+                     "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since", "begin", "finish", "remove"):
             monkeypatch.setattr(livepatch, name, getattr(self, name))
         return self
 
