@@ -101,6 +101,7 @@ class Setup(Step):
         ctx.marker = f"livepatch-lab: run {uuid.uuid4().hex[:8]} start"
         ctx.console_from = len(g.machine.console.lines)
         rec.taint_before = livepatch.begin(g, ctx.marker, t.command)
+        ctx.offset = clock.clock_offset(g, samples=3)   # before the load: quicker and steadier round trips
         scripts = []
         if sc.probe.command:
             # what the kernel shows before any patch: the revert is judged against it
@@ -117,7 +118,6 @@ class Setup(Step):
             service.wait_ready(g, sc.service)
             ctx.load = httpload.HttpLoad("127.0.0.1", g.host_port(sc.service.port), sc.service,
                                          ctx.out_dir / "requests.jsonl")
-        ctx.offset = clock.clock_offset(g, samples=3)
         if sc.stress.enabled:   # stress-ng refuses bad arguments before it forks: it had its moment
             stress.check_running(g, sc.stress)
         if ctx.load:

@@ -80,22 +80,22 @@ def stop(guest, name: str, grace: float, before: str = "") -> bool:
 
 
 def stop_all(guest, names: Sequence[str], grace: float, then: str = "") -> str:
-    """TERM every process of every named session at once, KILL what is left after ``grace`` s,
-    then run ``then`` (shell) in the same round trip and return what it printed."""
-    ticks = max(1, int(grace * 10))
+    """End every named session at once, then run ``then`` (shell) in the same round trip and return
+    what it printed. TERM, a moment, then KILL whatever is left: nothing here needs a graceful end
+    (a line a killed probe was writing is skipped by its parser), and polling ``ps`` for each
+    session costs forks a loaded TCG guest pays dearly for (seconds, measured)."""
+    pause = min(0.2, grace)
     sessions = " ".join(q(path(n + ".pid")) for n in names)
     script = f"""
-        ps_of() {{ ps -o stat= --sid "$1" 2>/dev/null | grep -qv '^Z'; }}
         live=; for f in {sessions}; do p=; read -r p <"$f" 2>/dev/null && rm -f "$f" && [ -n "$p" ] && \
-            ps_of "$p" && live="$live $p"; done
+            live="$live $p"; done
         for p in $live; do pkill -TERM -s "$p"; done
-        i=0; while [ $i -lt {ticks} ]; do left=; for p in $live; do ps_of "$p" && left="$left $p"; done
-            [ -z "$left" ] && break; sleep 0.1; i=$((i+1)); done
-        for p in $left; do pkill -KILL -s "$p"; echo "killed session $p" >&2; done
+        [ -n "$live" ] && sleep {pause:g}
+        for p in $live; do pkill -KILL -s "$p" && echo "killed what was left of session $p" >&2; done
         {then}"""
-    res = guest.run(script, 2 * grace + guest.timeouts.command)
-    if "killed session" in res.stderr:
-        log.warning("%s did not all end within %.1fs of SIGTERM: killed", ", ".join(names), grace)
+    res = guest.run(script, grace + guest.timeouts.command)
+    if "killed what was left" in res.stderr:
+        log.debug("%s: killed what SIGTERM had not ended within %.1fs", ", ".join(names), pause)
     return res.stdout
 
 
