@@ -1,0 +1,93 @@
+#!/usr/bin/env python3
+"""Every speed target of the lab, measured in one run and printed as ratios.
+
+    python bench/speed.py [--runs 3] [--matrix] [--kernel-a debian-6.1] [--kernel-b debian-6.12]
+
+1. fixed cost / bare cycle: an item's seconds minus the cache preparation and the
+   scenario's own windows (baseline, patched, cool-down), against bench/bare_cycle.py's
+   bare scripted cycle of the same work on the same kernel (target <= 1.5);
+2. boot + set-up of a warm item (target <= 3 s);
+3. a debian-6.12 item / a debian-6.1 item (target <= 1.5);
+4. with --matrix: bench/matrix.py's -n 1 / -n 2 over good.yaml on every kernel line
+   (target >= 1.7; slow: it runs the matrix twice).
+
+Numbers to read, not assertions: the host's load average is printed beside them,
+since a busy 2-core host slows a TCG guest as much as anything measured here.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bare_cycle import bare_cycle  # noqa: E402
+from harness.core.settings import Settings  # noqa: E402
+from harness.lab import runner, scenario  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def item(kernel: str, settings: Settings, out: Path) -> dict[str, float]:
+    sc = scenario.load(REPO / "scenarios" / "good.yaml")
+    outcome = runner.run(sc, kernel, settings, out)
+    if outcome.verdict.verdict != "pass":
+        print(f"  note: good on {kernel} was {outcome.verdict.verdict}: "
+              f"{'; '.join(r.message.splitlines()[0] for r in outcome.verdict.reasons)[:300]}")
+    ph = outcome.phases
+    windows = sc.timeline.baseline + sc.timeline.patched + sc.timeline.cooldown
+    return {"seconds": outcome.seconds, "fixed": outcome.seconds - ph.get("prepare", 0.0) - windows,
+            "boot_setup": ph.get("boot", 0.0) + ph.get("setup", 0.0), "boot": ph.get("boot", 0.0),
+            "setup": ph.get("setup", 0.0), "collect": ph.get("collect", 0.0)}
+
+
+def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--kernel-a", default="debian-6.1")
+    ap.add_argument("--kernel-b", default="debian-6.12")
+    ap.add_argument("--matrix", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="[bench] %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    settings = Settings.from_env()
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
+        item(args.kernel_a, settings, Path(tmp) / "warm")          # warm-up: caches, snapshots
+        a = median_of([item(args.kernel_a, settings, Path(tmp) / f"a{i}") for i in range(args.runs)])
+        b = median_of([item(args.kernel_b, settings, Path(tmp) / f"b{i}") for i in range(max(1, args.runs // 2))])
+        bare = bare_cycle(args.kernel_a, settings, args.runs)
+    load1 = os.getloadavg()[0]
+    rows = [
+        ("fixed cost / bare cycle", a["fixed"] / bare["wall"], "<= 1.5",
+         f"{a['fixed']:.1f} s / {bare['wall']:.1f} s (boot {a['boot']:.1f}, set-up {a['setup']:.1f}, "
+         f"collect {a['collect']:.1f})"),
+        ("boot + set-up, warm item", a["boot_setup"], "<= 3 s", f"{a['boot_setup']:.2f} s"),
+        (f"{args.kernel_b} item / {args.kernel_a} item", b["seconds"] / a["seconds"], "<= 1.5",
+         f"{b['seconds']:.1f} s / {a['seconds']:.1f} s"),
+    ]
+    if args.matrix:
+        import matrix
+        with tempfile.TemporaryDirectory(prefix="matrix-") as tmp:
+            one, _, _ = matrix.run_once("scenarios/good.yaml", 1, [], Path(tmp) / "n1.json")
+            two, _, _ = matrix.run_once("scenarios/good.yaml", 2, [], Path(tmp) / "n2.json")
+        rows.append(("-n 1 / -n 2, good.yaml x every line", one / two, ">= 1.7", f"{one:.0f} s / {two:.0f} s"))
+    print(f"\nlivepatch-lab speed ({os.cpu_count()} host cores; load average {load0:.1f} -> {load1:.1f})")
+    width = max(len(r[0]) for r in rows)
+    for name, value, target, detail in rows:
+        print(f"  {name:<{width}}  {value:6.2f}  (target {target})  {detail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
