@@ -22,7 +22,7 @@ from typing import Any
 from . import livepatch
 from .record import Reason
 
-Context = Any   # steps.Context (which holds a State): steps.py imports this module, not the reverse
+Context = Any   # context.Context (which holds a State): context.py imports this module, not the reverse
 
 
 @dataclass

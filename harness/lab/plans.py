@@ -17,10 +17,12 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional
 
+from .context import Step
 from .record import HOLD, TRANSITION, RunRecord
+from .setup import Setup
 from .specs import Scenario, StepSpec
-from .steps import (Baseline, Cooldown, Disable, Hold, LoadPatch, LoadTarget, RetireReplaced, Sample, Setup,
-                    Step, Unload, UnloadTarget, WaitTransition, WaitUnpatch)
+from .steps import (Baseline, Cooldown, Disable, Hold, LoadPatch, LoadTarget, RetireReplaced, Sample, Unload,
+                    UnloadTarget, WaitTransition, WaitUnpatch)
 
 
 class RevertRest(Step):

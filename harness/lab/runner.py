@@ -22,6 +22,7 @@ from ..machine import heartbeat, session
 from ..supply import images, kerneldefs, kernelfetch, recipes
 from . import outcome as outcomes
 from . import prepare as modules
+from .context import Context, Step
 from .events import Timeline
 from .faults import Failed, host_ended, patch_is_to_blame
 from .forensics import HangEvidence
@@ -29,8 +30,9 @@ from .outcome import Outcome
 from .plans import plan
 from .record import TRANSITION, Reason, RunRecord, Window
 from .scenario import TRANSITION_TAIL
+from .setup import Collect
 from .specs import Scenario
-from .steps import Collect, Context, Step, unwind
+from .steps import unwind
 from .verdict import decide
 
 log = logging.getLogger(__name__)

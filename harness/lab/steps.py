@@ -1,4 +1,5 @@
-"""The steps a run is made of, from the workload's set-up to the collection of evidence.
+"""The steps a run is made of between its set-up and its collection (setup.py): the baseline,
+the patches' loads, transitions and reverts, targets, holds, the cool-down, soak samples.
 
 A run is a list of steps (plans.py builds it from the scenario). Each step is
 small, does one thing in the guest under its own deadline (a ``Timeouts``
@@ -13,133 +14,22 @@ to do (e.g. no old patch left to revert): it then makes no window.
 """
 from __future__ import annotations
 
-import io
 import logging
 import re
 import shlex
-import tarfile
-import threading
-import uuid
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from ..core.errors import GuestCommandError, GuestConnectionError, LivepatchError
+from ..core.errors import LivepatchError
 from ..core.settings import Timeouts
 from . import lifecycle, livepatch
-from .events import Timeline
+from .context import Context, Step, Window, hold, load_target
 from .faults import Failed
-from .forensics import HangEvidence
-from .record import BASELINE, COOLDOWN, HOLD, TRANSITION, Reason, RunRecord
-from .specs import Scenario
-from .workload import clock, detached, httpload, probe, service, stress
+from .record import BASELINE, COOLDOWN, HOLD, TRANSITION, Reason
 
 log = logging.getLogger(__name__)
-REMOTE_DIR = "/run/lab/modules"
 # what insmod and the kernel say when module.sig_enforce refuses a module (EKEYREJECTED, ENOKEY)
 _SIGNATURE_REFUSED = re.compile(r"Key was rejected by service|Required key not available|"
                                 r"Loading of (unsigned )?module .*is rejected")
-Window = Optional[tuple[str, str, Optional[str]]]   # (name, kind, probe phase)
-
-
-@dataclass
-class Context:
-    """What the steps of one run share."""
-    scenario: Scenario
-    guest: Any                       # machine.session.Guest
-    timeouts: Timeouts
-    rec: RunRecord
-    events: Timeline
-    out_dir: Path
-    evidence: HangEvidence
-    modules: dict[str, Any]          # module name -> supply.modinfo.Module: every module of the run
-    patch: str                       # the patch under test's module name
-    targets: list[str] = field(default_factory=list)   # target modules loaded at set-up
-    params: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)   # module -> insmod params
-    lost: threading.Event = field(default_factory=threading.Event)   # set by the heartbeat
-    load: Optional[httpload.HttpLoad] = None
-    offset: float = 0.0              # guest clock - host clock
-    marker: str = ""
-    console_from: int = 0
-    loaded: list[str] = field(default_factory=list)          # patches whose modules are loaded, oldest first
-    late_loaded: list[str] = field(default_factory=list)     # target modules a step loaded
-    state: lifecycle.State = field(default_factory=lifecycle.State)   # what /sys/kernel/livepatch must hold
-    done: list[tuple["Step", float, float]] = field(default_factory=list)  # steps that ran: (step, start, end)
-
-    def remote(self, name: str) -> str:
-        return f"{REMOTE_DIR}/{self.modules[name].path.name}"
-
-
-class Step:
-    """One step: ``run`` does it; ``window`` is (name, kind, probe phase) of the stretch of the
-    run its time belongs to, or None for time that is not judged."""
-    window: Window = None
-
-    def run(self, ctx: Context) -> Optional[bool]:
-        raise NotImplementedError
-
-
-def _hold(ctx: Context, seconds: float) -> None:
-    """Let the workload run; a guest the heartbeat gave up on ends the wait at once."""
-    if ctx.lost.wait(seconds):
-        raise GuestConnectionError(f"guest lost while holding: {ctx.guest.channel.lost}")
-
-
-# set-up -----------------------------------------------------------------------------
-class Setup(Step):
-    """Upload the modules, load the targets, note the unpatched probe output, start probe,
-    stress and service together, wait for the service, start the load: few round trips, as
-    every one is ~0.1-0.3 s under TCG."""
-
-    def run(self, ctx: Context) -> None:
-        g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
-        g.run(f"mkdir -p {REMOTE_DIR} && tar -x -C {REMOTE_DIR}", t.command, check=True,
-              stdin=_tar({ctx.modules[n].path.name: ctx.modules[n].path for n in ctx.modules}))
-        ctx.evidence.prepare()
-        for name in ctx.targets:
-            _load_target(ctx, name)
-        ctx.marker = f"livepatch-lab: run {uuid.uuid4().hex[:8]} start"
-        ctx.console_from = len(g.machine.console.lines)
-        rec.taint_before = livepatch.begin(g, ctx.marker, t.command)
-        ctx.offset = clock.clock_offset(g, samples=3)   # before the load: quicker and steadier round trips
-        scripts = []
-        if sc.probe.command:
-            # what the kernel shows before any patch: the revert is judged against it
-            first = g.run(sc.probe.command, t.probe_command)
-            rec.probe_unpatched = first.stdout + first.stderr
-            scripts.append(probe.start_script(sc.probe, t))   # first: its first (slow) runs precede the baseline
-        if sc.stress.enabled:
-            scripts.append(stress.start_script(sc.stress))
-        if sc.service.enabled:
-            scripts.append(service.start_script(sc.service))
-        if scripts:
-            g.run("".join(scripts), t.command, check=True)
-        if sc.service.enabled:
-            service.wait_ready(g, sc.service)
-            ctx.load = httpload.HttpLoad("127.0.0.1", g.host_port(sc.service.port), sc.service,
-                                         ctx.out_dir / "requests.jsonl")
-        if sc.stress.enabled:   # stress-ng refuses bad arguments before it forks: it had its moment
-            stress.check_running(g, sc.stress)
-        if ctx.load:
-            ctx.load.start()
-
-
-def _tar(files: dict[str, Path]) -> bytes:
-    """The run's modules as one tar stream: one upload for all of them."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, path in files.items():
-            tar.add(str(path), arcname=name)
-    return buf.getvalue()
-
-
-def _load_target(ctx: Context, name: str) -> None:
-    command = livepatch.insmod(ctx.remote(name), ctx.params.get(name, ()))
-    res = ctx.guest.run(command, ctx.timeouts.command)
-    if not res.ok:
-        raise GuestCommandError(command, res.rc, res.stdout, res.stderr or f"target module {name} does not load")
-    ctx.evidence.add_module(name, ctx.modules[name].path)
-    ctx.events("target-loaded", module=name)
 
 
 class Baseline(Step):
@@ -150,7 +40,7 @@ class Baseline(Step):
 
     def run(self, ctx: Context) -> None:
         ctx.events("baseline")
-        _hold(ctx, self.seconds)
+        hold(ctx, self.seconds)
 
 
 # the patch ----------------------------------------------------------------------------
@@ -260,7 +150,7 @@ class Hold(Step):
         self.seconds, self.window = seconds, window
 
     def run(self, ctx: Context) -> None:
-        _hold(ctx, self.seconds)
+        hold(ctx, self.seconds)
         if ctx.loaded:
             value = livepatch.taint(ctx.guest, ctx.timeouts.command)
             ctx.rec.taint_held.append((self.window[0] if self.window else "hold", value))
@@ -340,7 +230,7 @@ class LoadTarget(Step):
         self.name, self.window = name, window
 
     def run(self, ctx: Context) -> None:
-        _load_target(ctx, self.name)
+        load_target(ctx, self.name)
         ctx.late_loaded.append(self.name)
 
 
@@ -368,7 +258,7 @@ class Cooldown(Step):
         self.seconds = seconds
 
     def run(self, ctx: Context) -> None:
-        _hold(ctx, self.seconds)
+        hold(ctx, self.seconds)
         ctx.events("cooldown-end")
 
 
@@ -413,29 +303,3 @@ def unwind(ctx: Context) -> None:
 
 
 # evidence -------------------------------------------------------------------------------
-class Collect(Step):
-    """Stop the workload and read what it and the kernel recorded; unload the targets and check
-    that the run left nothing behind: two round trips. Runs whatever happened before, as long
-    as the guest answers."""
-
-    def run(self, ctx: Context) -> None:
-        g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
-        try:
-            if ctx.load:
-                rec.requests = ctx.load.stop(timeout=sc.service.timeout + 2)
-        finally:
-            if ctx.load:   # stopped whatever happened: its thread must not outlive the run
-                ctx.load.stop(timeout=0)
-        started = [n for n, on in (("probe", bool(sc.probe.command)), ("stress", sc.stress.enabled),
-                                   ("service", sc.service.enabled)) if on]
-        if started:
-            out = detached.stop_all(g, started, t.service_stop,
-                                    then=probe.read_log() if sc.probe.command else "")
-            rec.probe = [probe.ProbeSample(s.t - ctx.offset, s.rc, s.output,
-                                           None if s.t_end is None else s.t_end - ctx.offset)
-                         for s in probe.parse_log(out)] if sc.probe.command else []
-        end = livepatch.finish(g, ctx.marker, list(reversed(ctx.late_loaded + ctx.targets)), t.command)
-        rec.dmesg, rec.taint_after = end.dmesg, end.taint
-        rec.console_findings = [f for f in g.machine.console.findings if f.lineno > ctx.console_from]
-        lifecycle.left_behind(ctx, end)
-        ctx.events("collected")

@@ -17,8 +17,9 @@ import pytest
 
 from harness.core.errors import ConfigError, GuestConnectionError, HarnessError
 from harness.core.settings import Settings, Timeouts
+from harness.lab import context
 from harness.lab import livepatch as livepatch_mod
-from harness.lab import plans, runner, steps
+from harness.lab import plans, runner
 from harness.lab.events import Timeline
 from harness.lab.prepare import Modules, Prepared
 from harness.lab.record import BASELINE, COOLDOWN, HOLD, TRANSITION, RunRecord
@@ -67,14 +68,14 @@ def lab(tmp_path, kernel, monkeypatch):
     monkeypatch.setattr(detached, "GUEST_DIR", str(tmp_path / "guest"))
     made = []
 
-    def make(sc: Scenario = QUIET, targets: tuple[str, ...] = (), patches: tuple[str, ...] = ()) -> steps.Context:
+    def make(sc: Scenario = QUIET, targets: tuple[str, ...] = (), patches: tuple[str, ...] = ()) -> context.Context:
         guest = LabGuest(TIMEOUTS, kernel, tmp_path)
         made.append(guest)
         rec = RunRecord(patch_name=PATCH, service_enabled=sc.service.enabled, probe_expect=sc.probe.patterns,
                         thresholds=dataclasses.asdict(sc.thresholds))
         mods = {m.name: m for m in (module(tmp_path, PATCH), *(module(tmp_path, p) for p in patches),
                                     *(module(tmp_path, t) for t in targets))}
-        ctx = steps.Context(sc, guest, TIMEOUTS, rec, Timeline(rec), tmp_path, Evidence(), mods, PATCH,
+        ctx = context.Context(sc, guest, TIMEOUTS, rec, Timeline(rec), tmp_path, Evidence(), mods, PATCH,
                             list(targets))
         guest.lost = ctx.lost
         return ctx
@@ -83,11 +84,11 @@ def lab(tmp_path, kernel, monkeypatch):
         guest.machine.stop()
 
 
-def names(ctx: steps.Context) -> list[str]:
+def names(ctx: context.Context) -> list[str]:
     return [e["event"] for e in ctx.events.events]
 
 
-def run_steps(ctx: steps.Context) -> None:
+def run_steps(ctx: context.Context) -> None:
     """What runner._in_guest does inside the heartbeat: the steps, and trouble classed."""
     try:
         runner.execute(ctx, plans.plan(ctx.scenario, PATCH, None, {}, ctx.rec))
@@ -127,7 +128,7 @@ def test_the_steps_make_the_judged_windows(lab):
 
 
 def test_windows_of_repeated_steps_get_their_own_names():
-    class S(steps.Step):
+    class S(context.Step):
         def __init__(self, window):
             self.window = window
     hold, tr = ("patched", HOLD, None), ("apply", TRANSITION, None)
@@ -315,7 +316,7 @@ def test_a_lost_channel_is_a_guest_connection_error(lab):
 OLD = "lab_old"
 
 
-def run_plan(ctx: steps.Context, old=None, keys=None) -> None:
+def run_plan(ctx: context.Context, old=None, keys=None) -> None:
     try:
         runner.execute(ctx, plans.plan(ctx.scenario, PATCH, old, keys or {}, ctx.rec))
     except HarnessError as exc:
