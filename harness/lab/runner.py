@@ -60,9 +60,10 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
         rec.patch_name = mods.patch
         modules_info = mods.describe()
         built = mods.by_name()
-        events("built", patch=str(built[mods.patch].path),
+        events("built", patch=str(built[mods.patch].path), patch_source=sc.patch.label,
                modules={n: str(m.path) for n, m in built.items()},
-               targets=[str(built[n].path) for n, p in mods.all.items() if not p.livepatch])
+               targets=[str(built[n].path) for n, p in mods.all.items() if not p.livepatch],
+               target_sources=[t.label for t in sc.targets])
         _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec)
     except Failed as exc:            # build or compat: the patch's files themselves
         rec.early += exc.reasons
@@ -82,10 +83,11 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
 
 
 def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Settings, out_dir: Path,
-              events: Timeline, rec: RunRecord, steps: Optional[Sequence[Step]] = None) -> None:
+              events: Timeline, rec: RunRecord) -> None:
     ports = (sc.service.port,) if sc.service.enabled else ()
     append = "module.sig_enforce=1" if sc.security.sig_enforce else ""
-    with session.boot(kernel, image, settings, forward_ports=ports, append=append, artifacts_dir=out_dir) as guest:
+    with session.boot(kernel, image, settings, forward_ports=ports, append=append,
+                      artifacts_dir=out_dir) as guest:
         where = guest.machine.describe()
         events("booted", accel=guest.accel, seconds=round(guest.timings.get("ssh_ready", 0), 2),
                backend=where.get("backend"), **({"uri": where["uri"]} if "uri" in where else {}))
@@ -95,7 +97,7 @@ def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Sett
                       {n: mods.params(n) for n in mods.all if mods.params(n)})
         try:
             with heartbeat.Heartbeat(guest.channel, t.heartbeat, on_lost=lambda _why: ctx.lost.set()):
-                execute(ctx, plan(sc, mods.patch, mods.old, mods.keys, rec) if steps is None else steps)
+                execute(ctx, plan(sc, mods.patch, mods.old, mods.keys, rec))
         except HarnessError as exc:
             trouble(ctx, exc)
 
