@@ -6,11 +6,12 @@ fixtures that need them, so merely having the plugin installed costs nothing.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Iterator, Optional
+from typing import Callable, ContextManager, Iterator
 
 import pytest
 
 from .core.settings import ACCELS, BACKENDS
+from .plugin_settings import kernel_line_marker, settings_for
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,23 +51,6 @@ def pytest_configure(config: pytest.Config) -> None:
     raise_on_sigterm()  # so a SIGTERM'd test run still tears its guests down
     if not hasattr(config, "workerinput"):   # xdist workers report to the controller
         config.pluginmanager.register(LabSummary(config), "livepatch-lab-summary")
-
-
-def _opt(config: pytest.Config, name: str) -> Optional[str]:
-    return config.getoption(f"--lab-{name.replace('_', '-')}") or config.getini(f"lab_{name}") or None
-
-
-def settings_for(config: pytest.Config):
-    """The lab's ``Settings`` from options > ini > environment > defaults."""
-    from .core.settings import Settings
-    uris = list(_opt(config, "libvirt_uri") or [])
-    extra = {}
-    if len(uris) == 1:
-        extra["libvirt_uri"] = uris[0]
-    elif uris:
-        extra["libvirt_uris"] = uris
-    return Settings.from_env(cache_dir=_opt(config, "cache_dir"), accel=_opt(config, "accel"),
-                             backend=_opt(config, "backend"), **extra)
 
 
 @pytest.fixture(scope="session")
@@ -115,18 +99,22 @@ def lab_boot(lab_settings, lab_image, lab_kernel) -> Callable[..., ContextManage
 
 
 # scenario files as test items ------------------------------------------------
-_SCENARIO_HINT = "patch:"
+_SCENARIO_HINTS = ("patch:", "patches:")
 
 
 def pytest_collect_file(file_path, parent):
-    """Collect YAML files that are scenarios (they have a top-level ``patch:``)."""
+    """Collect YAML files that are scenarios (a top-level ``patch:``, or ``patches:`` for a
+    lifecycle) or selftests files (a top-level ``selftests:``, see selftest_items.py)."""
     if file_path.suffix not in (".yaml", ".yml"):
         return None
     try:
         head = file_path.read_text(errors="replace")
     except OSError:
         return None
-    if not any(line.startswith(_SCENARIO_HINT) for line in head.splitlines()):
+    from .selftest_items import SelftestsFile, is_selftests_file
+    if is_selftests_file(head):
+        return SelftestsFile.from_parent(parent, path=file_path)
+    if not any(line.startswith(_SCENARIO_HINTS) for line in head.splitlines()):
         return None
     return ScenarioFile.from_parent(parent, path=file_path)
 
@@ -149,12 +137,7 @@ class ScenarioFile(pytest.File):
             item = ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc, kernel=name)
             item.add_marker(pytest.mark.vm)
             item.add_marker(pytest.mark.kernel(name))
-            # `-m debian_6_12` picks one kernel line: marker names must be identifiers
-            line = kernel_marker(name)
-            doc = f"{line}: scenario items on kernel {name.split('@')[0]}"
-            if doc not in self.config.getini("markers"):   # once per kernel, not per item
-                self.config.addinivalue_line("markers", doc)
-            item.add_marker(getattr(pytest.mark, line))
+            item.add_marker(getattr(pytest.mark, kernel_line_marker(self.config, name)))
             yield item
 
 
@@ -208,11 +191,6 @@ class ScenarioItem(pytest.Item):
 def item_name(scenario: str, kernel: str) -> str:
     """``good[debian-6.12]``: the item's name, its durations key and its summary label."""
     return f"{scenario}[{kernel}]"
-
-
-def kernel_marker(kernel: str) -> str:
-    """``debian-6.12`` -> ``debian_6_12`` (a marker name ``-m`` can select)."""
-    return "".join(c if c.isalnum() else "_" for c in kernel.split("@")[0])
 
 
 # longest first -------------------------------------------------------------------

@@ -118,27 +118,39 @@ def judge_script(script: str, cases: Sequence[Case], output: str, rc: Optional[i
     answering). ``TIMED_OUT``: the lab's deadline (``deadline`` seconds) ended it.
     """
     marks = list(_TEST_LINE.finditer(output))
-    started: dict[str, str] = {}          # description -> its part of the output
-    order: list[str] = []
+    runs: list[tuple[str, str]] = []      # (description, its part of the output), as they ran
     for i, m in enumerate(marks):
         end = marks[i + 1].start() if i + 1 < len(marks) else len(output)
-        started[m.group("desc")] = output[m.end():end]
-        order.append(m.group("desc"))
+        runs.append((m.group("desc"), output[m.end():end]))
+    stem = script[:-3] if script.endswith(".sh") else script
+    known = {c.description for c in cases}
+    todo = [*cases, *(Case(script, d, f"{stem}-{slug(d)}") for d, _ in runs if d not in known)]
+    parts = _in_order(todo, [d for d, _ in runs])
     results: list[CaseResult] = []
     failed: Optional[str] = None
-    by_desc = {c.description: c for c in cases}
-    stem = script[:-3] if script.endswith(".sh") else script
-    extra = [Case(script, d, f"{stem}-{slug(d)}") for d in order if d not in by_desc]
-    for case in [*cases, *extra]:
-        if case.description in started:
-            res = _judge_started(case, started[case.description], rc, deadline, lost,
-                                 last=case.description == (order[-1] if order else None))
-            if res.outcome in (FAIL, ERROR) and failed is None:
+    last = len(runs) - 1
+    for case, run in zip(todo, parts):
+        if run is not None:
+            res = _judge_started(case, runs[run][1], rc, deadline, lost, last=run == last)
+            if res.outcome == FAIL and failed is None:
                 failed = case.description
         else:
             res = _not_started(case, output, rc, failed, deadline, lost)
         results.append(res)
     return results
+
+
+def _in_order(cases: Sequence[Case], ran: Sequence[str]) -> list[Optional[int]]:
+    """Per case, the index of the run (a description as it appeared, in order) that was it:
+    a description that comes twice in a script is its first case, then its second."""
+    used: set[int] = set()
+    out: list[Optional[int]] = []
+    for case in cases:
+        i = next((i for i, d in enumerate(ran) if d == case.description and i not in used), None)
+        if i is not None:
+            used.add(i)
+        out.append(i)
+    return out
 
 
 def _judge_started(case: Case, part: str, rc: Optional[int], deadline: Optional[float],
@@ -168,17 +180,17 @@ def _not_started(case: Case, output: str, rc: Optional[int], failed: Optional[st
     if rc == KSFT_SKIP:
         m = re.search(r"^(?:SKIP: |skip all tests: )(.*)$", output, re.M)
         return CaseResult(case, SKIP, m.group(1).strip() if m else "the script skipped (exit 4)", tail)
+    if rc is None:
+        return CaseResult(case, ERROR, f"not reached: the script's end was not seen ({lost or 'unknown'})")
+    if rc == TIMED_OUT:
+        return CaseResult(case, ERROR, f"not reached: the lab's deadline ({deadline or 0:.0f} s) "
+                                       f"ended {case.script}", tail)
     if failed is not None:
         return CaseResult(case, SKIP, f"not reached: {case.script} stops at its first failure "
                                       f"({failed!r})")
     if rc == 0 and case.condition:
         return CaseResult(case, SKIP, f"not run on this kernel: {case.script} runs it only "
                                       f"if {case.condition}")
-    if rc is None:
-        return CaseResult(case, ERROR, f"not reached: the script's end was not seen ({lost or 'unknown'})")
-    if rc == TIMED_OUT:
-        return CaseResult(case, ERROR, f"not reached: the lab's deadline ({deadline or 0:.0f} s) "
-                                       f"ended {case.script}", tail)
     return CaseResult(case, ERROR, f"not run: {case.script} ended (exit {rc}) without starting it", tail)
 
 
@@ -204,14 +216,16 @@ def attribute(results: Sequence[CaseResult], log: Sequence[str]) -> None:
     """Per case, from its part of the script's kernel log: its guest-clock duration, and any
     trouble the kernel logged (an oops, a WARNING, a hung task...). A passing case with
     trouble fails: the scripts compare only livepatch lines, the lab reads all of them."""
-    by_desc = {r.case.description: r for r in results}
-    parts: list[tuple[Optional[CaseResult], list[str]]] = [(None, [])]
+    chunks: list[tuple[Optional[str], list[str]]] = [(None, [])]
     for line in log:
         m = _MARKER.search(kmsg.strip_prefix(line))
         if m:
-            parts.append((by_desc.get(m.group("desc")), [line]))
+            chunks.append((m.group("desc"), [line]))
         else:
-            parts[-1][1].append(line)
+            chunks[-1][1].append(line)
+    ran = [d for d, _ in chunks[1:]]
+    owner = {run: res for res, run in zip(results, _in_order([r.case for r in results], ran)) if run is not None}
+    parts = [(None, chunks[0][1])] + [(owner.get(i), lines) for i, (_, lines) in enumerate(chunks[1:])]
     for i, (res, lines) in enumerate(parts):
         if res is None:
             continue

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..report import columns
-from .cases import ERROR, FAIL, OUTCOMES, PASS, SKIP, CaseResult
+from .cases import ERROR, FAIL, OUTCOMES, PASS, SKIP, Case, CaseResult
 
 
 @dataclass
@@ -35,6 +35,14 @@ class LineResult:
                 "counts": self.counts(), "cases": [c.as_dict() for c in self.cases],
                 "scripts": self.scripts, "seconds": round(self.seconds, 1), "artifacts": self.artifacts,
                 "error": self.error, "notes": self.notes}
+
+
+def from_dict(d: dict[str, Any]) -> LineResult:
+    """A ``LineResult`` back from ``as_dict`` (pytest-xdist workers share a line's run this way)."""
+    cases = [CaseResult(Case(c["script"], c["description"], c["name"]), c["outcome"], c["reason"], c["output"],
+                        c["seconds"], tuple(c["findings"])) for c in d["cases"]]
+    return LineResult(d["kernel"], cases, d["kernel_info"], d["source"], d["scripts"], d["seconds"],
+                      d["artifacts"], d["error"], d["notes"])
 
 
 def exit_status(lines: Sequence[LineResult]) -> int:
