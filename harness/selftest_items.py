@@ -9,9 +9,9 @@ becomes one item reporting why).
 A line's items share one guest run: the first item of a line to run runs the whole
 line, the others read its result. Under pytest-xdist the items carry
 ``xdist_group("selftests-<kernel>")`` so that ``--dist loadgroup`` sends a line to one
-worker; with any other distribution a file lock and the run's result file make a worker
-that gets a case of a line another worker is running wait for that run instead of
-booting its own.
+worker; with any other distribution a lock in the line's artifact folder and the run's
+``results.json`` there make a worker that gets a case of a line another worker is
+running wait for that run instead of booting its own.
 """
 from __future__ import annotations
 
@@ -119,25 +119,24 @@ def line_result(config: pytest.Config, sp, kernel: str, planned: int):
     settings = settings_for(config)
     root = Path(config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts")
     out = root / sp.name / kernel.replace("@", "_")
-    session = _session_id(config)
-    # a worker waiting for another's run of the line may wait as long as that run may take
-    wait = settings.timeouts.lock + planned * settings.timeouts.selftest_case * settings.tcg_factor
-    with file_lock(settings.locks_dir / f"selftests-{session}-{kernel_marker(kernel)}.lock", timeout=wait,
-                   what=f"the selftests of {kernel} (another worker runs them)"):
-        line = _shared(out, session)
-        if line is None:
-            line = suite.run_line(kernel, settings, out, scripts=sp.scripts, extra_scripts=sp.extra_scripts)
-            (out / "session").write_text(session)
+    worker = getattr(config, "workerinput", None)
+    if worker is None:      # one process: the memo is all the sharing there is
+        line = suite.run_line(kernel, settings, out, scripts=sp.scripts, extra_scripts=sp.extra_scripts)
+    else:
+        # xdist workers share the line's artifact folder: there, under a lock, whoever comes
+        # first runs the line and the others read its result (marked with the session's id)
+        session = str(worker.get("testrunuid", ""))
+        wait = settings.timeouts.lock + planned * settings.timeouts.selftest_case * settings.tcg_factor
+        out.mkdir(parents=True, exist_ok=True)
+        with file_lock(out / ".run.lock", timeout=wait,
+                       what=f"the selftests of {kernel} (another worker runs them)"):
+            line = _shared(out, session)
+            if line is None:
+                line = suite.run_line(kernel, settings, out, scripts=sp.scripts,
+                                      extra_scripts=sp.extra_scripts)
+                (out / "session").write_text(session)
     memo[key] = line
     return line
-
-
-def _session_id(config: pytest.Config) -> str:
-    worker = getattr(config, "workerinput", None)
-    if worker and worker.get("testrunuid"):
-        return str(worker["testrunuid"])
-    import os
-    return f"pid{os.getpid()}"
 
 
 def _shared(out: Path, session: str):
