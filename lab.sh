@@ -21,6 +21,7 @@ APT_PACKAGES=(
   mmdebstrap debian-archive-keyring # the guest image; verified kernel downloads
   e2fsprogs cpio busybox-static kmod dpkg file  # image filesystems, initramfs, depmod
   gcc make libelf-dev               # livepatch modules are built against each kernel's headers
+  libc6-dev                         # static libc: the kernel selftests' test_klp-call_getpid helper
   python3 python3-venv openssh-client
   stress-ng                         # the unit tests run the guest-side stress script on the host
   libvirt-daemon-system libvirt-clients  # the libvirt backend (LIVEPATCH_LAB_BACKEND=libvirt)

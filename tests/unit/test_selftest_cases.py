@@ -184,3 +184,65 @@ def test_the_report_shows_a_failing_case_with_its_diff():
     assert "test-demo-first_thing: FAIL (the kernel log differs" in text
     assert "  | +livepatch: enabling patch 'something else'" in text
     assert "1 fail" in text and "3 skip" in text
+
+
+def source_with(tmp_path, scripts):
+    from harness.supply.kernelsource import SELFTESTS, KernelSource
+    d = tmp_path / "src/tree" / SELFTESTS
+    d.mkdir(parents=True)
+    (d / "Makefile").write_text("TEST_PROGS := " + " ".join(scripts) + "\n")
+    for s in scripts:
+        (d / s).write_text(f'start_test "{s} case"\n')
+    return KernelSource("debian-6.1", "6.1.192-3", "linux-source-6.1", "6.1.192-3", "ab", tmp_path / "src")
+
+
+def test_a_plan_takes_the_kernels_scripts_or_those_named_then_extra_ones(tmp_path):
+    from harness.lab.selftests.stage import plan
+    src = source_with(tmp_path, ["test-b.sh", "test-a.sh"])
+    assert [p.name for p in plan(src).scripts] == ["test-b.sh", "test-a.sh"]
+    mine = tmp_path / "test-mine.sh"
+    mine.write_text('start_test "mine"\n')
+    got = plan(src, ["test-a.sh"], [mine])
+    assert [p.name for p in got.scripts] == ["test-a.sh", "test-mine.sh"]
+    assert [c.name for c in got.cases] == ["test-a-test-a.sh_case", "test-mine-mine"]
+    assert plan(src, [], [mine]).cases[0].script == "test-mine.sh"
+
+
+def test_a_plan_refuses_unknown_scripts_and_extra_ones_that_would_replace_the_kernels(tmp_path):
+    from harness.core.errors import ConfigError
+    from harness.lab.selftests.stage import plan
+    src = source_with(tmp_path, ["test-a.sh"])
+    with pytest.raises(ConfigError, match="no selftest script test-x.sh .*it has: test-a.sh"):
+        plan(src, ["test-x.sh"])
+    clash = tmp_path / "elsewhere" / "functions.sh"
+    clash.parent.mkdir()
+    clash.write_text("")
+    with pytest.raises(ConfigError, match="would replace the kernel's own"):
+        plan(src, None, [clash])
+
+
+def test_a_selftests_file_is_validated_like_a_scenario(tmp_path):
+    from harness.core.errors import ConfigError
+    from harness.lab.selftests import spec
+    (tmp_path / "mine.sh").write_text("")
+    path = tmp_path / "st.yaml"
+    path.write_text("selftests: livepatch\nkernels: [debian-6.1]\nextra_scripts: [mine.sh]\n")
+    sp = spec.load(path)
+    assert (sp.name, sp.kernels, sp.scripts, sp.extra_scripts) == ("st", ("debian-6.1",), None, (tmp_path / "mine.sh",))
+    path.write_text("selftests: livepatch\nscript: [test-a.sh]\n")
+    with pytest.raises(ConfigError, match=r"st.yaml:2 \[script\]"):
+        spec.load(path)
+    path.write_text("selftests: kunit\n")
+    with pytest.raises(ConfigError, match=r"st.yaml:1 \[selftests\]: must be one of livepatch"):
+        spec.load(path)
+    path.write_text("selftests: livepatch\nextra_scripts: [gone.sh]\n")
+    with pytest.raises(ConfigError, match=r"\[extra_scripts\[0\]\]: .*gone.sh does not exist"):
+        spec.load(path)
+
+
+def test_the_shipped_selftests_file_runs_debian_6_1_by_default():
+    from pathlib import Path
+
+    from harness.lab.selftests import spec
+    sp = spec.load(Path(__file__).resolve().parents[2] / "scenarios/selftests/livepatch.yaml")
+    assert (sp.name, sp.suite, sp.kernels, sp.scripts) == ("selftests", "livepatch", ("debian-6.1",), None)
