@@ -248,13 +248,19 @@ class LabSummary:
     def __init__(self, config: pytest.Config):
         self.config = config
         self.rows: list[dict] = []
+        self.selftests: list[dict] = []     # one per selftest case (selftest_items.py)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
         if report.when == "call" and "lab_scenario" in props:
             self.rows.append(props)
+        if report.when == "call" and "lab_selftests" in props:
+            self.selftests.append(props)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.selftests:
+            terminalreporter.write_sep("=", "livepatch-lab: the kernel's selftests (cases per outcome)")
+            terminalreporter.write_line(selftests_table(self.selftests))
         if not self.rows:
             return
         terminalreporter.write_sep("=", "livepatch-lab: verdicts (kernel x scenario)")
@@ -274,7 +280,23 @@ class LabSummary:
             import json
             from pathlib import Path
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(summary_document(self.rows), indent=2, default=str) + "\n")
+            doc = summary_document(self.rows)
+            if self.selftests:
+                doc["selftests"] = self.selftests
+            Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def selftests_table(rows: list[dict]) -> str:
+    """Per selftests file and kernel line: its version and how many cases ended how."""
+    from .lab.report import columns
+    from .lab.selftests.cases import OUTCOMES
+    lines: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        line = lines.setdefault((r["lab_selftests"], r["lab_kernel"]), {"version": r["kernel_version"]})
+        line[r["outcome"]] = line.get(r["outcome"], 0) + 1
+    return columns([("selftests", "kernel", *OUTCOMES)] + [
+        (name, f"{kernel} ({c['version']})", *(str(c.get(o, 0)) for o in OUTCOMES))
+        for (name, kernel), c in sorted(lines.items())])
 
 
 def summary_table(rows: list[dict]) -> str:

@@ -88,7 +88,7 @@ class SelftestItem(pytest.Item):
         line = line_result(self.config, self.spec, self.kernel, self.planned)
         res = line.case(self.case)
         self.user_properties += [("lab_selftests", self.spec.name), ("lab_kernel", self.kernel),
-                                 ("kernel_version", line.kernel_info.get("version", "?")),
+                                 ("case", self.case), ("kernel_version", line.kernel_info.get("version", "?")),
                                  ("outcome", res.outcome if res else "error"), ("artifacts", line.artifacts)]
         if res is None:
             raise SelftestCaseFailed(f"the run reported no case {self.case}"

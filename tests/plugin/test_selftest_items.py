@@ -4,6 +4,8 @@ Fetching and running are replaced (in a conftest the xdist workers load too) by 
 that answer from a small tree written here: this is the plugin's collection and
 bookkeeping under test, not the lab's judgement (tests/unit/test_selftest_cases.py).
 """
+import json
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -101,13 +103,20 @@ def test_a_line_that_cannot_be_fetched_is_one_failing_item_saying_why(pytester: 
 
 def test_cases_report_their_own_outcome_and_a_failure_shows_the_log_diff(pytester: pytest.Pytester):
     _project(pytester)
-    result = pytester.runpytest("-rs")
+    result = pytester.runpytest("-rs", "--lab-json", "v.json")
     result.assert_outcomes(passed=1, failed=1, skipped=1)
     result.stdout.fnmatch_lines(["*test-demo-second_thing: FAIL (the kernel log differs*",
                                  "*| -livepatch: enabling patch 'a'",
                                  "*| +livepatch: enabling patch 'b'",
                                  "SKIPPED*runs it only if attr*"])
     assert pytester.path.joinpath("runs.log").read_text() == "debian-6.1\n"   # one run for three items
+    result.stdout.fnmatch_lines(["*livepatch-lab: the kernel's selftests (cases per outcome)*",
+                                 "selftests  kernel                pass  fail  skip  error",
+                                 "selftests  debian-6.1 (9.9.1-1)  1     1     1     0"])
+    doc = json.loads(pytester.path.joinpath("v.json").read_text())
+    assert sorted((r["case"], r["outcome"]) for r in doc["selftests"]) == [
+        ("test-demo-first_thing", "pass"), ("test-demo-needs_an_attribute", "skip"),
+        ("test-demo-second_thing", "fail")]
 
 
 @pytest.mark.parametrize("dist", ["load", "loadgroup"])
