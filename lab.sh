@@ -20,7 +20,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils        # the guests and their overlays
   mmdebstrap debian-archive-keyring # the guest image; verified kernel downloads
   e2fsprogs cpio busybox-static kmod dpkg file  # image filesystems, initramfs, depmod
-  gcc make libelf-dev libc6-dev     # livepatch modules (each kernel's headers); the guest's static httpd
+  gcc make libelf-dev               # livepatch modules are built against each kernel's headers
+  libc6-dev                         # static libc: the guest's httpd, the selftests' getpid helper
   python3 python3-venv openssh-client
   stress-ng                         # the unit tests run the guest-side stress script on the host
   libvirt-daemon-system libvirt-clients  # the libvirt backend (LIVEPATCH_LAB_BACKEND=libvirt)

@@ -288,6 +288,30 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_selftests(args: argparse.Namespace) -> int:
+    from .lab.selftests import results, suite
+    from .machine import session
+    from .supply import kerneldefs
+    settings = _settings(args)
+    session.raise_on_sigterm()
+    names = list(args.kernel) or [DEFAULT_KERNEL]
+    if names == ["all"]:
+        names = sorted(kerneldefs.load_definitions())
+    for name in names:
+        kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
+    out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
+    lines = []
+    for name in names:
+        log.info("the kernel's livepatch selftests on %s", name)
+        lines.append(suite.run_line(name, settings, out_root / "selftests" / name.replace("@", "_"),
+                                    scripts=args.script or None,
+                                    extra_scripts=[Path(p) for p in args.extra_script]))
+        print(results.report(lines[-1]) + "\n", flush=True)
+    if args.json:
+        results.write_json(Path(args.json), lines)
+    return results.exit_status(lines)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import run_checks
     settings = _settings(args, check_cache=False)
@@ -411,6 +435,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "file matches, 1 naming each that differs, is missing or was added")
     v.add_argument("report", metavar="DIR", help="the report directory (holds manifest.json)")
     v.set_defaults(func=cmd_verify)
+    st = sub.add_parser("selftests", help="the kernel's own livepatch selftests (from its linux-source "
+                                          "package) in a guest of that kernel, one result per case; "
+                                          "exit 0 all pass or skip, 1 a fail, 2 an error")
+    st.add_argument("--script", action="append", default=[], metavar="NAME",
+                    help="run only this script of the kernel's (e.g. test-livepatch.sh; repeatable)")
+    st.add_argument("--extra-script", action="append", default=[], metavar="FILE",
+                    help="also run this script of yours, beside the kernel's functions.sh (repeatable)")
+    st.add_argument("--cpus", type=int, help="guest vCPUs (default 2)")
+    matrix_options(st)
+    st.set_defaults(func=cmd_selftests)
 
     d = sub.add_parser("doctor", help="check this host: qemu, KVM, image tools, compiler, disk, cache")
     d.set_defaults(func=cmd_doctor)
@@ -438,7 +472,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
     except HarnessError as exc:
         log.error("%s", exc)
-        return EXIT_LAB if args.cmd == "boot" else 2 if args.cmd in ("check", "run") else 1
+        return EXIT_LAB if args.cmd == "boot" else 2 if args.cmd in ("check", "run", "soak", "selftests") else 1
     except OSError as exc:   # the host refused a file operation the lab did not foresee: one line
         log.error("%s%s", exc, "" if args.verbose else " (run with -v for where)")
         log.debug("where", exc_info=True)

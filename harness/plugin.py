@@ -6,11 +6,12 @@ fixtures that need them, so merely having the plugin installed costs nothing.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Iterator, Optional
+from typing import Callable, ContextManager, Iterator
 
 import pytest
 
 from .core.settings import ACCELS, BACKENDS
+from .plugin_settings import kernel_line_marker, register_marker, settings_for
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,23 +66,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(LabSummary(config), "livepatch-lab-summary")
 
 
-def _opt(config: pytest.Config, name: str) -> Optional[str]:
-    return config.getoption(f"--lab-{name.replace('_', '-')}") or config.getini(f"lab_{name}") or None
-
-
-def settings_for(config: pytest.Config):
-    """The lab's ``Settings`` from options > ini > environment > defaults."""
-    from .core.settings import Settings
-    uris = list(_opt(config, "libvirt_uri") or [])
-    extra = {}
-    if len(uris) == 1:
-        extra["libvirt_uri"] = uris[0]
-    elif uris:
-        extra["libvirt_uris"] = uris
-    return Settings.from_env(cache_dir=_opt(config, "cache_dir"), accel=_opt(config, "accel"),
-                             backend=_opt(config, "backend"), **extra)
-
-
 @pytest.fixture(scope="session")
 def lab_settings(pytestconfig: pytest.Config):
     """The lab's ``Settings`` from options > ini > environment > defaults."""
@@ -128,17 +112,21 @@ def lab_boot(lab_settings, lab_image, lab_kernel) -> Callable[..., ContextManage
 
 
 # scenario files as test items ------------------------------------------------
-_SCENARIO_HINTS = ("patch:", "patches:")   # a top-level key only a scenario has
+_SCENARIO_HINTS = ("patch:", "patches:")
 
 
 def pytest_collect_file(file_path, parent):
-    """Collect YAML files that are scenarios (they have a top-level ``patch:`` or ``patches:``)."""
+    """Collect YAML files that are scenarios (a top-level ``patch:``, or ``patches:`` for a
+    lifecycle) or selftests files (a top-level ``selftests:``, see selftest_items.py)."""
     if file_path.suffix not in (".yaml", ".yml"):
         return None
     try:
         head = file_path.read_text(errors="replace")
     except OSError:
         return None
+    from .selftest_items import SelftestsFile, is_selftests_file
+    if is_selftests_file(head):
+        return SelftestsFile.from_parent(parent, path=file_path)
     if not any(line.startswith(_SCENARIO_HINTS) for line in head.splitlines()):
         return None
     return ScenarioFile.from_parent(parent, path=file_path)
@@ -162,10 +150,7 @@ class ScenarioFile(pytest.File):
             item = ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc, kernel=name)
             item.add_marker(pytest.mark.vm)
             item.add_marker(pytest.mark.kernel(name))
-            # `-m debian_6_12` picks one kernel line: marker names must be identifiers
-            line = kernel_marker(name)
-            register_marker(self.config, line, f"{line}: scenario items on kernel {name.split('@')[0]}")
-            item.add_marker(getattr(pytest.mark, line))
+            item.add_marker(getattr(pytest.mark, kernel_line_marker(self.config, name)))
             for tag in sc.tags:   # `-m lifecycle` picks scenarios by what they exercise
                 register_marker(self.config, tag, f"{tag}: scenarios tagged {tag}")
                 item.add_marker(getattr(pytest.mark, tag))
@@ -219,20 +204,9 @@ class ScenarioItem(pytest.Item):
         return self.path, 0, f"scenario {self.scenario.name} on {self.kernel}"
 
 
-def register_marker(config: pytest.Config, name: str, doc: str) -> None:
-    """Declare a marker once per session (not once per item), so ``--strict-markers`` accepts it."""
-    if not any(line.split(":")[0] == name for line in config.getini("markers")):
-        config.addinivalue_line("markers", doc)
-
-
 def item_name(scenario: str, kernel: str) -> str:
     """``good[debian-6.12]``: the item's name, its durations key and its summary label."""
     return f"{scenario}[{kernel}]"
-
-
-def kernel_marker(kernel: str) -> str:
-    """``debian-6.12`` -> ``debian_6_12`` (a marker name ``-m`` can select)."""
-    return "".join(c if c.isalnum() else "_" for c in kernel.split("@")[0])
 
 
 # longest first -------------------------------------------------------------------
@@ -291,13 +265,19 @@ class LabSummary:
         self.config = config
         self.rows: list[dict] = []
         self.report_line = ""
+        self.selftests: list[dict] = []     # one per selftest case (selftest_items.py)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
         if report.when == "call" and "lab_scenario" in props:
             self.rows.append(props)
+        if report.when == "call" and "lab_selftests" in props:
+            self.selftests.append(props)
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
+        if self.selftests:
+            terminalreporter.write_sep("=", "livepatch-lab: the kernel's selftests (cases per outcome)")
+            terminalreporter.write_line(selftests_table(self.selftests))
         if not self.rows:
             return
         terminalreporter.write_sep("=", "livepatch-lab: verdicts (kernel x scenario)")
@@ -319,7 +299,10 @@ class LabSummary:
             import json
             from pathlib import Path
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(summary_document(self.rows), indent=2, default=str) + "\n")
+            doc = summary_document(self.rows)
+            if self.selftests:
+                doc["selftests"] = self.selftests
+            Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
         if self.config.getoption("--lab-report") and self.rows:
             self.report_line = write_report(self.config, self.rows)
 
@@ -339,6 +322,19 @@ def write_report(config: pytest.Config, rows: list[dict]) -> str:
     except (HarnessError, OSError) as exc:
         return f"livepatch-lab: no sign-off report: {exc}"
     return f"sign-off report: {dest / 'index.html'} (manifest sha256 {digest})"
+
+
+def selftests_table(rows: list[dict]) -> str:
+    """Per selftests file and kernel line: its version and how many cases ended how."""
+    from .lab.report import columns
+    from .lab.selftests.cases import OUTCOMES
+    lines: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        line = lines.setdefault((r["lab_selftests"], r["lab_kernel"]), {"version": r["kernel_version"]})
+        line[r["outcome"]] = line.get(r["outcome"], 0) + 1
+    return columns([("selftests", "kernel", *OUTCOMES)] + [
+        (name, f"{kernel} ({c['version']})", *(str(c.get(o, 0)) for o in OUTCOMES))
+        for (name, kernel), c in sorted(lines.items())])
 
 
 def summary_table(rows: list[dict]) -> str:

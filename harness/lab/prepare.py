@@ -8,7 +8,7 @@ from typing import Optional
 
 from ..core.errors import ConfigError
 from ..core.settings import Settings
-from ..supply import kbuild, kerneldefs, kernelfetch, modinfo, signing
+from ..supply import kbuild, kerneldefs, kernelfetch, kernelsource, modinfo, signing
 from ..supply.kernel import Kernel
 from .faults import Failed
 from .record import Reason
@@ -55,8 +55,10 @@ def _module(spec: ModuleSpec, kernel: Kernel, settings: Settings) -> modinfo.Mod
     target = kernel
     if spec.build_for:
         target = kernelfetch.fetch(kerneldefs.get_definition(spec.build_for), settings)
+    # a kernel sample: the target kernel's own, from its linux-source package
+    source = kernelsource.fetch(target, settings).sample(spec.sample) if spec.sample else spec.source
     try:
-        return kbuild.build(spec.source, target, settings)
+        return kbuild.build(source, target, settings)
     except kbuild.BuildError as exc:
         raise Failed(Reason("build", f"{spec.label} does not build for {target.name} "
                                      f"({target.release}):\n{exc.output[-3000:]}")) from None

@@ -19,8 +19,8 @@ from ..core import yamlconf
 from ..core.errors import ConfigError
 from ..core.yamlconf import Field
 from ..supply import modinfo
-from .specs import (ACTIONS, CHECKS, ON_STALL, OUTCOMES, VERDICTS, Expectation, ModuleSpec, ProbeSpec,
-                    Scenario, SecuritySpec, ServiceSpec, SoakSpec, StepSpec, StressSpec, Thresholds,
+from .specs import (ACTIONS, CHECKS, ON_STALL, OUTCOMES, SAMPLE_PREFIX, VERDICTS, Expectation, ModuleSpec,
+                    ProbeSpec, Scenario, SecuritySpec, ServiceSpec, SoakSpec, StepSpec, StressSpec, Thresholds,
                     TimelineSpec, TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
@@ -158,6 +158,12 @@ def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path, key: Opti
     src, ko = raw.get("source"), raw.get("ko")
     if bool(src) == bool(ko):
         raise loaded.error("give exactly one of source (a kbuild directory) or ko (a built module)", name)
+    params = tuple((k, str(int(v)) if isinstance(v, bool) else str(v)) for k, v in (raw.get("params") or {}).items())
+    if src and src.startswith(SAMPLE_PREFIX):    # built from the kernel's own source at run time
+        sample = src[len(SAMPLE_PREFIX):]
+        if _key(sample):
+            raise loaded.error(f"not a sample name: {sample!r}", f"{name}.source")
+        return ModuleSpec(sample=sample, params=params, key=key or raw.get("name"), late=late)
     path = (base / (src or ko)).resolve()
     if src and not path.is_dir():
         raise loaded.error(f"source directory {path} does not exist", f"{name}.source")
@@ -174,7 +180,6 @@ def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path, key: Opti
                 modinfo.require_livepatch(info)
         except ConfigError as exc:
             raise loaded.error(exc.message, f"{name}.ko") from None
-    params = tuple((k, str(int(v)) if isinstance(v, bool) else str(v)) for k, v in (raw.get("params") or {}).items())
     return ModuleSpec(source=path if src else None, ko=path if ko else None, build_for=raw.get("build_for"),
                       params=params, key=key or raw.get("name"), late=late)
 
@@ -363,6 +368,8 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
     soak``'s scenario."""
     source = "livepatch-lab soak" if soak else CHECK_SOURCE
     def module(p: Path, option: str, extra: Optional[dict] = None) -> dict[str, Any]:
+        if str(p).startswith(SAMPLE_PREFIX):
+            return {"source": str(p), **({"params": extra} if extra else {})}
         p = Path(p).resolve()
         found: dict[str, Any] = ({"source": str(p)} if p.is_dir() else
                                  {"ko": str(p)} if p.is_file() and p.suffix == ".ko" else {})
@@ -371,7 +378,9 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
         return {**found, "params": extra} if extra else found
 
     def target(spec: str) -> dict[str, Any]:
-        path, colon, rest = str(spec).partition(":")
+        sample = str(spec).startswith(SAMPLE_PREFIX)
+        path, colon, rest = str(spec)[len(SAMPLE_PREFIX) if sample else 0:].partition(":")
+        path = SAMPLE_PREFIX + path if sample else path
         return module(Path(path), "--target-module",
                       parse_params(rest.split(","), "--target-module", source) if colon else None)
     raw: dict[str, Any] = {"patch": module(Path(patch), "PATCH", parse_params(params, "--param", source)),

@@ -19,6 +19,8 @@ PROBE_PHASES = ("before", "patched", "after")
 # What a lifecycle step does (README: "Lifecycles"); load / disable wait for their transition.
 ACTIONS = ("load", "disable", "unload", "hold", "load_target", "unload_target")
 OUTCOMES = ("ok", "refused")
+# a module `source` naming one of the kernel's own samples, taken from its linux-source package
+SAMPLE_PREFIX = "kernel-sample:"
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,11 @@ class ModuleSpec:
     params: tuple[tuple[str, str], ...] = ()   # module parameters for insmod, in order
     key: Optional[str] = None          # the name a scenario's steps call it by
     late: bool = False                 # a target loaded by a step, not before the run
+    sample: Optional[str] = None       # `kernel-sample:NAME`: the kernel's samples/livepatch/NAME.c
 
     @property
     def label(self) -> str:
-        return str(self.source or self.ko)
+        return f"{SAMPLE_PREFIX}{self.sample}" if self.sample else str(self.source or self.ko)
 
 
 @dataclass(frozen=True)

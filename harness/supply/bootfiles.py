@@ -46,7 +46,7 @@ ROOT_MODULES = ("virtio_pci", "virtio_blk", "ext4")      # the root disk: requir
 # than the image's modprobe; a kernel or machine without them still boots.
 EXTRA_MODULES = ("virtio_net", "virtio_rng")
 BUSYBOX_APPLETS = ("sh", "mount", "umount", "insmod", "mkdir", "switch_root", "sleep", "cat",
-                   "uname", "findfs", "ls", "dmesg")
+                   "uname", "findfs", "ls", "dmesg", "ln")
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox", "/sbin/busybox", "/usr/sbin/busybox")
 BLOCK = 4096
 

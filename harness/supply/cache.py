@@ -36,7 +36,7 @@ from .recipes import Recipe
 log = logging.getLogger(__name__)
 
 # Every store the lab writes under the cache directory, in the order shown.
-STORES = ("kernels", "downloads", "bootfiles", "vmlinux", "modules", "symbols", "images",
+STORES = ("kernels", "downloads", "bootfiles", "vmlinux", "modules", "symbols", "sources", "images",
           "toolchains", "apt", "runs", "libvirt", "locks")
 
 
@@ -153,6 +153,13 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
     for f in _children(settings.symbols_dir):
         add("symbols", f, f.name in symbol_files,
             "of a kernel in use" if f.name in symbol_files else "of no kernel in use")
+
+    for line in _children(settings.kernel_sources_dir):    # selftests and samples, per kernel version
+        k = by_line.get(line.name)
+        for vdir in _children(line):
+            current = k is not None and vdir.name == kernelcache.version_dir(k.version)
+            add("sources", vdir, current, f"{line.name} {vdir.name}: the kernel's selftests and samples"
+                + ("" if current else ", of no kernel in use"))
 
     current = {image_dir(r, settings).name for r in recipes}
     known = {r.name for r in recipes}

@@ -29,6 +29,7 @@ def populated(tmp_path: Path) -> tuple[Settings, dict, Recipe]:
         (s.cache_dir / "modules" / release / "abc").mkdir(parents=True)
         (s.cache_dir / "symbols").mkdir(exist_ok=True)
         (s.cache_dir / "symbols" / f"debian-6.1-{release}-{version}.txt.gz").write_bytes(b"s")
+        (s.kernel_sources_dir / "debian-6.1" / version / "tree").mkdir(parents=True)
     (s.cache_dir / "vmlinux").mkdir()
     (s.cache_dir / "vmlinux" / "0123456789abcdef.elf").write_bytes(b"old")
     (s.cache_dir / "vmlinux" / f"{vmlinux.cache_key(b'k')}.elf").write_bytes(b"new")
@@ -50,6 +51,7 @@ def test_a_prune_removes_the_superseded_kernel_and_what_was_derived_from_it(tmp_
     entries = cache.survey(s, defs, [recipe])
     assert removable(entries) == sorted([
         f"debian-6.1/{OLD[0]}",
+        f"debian-6.1/{OLD[0]}",     # its selftests and samples (sources/)
         f"bootfiles/{[p.name for p in (s.cache_dir / 'bootfiles').iterdir() if p.name.startswith(OLD[1])][0]}",
         f"downloads/{apt.deb_name('linux-image-x', OLD[0])}",
         f"modules/{OLD[1]}",
@@ -57,14 +59,15 @@ def test_a_prune_removes_the_superseded_kernel_and_what_was_derived_from_it(tmp_
         "vmlinux/0123456789abcdef.elf",
         "images/default-000000000000",
     ])
-    why = {e.path.name: e.why for e in entries}
+    why = {e.path.name: e.why for e in entries if e.store == "kernels"}
     assert why[OLD[0]] == f"debian-6.1 {OLD[0]}: not in use ({NEW[0]} is)"
 
     count, size = cache.prune(entries, s)
-    assert count == 7 and size > 0
+    assert count == 8 and size > 0
     after = cache.survey(s, defs, [recipe])
     assert removable(after) == []
     assert {e.path.name for e in after if e.store == "kernels"} == {NEW[0]}
+    assert {e.path.name for e in after if e.store == "sources"} == {NEW[0]}
     assert (s.images_dir / "mine-111111111111").is_dir()
     assert (s.cache_dir / "toolchains" / "trixie-gcc-14").is_dir()
     assert not list((s.kernels_dir / "debian-6.1").glob(".trash-*"))
@@ -113,7 +116,7 @@ def test_the_cli_lists_then_prunes(tmp_path, capsys, monkeypatch):
 
     assert main(["--cache-dir", str(s.cache_dir), "cache", "--prune", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert len(report["prunable"]) == 7
+    assert len(report["prunable"]) == 8
     assert not (s.kernels_dir / "debian-6.1" / OLD[0]).exists()
     assert main(["--cache-dir", str(s.cache_dir), "cache", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["prunable"] == []

@@ -93,15 +93,16 @@ def test_the_default_cache_dir_follows_xdg(tmp_path, monkeypatch):
 
 def test_the_whole_cache_lives_below_cache_dir(tmp_path):
     s = Settings(cache_dir=tmp_path / "cache")
-    parts = [s.kernels_dir, s.images_dir, s.downloads_dir, s.apt_dir, s.runs_dir, s.locks_dir]
+    parts = [s.kernels_dir, s.images_dir, s.downloads_dir, s.apt_dir, s.runs_dir, s.locks_dir,
+             s.kernel_sources_dir]
     assert all(p.parent == s.cache_dir for p in parts)
     assert len({p.name for p in parts}) == len(parts)
-    assert [p.name for p in parts] == ["kernels", "images", "downloads", "apt", "runs", "locks"]
+    assert [p.name for p in parts] == ["kernels", "images", "downloads", "apt", "runs", "locks", "sources"]
     assert not (tmp_path / "cache").exists()   # naming the layout creates nothing
 
 
 GUEST_SIDE = {"first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
-              "service_start", "service_stop", "probe_command", "heartbeat"}
+              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case"}
 
 
 def test_scaled_stretches_only_the_guest_side_deadlines():

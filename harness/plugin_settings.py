@@ -1,0 +1,42 @@
+"""What the plugin's parts share: the lab's settings from pytest's options, marker names."""
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+
+
+def _opt(config: pytest.Config, name: str) -> Optional[str]:
+    return config.getoption(f"--lab-{name.replace('_', '-')}") or config.getini(f"lab_{name}") or None
+
+
+def settings_for(config: pytest.Config):
+    """The lab's ``Settings`` from options > ini > environment > defaults."""
+    from .core.settings import Settings
+    uris = list(_opt(config, "libvirt_uri") or [])
+    extra = {}
+    if len(uris) == 1:
+        extra["libvirt_uri"] = uris[0]
+    elif uris:
+        extra["libvirt_uris"] = uris
+    return Settings.from_env(cache_dir=_opt(config, "cache_dir"), accel=_opt(config, "accel"),
+                             backend=_opt(config, "backend"), **extra)
+
+
+def kernel_marker(kernel: str) -> str:
+    """``debian-6.12`` -> ``debian_6_12`` (a marker name ``-m`` can select)."""
+    return "".join(c if c.isalnum() else "_" for c in kernel.split("@")[0])
+
+
+def register_marker(config: pytest.Config, name: str, doc: str) -> None:
+    """Declare a marker once per session (not once per item), so ``--strict-markers`` accepts it."""
+    if not any(line.split(":")[0] == name for line in config.getini("markers")):
+        config.addinivalue_line("markers", doc)
+
+
+def kernel_line_marker(config: pytest.Config, kernel: str) -> str:
+    """The kernel line's marker name (``-m debian_6_12`` picks one line: marker names must
+    be identifiers), registered once per line."""
+    line = kernel_marker(kernel)
+    register_marker(config, line, f"{line}: lab items on kernel {kernel.split('@')[0]}")
+    return line
