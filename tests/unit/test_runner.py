@@ -169,8 +169,29 @@ def test_a_guest_that_stops_answering_after_the_patch_is_the_patchs_fault(lab, k
     v = decide(ctx.rec)
     assert v.verdict == "fail" and [r.check for r in v.reasons] == ["service"]
     assert v.reasons[0].message.startswith("the guest stopped answering (the guest did not answer a heartbeat "
-                                           "for 30 s); vCPU 0 at lab_hang_forever+0x7")
+                                           "for 30 s); its machine runs, and the host did not pause it or "
+                                           "cut its network; vCPU 0 at lab_hang_forever+0x7")
     assert "guest-lost" in names(ctx)
+
+
+@pytest.mark.parametrize("trouble", [
+    "the host cut the guest's network link (QMP set_link off)",
+    "the host paused the guest: write of its disk disk0 (/runs/x/root.qcow2) failed on the host: "
+    "no space left on device"])
+def test_a_guest_silenced_by_the_host_after_the_patch_is_an_error_not_a_fail(lab, kernel, trouble):
+    """The machine still runs, but the host pulled its network cable or paused it on a full disk:
+    no guest can do that to itself, so the patch is not judged."""
+    ctx = lab()
+
+    def silenced(name):
+        ctx.guest.machine.trouble = trouble
+        ctx.guest.channel.mark_lost("the guest did not answer a heartbeat for 30 s")
+        ctx.lost.set()
+    kernel.on_load = silenced
+    run_steps(ctx)
+    v = decide(ctx.rec)
+    assert v.verdict == "error" and ctx.rec.patch_issued
+    assert f"({trouble}, not the patch)" in v.reasons[0].message
 
 
 def test_a_panic_after_the_patch_fails_on_what_the_console_said(lab, kernel):

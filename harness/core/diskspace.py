@@ -1,0 +1,78 @@
+"""A full disk, said plainly: which directory ran out, how much room it has, whose fault.
+
+A host that runs out of space (ENOSPC, or a quota: EDQUOT) fails a download, an
+unpack, a build or a run in as many ways as there are tools: apt's "Write error",
+tar's "Cannot write", gcc's "error writing to", a Python ``OSError`` without a file
+name. ``guard`` turns each of them, inside the block it wraps, into one ``DiskFull``
+naming the directory the block writes into and its free space. A full disk is the
+host's fault (never the patch's: a build that runs out of space did not fail to
+compile) and is not retried.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .errors import DiskFull, HostCommandError
+
+NO_SPACE = ("No space left on device", "Disk quota exceeded")
+_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def human(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def says_no_space(text: str) -> bool:
+    """A tool's output that says the disk (or the quota) is full."""
+    return any(s in text for s in NO_SPACE)
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """``exc`` is the host running out of space: an OSError or a host command saying so."""
+    if isinstance(exc, DiskFull):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in _ERRNOS
+    return isinstance(exc, HostCommandError) and says_no_space(exc.output)
+
+
+def room(path: Path) -> Optional[tuple[int, int]]:
+    """(free, total) bytes of the filesystem holding ``path`` (its nearest existing parent)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def full(path: Path, what: str, *, hint: str = "") -> DiskFull:
+    """The error for running out of space in ``path`` while doing ``what``."""
+    space = room(path)
+    have = f"; {human(space[0])} free of {human(space[1])}" if space else ""
+    return DiskFull(path, f"no space left on device in {path} while {what}{have}"
+                          f" ({hint or 'free some space there, or point the lab at a larger disk'})")
+
+
+@contextlib.contextmanager
+def guard(path: Path, what: str, *, hint: str = "") -> Iterator[None]:
+    """Inside the block, running out of space is one ``DiskFull`` naming ``path``."""
+    try:
+        yield
+    except DiskFull:
+        raise
+    except (OSError, HostCommandError) as exc:
+        if not is_no_space(exc):
+            raise
+        raise full(path, what, hint=hint) from exc
