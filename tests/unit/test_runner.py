@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -434,3 +436,17 @@ def test_a_patch_refused_under_signature_enforcement_fails_on_signature_naming_i
     ctx = lab(dataclasses.replace(QUIET, security=SecuritySpec(sig_enforce=True)))
     run_steps(ctx)
     assert [r.check for r in decide(ctx.rec).reasons] == ["load"]   # another refusal stays a load failure
+
+
+def test_a_full_artifact_folder_makes_the_run_an_error_naming_it(whole_run, tmp_path, monkeypatch):
+    from harness.lab import outcome as outcomes
+
+    def write(out_dir, result, rec):
+        (out_dir / "verdict.json").write_text("{}")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(outcomes, "write", write)
+    result = whole_run()
+    assert result.verdict.verdict == "error"
+    assert result.verdict.reasons[0].message.startswith(
+        f"DiskFull: no space left on device in {tmp_path / 'out'} while writing the run's verdict")
+    assert not (tmp_path / "out" / "verdict.json").exists()   # a verdict.json would claim a pass
