@@ -90,7 +90,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
         with diskspace.guard(out_dir, "writing the run's verdict and artifacts", hint=_ARTIFACTS_HINT):
             outcomes.write(out_dir, result, rec)
     except DiskFull as exc:   # a verdict whose evidence is not kept signs nothing off
-        rec.error = f"DiskFull: {exc}"
+        rec.error = rec.error or f"DiskFull: {exc}"
         result.verdict = decide(rec)
         log.error("%s", exc)
         (out_dir / "verdict.json").unlink(missing_ok=True)   # it would claim the first verdict

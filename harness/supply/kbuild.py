@@ -118,7 +118,7 @@ def _run_make(kernel: Kernel, tc: Toolchain, src: Path, settings: Settings) -> s
     return buildroot.run_in(tc, binds, argv, what=what, settings=settings)
 
 
-def _from_manifest(directory: Path) -> Optional[Module]:
+def _from_manifest(directory: Path, *, warn: bool = True) -> Optional[Module]:
     try:
         m = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -128,7 +128,7 @@ def _from_manifest(directory: Path) -> Optional[Module]:
         return None
     have = sha256_file(ko)
     if m.get("sha256") and have != m["sha256"]:
-        log.warning("cached module %s changed after its build (sha256 %s, built as %s): building it "
+        (log.warning if warn else log.debug)("cached module %s changed after its build (sha256 %s, built as %s): building it "
                     "again", ko, have[:16], m["sha256"][:16])
         return None
     if not m.get("sha256"):   # built before the lab recorded it: recorded now
@@ -188,7 +188,7 @@ def build(source: Path, kernel: Kernel, settings: Settings, *,
         return _deliver(found, out_dir)
     with file_lock(settings.locks_dir / f"module-{kernel.release}-{key[:24]}.lock",
                    timeout=settings.timeouts.lock, what=f"building {source.name} for {kernel.name}"):
-        found = _from_manifest(final)
+        found = _from_manifest(final, warn=False)   # said once, above
         if found:
             return _deliver(found, out_dir)
         log.info("building %s for %s (%s) with %s", source, kernel.name, kernel.release, tc.id)
@@ -238,7 +238,7 @@ def _build_in(source: Path, files: Mapping[str, str], kernel: Kernel, tc: Toolch
     try:
         output = _run_make(kernel, tc, src, settings)
     except HostCommandError as exc:
-        if exc.rc is None or diskspace.is_no_space(exc):
+        if exc.rc is None or diskspace.is_no_space(exc, work):
             raise     # a hung build, or a full disk, is the host's problem, not the source's
         # the compiler named the copy; name the user's files instead
         text = exc.output.replace(f"{src}/", f"{source}/").replace(str(src), str(source))

@@ -33,10 +33,22 @@ def test_running_out_of_space_is_one_error_naming_the_directory_and_its_room(tmp
     assert isinstance(err.value, InfraError)   # the host's fault
 
 
-def test_a_tool_that_says_the_disk_is_full_is_the_same_error(tmp_path):
-    with pytest.raises(DiskFull, match="no space left on device in .* while updating"):
+def test_a_tool_that_says_the_disk_is_full_is_the_same_error_quoting_it(tmp_path):
+    with pytest.raises(DiskFull, match="no space left on device in .* while updating") as err:
         with diskspace.guard(tmp_path, "updating the apt lists"):
             raise HostCommandError("apt-get update", ["apt-get", "update"], 100, APT_FULL)
+    assert str(err.value).endswith("; the tool said: E: Write error - write (28: No space left on device)")
+
+
+def test_a_tool_that_fails_silently_on_a_nearly_full_disk_ran_out_of_space_too(tmp_path, monkeypatch):
+    """kbuild's fixdep does not say ENOSPC; the directory it writes into has no room left."""
+    monkeypatch.setattr(diskspace, "room", lambda path: (100 << 10, 256 << 10))
+    out = "  CC [M]  good.o\nfixdep: not all data was written to the output\nmake: *** Error 2\n"
+    with pytest.raises(DiskFull) as err:
+        with diskspace.guard(tmp_path, "building good"):
+            raise HostCommandError("make", ["make"], 2, out)
+    assert "100.0 KiB free of 256.0 KiB" in str(err.value)
+    assert str(err.value).endswith("; the tool said: fixdep: not all data was written to the output")
 
 
 @pytest.mark.parametrize("error", [OSError(errno.EACCES, "Permission denied"),
