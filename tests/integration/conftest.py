@@ -1,5 +1,6 @@
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -83,3 +84,26 @@ def wait_for_console(runs_dir: Path, text: str, deadline: float) -> Path:
                 continue
         time.sleep(0.2)
     raise AssertionError(f"no console under {runs_dir} showed {text!r} within {deadline:.0f}s")
+
+
+class Output:
+    """A child's output, read as it comes; ``wait_for`` a line (an event, not a sleep)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout:
+            with self._new:
+                self.lines.append(line)
+                self._new.notify_all()
+
+    def wait_for(self, text: str, deadline: float) -> None:
+        with self._new:
+            if not self._new.wait_for(lambda: any(text in line for line in self.lines), deadline):
+                raise AssertionError(f"no {text!r} within {deadline:.0f}s:\n{self}")
+
+    def __str__(self) -> str:
+        return "".join(self.lines)

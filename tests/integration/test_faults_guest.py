@@ -16,14 +16,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
 from harness.lab import runner, scenario, steps
 
-from .conftest import qemu_pids_under, qemu_processes_under, wait_for_console
+from .conftest import Output, qemu_pids_under, qemu_processes_under
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 REPO = Path(__file__).resolve().parents[2]
@@ -78,9 +77,9 @@ def test_the_guests_sshd_killed_while_patched_is_a_fail_that_says_the_host_did_n
     v = outcome.verdict
     assert v.verdict == "fail", v.reasons
     message = v.reasons[0].message
-    assert v.reasons[0].check == "service" and message.startswith(
-        "the guest stopped answering (the heartbeat shell in the guest ended); its machine runs, and "
-        "the host did not pause it or cut its network")
+    # the heartbeat's shell ended, or its next beat found the connection closed
+    assert v.reasons[0].check == "service" and message.startswith("the guest stopped answering (")
+    assert "); its machine runs, and the host did not pause it or cut its network" in message
     # a closed connection is noticed at once, not after the heartbeat's deadline
     assert at(outcome, "guest-lost") - at(outcome, "fault-injected") < heartbeat_deadline(outcome, lab_settings)
 
@@ -123,24 +122,17 @@ def _check(tmp_path: Path, settings, *extra: str) -> subprocess.Popen:
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _drain(proc: subprocess.Popen) -> list[str]:
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
-    return lines
-
-
 def test_qemu_killed_mid_run_is_an_error_with_its_evidence_and_exit_2(tmp_path, lab_settings, no_leftovers):
     proc = _check(tmp_path, lab_settings, "--duration", "30", "--artifacts", str(tmp_path / "art"))
-    output = _drain(proc)
+    output = Output(proc)
     try:
-        wait_for_console(lab_settings.runs_dir, PATCHED, 300)
+        output.wait_for("] patched", 300)    # the lab's event: the transition is complete
         (pid,) = qemu_pids_under(lab_settings.runs_dir)
         os.kill(pid, signal.SIGKILL)     # as the OOM killer, or an admin, would
         rc = proc.wait(timeout=120)
     finally:
         proc.kill()
-    log = "".join(output)
-    assert rc == 2, log
+    assert rc == 2, output
     (result,) = json.loads((tmp_path / "verdict.json").read_text())["results"]
     assert result["verdict"] == "error"
     assert "(the host ended the guest's machine (QEMU killed by SIGKILL), not the patch)" \
@@ -156,12 +148,12 @@ def test_a_full_artifact_folder_is_an_error_naming_it_and_exit_2(tmp_path, lab_s
                                                                  no_leftovers):
     art = small_disk("16k", "art")
     proc = _check(tmp_path, lab_settings, "--duration", "2", "--artifacts", str(art))
-    output = _drain(proc)
+    output = Output(proc)
     try:
         rc = proc.wait(timeout=600)
     finally:
         proc.kill()
-    log = "".join(output)
+    log = str(output)
     assert rc == 2, log
     (result,) = json.loads((tmp_path / "verdict.json").read_text())["results"]
     message = result["reasons"][0]["message"]
