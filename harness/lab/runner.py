@@ -80,7 +80,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     except HarnessError as exc:      # the input, the lab, the host, or a guest that never came up
         rec.error = f"{type(exc).__name__}: {exc}"
     except KeyboardInterrupt as exc:
-        rec.error = f"interrupted ({exc or 'Ctrl-C'}): the run was stopped before its verdict"
+        rec.error = f"interrupted ({str(exc) or 'Ctrl-C'}): the run was stopped before its verdict"
         interrupted = exc
     verdict = decide(rec)
     events("verdict", verdict=verdict.verdict)

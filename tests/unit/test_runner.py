@@ -450,3 +450,13 @@ def test_a_full_artifact_folder_makes_the_run_an_error_naming_it(whole_run, tmp_
     assert result.verdict.reasons[0].message.startswith(
         f"DiskFull: no space left on device in {tmp_path / 'out'} while writing the run's verdict")
     assert not (tmp_path / "out" / "verdict.json").exists()   # a verdict.json would claim a pass
+
+
+def test_a_ctrl_c_mid_run_says_so_in_its_error(whole_run, kernel, tmp_path):
+    def interrupt(name):
+        raise KeyboardInterrupt    # what Python's own SIGINT handler raises: no message
+    kernel.on_load = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        whole_run()
+    saved = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert saved["reasons"][0]["message"].startswith("interrupted (Ctrl-C): the run was stopped before its verdict")
