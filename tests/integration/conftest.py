@@ -71,11 +71,13 @@ def qemu_pids_under(path: Path) -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if str(path) in line]
 
 
-def wait_for_console(runs_dir: Path, text: str, deadline: float) -> Path:
+def wait_for_console(runs_dir: Path, text: str, deadline: float, proc=None, output="") -> Path:
     """Until a run's console log under ``runs_dir`` shows ``text`` (the guest reached that
-    point); the console log's path."""
+    point); the console log's path. A ``proc`` that ends first ends the wait (with ``output``)."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"it ended (exit {proc.returncode}) before {text!r}:\n{output}")
         for log in runs_dir.glob("*/console.log"):
             try:
                 if text in log.read_text(errors="replace"):

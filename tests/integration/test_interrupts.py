@@ -87,7 +87,7 @@ def test_an_interrupted_pytest_keeps_the_finished_verdicts_and_leaves_nothing(
     lab_kernel("debian-5.10")
     proc, output = _pytest(tmp_path, lab_settings, "-n", workers)
     try:
-        wait_for_console(lab_settings.runs_dir, PATCHED, 600)
+        wait_for_console(lab_settings.runs_dir, PATCHED, 600, proc, output)
         if how == "ctrl-c":
             os.killpg(proc.pid, signal.SIGINT)
         else:
