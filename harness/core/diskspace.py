@@ -21,6 +21,8 @@ from typing import Iterator, Optional
 from .errors import DiskFull, HostCommandError
 
 NO_SPACE = ("No space left on device", "Disk quota exceeded")
+CACHE_HINT = "free some space there, or give the lab a cache on a larger disk (--cache-dir, LIVEPATCH_LAB_CACHE)"
+ARTIFACTS_HINT = "free some space there, or give another artifact folder (--artifacts, --lab-artifacts)"
 NEARLY_FULL = 1 << 20    # bytes: a tool that fails with less than this left ran out of space
 _ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
@@ -83,7 +85,7 @@ def full(path: Path, what: str, *, hint: str = "", said: str = "") -> DiskFull:
     have = f"; {human(space[0])} free of {human(space[1])}" if space else ""
     line = _telling_line(said)
     return DiskFull(path, f"no space left on device in {path} while {what}{have}"
-                          f" ({hint or 'free some space there, or point the lab at a larger disk'})"
+                          f" ({hint or CACHE_HINT})"
                           + (f"; the tool said: {line}" if line else ""))
 
 

@@ -35,7 +35,6 @@ from .steps import Collect, Context, Step, unwind
 from .verdict import decide
 
 log = logging.getLogger(__name__)
-_ARTIFACTS_HINT = "free some space there, or give another artifact folder"
 
 
 class Interrupted(KeyboardInterrupt):
@@ -73,7 +72,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
         events("built", patch=str(built[mods.patch].path),
                modules={n: str(m.path) for n, m in built.items()},
                targets=[str(built[n].path) for n, p in mods.all.items() if not p.livepatch])
-        with diskspace.guard(out_dir, "keeping the run's evidence", hint=_ARTIFACTS_HINT):
+        with diskspace.guard(out_dir, "keeping the run's evidence", hint=diskspace.ARTIFACTS_HINT):
             _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec)
     except Failed as exc:            # build or compat: the patch's files themselves
         rec.early += exc.reasons
@@ -87,7 +86,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     result = Outcome(sc.name, kernel_spec, verdict, kernel_info, events.events, str(out_dir),
                      time.monotonic() - started, modules_info)
     try:
-        with diskspace.guard(out_dir, "writing the run's verdict and artifacts", hint=_ARTIFACTS_HINT):
+        with diskspace.guard(out_dir, "writing the run's verdict and artifacts", hint=diskspace.ARTIFACTS_HINT):
             outcomes.write(out_dir, result, rec)
     except DiskFull as exc:   # a verdict whose evidence is not kept signs nothing off
         rec.error = rec.error or f"DiskFull: {exc}"

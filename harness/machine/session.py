@@ -221,7 +221,7 @@ def _keep_console(run: RunDir, artifacts_dir: Optional[Path]) -> None:
     if artifacts_dir is None or not (run.path / "console.log").exists():
         return
     try:
-        with diskspace.guard(artifacts_dir, "keeping the console log"):
+        with diskspace.guard(artifacts_dir, "keeping the console log", hint=diskspace.ARTIFACTS_HINT):
             artifacts_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run.path / "console.log", artifacts_dir / "console.log")
     except DiskFull as exc:

@@ -50,6 +50,7 @@ def test_a_disk_that_fills_while_fetching_a_kernel_is_named_and_the_next_fetch_w
 
     with pytest.raises(DiskFull) as err:            # downloading
         kernelfetch.fetch(defn, settings)
+    print(err.value)
     assert str(err.value).startswith(f"no space left on device in {settings.downloads_dir} while downloading ")
     only_whole_debs(settings.downloads_dir, sel)
     assert kernelcache.cached(defn, settings) is None
@@ -62,6 +63,7 @@ def test_a_disk_that_fills_while_fetching_a_kernel_is_named_and_the_next_fetch_w
             shutil.copyfile(lab_settings.downloads_dir / name, settings.downloads_dir / name)
     with pytest.raises(DiskFull) as err:            # unpacking
         kernelfetch.fetch(defn, settings)
+    print(err.value)
     assert str(err.value).startswith(
         f"no space left on device in {settings.kernels_dir / 'debian-6.1'} while unpacking debian-6.1 {sel.version}")
     assert kernelcache.cached(defn, settings) is None
@@ -83,6 +85,7 @@ def test_a_disk_that_fills_while_building_the_image_is_named_and_the_next_build_
     recipe = recipes.load_recipe(recipes.DEFAULT_RECIPE)
     with pytest.raises(DiskFull) as err:
         images.build(recipe, settings)
+    print(err.value)
     assert str(err.value).startswith(f"no space left on device in {settings.images_dir} while building "
                                      f"the image {images.image_dir(recipe, settings).name}; ")
     assert images.cached(recipe, settings) is None and os.listdir(small) == []
@@ -109,6 +112,7 @@ def test_a_disk_that_fills_while_building_a_module_is_the_hosts_fault_and_the_ne
     good = REPO / "scenarios/patches/good"
     with pytest.raises(DiskFull) as err:     # not a BuildError: the patch compiles
         kbuild.build(good, kernel, settings)
+    print(err.value)
     assert str(err.value).startswith(f"no space left on device in {small / kernel.release} while building good "
                                      f"for debian-6.1; ")
     assert os.listdir(small / kernel.release) == []
