@@ -2,6 +2,7 @@
 import json
 import logging
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -180,31 +181,31 @@ def test_a_module_build_that_runs_out_of_space_is_the_hosts_fault_not_a_build_fa
 
 
 # corruption: a module changed after its build --------------------------------------------------
-def test_a_module_changed_after_its_build_is_built_again(tmp_path, monkeypatch, fake_toolchain, caplog):
-    calls = []
+@pytest.fixture
+def one_build(tmp_path, monkeypatch, fake_toolchain):
+    """``build()``: one kbuild dir for one kernel, make and modinfo faked; ``calls``: make's runs."""
+    calls: list[Path] = []
     monkeypatch.setattr(kbuild, "_run_make", fake_make(calls))
     monkeypatch.setattr(kbuild, "inspect", fake_inspect)
     settings = Settings(cache_dir=tmp_path / "cache")
     src, k = kbuild_dir(tmp_path), kernel(tmp_path)
-    mod = kbuild.build(src, k, settings)
-    assert kbuild.build(src, k, settings) == mod and len(calls) == 1      # intact: from the cache
+    return types.SimpleNamespace(build=lambda: kbuild.build(src, k, settings), calls=calls)
+
+
+def test_a_module_changed_after_its_build_is_built_again(one_build, caplog):
+    mod = one_build.build()
+    assert one_build.build() == mod and len(one_build.calls) == 1      # intact: from the cache
     mod.path.write_bytes(b"\x7fELF fake module, edited")
     with caplog.at_level(logging.WARNING):
-        again = kbuild.build(src, k, settings)
-    assert len(calls) == 2 and again.path.read_bytes() == b"\x7fELF fake module"
-    assert f"cached module {mod.path} changed after its build" in caplog.text
+        again = one_build.build()
+    assert len(one_build.calls) == 2 and again.path.read_bytes() == b"\x7fELF fake module"
+    assert caplog.text.count(f"cached module {mod.path} changed after its build") == 1
 
 
-def test_a_module_built_before_its_hash_was_recorded_gets_it_on_first_use(tmp_path, monkeypatch,
-                                                                          fake_toolchain):
-    calls = []
-    monkeypatch.setattr(kbuild, "_run_make", fake_make(calls))
-    monkeypatch.setattr(kbuild, "inspect", fake_inspect)
-    settings = Settings(cache_dir=tmp_path / "cache")
-    src, k = kbuild_dir(tmp_path), kernel(tmp_path)
-    mod = kbuild.build(src, k, settings)
+def test_a_module_built_before_its_hash_was_recorded_gets_it_on_first_use(one_build):
+    mod = one_build.build()
     manifest = mod.path.parent / kbuild.MANIFEST
     old = {key: v for key, v in json.loads(manifest.read_text()).items() if key != "sha256"}
     manifest.write_text(json.dumps(old))
-    assert kbuild.build(src, k, settings) == mod and len(calls) == 1
+    assert one_build.build() == mod and len(one_build.calls) == 1
     assert json.loads(manifest.read_text())["sha256"] == sha256_file(mod.path)
