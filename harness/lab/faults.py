@@ -35,10 +35,10 @@ class Failed(Exception):
         self.reasons = list(reasons)
 
 
-def patch_is_to_blame(fault: str, patch_issued: bool, host_ended: Optional[str]) -> bool:
-    """True when trouble of ``fault`` makes a ``fail``; ``host_ended`` says how the host ended the
-    machine, if it did."""
-    if host_ended:
+def patch_is_to_blame(fault: str, patch_issued: bool, by_host: Optional[str]) -> bool:
+    """True when trouble of ``fault`` makes a ``fail``; ``by_host`` says what the host did to the
+    machine (``host_cause``), if anything."""
+    if by_host:
         return False
     return fault == PATCH or (fault == GUEST and patch_issued)
 
