@@ -8,7 +8,9 @@ torn down without a trace (issue 13; the rule is README's verdict table).
 - the disk under the guest's overlay full: QEMU pauses the guest; ``error`` naming the overlay.
 - the artifact folder full: ``error`` naming it, exit 2.
 
-One debian-6.1 guest each (TCG here: ~40-70 s apiece).
+One debian-6.1 guest each (TCG here: ~50-100 s apiece on a busy host; the two that only ask
+the machine what the host did to it, ~10 s). Those that wait out a heartbeat or repeat what a
+unit test already pins down are marked ``long`` (not in .ci/run).
 """
 import dataclasses
 import json
@@ -16,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,7 @@ def test_the_guests_sshd_killed_while_patched_is_a_fail_that_says_the_host_did_n
     assert at(outcome, "guest-lost") - at(outcome, "fault-injected") < heartbeat_deadline(outcome, lab_settings)
 
 
+@pytest.mark.long   # waits out the heartbeat; the quick test below checks what the machine says
 def test_the_guests_network_cut_from_the_host_while_patched_is_an_error_within_the_heartbeat(
         run_with_fault, lab_settings, no_leftovers):
     outcome = run_with_fault(lambda ctx: ctx.guest.machine.set_link(False))
@@ -95,6 +99,7 @@ def test_the_guests_network_cut_from_the_host_while_patched_is_an_error_within_t
     assert took < heartbeat_deadline(outcome, lab_settings) + 15, f"noticed after {took:.0f}s"
 
 
+@pytest.mark.long   # waits out the heartbeat; the quick test below checks what the machine says
 def test_a_full_disk_under_the_guests_overlay_is_an_error_naming_the_overlay(
         run_with_fault, lab_settings, small_disk):
     """QEMU stops a guest whose disk write found no room (werror=enospc): the guest looks frozen,
@@ -110,6 +115,33 @@ def test_a_full_disk_under_the_guests_overlay_is_an_error_naming_the_overlay(
     assert f"the host paused the guest: write of its disk disk0 ({runs}/" in message
     assert "/root.qcow2) failed on the host: no space left on device (" in message
     assert "free of 64.0 MiB there), not the patch" in message
+    assert os.listdir(runs) == [] and qemu_processes_under(runs) == []
+
+
+# what the host does to a running machine, seen by the machine (quick: one boot, no scenario) ----------
+def test_a_network_cable_pulled_from_the_host_is_the_hosts_doing_and_plugged_back_works(lab_boot, no_leftovers):
+    with lab_boot("debian-6.1") as guest:
+        assert guest.machine.host_trouble() == ""
+        guest.machine.set_link(False)
+        assert guest.machine.host_trouble() == "the host cut the guest's network link (QMP set_link off)"
+        guest.machine.set_link(True)
+        assert guest.machine.host_trouble() == "" and guest.run("true", check=True).ok
+
+
+def test_a_guest_whose_overlay_fills_its_disk_is_paused_by_the_host_which_says_so(
+        lab_settings, lab_kernel, lab_image, small_disk):
+    from harness.machine import session
+    runs = small_disk("64m", "runs")
+    settings = dataclasses.replace(lab_settings, runs_root=runs)
+    with session.boot(lab_kernel("debian-6.1"), lab_image, settings) as guest:
+        guest.run("nohup dd if=/dev/zero of=/root/fill bs=1M count=512 oflag=direct >/dev/null 2>&1 &",
+                  check=True)
+        end = time.monotonic() + 120   # QEMU's status is the event: paused on the write it could not do
+        while not (trouble := guest.machine.host_trouble()) and time.monotonic() < end:
+            time.sleep(0.5)
+        guest.channel.mark_lost("paused by the host")   # as the heartbeat would: no poweroff of a paused guest
+        assert trouble.startswith(f"the host paused the guest: write of its disk disk0 ({runs}/"), trouble
+        assert "no space left on device" in trouble
     assert os.listdir(runs) == [] and qemu_processes_under(runs) == []
 
 
@@ -144,6 +176,7 @@ def test_qemu_killed_mid_run_is_an_error_with_its_evidence_and_exit_2(tmp_path, 
     assert (art / "requests.jsonl").stat().st_size > 0
 
 
+@pytest.mark.long   # the rule: tests/unit (test_runner, test_disk_full)
 def test_a_full_artifact_folder_is_an_error_naming_it_and_exit_2(tmp_path, lab_settings, small_disk,
                                                                  no_leftovers):
     art = small_disk("16k", "art")

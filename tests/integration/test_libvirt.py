@@ -153,6 +153,7 @@ def test_a_pool_of_uris_spreads_xdist_workers_over_the_hosts(lab_settings, lab_k
     assert {s["uri"] for s in seen} == {libvirtd, ssh_uri}
 
 
+@pytest.mark.long   # a whole scenario; .ci/run interrupts one through QEMU (test_interrupts.py)
 def test_sigterm_of_a_run_through_libvirt_while_patched_leaves_no_domain_and_no_overlay_volume(
         lab_settings, lab_kernel, lab_image, libvirtd, libvirt_clean, no_leftovers, tmp_path):
     """The domain is destroyed and its overlay volume deleted by the lab's own teardown, and the
