@@ -216,17 +216,31 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace)
         from .lab import signoff
         signoff.check_destination(Path(args.report), out_root)   # before anything boots
     outcomes = []
-    for sc in scenarios:
-        names = list(kernel_args) or list(sc.kernels or [DEFAULT_KERNEL])
-        if names == ["all"]:
-            names = defined
-        for name in names:
-            kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
-        for name in names:
-            log.info("scenario %s on %s", sc.name, name)
-            outcome = runner.run(sc, name, settings, out_root / sc.name / name.replace("@", "_"))
-            outcomes.append(outcome)
-            print(report.explain(outcome), flush=True)
+    try:
+        for sc in scenarios:
+            names = list(kernel_args) or list(sc.kernels or [DEFAULT_KERNEL])
+            if names == ["all"]:
+                names = defined
+            for name in names:
+                kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
+            for name in names:
+                log.info("scenario %s on %s", sc.name, name)
+                outcome = runner.run(sc, name, settings, out_root / sc.name / name.replace("@", "_"))
+                outcomes.append(outcome)
+                print(report.explain(outcome), flush=True)
+    except KeyboardInterrupt as exc:   # what finished is kept, the interrupted run as an error
+        if isinstance(exc, runner.Interrupted):
+            outcomes.append(exc.outcome)
+            print(report.explain(exc.outcome), flush=True)
+        if outcomes:
+            _record(outcomes, args, settings)
+        raise
+    return _record(outcomes, args, settings)
+
+
+def _record(outcomes, args: argparse.Namespace, settings: Settings) -> int:
+    """The matrix's table, JSON and report; the exit status its verdicts make."""
+    from .lab import report
     print("\n" + report.table(outcomes))
     if args.json:
         report.write_json(Path(args.json), outcomes)

@@ -66,6 +66,21 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(LabSummary(config), "livepatch-lab-summary")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """An interrupted xdist run: the controller gives its workers 10 s to end, then kills them,
+    and a worker killed in its teardown leaves its run directory (its QEMU dies with it; a
+    libvirt domain with its connection). The controller, last to go, reaps what they left."""
+    if hasattr(config, "workerinput") or not config.pluginmanager.has_plugin("dsession"):
+        return
+    import logging
+
+    from .machine.runs import reap_stale
+    try:
+        reap_stale(settings_for(config).runs_dir)
+    except Exception as exc:  # noqa: BLE001 - never fail a session's end; the next boot reaps too
+        logging.getLogger(__name__).warning("could not reap the workers' run directories: %s", exc)
+
+
 @pytest.fixture(scope="session")
 def lab_settings(pytestconfig: pytest.Config):
     """The lab's ``Settings`` from options > ini > environment > defaults."""

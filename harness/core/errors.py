@@ -55,6 +55,14 @@ class HostCommandError(InfraError):
             f"{what}: {status}: {' '.join(map(str, cmd))}\n{_tail(output)}".rstrip())
 
 
+class DiskFull(InfraError):
+    """The host ran out of disk space (or quota) where the lab writes; ``path`` is that place."""
+
+    def __init__(self, path, message: str):
+        self.path = path
+        super().__init__(message)
+
+
 class BootError(HarnessError):
     """The guest did not come up: panic, no root, init died, SSH never answered."""
     fault = GUEST

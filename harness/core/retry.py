@@ -7,18 +7,23 @@ from __future__ import annotations
 
 import logging
 
-from tenacity import (AsyncRetrying, Retrying, before_sleep_log, retry_if_exception_type, stop_after_attempt,
-                      stop_after_delay, stop_never, wait_exponential, wait_fixed)
+from tenacity import (AsyncRetrying, Retrying, before_sleep_log, retry_if_exception, retry_if_exception_type,
+                      stop_after_attempt, stop_after_delay, stop_never, wait_exponential, wait_fixed)
 
+from .diskspace import is_no_space
 from .errors import ConnectStalled, GuestConnectionError, HostCommandError, PortInUse, ServiceNotReady
 
 log = logging.getLogger(__name__)
 
 
+def _transient_download(exc: BaseException) -> bool:
+    return isinstance(exc, HostCommandError) and not is_no_space(exc)   # a full disk stays full
+
+
 def download_policy() -> Retrying:
-    """Transient archive failures: three tries, backing off 2–10 s."""
+    """Transient archive failures: three tries, backing off 2–10 s (not a full disk)."""
     return Retrying(stop=stop_after_attempt(3), wait=wait_exponential(min=2, max=10),
-                    retry=retry_if_exception_type(HostCommandError), reraise=True,
+                    retry=retry_if_exception(_transient_download), reraise=True,
                     before_sleep=before_sleep_log(log, logging.WARNING))
 
 

@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..core.errors import HarnessError
+from ..core import diskspace
+from ..core.errors import DiskFull, HarnessError
 from ..core.settings import Settings
 from ..machine import heartbeat, session
 from ..supply import images, kerneldefs, kernelfetch, recipes
@@ -24,7 +25,7 @@ from . import outcome as outcomes
 from . import prepare as modules
 from .context import Context, Step
 from .events import Timeline
-from .faults import Failed, host_ended, patch_is_to_blame
+from .faults import Failed, host_cause, patch_is_to_blame
 from .forensics import HangEvidence
 from .outcome import Outcome
 from .plans import plan
@@ -38,9 +39,19 @@ from .verdict import decide
 log = logging.getLogger(__name__)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run: raised once its outcome (an ``error``, with what was
+    seen so far) is written, carrying it, so a matrix can still report it."""
+
+    def __init__(self, outcome: Outcome, cause: BaseException):
+        super().__init__(*cause.args)
+        self.outcome = outcome
+
+
 def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Outcome:
     """Run ``sc`` on one kernel. Never raises for the patch's, the guest's or the host's
-    faults (they are the verdict); an interrupt is recorded as an ``error``, then re-raised."""
+    faults (they are the verdict); an interrupt is recorded as an ``error``, then re-raised
+    as ``Interrupted``."""
     started = time.monotonic()
     outcomes.clear(out_dir)
     rec = RunRecord(service_enabled=sc.service.enabled, probe_expect=sc.probe.patterns,
@@ -64,21 +75,29 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
                modules={n: str(m.path) for n, m in built.items()},
                targets=[str(built[n].path) for n, p in mods.all.items() if not p.livepatch],
                target_sources=[t.label for t in sc.targets])
-        _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec)
+        with diskspace.guard(out_dir, "keeping the run's evidence", hint=diskspace.ARTIFACTS_HINT):
+            _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec)
     except Failed as exc:            # build or compat: the patch's files themselves
         rec.early += exc.reasons
     except HarnessError as exc:      # the input, the lab, the host, or a guest that never came up
         rec.error = f"{type(exc).__name__}: {exc}"
     except KeyboardInterrupt as exc:
-        rec.error = f"interrupted ({exc or 'Ctrl-C'}): the run was stopped before its verdict"
+        rec.error = f"interrupted ({str(exc) or 'Ctrl-C'}): the run was stopped before its verdict"
         interrupted = exc
     verdict = decide(rec)
     events("verdict", verdict=verdict.verdict)
     result = Outcome(sc.name, kernel_spec, verdict, kernel_info, events.events, str(out_dir),
                      time.monotonic() - started, modules_info)
-    outcomes.write(out_dir, result, rec)
+    try:
+        with diskspace.guard(out_dir, "writing the run's verdict and artifacts", hint=diskspace.ARTIFACTS_HINT):
+            outcomes.write(out_dir, result, rec)
+    except DiskFull as exc:   # a verdict whose evidence is not kept signs nothing off
+        rec.error = rec.error or f"DiskFull: {exc}"
+        result.verdict = decide(rec)
+        log.error("%s", exc)
+        (out_dir / "verdict.json").unlink(missing_ok=True)   # it would claim the first verdict
     if interrupted is not None:
-        raise interrupted
+        raise Interrupted(result, interrupted) from interrupted
     return result
 
 
@@ -157,14 +176,14 @@ def trouble(ctx: Context, exc: HarnessError) -> None:
     # its machine ends about a second after a panic
     if machine.console.wait_for(lambda c: c.fatal() is not None, 1.0):
         machine.wait_exit(2.0)
-    by_host = None if machine.is_running() else host_ended(machine)
+    by_host = host_cause(machine)
     why = guest.channel.lost or f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
     if not machine.is_running():
         why = f"the machine ended: {machine.exit_reason() or 'no reason given'}"
     tail = machine.console.tail(12)
     if not patch_is_to_blame(exc.fault, rec.patch_issued, by_host):
         when = "after" if rec.patch_issued else "before"
-        cause = (f"the host ended the guest's machine ({by_host}), not the patch" if by_host else
+        cause = (f"{by_host}, not the patch" if by_host else
                  f"{when} the patch's module was loaded: the lab's, the host's or the guest's fault, "
                  "not the patch's")
         rec.error = f"{type(exc).__name__}: {exc}\n({cause})\n--- console tail ---\n{tail}"
@@ -173,6 +192,8 @@ def trouble(ctx: Context, exc: HarnessError) -> None:
     where = ctx.evidence.collect(machine, ctx.out_dir)
     findings = machine.console.findings
     message = f"the guest stopped answering ({why})"
+    if machine.is_running():   # what the lab can and cannot tell, said
+        message += "; its machine runs, and the host did not pause it or cut its network"
     if where:
         message += "; " + "; ".join(where)
     message += "\n--- console tail ---\n" + tail

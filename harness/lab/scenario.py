@@ -20,8 +20,8 @@ from ..core.errors import ConfigError
 from ..core.yamlconf import Field
 from ..supply import modinfo
 from .specs import (ACTIONS, CHECKS, ON_STALL, OUTCOMES, SAMPLE_PREFIX, VERDICTS, Expectation, ModuleSpec,
-                    ProbeSpec, Scenario, SecuritySpec, ServiceSpec, SoakSpec, StepSpec, StressSpec, Thresholds,
-                    TimelineSpec, TransitionSpec)
+                    ProbeSpec, Scenario, SecuritySpec, ServiceSpec, SoakSpec, StepSpec, StressSpec,
+                    Thresholds, TimelineSpec, TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
 # What the lab needs to judge a window: the service's baseline must hold this many requests

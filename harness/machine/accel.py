@@ -14,9 +14,11 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Optional
 
 from ..core import atomic
 from ..core.errors import InfraError
+from ..core.locks import file_lock
 from ..core.settings import Settings
 from .backends.base import Backend, MachineSpec
 from .host import kvm_device_usable
@@ -77,19 +79,28 @@ def choose(requested: str, kernel: Path, settings: Settings, backend: Backend) -
     return "tcg"
 
 
+def _remembered(store: Path, key: str) -> Optional[tuple[bool, str]]:
+    try:
+        saved = json.loads(store.read_text())
+        if saved.get("key") == key:
+            return bool(saved["usable"]), saved["why"] + " (remembered)"
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
 def cached_probe(kernel: Path, settings: Settings, backend: Backend) -> tuple[bool, str]:
     key, store = backend.kvm_verdict()
     if key in _memo:
         return _memo[key]
-    try:
-        saved = json.loads(store.read_text())
-        if saved.get("key") == key:
-            _memo[key] = (bool(saved["usable"]), saved["why"] + " (remembered)")
-            return _memo[key]
-    except (OSError, ValueError, KeyError):
-        pass
-    log.info("probing KVM (up to %.0fs)", settings.timeouts.kvm_probe)
-    result = probe_kvm(kernel, settings, backend)
-    _memo[key] = result
-    atomic.write(store, json.dumps({"key": key, "usable": result[0], "why": result[1]}))
-    return result
+    found = _remembered(store, key)
+    if found is None:   # labs started together on a new host probe once: the others wait for it
+        with file_lock(settings.locks_dir / f"{store.stem}.lock", timeout=settings.timeouts.lock,
+                       what="the KVM probe"):
+            found = _remembered(store, key)
+            if found is None:
+                log.info("probing KVM (up to %.0fs)", settings.timeouts.kvm_probe)
+                found = probe_kvm(kernel, settings, backend)
+                atomic.write(store, json.dumps({"key": key, "usable": found[0], "why": found[1]}))
+    _memo[key] = found
+    return found

@@ -5,8 +5,11 @@ the kernel's boot files, picks the accelerator, has the backend make a
 throwaway overlay and the machine, starts it, and waits until a real SSH
 command answers, watching the console for a panic all the while. Whatever
 happens inside (an error, a timeout, Ctrl-C, SIGTERM), it powers the guest
-off, makes sure the machine is gone and removes the overlay. It never asks
-which backend it holds.
+off, makes sure the machine is gone and removes the overlay. After an
+interrupt it skips the poweroff (the overlay is thrown away anyway: seconds
+matter when a CI runner or pytest-xdist waits to kill us), and a second
+interrupt during the teardown waits until the teardown, bounded by its own
+deadlines, is done. It never asks which backend it holds.
 """
 from __future__ import annotations
 
@@ -14,14 +17,15 @@ import contextlib
 import logging
 import shutil
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from ..core import retry
-from ..core.errors import BootError, DeadlineExceeded, GuestConnectionError, HarnessError
+from ..core import diskspace, retry
+from ..core.errors import BootError, DeadlineExceeded, DiskFull, GuestConnectionError, HarnessError
 from ..core.net import free_port
 from ..core.settings import Settings, Timeouts
 from ..supply import bootfiles, images, vmlinux
@@ -120,9 +124,11 @@ def _wait_ready(guest: Guest, deadline: float) -> None:
                         machine.console.tail(), str(machine.spec.console_log)) from None
 
 
-def _shutdown(guest: Optional[Guest], machine: Optional[Machine], timeouts: Timeouts) -> None:
-    """poweroff → QMP quit → kill. Never raises."""
-    if guest is not None and guest.channel.connected and machine is not None and machine.is_running():
+def _shutdown(guest: Optional[Guest], machine: Optional[Machine], timeouts: Timeouts, *,
+              graceful: bool = True) -> None:
+    """poweroff (if ``graceful``) → QMP quit → kill. Never raises."""
+    if (graceful and guest is not None and guest.channel.connected and machine is not None
+            and machine.is_running()):
         try:
             guest.channel.run("poweroff", timeout=min(5.0, timeouts.poweroff))
         except HarnessError as exc:
@@ -158,13 +164,15 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
     kernel_image = _kernel_image(kernel, settings)
     accel = accel_mod.choose(settings.accel, kernel.vmlinuz, settings, backend)
     timeouts = settings.timeouts_for(accel)
-    run = RunDir.create(settings.runs_dir, kernel.name)
+    with diskspace.guard(settings.runs_dir, "creating the run's directory"):
+        run = RunDir.create(settings.runs_dir, kernel.name)
     machine: Optional[Machine] = None
     guest: Optional[Guest] = None
     timings: dict[str, float] = {}
     try:
         t0 = time.monotonic()
-        root = backend.root_disk(image, run)
+        with diskspace.guard(run.path, "creating the guest's overlay"):
+            root = backend.root_disk(image, run)
         timings["overlay"] = time.monotonic() - t0
         guest_ports = (SSH_PORT, *forward_ports)
         ports: dict[int, int] = {}
@@ -196,13 +204,50 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
         log.info("guest ready in %.1fs", timings["ssh_ready"])
         yield guest
     finally:
-        t2 = time.monotonic()
-        _shutdown(guest, machine, timeouts)
-        timings["shutdown"] = time.monotonic() - t2
-        if artifacts_dir is not None and (run.path / "console.log").exists():
+        with signals_held():
+            t2 = time.monotonic()
+            _shutdown(guest, machine, timeouts, graceful=not isinstance(sys.exc_info()[1], KeyboardInterrupt))
+            timings["shutdown"] = time.monotonic() - t2
+            try:
+                _keep_console(run, artifacts_dir)
+            finally:
+                run.remove()
+
+
+def _keep_console(run: RunDir, artifacts_dir: Optional[Path]) -> None:
+    """The console log into ``artifacts_dir``. No room there is a ``DiskFull``, unless the
+    caller's ``finally`` runs for another exception: that one is the story, this is logged."""
+    pending = sys.exc_info()[1]
+    if artifacts_dir is None or not (run.path / "console.log").exists():
+        return
+    try:
+        with diskspace.guard(artifacts_dir, "keeping the console log", hint=diskspace.ARTIFACTS_HINT):
             artifacts_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run.path / "console.log", artifacts_dir / "console.log")
-        run.remove()
+    except DiskFull as exc:
+        if pending is None:
+            raise
+        log.error("%s", exc)
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Inside: SIGINT and SIGTERM wait. A teardown cut short by a second Ctrl-C leaves what it
+    had not yet removed; the teardown is bounded by its own deadlines, so the signal waits
+    until it is done and is raised then, unless an interrupt is already on its way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    if got and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        raise KeyboardInterrupt(f"signal {got[0]}")
 
 
 def raise_on_sigterm() -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from ..core import atomic, hostcmd, retry
+from ..core import atomic, diskspace, hostcmd, retry
 from ..core.errors import ConfigError, HostCommandError, InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
@@ -205,7 +205,8 @@ def is_fresh(root: AptRoot, max_age: float = MAX_AGE, now: Optional[float] = Non
 
 def update(root: AptRoot, *, force: bool = False, max_age: float = MAX_AGE) -> bool:
     """``apt-get update`` the root unless its lists are fresh; True if it ran."""
-    with file_lock(root.lock, timeout=root.settings.timeouts.lock, what=f"apt lists {root.name}"):
+    with file_lock(root.lock, timeout=root.settings.timeouts.lock, what=f"apt lists {root.name}"), \
+            diskspace.guard(root.path, f"updating the apt lists of {', '.join(root.suites)}"):
         _prepare(root)
         if not force and is_fresh(root, max_age):
             return False
@@ -374,6 +375,12 @@ def download(root: AptRoot, package: str, version: str, dest_dir: Path, *,
             return Deb(package, version, final, have, final.stat().st_size)
         log.warning("%s: hash %s does not match the archive's %s; downloading again",
                     final, have, sha256)
+    with diskspace.guard(dest_dir, f"downloading {package} {version}"):
+        return _download_new(root, package, version, dest_dir, final, sha256)
+
+
+def _download_new(root: AptRoot, package: str, version: str, dest_dir: Path, final: Path,
+                  sha256: Optional[str]) -> Deb:
     tmp = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".download-"))
     try:
         _apt_get_download(root, package, version, tmp)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
 
-from ..core import hostcmd, paths
+from ..core import diskspace, hostcmd, paths
 from ..core.errors import InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
@@ -251,8 +251,9 @@ def prepare(kernel: KernelLike, settings: Settings) -> BootFiles:
             _remove(stale)
         work = root / f".tmp-{key}-{os.getpid()}"
         try:
-            work.mkdir(parents=True)
-            _build(kernel, modules_dir, init_script, work, settings)
+            with diskspace.guard(root, f"making the boot files of {release}"):
+                work.mkdir(parents=True)
+                _build(kernel, modules_dir, init_script, work, settings)
             if final.exists():
                 _remove(final)   # no manifest: an incomplete left-over
             os.rename(work / "out", final)

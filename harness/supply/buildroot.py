@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..core import hostcmd
+from ..core import diskspace, hostcmd
 from ..core.errors import InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
@@ -134,32 +134,11 @@ def ensure_buildroot(tc: Toolchain, kernel: Kernel, settings: Settings) -> dict:
         packages = packages_for(tc, kernel)
         work = parent / f".build-{tc.id}-{os.getpid()}"
         try:
-            out = work / "out"
-            out.mkdir(parents=True)
-            tree = out / "root"
-            log.info("making build root %s (once): mmdebstrap %s minbase with %s", tc.id,
-                     tc.suite, ", ".join(packages))
-            t0 = time.monotonic()
-            # in a private mount namespace: whatever mmdebstrap mounts in the tree (proc, dev...)
-            # vanishes with it, even when it is killed half-way
-            cmd = [*_UNSHARE, *mmdebstrap.command(tc.suite, tree,
-                                                  debian_mirrors(settings.debian_mirror).archive,
-                                                  packages=packages,
-                                                  aptopts=_host_apt_options(settings))]
-            hostcmd.run(cmd, what=f"make the {tc.id} build root", timeout=settings.timeouts.image_build,
-                        env={**os.environ, "LC_ALL": "C.UTF-8"})
-            seconds = time.monotonic() - t0
-            version = hostcmd.run(["chroot", str(tree), tc.cc, "--version"],
-                                  what=f"{tc.cc} --version in {tc.id}",
-                                  timeout=settings.timeouts.host_command).splitlines()[0].strip()
-            man = {"format": TOOLCHAIN_FORMAT, "id": tc.id, "suite": tc.suite, "cc": tc.cc,
-                   "cc_version": version, "packages": packages, "seconds": round(seconds, 1),
-                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            (out / (MANIFEST + ".part")).write_text(json.dumps(man, indent=2) + "\n")
-            os.rename(out / (MANIFEST + ".part"), out / MANIFEST)
+            with diskspace.guard(parent, f"making the {tc.id} build root"):
+                seconds, version = _make(tc, packages, work, settings)
             if final.exists():
                 os.rename(final, work / "previous")
-            os.rename(out, final)
+            os.rename(work / "out", final)
             log.info("build root %s ready in %.0fs (%s)", tc.id, seconds, version)
         finally:
             mmdebstrap.remove_tree(work, settings)
@@ -167,6 +146,34 @@ def ensure_buildroot(tc: Toolchain, kernel: Kernel, settings: Settings) -> dict:
     if man is None:
         raise InfraError(f"build root {final} is incomplete right after it was made")
     return man
+
+
+def _make(tc: Toolchain, packages: list[str], work: Path, settings: Settings) -> tuple[float, str]:
+    """The build root in ``work/out`` (its manifest written last); (seconds, compiler version)."""
+    out = work / "out"
+    out.mkdir(parents=True)
+    tree = out / "root"
+    log.info("making build root %s (once): mmdebstrap %s minbase with %s", tc.id,
+             tc.suite, ", ".join(packages))
+    t0 = time.monotonic()
+    # in a private mount namespace: whatever mmdebstrap mounts in the tree (proc, dev...)
+    # vanishes with it, even when it is killed half-way
+    cmd = [*_UNSHARE, *mmdebstrap.command(tc.suite, tree,
+                                          debian_mirrors(settings.debian_mirror).archive,
+                                          packages=packages,
+                                          aptopts=_host_apt_options(settings))]
+    hostcmd.run(cmd, what=f"make the {tc.id} build root", timeout=settings.timeouts.image_build,
+                env={**os.environ, "LC_ALL": "C.UTF-8"})
+    seconds = time.monotonic() - t0
+    version = hostcmd.run(["chroot", str(tree), tc.cc, "--version"],
+                          what=f"{tc.cc} --version in {tc.id}",
+                          timeout=settings.timeouts.host_command).splitlines()[0].strip()
+    man = {"format": TOOLCHAIN_FORMAT, "id": tc.id, "suite": tc.suite, "cc": tc.cc,
+           "cc_version": version, "packages": packages, "seconds": round(seconds, 1),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    (out / (MANIFEST + ".part")).write_text(json.dumps(man, indent=2) + "\n")
+    os.rename(out / (MANIFEST + ".part"), out / MANIFEST)
+    return seconds, version
 
 
 def kernel_trees(kernel: Kernel) -> list[Path]:

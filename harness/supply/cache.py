@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
+from ..core import diskspace
 from ..core.locks import file_lock
 from ..core.settings import Settings
 from . import apt, kernelcache, vmlinux
@@ -228,9 +229,4 @@ def totals(entries: Sequence[Entry]) -> list[tuple[str, int, int, int]]:
     return rows
 
 
-def human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+human = diskspace.human   # sizes as the CLI prints them

@@ -7,7 +7,10 @@ packages installed with mmdebstrap, then made a lab guest (``guestfs``).
 Images live in ``<cache>/images/<name>-<digest[:12]>/`` (``base.img`` 0444,
 ``client_key``, ``host_key.pub``, ``manifest.json`` written last). The digest
 covers the recipe's content, the guest files and the layout version, so any
-change builds a new image and an old one is never modified.
+change builds a new image and an old one is never modified. The manifest
+records the base image's size, mtime and sha256: an image whose size or mtime
+changed is hashed again, and one that is no longer what was built (truncated,
+written to) is built anew, with a warning naming it.
 """
 from __future__ import annotations
 
@@ -21,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..core import hostcmd
+from ..core import atomic, diskspace, hostcmd
 from ..core.errors import ConfigError, HostCommandError, InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
 from . import mmdebstrap
+from .apt import sha256_file
 from .guestfs import check_busybox, customise, tree_usage
 from .mirror import debian_mirrors
 from .mke2fs import mke2fs
@@ -64,7 +68,37 @@ def _load(directory: Path, digest: str) -> Optional[Image]:
     base, key, pub = directory / "base.img", directory / "client_key", directory / "host_key.pub"
     if not (base.is_file() and key.is_file() and pub.is_file()):
         return None
+    if not _intact(base, manifest, directory / "manifest.json"):
+        return None
     return Image(manifest["name"], base, key, pub.read_text().strip(), digest)
+
+
+def _fingerprint(base: Path) -> dict:
+    st = base.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(base)}
+
+
+def _intact(base: Path, manifest: dict, manifest_path: Path) -> bool:
+    """Whether ``base`` is still the image that was built: the same size and mtime as recorded
+    (cheap), else the same sha256 (then the new stat is recorded). An image built before the
+    lab recorded this gets its fingerprint now."""
+    want = manifest.get("base")
+    st = base.stat()
+    if want and (st.st_size, st.st_mtime_ns) == (want.get("size"), want.get("mtime_ns")):
+        return True
+    have = _fingerprint(base)
+    if want and have["sha256"] != want.get("sha256"):
+        log.warning("image %s is corrupt: %d bytes, sha256 %s, but it was built as %d bytes, "
+                    "sha256 %s: building it again", base, have["size"], have["sha256"][:16],
+                    want.get("size", 0), str(want.get("sha256"))[:16])
+        return False
+    if not want:
+        log.info("image %s: recording its size and sha256 (built before the lab recorded them)", base)
+    try:
+        atomic.write(manifest_path, json.dumps({**manifest, "base": have}, indent=2) + "\n")
+    except OSError as exc:   # a read-only cache: hashed again next time
+        log.warning("could not update %s: %s", manifest_path, exc)
+    return True
 
 
 def build(recipe: Recipe, settings: Settings, *, force: bool = False) -> Image:
@@ -89,9 +123,10 @@ def build(recipe: Recipe, settings: Settings, *, force: bool = False) -> Image:
             mmdebstrap.remove_tree(stale, settings)
         work = settings.images_dir / f".build-{final.name}-{os.getpid()}"
         try:
-            work.mkdir(parents=True)
-            started = time.monotonic()
-            out = _build(recipe, digest, work, settings)
+            with diskspace.guard(settings.images_dir, f"building the image {final.name}"):
+                work.mkdir(parents=True)
+                started = time.monotonic()
+                out = _build(recipe, digest, work, settings)
             elapsed = time.monotonic() - started
             if final.exists():
                 os.rename(final, work / "previous")
@@ -141,6 +176,7 @@ def _build(recipe: Recipe, digest: str, work: Path, settings: Settings) -> Path:
     mke2fs(tree, base, size, "lab-root", settings, uuid=str(uuid.UUID(digest[:32])))
     base.chmod(0o444)
     manifest = {"format": FORMAT, "name": recipe.name, "digest": digest, "recipe": recipe.content(),
+                "base": _fingerprint(base),
                 "host_key": host_pub, "client_key_public": client,
                 "used_bytes": used, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "build_seconds": round(time.monotonic() - t0, 1)}

@@ -9,7 +9,9 @@ files, the kernel and the toolchain, so a second build of the same source is a
 file read (file-locked between pytest-xdist workers, renamed into place).
 
 The toolchain (``toolchains``: the host's compiler or a ``buildroot``) is
-recorded in the module cache's ``manifest.json`` and in ``Module.toolchain``.
+recorded in the module cache's ``manifest.json`` and in ``Module.toolchain``,
+with the .ko's sha256: a cached module is hashed on every use (it is small),
+and one changed since its build is built again, with a warning naming it.
 """
 from __future__ import annotations
 
@@ -24,11 +26,12 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
-from ..core import hostcmd
+from ..core import atomic, diskspace, hostcmd
 from ..core.errors import ConfigError, HarnessError, HostCommandError, InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
 from . import buildroot
+from .apt import sha256_file
 from .kernel import Kernel
 from .modinfo import Module, inspect
 from .toolchains import Toolchain, host_compiler_version, toolchain_for
@@ -115,7 +118,7 @@ def _run_make(kernel: Kernel, tc: Toolchain, src: Path, settings: Settings) -> s
     return buildroot.run_in(tc, binds, argv, what=what, settings=settings)
 
 
-def _from_manifest(directory: Path) -> Optional[Module]:
+def _from_manifest(directory: Path, *, warn: bool = True) -> Optional[Module]:
     try:
         m = json.loads((directory / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -123,6 +126,16 @@ def _from_manifest(directory: Path) -> Optional[Module]:
     ko = directory / m.get("ko", "")
     if m.get("format") != FORMAT or not ko.is_file():
         return None
+    have = sha256_file(ko)
+    if m.get("sha256") and have != m["sha256"]:
+        (log.warning if warn else log.debug)("cached module %s changed after its build (sha256 %s, built as %s): building it "
+                    "again", ko, have[:16], m["sha256"][:16])
+        return None
+    if not m.get("sha256"):   # built before the lab recorded it: recorded now
+        try:
+            atomic.write(directory / MANIFEST, json.dumps({**m, "sha256": have}, indent=2) + "\n")
+        except OSError as exc:
+            log.warning("could not update %s: %s", directory / MANIFEST, exc)
     return Module(path=ko, name=m["name"], vermagic=m["vermagic"], livepatch=m["livepatch"],
                   kernel_release=m["kernel_release"], toolchain=m.get("toolchain"))
 
@@ -131,11 +144,15 @@ def _deliver(mod: Module, out_dir: Optional[Path]) -> Module:
     if out_dir is None:
         return mod
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / mod.path.name
     tmp = out_dir / f".{mod.path.name}.{os.getpid()}.part"
-    shutil.copyfile(mod.path, tmp)
-    os.replace(tmp, target)
+    try:
+        with diskspace.guard(out_dir, f"copying {mod.path.name}"):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(mod.path, tmp)
+            os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return Module(target, mod.name, mod.vermagic, mod.livepatch, mod.kernel_release, mod.toolchain)
 
 
@@ -171,7 +188,7 @@ def build(source: Path, kernel: Kernel, settings: Settings, *,
         return _deliver(found, out_dir)
     with file_lock(settings.locks_dir / f"module-{kernel.release}-{key[:24]}.lock",
                    timeout=settings.timeouts.lock, what=f"building {source.name} for {kernel.name}"):
-        found = _from_manifest(final)
+        found = _from_manifest(final, warn=False)   # said once, above
         if found:
             return _deliver(found, out_dir)
         log.info("building %s for %s (%s) with %s", source, kernel.name, kernel.release, tc.id)
@@ -180,7 +197,8 @@ def build(source: Path, kernel: Kernel, settings: Settings, *,
             shutil.rmtree(stale, ignore_errors=True)
         work = Path(tempfile.mkdtemp(dir=base, prefix=f".work-{key[:24]}-"))
         try:
-            _build_in(source, files, kernel, tc, identity, key, work, settings)
+            with diskspace.guard(base, f"building {source.name} for {kernel.name}"):
+                _build_in(source, files, kernel, tc, identity, key, work, settings)
             if final.exists():
                 shutil.rmtree(final)
             os.rename(work / "out", final)
@@ -220,8 +238,8 @@ def _build_in(source: Path, files: Mapping[str, str], kernel: Kernel, tc: Toolch
     try:
         output = _run_make(kernel, tc, src, settings)
     except HostCommandError as exc:
-        if exc.rc is None:
-            raise     # a hung build is the host's problem, not the source's
+        if exc.rc is None or diskspace.is_no_space(exc, work):
+            raise     # a hung build, or a full disk, is the host's problem, not the source's
         # the compiler named the copy; name the user's files instead
         text = exc.output.replace(f"{src}/", f"{source}/").replace(str(src), str(source))
         raise BuildError(f"building {source} for {kernel.name} ({kernel.release}) with {tc.id} "
@@ -239,7 +257,8 @@ def _build_in(source: Path, files: Mapping[str, str], kernel: Kernel, tc: Toolch
     if mod.kernel_release != kernel.release:
         log.warning("%s built against %s says vermagic %r, not %s: it will not load there",
                     mod.name, kernel.build_dir, mod.vermagic, kernel.release)
-    manifest = {"format": FORMAT, "ko": kos[0].name, "name": mod.name, "vermagic": mod.vermagic,
+    manifest = {"format": FORMAT, "ko": kos[0].name, "sha256": sha256_file(out / kos[0].name),
+                "name": mod.name, "vermagic": mod.vermagic,
                 "livepatch": mod.livepatch, "kernel_release": mod.kernel_release,
                 "toolchain": tc.id, "toolchain_version": identity, "kernel": kernel.name,
                 "kernel_version": kernel.version, "source": str(source), "files": dict(files),

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..core import hostcmd
+from ..core import diskspace, hostcmd
 from ..core.errors import InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
@@ -106,7 +106,8 @@ def _install(defn: KernelDef, settings: Settings, sel: Selection) -> Kernel:
     tmp = Path(tempfile.mkdtemp(dir=kdir, prefix=f".extract-{version_dir(sel.version)}-"))
     tmp.chmod(0o755)  # mkdtemp's 0700 would hide the kernel from an unprivileged QEMU
     try:
-        _unpack(defn, settings, sel, debs, tmp, final)
+        with diskspace.guard(kdir, f"unpacking {defn.name} {sel.version}"):
+            _unpack(defn, settings, sel, debs, tmp, final)
         if os.path.lexists(final):
             trash = Path(tempfile.mkdtemp(dir=kdir, prefix=".trash-"))
             os.rename(final, trash / "old")

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..core import atomic, hostcmd
+from ..core import atomic, diskspace, hostcmd
 from ..core.errors import ConfigError, HostCommandError, InfraError
 from ..core.settings import Settings
 from . import modinfo
@@ -43,17 +43,26 @@ def sign(module: modinfo.Module, kernel: Kernel, key: Path, cert: Path, settings
                          "for it")
     out = settings.built_modules_dir / "signed" / _digest(module.path, cert) / module.path.name
     if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
         work = out.with_name(f".{out.name}.{os.getpid()}.unsigned")   # racing signers each their own
-        shutil.copyfile(module.path, work)
         try:
-            hostcmd.run([str(tool), hash_algorithm, str(key), str(cert), str(work)],
-                        what=f"sign {module.path.name} with {cert.name}", timeout=settings.timeouts.host_command)
-        except HostCommandError as exc:
+            with diskspace.guard(out.parent, f"signing {module.path.name}"):
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(module.path, work)
+                _sign_file(tool, hash_algorithm, key, cert, work, module, settings)
+                atomic.write(out, work.read_bytes())
+        finally:
             work.unlink(missing_ok=True)
-            raise ConfigError(f"could not sign {module.name} with {key} / {cert}: "
-                              f"{exc.output.strip().splitlines()[-1] if exc.output.strip() else exc}",
-                              field="--sign-key") from None
-        atomic.write(out, work.read_bytes())
-        work.unlink()
     return modinfo.inspect(out, settings)
+
+
+def _sign_file(tool: Path, hash_algorithm: str, key: Path, cert: Path, work: Path,
+               module: modinfo.Module, settings: Settings) -> None:
+    try:
+        hostcmd.run([str(tool), hash_algorithm, str(key), str(cert), str(work)],
+                    what=f"sign {module.path.name} with {cert.name}", timeout=settings.timeouts.host_command)
+    except HostCommandError as exc:
+        if diskspace.is_no_space(exc):
+            raise
+        raise ConfigError(f"could not sign {module.name} with {key} / {cert}: "
+                          f"{exc.output.strip().splitlines()[-1] if exc.output.strip() else exc}",
+                          field="--sign-key") from None

@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from ..core import atomic
+from ..core import atomic, diskspace
 from ..core.errors import InfraError
 from ..core.locks import file_lock
 
@@ -102,5 +102,6 @@ def pvh_kernel(bzimage_path: Path, cache_dir: Path, lock_timeout: float) -> Opti
             log.info("%s has no PVH entry point: booting the bzImage", bzimage_path.name)
             marker.touch()
             return None
-        atomic.write(target, elf)
+        with diskspace.guard(cache_dir, f"unpacking {bzimage_path.name} for a PVH boot"):
+            atomic.write(target, elf)
     return target

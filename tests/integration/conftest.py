@@ -1,5 +1,7 @@
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -27,3 +29,83 @@ def no_leftovers(lab_settings):
     assert qemu_processes_under(lab_settings.runs_dir) == []
     after = set(os.listdir(lab_settings.runs_dir)) if lab_settings.runs_dir.exists() else set()
     assert after - before == set(), f"run directories left behind: {after - before}"
+
+
+class SmallDisk:
+    """tmpfs mounts of a given size, for running a directory out of space; unmounted after the
+    test. ``grow`` gives a mounted one more room (the next run "with space")."""
+
+    def __init__(self, base: Path):
+        self.base, self.mounted = base, []
+
+    def __call__(self, size: str, name: str = "disk") -> Path:
+        path = self.base / name
+        path.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)],
+                       check=True)
+        self.mounted.append(path)
+        return path
+
+    @staticmethod
+    def grow(path: Path, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+    def unmount_all(self) -> None:
+        for path in reversed(self.mounted):
+            subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``small_disk("64m", "cache")`` -> a directory on a fresh 64 MiB tmpfs (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disks = SmallDisk(tmp_path / "mounts")
+    yield disks
+    disks.unmount_all()
+
+
+def qemu_pids_under(path: Path) -> list[int]:
+    """PIDs of running QEMU processes that mention ``path``."""
+    out = subprocess.run(["pgrep", "-af", "qemu-system"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if str(path) in line]
+
+
+def wait_for_console(runs_dir: Path, text: str, deadline: float, proc=None, output="") -> Path:
+    """Until a run's console log under ``runs_dir`` shows ``text`` (the guest reached that
+    point); the console log's path. A ``proc`` that ends first ends the wait (with ``output``)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"it ended (exit {proc.returncode}) before {text!r}:\n{output}")
+        for log in runs_dir.glob("*/console.log"):
+            try:
+                if text in log.read_text(errors="replace"):
+                    return log
+            except OSError:   # the run ended meanwhile
+                continue
+        time.sleep(0.2)
+    raise AssertionError(f"no console under {runs_dir} showed {text!r} within {deadline:.0f}s")
+
+
+class Output:
+    """A child's output, read as it comes; ``wait_for`` a line (an event, not a sleep)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout:
+            with self._new:
+                self.lines.append(line)
+                self._new.notify_all()
+
+    def wait_for(self, text: str, deadline: float) -> None:
+        with self._new:
+            if not self._new.wait_for(lambda: any(text in line for line in self.lines), deadline):
+                raise AssertionError(f"no {text!r} within {deadline:.0f}s:\n{self}")
+
+    def __str__(self) -> str:
+        return "".join(self.lines)

@@ -151,3 +151,45 @@ def test_a_pool_of_uris_spreads_xdist_workers_over_the_hosts(lab_settings, lab_k
     seen = [json.loads((tmp_path / "out" / n).read_text()) for n in ("one", "two")]
     assert {s["worker"] for s in seen} == {"gw0", "gw1"}
     assert {s["uri"] for s in seen} == {libvirtd, ssh_uri}
+
+
+@pytest.mark.long   # a whole scenario; .ci/run interrupts one through QEMU (test_interrupts.py)
+def test_sigterm_of_a_run_through_libvirt_while_patched_leaves_no_domain_and_no_overlay_volume(
+        lab_settings, lab_kernel, lab_image, libvirtd, libvirt_clean, no_leftovers, tmp_path):
+    """The domain is destroyed and its overlay volume deleted by the lab's own teardown, and the
+    run's verdict (an error: interrupted) is written before it exits 130."""
+    import json
+
+    from .conftest import Output
+    env = dict(os.environ, LIVEPATCH_LAB_BACKEND="libvirt", LIVEPATCH_LAB_LIBVIRT_URI=libvirtd,
+               LIVEPATCH_LAB_CACHE=str(lab_settings.cache_dir), LIVEPATCH_LAB_RUNS=str(lab_settings.runs_dir))
+    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(REPO / "scenarios/good.yaml"),
+                             "--kernel", "debian-6.1", "--json", str(tmp_path / "v.json"),
+                             "--artifacts", str(tmp_path / "art")],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = Output(proc)
+    try:
+        output.wait_for("] patched", 600)
+        assert libvirt_host.leftovers()["overlays"], "no overlay volume while the guest runs"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    assert rc == 130, output
+    (result,) = json.loads((tmp_path / "v.json").read_text())["results"]
+    assert result["verdict"] == "error"
+    assert result["reasons"][0]["message"].startswith("interrupted (signal 15)")
+    # libvirt_clean: no lab-* domain, no lab-* overlay volume, no QEMU or tunnel left
+
+
+def test_a_network_cable_pulled_through_libvirt_is_the_hosts_doing_and_plugged_back_works(
+        lab_settings, lab_kernel, lab_image, libvirtd, libvirt_clean, no_leftovers):
+    from harness.machine import session
+    settings = dataclasses.replace(lab_settings, backend="libvirt", libvirt_uri=libvirtd)
+    with session.boot(lab_kernel("debian-6.1"), lab_image, settings) as guest:
+        assert guest.machine.host_trouble() == ""
+        guest.machine.set_link(False)
+        assert guest.machine.host_trouble() == \
+            "the host cut the guest's network link (set_link off through libvirt's monitor)"
+        guest.machine.set_link(True)
+        assert guest.machine.host_trouble() == "" and guest.run("true", check=True).ok

@@ -1,4 +1,6 @@
 """The CLI's surface: parsing, exit codes, errors that name the bad input."""
+import json
+
 import pytest
 
 from harness import cli
@@ -64,3 +66,36 @@ def test_an_unusable_cache_directory_is_one_line_naming_the_option(capsys, tmp_p
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "[--cache-dir]: cannot use" in err[0] and where in err[0]
         assert "Traceback" not in err[0]
+
+
+def _outcome(kernel: str, verdict: str, tmp_path):
+    from harness.lab.outcome import Outcome
+    from harness.lab.record import Reason
+    from harness.lab.verdict import Verdict
+    reasons = [Reason("error", "interrupted (signal 15): the run was stopped before its verdict")] \
+        if verdict == "error" else []
+    return Outcome("good", kernel, Verdict(verdict, reasons, {}), {"name": kernel}, [],
+                   str(tmp_path / "art" / kernel))
+
+
+@pytest.mark.parametrize("command", ["check", "run"])
+def test_an_interrupt_mid_matrix_keeps_the_finished_verdicts_and_the_interrupted_one_then_exits_130(
+        command, capsys, monkeypatch, tmp_path):
+    """Ctrl-C or SIGTERM while the second kernel's guest runs: the first kernel's verdict and the
+    interrupted run (an error) are in the JSON, and the exit status says interrupted."""
+    from harness.lab import runner
+
+    def run(sc, kernel, settings, out_dir):
+        if kernel == "debian-6.1":
+            return _outcome(kernel, "pass", tmp_path)
+        raise runner.Interrupted(_outcome(kernel, "error", tmp_path), KeyboardInterrupt("signal 15"))
+    monkeypatch.setattr(runner, "run", run)
+    target = (["check", "scenarios/patches/good"] if command == "check" else ["run", "scenarios/good.yaml"])
+    rc = cli.main(["--cache-dir", str(tmp_path / "cache"), *target, "--kernel", "debian-6.1",
+                   "--kernel", "debian-5.10", "--json", str(tmp_path / "v.json"),
+                   "--artifacts", str(tmp_path / "art")])
+    assert rc == 130
+    doc = json.loads((tmp_path / "v.json").read_text())
+    assert [(r["kernel"], r["verdict"]) for r in doc["results"]] == [("debian-6.1", "pass"),
+                                                                     ("debian-5.10", "error")]
+    assert "interrupted" in capsys.readouterr().err

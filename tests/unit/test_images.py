@@ -1,5 +1,6 @@
 """Guest images: the cache (digest-matched, atomic, nothing left behind), mmdebstrap's command, overlays."""
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 from harness.core.errors import ConfigError, HostCommandError, InfraError
 from harness.core.settings import Settings
 from harness.supply import images
+from harness.supply.apt import sha256_file
 from harness.supply.recipes import Recipe
 from tests.unit.test_recipes import GOOD, load
 
@@ -134,3 +136,70 @@ def test_an_overlay_is_backed_by_the_base_image(tmp_path):
     assert info["format"] == "qcow2"
     assert info["backing-filename"] == str(base)
     assert info.get("backing-filename-format") == "raw"
+
+
+# corruption: found by the hashes recorded at the build ------------------------------------
+BASE = b"\0" * 4096 + b"ext4 superblock and the rest" * 1000
+
+
+@pytest.fixture
+def image_builds(tmp_path, monkeypatch):
+    """images.build with mmdebstrap stood in for: each build writes BASE; returns the builds."""
+    settings = Settings(cache_dir=tmp_path / "cache")
+    recipe = load(tmp_path, GOOD)
+    monkeypatch.setattr(images.os, "geteuid", lambda: 0)
+    builds = []
+    template = fake_built(Settings(cache_dir=tmp_path / "template"), recipe)
+
+    def fake_build(recipe, digest, work, settings):
+        out = work / "image"
+        shutil.copytree(template, out)
+        (out / "base.img").write_bytes(BASE)
+        manifest = json.loads((out / "manifest.json").read_text())
+        (out / "manifest.json").write_text(json.dumps({**manifest, "base": images._fingerprint(out / "base.img")}))
+        builds.append(out)
+        return out
+    monkeypatch.setattr(images, "_build", fake_build)
+    return lambda: images.build(recipe, settings), builds
+
+
+def test_a_truncated_base_image_is_found_by_its_hash_and_built_again(image_builds, caplog):
+    build, builds = image_builds
+    image = build()
+    os.truncate(image.path, 4096)   # a disk that filled, a copy cut short
+    with caplog.at_level(logging.WARNING):
+        again = build()
+    assert len(builds) == 2 and again.path.read_bytes() == BASE
+    assert f"image {image.path} is corrupt: 4096 bytes" in caplog.text and "building it again" in caplog.text
+
+
+def test_a_base_image_written_to_in_place_is_found_by_its_hash(image_builds, caplog):
+    build, builds = image_builds
+    image = build()
+    st = image.path.stat()
+    image.path.chmod(0o644)
+    with open(image.path, "r+b") as fh:    # same size; the mtime put back: only the hash can tell
+        fh.seek(4096)
+        fh.write(b"EXT4 SUPERBLOCK")
+    os.utime(image.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    with caplog.at_level(logging.WARNING):
+        build()
+    assert len(builds) == 2 and "is corrupt" in caplog.text
+
+
+def test_an_image_copied_with_a_new_mtime_is_hashed_once_and_kept(image_builds):
+    build, builds = image_builds
+    image = build()
+    os.utime(image.path, ns=(0, 1))            # cp without -p: the content is what was built
+    assert build() == image and len(builds) == 1
+    recorded = json.loads((image.path.parent / "manifest.json").read_text())["base"]
+    assert (recorded["mtime_ns"], recorded["sha256"]) == (1, sha256_file(image.path))
+
+
+def test_an_image_built_before_its_hash_was_recorded_gets_it_on_first_use(tmp_path):
+    settings = Settings(cache_dir=tmp_path / "cache")
+    recipe = load(tmp_path, GOOD)
+    d = fake_built(settings, recipe)
+    image = images.cached(recipe, settings)
+    assert image is not None
+    assert json.loads((d / "manifest.json").read_text())["base"]["sha256"] == sha256_file(d / "base.img")

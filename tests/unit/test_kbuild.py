@@ -1,11 +1,16 @@
 """Building modules: what is source, the cache key, the build with make and modinfo faked, errors."""
+import json
+import logging
+import os
+import types
 from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError, HostCommandError
+from harness.core.errors import ConfigError, DiskFull, HostCommandError
 from harness.core.settings import Settings
 from harness.supply import kbuild
+from harness.supply.apt import sha256_file
 from harness.supply.kbuild import BuildError
 from harness.supply.modinfo import Module
 from harness.supply.toolchains import Toolchain
@@ -160,3 +165,47 @@ def test_a_directory_without_kbuild_files_is_a_config_error(tmp_path):
         kbuild.build(tmp_path / "empty", kernel(tmp_path), Settings(cache_dir=tmp_path / "c"))
     with pytest.raises(ConfigError, match="not a directory"):
         kbuild.build(tmp_path / "missing", kernel(tmp_path), Settings(cache_dir=tmp_path / "c"))
+
+
+def test_a_module_build_that_runs_out_of_space_is_the_hosts_fault_not_a_build_failure(
+        tmp_path, monkeypatch, fake_toolchain):
+    def make(kernel, tc, src, settings):
+        raise HostCommandError("build", ["make"], 2, "  CC [M]  x.o\n"
+                               "x.c:1: fatal error: error writing to x.o: No space left on device\n")
+    monkeypatch.setattr(kbuild, "_run_make", make)
+    settings = Settings(cache_dir=tmp_path / "cache")
+    k = kernel(tmp_path)
+    with pytest.raises(DiskFull, match="while building src for debian-6.1"):
+        kbuild.build(kbuild_dir(tmp_path), k, settings)
+    assert os.listdir(kbuild.modules_dir(settings, k)) == []     # no work dir, no entry
+
+
+# corruption: a module changed after its build --------------------------------------------------
+@pytest.fixture
+def one_build(tmp_path, monkeypatch, fake_toolchain):
+    """``build()``: one kbuild dir for one kernel, make and modinfo faked; ``calls``: make's runs."""
+    calls: list[Path] = []
+    monkeypatch.setattr(kbuild, "_run_make", fake_make(calls))
+    monkeypatch.setattr(kbuild, "inspect", fake_inspect)
+    settings = Settings(cache_dir=tmp_path / "cache")
+    src, k = kbuild_dir(tmp_path), kernel(tmp_path)
+    return types.SimpleNamespace(build=lambda: kbuild.build(src, k, settings), calls=calls)
+
+
+def test_a_module_changed_after_its_build_is_built_again(one_build, caplog):
+    mod = one_build.build()
+    assert one_build.build() == mod and len(one_build.calls) == 1      # intact: from the cache
+    mod.path.write_bytes(b"\x7fELF fake module, edited")
+    with caplog.at_level(logging.WARNING):
+        again = one_build.build()
+    assert len(one_build.calls) == 2 and again.path.read_bytes() == b"\x7fELF fake module"
+    assert caplog.text.count(f"cached module {mod.path} changed after its build") == 1
+
+
+def test_a_module_built_before_its_hash_was_recorded_gets_it_on_first_use(one_build):
+    mod = one_build.build()
+    manifest = mod.path.parent / kbuild.MANIFEST
+    old = {key: v for key, v in json.loads(manifest.read_text()).items() if key != "sha256"}
+    manifest.write_text(json.dumps(old))
+    assert one_build.build() == mod and len(one_build.calls) == 1
+    assert json.loads(manifest.read_text())["sha256"] == sha256_file(mod.path)

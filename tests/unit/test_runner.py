@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -172,8 +174,29 @@ def test_a_guest_that_stops_answering_after_the_patch_is_the_patchs_fault(lab, k
     v = decide(ctx.rec)
     assert v.verdict == "fail" and [r.check for r in v.reasons] == ["service"]
     assert v.reasons[0].message.startswith("the guest stopped answering (the guest did not answer a heartbeat "
-                                           "for 30 s); vCPU 0 at lab_hang_forever+0x7")
+                                           "for 30 s); its machine runs, and the host did not pause it or "
+                                           "cut its network; vCPU 0 at lab_hang_forever+0x7")
     assert "guest-lost" in names(ctx)
+
+
+@pytest.mark.parametrize("trouble", [
+    "the host cut the guest's network link (QMP set_link off)",
+    "the host paused the guest: write of its disk disk0 (/runs/x/root.qcow2) failed on the host: "
+    "no space left on device"])
+def test_a_guest_silenced_by_the_host_after_the_patch_is_an_error_not_a_fail(lab, kernel, trouble):
+    """The machine still runs, but the host pulled its network cable or paused it on a full disk:
+    no guest can do that to itself, so the patch is not judged."""
+    ctx = lab()
+
+    def silenced(name):
+        ctx.guest.machine.trouble = trouble
+        ctx.guest.channel.mark_lost("the guest did not answer a heartbeat for 30 s")
+        ctx.lost.set()
+    kernel.on_load = silenced
+    run_steps(ctx)
+    v = decide(ctx.rec)
+    assert v.verdict == "error" and ctx.rec.patch_issued
+    assert f"({trouble}, not the patch)" in v.reasons[0].message
 
 
 def test_a_panic_after_the_patch_fails_on_what_the_console_said(lab, kernel):
@@ -416,3 +439,27 @@ def test_a_patch_refused_under_signature_enforcement_fails_on_signature_naming_i
     ctx = lab(dataclasses.replace(QUIET, security=SecuritySpec(sig_enforce=True)))
     run_steps(ctx)
     assert [r.check for r in decide(ctx.rec).reasons] == ["load"]   # another refusal stays a load failure
+
+
+def test_a_full_artifact_folder_makes_the_run_an_error_naming_it(whole_run, tmp_path, monkeypatch):
+    from harness.lab import outcome as outcomes
+
+    def write(out_dir, result, rec):
+        (out_dir / "verdict.json").write_text("{}")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(outcomes, "write", write)
+    result = whole_run()
+    assert result.verdict.verdict == "error"
+    assert result.verdict.reasons[0].message.startswith(
+        f"DiskFull: no space left on device in {tmp_path / 'out'} while writing the run's verdict")
+    assert not (tmp_path / "out" / "verdict.json").exists()   # a verdict.json would claim a pass
+
+
+def test_a_ctrl_c_mid_run_says_so_in_its_error(whole_run, kernel, tmp_path):
+    def interrupt(name):
+        raise KeyboardInterrupt    # what Python's own SIGINT handler raises: no message
+    kernel.on_load = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        whole_run()
+    saved = json.loads((tmp_path / "out" / "verdict.json").read_text())
+    assert saved["reasons"][0]["message"].startswith("interrupted (Ctrl-C): the run was stopped before its verdict")

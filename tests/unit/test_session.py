@@ -8,6 +8,8 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import os
+import signal
 import subprocess
 import threading
 import types
@@ -192,15 +194,46 @@ def test_the_machine_records_its_leftovers_in_the_run_for_its_backends_reaper(la
         assert (owner["backend"], owner["domain"]) == ("fake", backend.machines[0].spec.name)
 
 
-@pytest.mark.parametrize("error", [RuntimeError("the test failed"), KeyboardInterrupt()],
+@pytest.mark.parametrize("error, teardown", [(RuntimeError("the test failed"), ["poweroff", "destroy"]),
+                                             (KeyboardInterrupt(), ["start", "destroy"])],
                          ids=["exception", "ctrl-c"])
-def test_an_exception_inside_the_with_still_stops_the_machine_and_cleans_up(lab, sshd, error):
+def test_an_exception_inside_the_with_still_stops_the_machine_and_cleans_up(lab, sshd, error, teardown):
+    """After an interrupt the machine is destroyed at once: no poweroff of a throwaway guest
+    while a CI runner or xdist's controller waits to kill the process."""
     backend = FakeBackend(sshd)
     with pytest.raises(type(error)):
         with boot(lab, backend):
             raise error
-    assert backend.log[-2:] == ["poweroff", "destroy"]
+    assert backend.log[-2:] == teardown
     assert not backend.machines[0].is_running() and left_behind(lab, backend) == []
+
+
+def test_a_second_interrupt_during_the_teardown_waits_until_it_is_done(lab, sshd, monkeypatch):
+    backend = FakeBackend(sshd)
+    destroy = FakeMachine.destroy
+
+    def interrupted_destroy(self):
+        os.kill(os.getpid(), signal.SIGINT)   # xdist re-sends SIGINT to a worker still busy after 5 s
+        destroy(self)
+    monkeypatch.setattr(FakeMachine, "destroy", interrupted_destroy)
+    with pytest.raises(KeyboardInterrupt):
+        with boot(lab, backend):
+            raise KeyboardInterrupt("signal 2")
+    assert backend.log[-1] == "destroy" and left_behind(lab, backend) == []
+
+
+def test_an_interrupt_that_arrives_during_a_normal_teardown_is_raised_after_it(lab, sshd, monkeypatch):
+    backend = FakeBackend(sshd)
+    destroy = FakeMachine.destroy
+
+    def interrupted_destroy(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        destroy(self)
+    monkeypatch.setattr(FakeMachine, "destroy", interrupted_destroy)
+    with pytest.raises(KeyboardInterrupt, match="signal 2"):
+        with boot(lab, backend):
+            pass
+    assert backend.log[-2:] == ["poweroff", "destroy"] and left_behind(lab, backend) == []
 
 
 @pytest.mark.parametrize("behaviour, message", [

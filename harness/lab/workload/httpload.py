@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -274,7 +275,14 @@ class HttpLoad:
         with self._lock:
             self._done.append(req)
             if self._log is not None:
-                self._log.write(json.dumps(asdict(req)) + "\n")
+                try:
+                    self._log.write(json.dumps(asdict(req)) + "\n")
+                except OSError as exc:   # e.g. a full disk: the load goes on, judged from memory
+                    log.error("%s: %s; the requests are kept in memory and judged, the file stays "
+                              "incomplete", self.log_path, exc)
+                    with contextlib.suppress(OSError):
+                        self._log.close()
+                    self._log = None
 
     @property
     def requests(self) -> list[Request]:

@@ -105,6 +105,15 @@ class Machine(Protocol):
     def cpu_registers(self) -> str:
         """Every vCPU's registers (HMP ``info registers -a``), for hang forensics."""
 
+    def host_trouble(self) -> str:
+        """What the host is doing to the running machine that no guest can do: its vCPUs
+        paused on a host I/O error (a full disk under its overlay), its network cable pulled
+        from the host. '' when none is seen (or the backend cannot ask)."""
+
+    def set_link(self, up: bool) -> None:
+        """Plug or pull the guest's network cable, from the host (a fault the tests inject).
+        Only the lab can: QEMU serves one QMP client, and that is the lab."""
+
 
 class Backend(Protocol):
     """One way of running machines, bound to the lab's settings. The session and the

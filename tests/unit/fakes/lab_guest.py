@@ -164,6 +164,7 @@ class FakeMachine:
         self.console_log.write_text("")
         self.console = ConsoleFollower(self.console_log).start()
         self.ended: Optional[MachineExit] = None
+        self.trouble = ""    # what the host does to it while it runs (host_trouble)
         self.accel = "tcg"
 
     def print(self, line: str) -> None:
@@ -188,6 +189,9 @@ class FakeMachine:
 
     def cpu_registers(self) -> str:
         return "CPU#0\nRIP=ffffffff81000000 RFL=00000246\n"
+
+    def host_trouble(self) -> str:
+        return self.trouble if self.is_running() else ""
 
     def describe(self) -> dict:
         return {"backend": "fake"}

@@ -10,8 +10,9 @@ from typing import Any, Callable, Optional
 from ....core.errors import HarnessError
 from ....core.settings import Settings, Timeouts
 from ...console import ConsoleFollower
+from .. import hosttrouble
 from ..base import Disk, MachineExit, MachineSpec, Recorder, StillRunning
-from . import lifecycle, storage
+from . import lifecycle, storage, xmldefs
 from .connection import bindings, ignore_codes, open_connection, within
 from .errors import ERR_INVALID_ARG, GONE_CODES, call_error, code, message
 from .tunnel import Tunnel
@@ -43,6 +44,7 @@ class LibvirtMachine:
         self._state_exit: Optional[MachineExit] = None
         self._stopped = threading.Event()
         self._destroyed_by_lab = False
+        self.link_up = True   # the guest's network cable, as the lab last set it
 
     # start -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -217,6 +219,35 @@ class LibvirtMachine:
         import libvirt_qemu
         return self._call("info registers -a", libvirt_qemu.qemuMonitorCommand, self.dom,
                           "info registers -a", libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+    def host_trouble(self) -> str:
+        """A pause on a host I/O error (the domain's state and ``virDomainGetDiskErrors``), or
+        the network cable pulled. The guest's network is QEMU's own (not a libvirt interface,
+        see xmldefs), so libvirt knows no link state: the lab's record of ``set_link`` is it."""
+        if not self.is_running():
+            return ""
+        lv = bindings()
+        try:
+            state, reason = within(self.timeouts.libvirt_call, "libvirt: the domain's state", self.dom.state)
+            errors = (within(self.timeouts.libvirt_call, "libvirt: disk errors", self.dom.diskErrors)
+                      if (state, reason) == (lifecycle.STATE_PAUSED, lifecycle.PAUSED_IOERROR) else None)
+        except (HarnessError, lv.libvirtError) as exc:
+            log.debug("domain state: %s", exc)
+            return ""
+        if errors is not None:
+            device, err = next(iter(errors.items()), ("?", 0))
+            return hosttrouble.io_paused(device, None, "", err == lifecycle.DISK_ERROR_NO_SPACE,
+                                         "" if err else "libvirt reports an I/O error")
+        if not self.link_up:
+            return hosttrouble.link_cut("set_link off through libvirt's monitor")
+        return ""
+
+    def set_link(self, up: bool) -> None:
+        import libvirt_qemu
+        self._call("set_link", libvirt_qemu.qemuMonitorCommand, self.dom,
+                   f"set_link {xmldefs.NETDEV_ID} {'on' if up else 'off'}",
+                   libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        self.link_up = up
 
     def describe(self) -> dict:
         return {"backend": "libvirt", "uri": self.uri, "accel": self.accel,

@@ -37,15 +37,18 @@ def _sub(parent: ET.Element, tag: str, text: Optional[str] = None, **attrs: str)
     return el
 
 
+NETDEV_ID = "labnet0"
+
+
 def _network_args(spec: MachineSpec) -> list[str]:
     # Not <interface type='user'>: libvirt 9.0 forwards ports only with the passt
     # backend, and passt lets the guest reach the host's networks. QEMU's own
     # user networking with restrict=on reaches nothing but our loopback forwards.
-    net = ["user", "id=labnet0", "restrict=on"]
+    net = ["user", f"id={NETDEV_ID}", "restrict=on"]
     net += [f"hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in spec.forwards]
     # A fixed slot far above libvirt's own (it numbers its devices from slot 2 up);
     # left to QEMU, the NIC took slot 2 before libvirt's first disk claimed it.
-    return ["-netdev", ",".join(net), "-device", "virtio-net-pci,netdev=labnet0,bus=pci.0,addr=0x1e"]
+    return ["-netdev", ",".join(net), "-device", f"virtio-net-pci,netdev={NETDEV_ID},bus=pci.0,addr=0x1e"]
 
 
 def domain_xml(cfg: DomainConfig) -> str:

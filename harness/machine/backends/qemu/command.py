@@ -21,6 +21,9 @@ class QemuConfig:
     tcg_thread: str = "single"
 
 
+NETDEV_ID = "net0"   # QMP set_link names it
+
+
 def _opt(value: object) -> str:
     """A value inside a QEMU ``key=value,...`` option: commas are doubled."""
     return str(value).replace(",", ",,")
@@ -50,9 +53,9 @@ def build_command(cfg: QemuConfig) -> list[str]:
         cmd += ["-drive", ",".join(opts), "-device", f"virtio-blk-pci,drive=disk{i}"]
     if s.network:
         # restrict=on: the guest reaches nothing; only our loopback forwards reach it.
-        net = ["user", "id=net0", "restrict=on"]
+        net = ["user", f"id={NETDEV_ID}", "restrict=on"]
         net += [f"hostfwd=tcp:127.0.0.1:{f.host_port}-:{f.guest_port}" for f in s.forwards]
-        cmd += ["-netdev", ",".join(net), "-device", "virtio-net-pci,netdev=net0"]
+        cmd += ["-netdev", ",".join(net), "-device", f"virtio-net-pci,netdev={NETDEV_ID}"]
     if s.rng:
         cmd += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
                 "-device", "virtio-rng-pci,rng=rng0"]

@@ -14,13 +14,14 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ....core.errors import DeadlineExceeded, InfraError, PortInUse
+from ....core.errors import DeadlineExceeded, HarnessError, InfraError, PortInUse
 from ....core.settings import Timeouts
 from ...console import ConsoleFollower
 from ...qmp import QMPClient
+from .. import hosttrouble
 from ..base import MachineExit, Recorder
 from ..child import die_with_parent
-from .command import QemuConfig, build_command
+from .command import NETDEV_ID, QemuConfig, build_command
 from .exits import classify
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class QemuMachine:
         self.log_path = log_path
         self.record = record          # the reaper's note: which QEMU a dead run left
         self.stopped_by = ""          # how destroy() ended a running QEMU, if it did
+        self.link_up = True           # the guest's network cable, as the lab last set it
         self.console = ConsoleFollower(cfg.spec.console_log)
         self.qmp = QMPClient(cfg.qmp_socket)
         self.proc: Optional[subprocess.Popen] = None
@@ -143,6 +145,29 @@ class QemuMachine:
         """Every vCPU's registers (HMP ``info registers -a``): where a frozen guest is stuck."""
         return self.qmp.execute("human-monitor-command", {"command-line": "info registers -a"},
                                 timeout=self.timeouts.qmp)
+
+    def host_trouble(self) -> str:
+        """A pause on a host I/O error (``query-status``: io-error, and the disk from QEMU's
+        ``BLOCK_IO_ERROR`` event), or the network cable pulled. QEMU 7.2 reports no link state
+        (not in ``info network``, ``query-rx-filter`` nor a QOM property), but it serves one
+        QMP client, the lab, so the lab's own record of ``set_link`` is the link's state."""
+        if not self.is_running():
+            return ""
+        try:
+            status = self.qmp.execute("query-status", timeout=self.timeouts.qmp) or {}
+        except HarnessError as exc:   # a wedged QEMU: nothing to say
+            log.debug("query-status: %s", exc)
+            status = {}
+        if status.get("status") == "io-error":
+            return hosttrouble.from_block_events(self.qmp.events, {
+                f"disk{i}": d.path for i, d in enumerate(self.spec.disks)})
+        if not self.link_up:
+            return hosttrouble.link_cut("QMP set_link off")
+        return ""
+
+    def set_link(self, up: bool) -> None:
+        self.qmp.execute("set_link", {"name": NETDEV_ID, "up": up}, timeout=self.timeouts.qmp)
+        self.link_up = up
 
     def lab_ports(self) -> dict[int, int]:
         return {f.guest_port: f.host_port for f in self.spec.forwards}
