@@ -172,8 +172,9 @@ class _Plan:
     spec: MachineSpec
     guest_ports: tuple[int, ...]
 
-    def snapshot_key(self) -> Optional[str]:
-        """The key of this guest's snapshot; None if snapshots are off or the backend has none."""
+    def snapshot_inputs(self) -> Optional[dict]:
+        """What this guest's snapshot is keyed on; None if snapshots are off or the backend
+        has none."""
         if not self.settings.snapshots:
             return None
         identity = self.backend.snapshot_identity(self.spec, self.accel)
@@ -184,8 +185,7 @@ class _Plan:
                  **{f"disk{i}": d.path for i, d in enumerate(s.disks) if i}}
         machine = {"append": s.append, "cpus": s.cpus, "memory_mib": s.memory_mib, "rng": s.rng,
                    "network": s.network}
-        return snapshots.key_of(snapshots.key_parts(self.kernel, self.image, files, self.accel,
-                                                    machine, identity))
+        return snapshots.key_parts(self.kernel, self.image, files, self.accel, machine, identity)
 
 
 class _Attempt:
@@ -248,7 +248,7 @@ class _Attempt:
         result = resync(self.guest.channel, self.plan.timeouts.resync)
         self.timings.update(resync=result.seconds, clock_step=-result.offset)
 
-    def save(self, store: snapshots.Store, key: str) -> None:
+    def save(self, store: snapshots.Store, inputs: dict) -> None:
         """Save the booted guest for later runs, then let it go on. A failure only costs those
         runs their shortcut: it is logged."""
         guest, p = self.guest, self.plan
@@ -271,10 +271,10 @@ class _Attempt:
         meta = {"kernel": {"name": p.kernel.name, "release": p.kernel.release, "version": p.kernel.version},
                 "image": {"name": p.image.name, "digest": p.image.digest}, "accel": p.accel,
                 "backend": p.backend.name, "memory_mib": p.spec.memory_mib, "cpus": p.spec.cpus,
-                "append": p.spec.append}
+                "append": p.spec.append, "inputs": inputs}
         t0 = time.monotonic()
         try:
-            made = store.create(key, p.kernel.name, meta, write)
+            made = store.create(snapshots.key_of(inputs), p.kernel.name, meta, write)
             if made is not None and paused:
                 log.info("saved the guest as %s in %.1fs", made.path.name, time.monotonic() - t0)
         except (HarnessError, OSError) as exc:
@@ -339,7 +339,12 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
                        cpus=settings.cpus, memory_mib=settings.memory_mib)
     plan = _Plan(kernel, image, settings, backend, accel, settings.timeouts_for(accel), spec,
                  (SSH_PORT, *forward_ports))
-    key = plan.snapshot_key()
+    try:
+        inputs = plan.snapshot_inputs()
+    except (HarnessError, OSError) as exc:   # e.g. `qemu --version` failed: just boot
+        log.warning("no snapshot for this guest (%s): it boots", exc)
+        inputs = None
+    key = snapshots.key_of(inputs) if inputs is not None else None
     store = snapshots.Store(settings)
     with contextlib.ExitStack() as stack:
         guest = _restored(plan, store, key, stack, artifacts_dir) if key else None
@@ -347,8 +352,8 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
             attempt = _Attempt(plan)
             stack.callback(attempt.teardown, artifacts_dir)
             guest = attempt.launch()
-            if key:
-                attempt.save(store, key)
+            if inputs is not None:
+                attempt.save(store, inputs)
         yield guest
 
 
