@@ -171,6 +171,8 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
     builds = {r.name: image_dir(r, settings).name for r in recipes}
     for d in _children(settings.snapshots_dir):
         add("snapshots", d, *_snapshot_verdict(d, by_line, builds))
+    for d in _stale_work(settings.snapshots_dir):
+        add("snapshots", d, False, "left by a save or a removal that died")
 
     for store, where in (("toolchains", settings.toolchains_dir), ("apt", settings.apt_dir),
                          ("runs", settings.runs_dir), ("libvirt", settings.libvirt_dir),
@@ -179,6 +181,16 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
             add(store, p, True, "kept" if store != "runs" else "a run's directory (reaped "
                 "by the next run when its owner is gone)")
     return out
+
+
+def _stale_work(d: Path, age: float = 3600) -> list[Path]:
+    """Hidden work directories (``.new-*``, ``.trash-*``) untouched for ``age`` seconds: a save
+    takes seconds, so these were left by a process that died."""
+    try:
+        return sorted(p for p in d.iterdir() if p.name.startswith((".new-", ".trash-"))
+                      and time.time() - p.stat().st_mtime > age)
+    except OSError:
+        return []
 
 
 def _snapshot_verdict(d: Path, by_line: Mapping[str, Kernel], builds: Mapping[str, str]) -> tuple[bool, str]:

@@ -144,11 +144,16 @@ def test_saved_guests_are_kept_for_the_kernel_and_image_in_use_while_they_are_us
     saved_guest(s, "their-image", NEW[0], "mine-111111111111")
     saved_guest(s, "idle", NEW[0], current, idle_days=cache.SNAPSHOT_IDLE_DAYS + 1)
     saved_guest(s, "half", NEW[0], current, meta=False)
+    dead = saved_guest(s, ".new-now-1234", NEW[0], current, meta=False)   # a save that died
+    os.utime(dead, (time.time() - 7200,) * 2)
+    saved_guest(s, ".new-now-5678", NEW[0], current, meta=False)          # a save going on
     why = {e.path.name: (e.keep, e.why) for e in cache.survey(s, defs, [recipe]) if e.store == "snapshots"}
     assert {n for n, (keep, _) in why.items() if keep} == {"now", "their-image"}
     assert why["old-kernel"][1].endswith(f"not of the kernel in use ({NEW[0]} is)")
     assert why["old-image"][1].endswith("of an older build of its image")
     assert "not restored for 15 days" in why["idle"][1]
     assert why["half"][1].startswith("incomplete")
+    assert why[".new-now-1234"] == (False, "left by a save or a removal that died")
     count, _ = cache.prune([e for e in cache.survey(s, defs, [recipe]) if e.store == "snapshots"], s)
-    assert count == 4 and sorted(p.name for p in (s.cache_dir / "snapshots").iterdir()) == ["now", "their-image"]
+    assert count == 5
+    assert sorted(p.name for p in (s.cache_dir / "snapshots").iterdir()) == [".new-now-5678", "now", "their-image"]
