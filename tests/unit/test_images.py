@@ -134,3 +134,19 @@ def test_an_overlay_is_backed_by_the_base_image(tmp_path):
     assert info["format"] == "qcow2"
     assert info["backing-filename"] == str(base)
     assert info.get("backing-filename-format") == "raw"
+
+
+@pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img")
+def test_a_restored_copys_overlay_is_backed_by_the_saved_disk_which_is_backed_by_the_base(tmp_path):
+    base = tmp_path / "base.img"
+    with open(base, "wb") as f:
+        f.truncate(2**20)
+    base.chmod(0o444)
+    image = images.Image("x", base, tmp_path / "k", "ecdsa-sha2-nistp256 AAAA", "0" * 64)
+    saved = images.create_overlay(image, tmp_path / "saved.qcow2")
+    saved.chmod(0o444)   # as a snapshot keeps it
+    overlay = images.create_overlay(image, tmp_path / "copy.qcow2", over=saved)
+    chain = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "--backing-chain", str(overlay)],
+                                      capture_output=True, check=True, text=True).stdout)
+    assert [(c["filename"], c["format"]) for c in chain] == [
+        (str(overlay), "qcow2"), (str(saved), "qcow2"), (str(base), "raw")]
