@@ -1,18 +1,22 @@
 #!/usr/bin/env python3
 """Boot benchmark: where the seconds go from nothing to a guest answering SSH.
 
-    python bench/boot.py [--kernel debian-6.1] [--runs 5] [--accel auto]
+    python bench/boot.py [--kernel debian-6.1] [--runs 5] [--accel auto] [--restore]
 
 Prints median/min/max over N boots of: overlay creation, QEMU start -> first
 console byte, -> kernel "Linux version", -> guest init ready, -> SSH command
 answered, command round-trip (`true`), shutdown; and peak memory (QEMU's
 resident high-water mark, this process's). Kernel and image come from the
-cache (fetched/built on first use, outside the timings).
+cache (fetched/built on first use, outside the timings). Boots never use
+snapshots; ``--restore`` measures restored copies instead (the snapshot is
+made first if missing, outside the timings): QEMU start -> saved guest running,
+-> SSH answered with clock and randomness resynced, the resync alone.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import statistics
 import sys
@@ -23,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.core.settings import Settings  # noqa: E402
 from harness.machine import session  # noqa: E402
-from harness.supply import images, kerneldefs, kernelfetch, recipes  # noqa: E402
+from harness.supply import cache, images, kerneldefs, kernelfetch, recipes  # noqa: E402
 
 
 def _line_time(guest, needle: str) -> float:
@@ -40,19 +44,42 @@ def _vm_hwm_mib(pid: int) -> float:
     return float("nan")
 
 
+def _boot_sample(guest) -> dict[str, float]:
+    return {"overlay": guest.timings["overlay"],
+            "first console byte": guest.timings.get("first_console", float("nan")),
+            "kernel 'Linux version'": _line_time(guest, "Linux version"),
+            "kernel runs /init (initramfs)": _line_time(guest, "Run /init as init process"),
+            "root and modules disk mounted": _line_time(guest, "EXT4-fs (vdb)"),
+            "guest init ready": _line_time(guest, "livepatch-lab: ready"),
+            "SSH command answered": guest.timings["ssh_ready"]}
+
+
+def _restore_sample(guest) -> dict[str, float]:
+    return {"overlay": guest.timings["overlay"],
+            "saved guest running again": guest.timings["restore"],
+            "SSH answered, clock+random resynced": guest.timings["ssh_ready"],
+            "  of which the resync": guest.timings["resync"]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kernel", default="debian-6.1")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--accel", default=None)
     ap.add_argument("--round-trips", type=int, default=20)
+    ap.add_argument("--restore", action="store_true", help="time restored copies of a saved guest")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[bench] %(message)s")
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # early SSH attempts fail by design
 
-    settings = Settings.from_env(accel=args.accel)
+    settings = Settings.from_env(accel=args.accel, snapshots=args.restore)
     kernel = kernelfetch.fetch(kerneldefs.get_definition(args.kernel), settings)
     image = images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), settings)
+    snapshot = None
+    if args.restore:
+        with session.boot(kernel, image, settings) as guest:   # saves the guest if none is
+            pass
+    load = [os.getloadavg()]
     rows: dict[str, list[float]] = {}
     hwm: list[float] = []
     accel = "?"
@@ -63,23 +90,18 @@ def main() -> int:
             rtt = []
             for _ in range(args.round_trips):
                 rtt.append(guest.run("true", check=True).seconds)
-            sample = {
-                "overlay": guest.timings["overlay"],
-                "first console byte": guest.timings.get("first_console", float("nan")),
-                "kernel 'Linux version'": _line_time(guest, "Linux version"),
-                "kernel runs /init (initramfs)": _line_time(guest, "Run /init as init process"),
-                "root and modules disk mounted": _line_time(guest, "EXT4-fs (vdb)"),
-                "guest init ready": _line_time(guest, "livepatch-lab: ready"),
-                "SSH command answered": guest.timings["ssh_ready"],
-                "command round-trip": statistics.median(rtt),
-            }
+            if args.restore:
+                snapshot = settings.snapshots_dir / guest.restored_from
+            sample = (_restore_sample if args.restore else _boot_sample)(guest)
+            sample["command round-trip"] = statistics.median(rtt)
             hwm.append(_vm_hwm_mib(guest.machine.pid))
             timings = guest.timings
         sample["shutdown"] = timings["shutdown"]
         sample["whole boot->shutdown"] = time.monotonic() - t0
         for k, v in sample.items():
             rows.setdefault(k, []).append(v)
-        print(f"run {i + 1}/{args.runs}: ssh ready {sample['SSH command answered']:.2f}s", file=sys.stderr)
+        print(f"run {i + 1}/{args.runs}: ssh ready {timings['ssh_ready']:.2f}s", file=sys.stderr)
+    load.append(os.getloadavg())
 
     print(f"\n{kernel.name} {kernel.version} ({kernel.release}), accel={accel}, "
           f"{settings.cpus} vCPU, {settings.memory_mib} MiB, {args.runs} runs")
@@ -89,6 +111,9 @@ def main() -> int:
     self_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{'peak memory: QEMU (VmHWM)':<38}{statistics.median(hwm):>7.0f}MiB{min(hwm):>6.0f}MiB{max(hwm):>6.0f}MiB")
     print(f"{'peak memory: this process':<38}{self_mib:>7.0f}MiB")
+    if snapshot is not None:
+        print(f"{'snapshot on disk':<38}{cache.size_of(snapshot) / 2**20:>7.0f}MiB  ({snapshot.name})")
+    print(f"host load average (1, 5, 15 min) before: {load[0]}, after: {load[-1]}")
     return 0
 
 

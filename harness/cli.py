@@ -67,7 +67,8 @@ def _settings(args: argparse.Namespace, *, check_cache: bool = True) -> Settings
         settings = Settings.from_env(cache_dir=args.cache_dir, accel=getattr(args, "accel", None),
                                      memory_mib=getattr(args, "memory", None), cpus=getattr(args, "cpus", None),
                                      backend=getattr(args, "backend", None),
-                                     libvirt_uri=getattr(args, "libvirt_uri", None))
+                                     libvirt_uri=getattr(args, "libvirt_uri", None),
+                                     snapshots=False if getattr(args, "no_snapshots", False) else None)
     except ConfigError as exc:
         if exc.source is None and exc.field in _OPTIONS:
             raise ConfigError(exc.message, field=_OPTIONS[exc.field]) from None
@@ -96,6 +97,9 @@ def _backend_options(sp: argparse.ArgumentParser) -> None:
                     "(env LIVEPATCH_LAB_BACKEND)")
     sp.add_argument("--libvirt-uri", metavar="URI", help="libvirt connection, e.g. qemu:///system "
                     "(default) or qemu+ssh://user@host/system (env LIVEPATCH_LAB_LIBVIRT_URI)")
+    sp.add_argument("--no-snapshots", action="store_true",
+                    help="boot every guest instead of resuming a copy of one saved after its first "
+                    "boot (env LIVEPATCH_LAB_SNAPSHOTS=0)")
 
 
 # commands -----------------------------------------------------------------
@@ -195,9 +199,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
         return EXIT_LAB
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    log.info("%s %s on %s: exit %d (boot %.1fs, command %.2fs, shutdown %.1fs)", kernel.name,
-             kernel.version, guest.accel.upper(), result.rc, guest.timings.get("ssh_ready", 0),
-             result.seconds, guest.timings.get("shutdown", 0))
+    log.info("%s %s on %s: exit %d (%s %.1fs, command %.2fs, shutdown %.1fs)", kernel.name,
+             kernel.version, guest.accel.upper(), result.rc, "restore" if guest.restored_from else "boot",
+             guest.timings.get("ssh_ready", 0), result.seconds, guest.timings.get("shutdown", 0))
     return result.rc
 
 

@@ -35,6 +35,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="libvirt connection (default qemu:///system); repeat to spread xdist workers "
                          "over several hosts: worker gwN uses URI number N modulo their count "
                          "(ini lab_libvirt_uri)")
+    group.addoption("--lab-no-snapshots", action="store_true",
+                    help="boot every guest instead of resuming a copy of one saved after its first "
+                         "boot (env LIVEPATCH_LAB_SNAPSHOTS=0)")
     parser.addini("lab_cache_dir", "cache for kernels, images and runs")
     parser.addini("lab_backend", "qemu or libvirt")
     parser.addini("lab_libvirt_uri", "libvirt URI(s), one per line", type="linelist")

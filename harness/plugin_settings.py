@@ -19,6 +19,8 @@ def settings_for(config: pytest.Config):
         extra["libvirt_uri"] = uris[0]
     elif uris:
         extra["libvirt_uris"] = uris
+    if config.getoption("--lab-no-snapshots", default=False):
+        extra["snapshots"] = False
     return Settings.from_env(cache_dir=_opt(config, "cache_dir"), accel=_opt(config, "accel"),
                              backend=_opt(config, "backend"), **extra)
 

@@ -42,3 +42,21 @@ def file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def try_file_lock(path: Path) -> Iterator[bool]:
+    """Take ``path``'s exclusive ``flock`` if it is free: yields True while holding it, False
+    (at once, holding nothing) when another process has it. For work that another process
+    doing it meanwhile makes unnecessary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

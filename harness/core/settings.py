@@ -46,6 +46,7 @@ class Timeouts:
     probe_command: float = 10.0   # workload: one run of the probe command (then killed, rc 124)
     heartbeat: float = 10.0       # a guest that echoes no heartbeat for this long is frozen: given up
     selftest_case: float = 120.0  # one case of the kernel's livepatch selftests (a script gets this per case)
+    resync: float = 5.0           # a resumed guest's clock stepped and randomness reseeded (resync.py)
     # host side: never scaled
     kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
     qmp: float = 5.0              # QMP socket up / one QMP command answered
@@ -62,9 +63,10 @@ class Timeouts:
     libvirt_event: float = 2.0     # libvirt backend: a domain's stopped event follows its end
     libvirt_upload: float = 900.0  # libvirt backend: upload a kernel, initrd or disk into the pool
     tunnel: float = 15.0           # libvirt backend: an SSH port forward to a remote host listens
+    snapshot: float = 30.0         # a running guest's saved state written, or read back into a new machine
 
     SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
-              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case")
+              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case", "resync")
 
     def scaled(self, factor: float) -> "Timeouts":
         return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})
@@ -75,6 +77,16 @@ _LIBVIRT_URI = re.compile(r"^qemu(\+[a-z0-9]+)?://[^/?#]*/(system|session)(\?[^#
 
 def _uri_list(raw: str) -> tuple[str, ...]:
     return tuple(u.strip() for u in raw.split(",") if u.strip())
+
+
+def _flag(raw: str) -> bool:
+    """An environment switch: 1/yes/true/on or 0/no/false/off."""
+    value = raw.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise ValueError(raw)
 
 
 def default_cache_dir() -> Path:
@@ -97,6 +109,7 @@ class Settings:
     libvirt_uri: str = "qemu:///system"
     libvirt_uris: tuple[str, ...] = ()  # a pool: xdist worker gwN takes uris[N % len]
     libvirt_tcg_emulator: str = DEFAULT_TCG_EMULATOR  # "": libvirt's own (multi-threaded TCG)
+    snapshots: bool = True              # boot once per kernel x image x settings, restore copies after
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
@@ -205,6 +218,10 @@ class Settings:
     def libvirt_dir(self) -> Path:         # the libvirt backend's digest memo
         return self.cache_dir / "libvirt"
 
+    @property
+    def snapshots_dir(self) -> Path:       # saved guests, ready for the workload, per boot inputs
+        return self.cache_dir / "snapshots"
+
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Settings":
         env = os.environ if environ is None else environ
@@ -216,7 +233,8 @@ class Settings:
                 "TCG_FACTOR": ("tcg_factor", float), "BOOT_PROTOCOL": ("boot_protocol", str),
                 "RUNS": ("runs_root", Path), "BACKEND": ("backend", str),
                 "LIBVIRT_URI": ("libvirt_uri", str), "LIBVIRT_URIS": ("libvirt_uris", _uri_list),
-                "LIBVIRT_TCG_EMULATOR": ("libvirt_tcg_emulator", str)}
+                "LIBVIRT_TCG_EMULATOR": ("libvirt_tcg_emulator", str),
+                "SNAPSHOTS": ("snapshots", _flag)}
         for suffix, (name, kind) in conv.items():
             raw = env.get(ENV_PREFIX + suffix)
             if raw is None or raw == "":
@@ -224,7 +242,8 @@ class Settings:
             try:
                 values[name] = kind(raw)
             except ValueError:
-                raise ConfigError(f"not a valid {kind.__name__}: {raw!r}",
+                what = "switch (1 or 0)" if kind is _flag else kind.__name__
+                raise ConfigError(f"not a valid {what}: {raw!r}",
                                   source="environment", field=ENV_PREFIX + suffix) from None
             from_env[name] = ENV_PREFIX + suffix
         given = {k: v for k, v in overrides.items() if v is not None}

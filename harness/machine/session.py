@@ -10,10 +10,18 @@ interrupt it skips the poweroff (the overlay is thrown away anyway: seconds
 matter when a CI runner or pytest-xdist waits to kill us), and a second
 interrupt during the teardown waits until the teardown, bounded by its own
 deadlines, is done. It never asks which backend it holds.
+
+Boot once, restore many (``snapshots``): where the backend can save a guest and
+snapshots are on, the first boot for a kernel x image x machine saves the
+guest as soon as it answers, and later runs resume their own copy of it (their
+own overlay on its disk, their own ports) instead of booting, then step its
+clock and reseed its randomness (``resync``). A copy that fails to resume is
+discarded and the run boots; a run never fails for a snapshot.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import signal
@@ -31,15 +39,17 @@ from ..core.settings import Settings, Timeouts
 from ..supply import bootfiles, images, vmlinux
 from ..supply.kernel import Kernel
 from . import accel as accel_mod
-from . import backends
+from . import backends, snapshots
 from .backends.base import Backend, Disk, Forward, Machine, MachineSpec
 from .channel import GuestChannel, Result
+from .resync import resync
 from .runs import RunDir, reap_stale
 
 log = logging.getLogger(__name__)
 
 SSH_PORT = 22
 READY_MARKER = "livepatch-lab: ready"   # printed by images/guest/ready once sshd listens
+RESTORED_MARKER = "livepatch-lab: restored from"   # the lab's line in a restored guest's console
 # pci=noacpi: on -M pc each virtio device costs ~100 ms of ACPI IRQ-routing evaluation under TCG.
 BASE_APPEND = ("console=ttyS0,115200 panic=-1 net.ifnames=0 random.trust_cpu=on pci=noacpi "
                "lab.root=/dev/vda lab.modules=/dev/vdb")
@@ -56,6 +66,7 @@ class Guest:
     timeouts: Timeouts
     forwards: dict[int, int]              # guest port -> host port (127.0.0.1)
     timings: dict[str, float] = field(default_factory=dict)
+    restored_from: Optional[str] = None   # the snapshot it is a copy of; None: it booted
 
     @property
     def accel(self) -> str:
@@ -74,7 +85,7 @@ class Guest:
     def describe(self) -> dict:
         return {"kernel": self.kernel.describe(), "image": self.image.digest,
                 "accel": self.accel, "timings": dict(self.timings),
-                "machine": self.machine.describe()}
+                "restored_from": self.restored_from, "machine": self.machine.describe()}
 
 
 def _start_machine(backend: Backend, spec_for: Callable[[], MachineSpec], run: RunDir,
@@ -88,8 +99,9 @@ def _start_machine(backend: Backend, spec_for: Callable[[], MachineSpec], run: R
     raise AssertionError("unreachable")
 
 
-def _wait_ready(guest: Guest, deadline: float) -> None:
+def _wait_ready(guest: Guest, deadline: float, command: Optional[str] = "true") -> None:
     """Until a real command answers over SSH; a dead or panicked guest ends the wait at once.
+    ``command`` None: until SSH logs in (the caller's next command is the real one).
 
     The guest announces on the console when sshd listens. Until then an SSH
     attempt would sit in QEMU's user networking until its own timeout, so
@@ -113,7 +125,8 @@ def _wait_ready(guest: Guest, deadline: float) -> None:
             return attempt_once()  # report the finding
         per_try = max(0.5, min(t.ssh_connect if announced else 1.0, left))
         guest.channel.connect(timeout=per_try)
-        guest.channel.run("true", timeout=per_try, check=True)
+        if command is not None:
+            guest.channel.run(command, timeout=per_try, check=True)
 
     try:
         for attempt in retry.ssh_ready_policy(max(0.0, deadline - time.monotonic())):
@@ -152,66 +165,205 @@ def _kernel_image(kernel: Kernel, settings: Settings) -> Path:
     return kernel.vmlinuz
 
 
-@contextlib.contextmanager
-def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
-         forward_ports: Sequence[int] = (), append: str = "",
-         artifacts_dir: Optional[Path] = None, backend: Optional[Backend] = None) -> Iterator[Guest]:
-    """Boot ``kernel`` with ``image``; yield a ``Guest`` whose SSH answers.
-    ``backend``: the one ``settings.backend`` names unless given."""
-    reap_stale(settings.runs_dir)
-    backend = backend or backends.get(settings)
-    files = bootfiles.prepare(kernel, settings)
-    kernel_image = _kernel_image(kernel, settings)
-    accel = accel_mod.choose(settings.accel, kernel.vmlinuz, settings, backend)
-    timeouts = settings.timeouts_for(accel)
-    with diskspace.guard(settings.runs_dir, "creating the run's directory"):
-        run = RunDir.create(settings.runs_dir, kernel.name)
-    machine: Optional[Machine] = None
-    guest: Optional[Guest] = None
-    timings: dict[str, float] = {}
-    try:
+@dataclass(frozen=True)
+class _Plan:
+    """What every attempt at this guest shares. ``spec``: the machine but for what each run
+    has of its own (name, console, root overlay, host ports): those are placeholders here."""
+    kernel: Kernel
+    image: images.Image
+    settings: Settings
+    backend: Backend
+    accel: str
+    timeouts: Timeouts
+    spec: MachineSpec
+    guest_ports: tuple[int, ...]
+
+    def snapshot_inputs(self) -> Optional[dict]:
+        """What this guest's snapshot is keyed on; None if snapshots are off or the backend
+        has none."""
+        if not self.settings.snapshots:
+            return None
+        identity = self.backend.snapshot_identity(self.spec, self.accel)
+        if identity is None:
+            return None
+        s = self.spec
+        files = {"kernel": s.kernel, **({"initrd": s.initrd} if s.initrd else {}),
+                 **{f"disk{i}": d.path for i, d in enumerate(s.disks) if i}}
+        machine = {"append": s.append, "cpus": s.cpus, "memory_mib": s.memory_mib, "rng": s.rng,
+                   "network": s.network}
+        return snapshots.key_parts(self.kernel, self.image, files, self.accel, machine, identity)
+
+
+class _Attempt:
+    """One machine for the guest, in its own run directory; ``teardown`` always follows."""
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        with diskspace.guard(plan.settings.runs_dir, "creating the run's directory"):
+            self.run = RunDir.create(plan.settings.runs_dir, plan.kernel.name)
+        self.machine: Optional[Machine] = None
+        self.guest: Optional[Guest] = None
+        self.timings: dict[str, float] = {}
+        self._done = False
+
+    def launch(self, snapshot: Optional[snapshots.Snapshot] = None) -> Guest:
+        """Boot the machine, or resume ``snapshot``'s guest; return once its SSH answers."""
+        p, run, timings = self.plan, self.run, self.timings
         t0 = time.monotonic()
         with diskspace.guard(run.path, "creating the guest's overlay"):
-            root = backend.root_disk(image, run)
+            root = p.backend.root_disk(p.image, run, over=snapshot.disk if snapshot else None)
         timings["overlay"] = time.monotonic() - t0
-        guest_ports = (SSH_PORT, *forward_ports)
+        console = run.path / "console.log"
+        if snapshot is not None:   # the restored guest's console continues its boot's
+            shutil.copyfile(snapshot.console, console)
+            with open(console, "a") as f:
+                f.write(f"\n{RESTORED_MARKER} {snapshot.path.name} (the lines above are its boot)\n")
         ports: dict[int, int] = {}
 
         def spec_for() -> MachineSpec:
             ports.clear()
-            ports.update({g: free_port() for g in guest_ports})
-            return MachineSpec(
-                name=f"lab-{run.id}", kernel=kernel_image, initrd=files.initramfs,
-                append=f"{BASE_APPEND} {append}".strip(), console_log=run.path / "console.log",
-                disks=(root, Disk(files.modules_disk, "raw", readonly=True)),
-                forwards=tuple(Forward(h, g) for g, h in ports.items()),
-                cpus=settings.cpus, memory_mib=settings.memory_mib)
+            ports.update({g: free_port() for g in p.guest_ports})
+            return dataclasses.replace(p.spec, name=f"lab-{run.id}", console_log=console,
+                                       disks=(root, *p.spec.disks[1:]),
+                                       forwards=tuple(Forward(h, g) for g, h in ports.items()),
+                                       incoming=snapshot.state if snapshot else None)
 
-        log.info("booting %s (%s) under %s (%s backend)", kernel.name, kernel.release,
-                 accel.upper(), backend.name)
+        log.info("%s %s (%s) under %s (%s backend)", "restoring" if snapshot else "booting",
+                 p.kernel.name, p.kernel.release, p.accel.upper(), p.backend.name)
         t1 = time.monotonic()
-        machine = _start_machine(backend, spec_for, run, accel, timeouts)
+        self.machine = machine = _start_machine(p.backend, spec_for, run, p.accel, p.timeouts)
+        if snapshot is not None:
+            timings["restore"] = time.monotonic() - t1
         ports = machine.lab_ports()   # a remote libvirt host's forwards arrive through a tunnel
-        channel = GuestChannel("127.0.0.1", ports[SSH_PORT], user=image.user,
-                               client_key=image.client_key, host_key=image.host_key,
-                               command_timeout=timeouts.command)
-        guest = Guest(kernel, image, machine, channel, run, timeouts, dict(ports), timings)
-        # From the machine's start: a libvirt start may include first-time uploads.
-        _wait_ready(guest, time.monotonic() + timeouts.boot)
+        channel = GuestChannel("127.0.0.1", ports[SSH_PORT], user=p.image.user,
+                               client_key=p.image.client_key, host_key=p.image.host_key,
+                               command_timeout=p.timeouts.command)
+        self.guest = guest = Guest(p.kernel, p.image, machine, channel, run, p.timeouts, dict(ports),
+                                   timings, snapshot.path.name if snapshot else None)
+        # From the machine's start: a libvirt start may include first-time uploads. A restored
+        # guest's first command is the resync: a real one, so no `true` before it.
+        _wait_ready(guest, time.monotonic() + p.timeouts.boot, None if snapshot else "true")
+        if snapshot is not None:
+            self.resync()
         timings["ssh_ready"] = time.monotonic() - t1
-        if machine.console.first_output is not None:
+        if snapshot is None and machine.console.first_output is not None:
             timings["first_console"] = machine.console.first_output - t1
-        log.info("guest ready in %.1fs", timings["ssh_ready"])
-        yield guest
-    finally:
+        log.info("guest %s in %.1fs", "restored" if snapshot else "ready", timings["ssh_ready"])
+        return guest
+
+    def resync(self) -> None:
+        assert self.guest is not None
+        result = resync(self.guest.channel, self.plan.timeouts.resync)
+        self.timings.update(resync=result.seconds, clock_step=-result.offset)
+
+    def save(self, store: snapshots.Store, inputs: dict) -> None:
+        """Save the booted guest for later runs, then let it go on. A failure only costs those
+        runs their shortcut: it is logged."""
+        guest, p = self.guest, self.plan
+        assert guest is not None and self.machine is not None
+        machine, paused = self.machine, []
+
+        def write(into: Path) -> dict:
+            # Once here too, so what a copy runs first (perl) is in the saved page cache: each
+            # copy's resync is ~0.5-1 s shorter under TCG.
+            self.resync()
+            guest.channel.close()   # a restored guest would hold a dead TCP session
+            paused.append(True)
+            t0 = time.monotonic()
+            machine.save(into / snapshots.STATE, into / snapshots.DISK)
+            shutil.copyfile(self.run.path / "console.log", into / snapshots.CONSOLE)
+            return {"save_seconds": round(time.monotonic() - t0, 2),
+                    "boot_seconds": round(self.timings["ssh_ready"], 2),
+                    "state_bytes": (into / snapshots.STATE).stat().st_size}
+
+        meta = {"kernel": {"name": p.kernel.name, "release": p.kernel.release, "version": p.kernel.version},
+                "image": {"name": p.image.name, "digest": p.image.digest}, "accel": p.accel,
+                "backend": p.backend.name, "memory_mib": p.spec.memory_mib, "cpus": p.spec.cpus,
+                "append": p.spec.append, "inputs": inputs}
+        t0 = time.monotonic()
+        try:
+            made = store.create(snapshots.key_of(inputs), p.kernel.name, meta, write)
+            if made is not None and paused:
+                log.info("saved the guest as %s in %.1fs", made.path.name, time.monotonic() - t0)
+        except (HarnessError, OSError) as exc:
+            log.warning("could not save the guest for later runs (they boot): %s", exc)
+        if paused:   # it stood still meanwhile, without its connection
+            _wait_ready(guest, time.monotonic() + p.timeouts.boot, None)
+            self.resync()
+            self.timings["snapshot"] = time.monotonic() - t0
+
+    def teardown(self, artifacts_dir: Optional[Path] = None) -> None:
+        """Power off, stop the machine, keep the console if asked, remove the run. Once."""
+        if self._done:
+            return
+        self._done = True
         with signals_held():
-            t2 = time.monotonic()
-            _shutdown(guest, machine, timeouts, graceful=not isinstance(sys.exc_info()[1], KeyboardInterrupt))
-            timings["shutdown"] = time.monotonic() - t2
+            t0 = time.monotonic()
+            _shutdown(self.guest, self.machine, self.plan.timeouts,
+                      graceful=not isinstance(sys.exc_info()[1], KeyboardInterrupt))
+            self.timings["shutdown"] = time.monotonic() - t0
             try:
-                _keep_console(run, artifacts_dir)
+                _keep_console(self.run, artifacts_dir)
             finally:
-                run.remove()
+                self.run.remove()
+
+
+def _restored(plan: _Plan, store: snapshots.Store, key: str, stack: contextlib.ExitStack,
+              artifacts_dir: Optional[Path]) -> Optional[Guest]:
+    """A copy of the saved guest, or None (none saved yet, or it failed: then it is discarded
+    and the caller boots; a restore never fails a run)."""
+    snapshot = store.find(key, plan.kernel.name)
+    if snapshot is None:
+        return None
+    attempt = _Attempt(plan)
+    stack.callback(attempt.teardown, artifacts_dir)
+    try:
+        return attempt.launch(snapshot)
+    except (HarnessError, OSError) as exc:
+        log.warning("could not restore the saved guest %s; booting instead: %s",
+                    snapshot.path.name, str(exc).splitlines()[0])
+        attempt.teardown()
+        try:
+            store.discard(snapshot, "it failed to restore")
+        except (HarnessError, OSError) as gone:
+            log.warning("could not discard %s: %s", snapshot.path.name, gone)
+        return None
+
+
+@contextlib.contextmanager
+def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
+         forward_ports: Sequence[int] = (), append: str = "",
+         artifacts_dir: Optional[Path] = None, backend: Optional[Backend] = None) -> Iterator[Guest]:
+    """Boot ``kernel`` with ``image``, or restore a copy of that guest saved right after an
+    earlier boot of it; yield a ``Guest`` whose SSH answers.
+    ``backend``: the one ``settings.backend`` names unless given."""
+    reap_stale(settings.runs_dir)
+    backend = backend or backends.get(settings)
+    files = bootfiles.prepare(kernel, settings)
+    accel = accel_mod.choose(settings.accel, kernel.vmlinuz, settings, backend)
+    spec = MachineSpec(name="lab", kernel=_kernel_image(kernel, settings), initrd=files.initramfs,
+                       append=f"{BASE_APPEND} {append}".strip(), console_log=Path("console.log"),
+                       disks=(Disk(Path("root.qcow2"), "qcow2"),
+                              Disk(files.modules_disk, "raw", readonly=True)),
+                       cpus=settings.cpus, memory_mib=settings.memory_mib)
+    plan = _Plan(kernel, image, settings, backend, accel, settings.timeouts_for(accel), spec,
+                 (SSH_PORT, *forward_ports))
+    try:
+        inputs = plan.snapshot_inputs()
+    except (HarnessError, OSError) as exc:   # e.g. `qemu --version` failed: just boot
+        log.warning("no snapshot for this guest (%s): it boots", exc)
+        inputs = None
+    key = snapshots.key_of(inputs) if inputs is not None else None
+    store = snapshots.Store(settings)
+    with contextlib.ExitStack() as stack:
+        guest = _restored(plan, store, key, stack, artifacts_dir) if key else None
+        if guest is None:
+            attempt = _Attempt(plan)
+            stack.callback(attempt.teardown, artifacts_dir)
+            guest = attempt.launch()
+            if inputs is not None:
+                attempt.save(store, inputs)
+        yield guest
 
 
 def _keep_console(run: RunDir, artifacts_dir: Optional[Path]) -> None:

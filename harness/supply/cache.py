@@ -2,9 +2,13 @@
 
 The cache only grows: ``fetch --refresh`` adds a kernel version beside the old
 one, an edited guest file or recipe adds an image, each kernel release its boot
-files and built modules. A prune keeps, per kernel line, the version the lab
-would use now (the pinned one, else the newest cached), and everything derived
-from it; for the image recipes it knows, the current build. Whatever it cannot
+files and built modules, each kernel x image x machine a saved guest. A prune
+keeps, per kernel line, the version the lab would use now (the pinned one, else
+the newest cached), and everything derived from it; for the image recipes it
+knows, the current build; saved guests of those, used in the last
+``SNAPSHOT_IDLE_DAYS`` (a snapshot's key also covers the QEMU and the lab's
+command line, which a survey cannot recompute: one they made obsolete is
+simply never used again). Whatever it cannot
 attribute (toolchains, apt lists, locks, images of recipes it was not shown) is
 kept. Kernel lines with no definition here keep their newest version too: a
 cache may be shared by several checkouts with their own ``kernels/``.
@@ -20,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
@@ -38,7 +43,8 @@ log = logging.getLogger(__name__)
 
 # Every store the lab writes under the cache directory, in the order shown.
 STORES = ("kernels", "downloads", "bootfiles", "vmlinux", "modules", "symbols", "sources", "images",
-          "toolchains", "apt", "runs", "libvirt", "locks")
+          "snapshots", "toolchains", "apt", "runs", "libvirt", "locks")
+SNAPSHOT_IDLE_DAYS = 14
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,12 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
         add("images", d, keep, "the current build of its recipe" if d.name in current else
             "an older build of its recipe" if not keep else "a recipe not shown here")
 
+    builds = {r.name: image_dir(r, settings).name for r in recipes}
+    for d in _children(settings.snapshots_dir):
+        add("snapshots", d, *_snapshot_verdict(d, by_line, builds))
+    for d in _stale_work(settings.snapshots_dir):
+        add("snapshots", d, False, "left by a save or a removal that died")
+
     for store, where in (("toolchains", settings.toolchains_dir), ("apt", settings.apt_dir),
                          ("runs", settings.runs_dir), ("libvirt", settings.libvirt_dir),
                          ("locks", settings.locks_dir)):
@@ -177,6 +189,36 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
             add(store, p, True, "kept" if store != "runs" else "a run's directory (reaped "
                 "by the next run when its owner is gone)")
     return out
+
+
+def _stale_work(d: Path, age: float = 3600) -> list[Path]:
+    """Hidden work directories (``.new-*``, ``.trash-*``) untouched for ``age`` seconds: a save
+    takes seconds, so these were left by a process that died."""
+    try:
+        return sorted(p for p in d.iterdir() if p.name.startswith((".new-", ".trash-"))
+                      and time.time() - p.stat().st_mtime > age)
+    except OSError:
+        return []
+
+
+def _snapshot_verdict(d: Path, by_line: Mapping[str, Kernel], builds: Mapping[str, str]) -> tuple[bool, str]:
+    """Whether a saved guest is of a kernel and an image in use, and used lately."""
+    try:
+        meta = json.loads((d / "meta.json").read_text())
+        used = (d / "meta.json").stat().st_mtime
+        k, img = meta["kernel"], meta["image"]
+        label = f"{k['name']} {k['version']}, image {img['name']} {img['digest'][:12]}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False, "incomplete (no usable meta.json): never restored"
+    kernel = by_line.get(k["name"])
+    if kernel is None or kernel.version != k["version"]:
+        return False, f"{label}: not of the kernel in use" + (f" ({kernel.version} is)" if kernel else "")
+    if img["name"] in builds and builds[img["name"]] != f"{img['name']}-{img['digest'][:12]}":
+        return False, f"{label}: of an older build of its image"
+    idle = (time.time() - used) / 86400
+    if idle > SNAPSHOT_IDLE_DAYS:
+        return False, f"{label}: not restored for {idle:.0f} days (another QEMU or lab made it obsolete?)"
+    return True, f"{label}: restored or made {idle:.1f} days ago"
 
 
 def _boot_keys(ks: Iterable[Kernel]) -> set[str]:

@@ -140,12 +140,15 @@ def build(recipe: Recipe, settings: Settings, *, force: bool = False) -> Image:
     return image
 
 
-def create_overlay(image: Image, path: Path, settings: Optional[Settings] = None) -> Path:
-    """A throwaway qcow2 overlay on the base image (which stays untouched)."""
+def create_overlay(image: Image, path: Path, settings: Optional[Settings] = None, *,
+                   over: Optional[Path] = None) -> Path:
+    """A throwaway qcow2 overlay on the base image (which stays untouched), or on ``over``:
+    a saved guest's disk, itself a qcow2 overlay on the base image."""
     timeout = (settings or Settings()).timeouts.host_command
     path = Path(path)
-    hostcmd.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                 "-b", str(image.path.resolve()), str(path)],
+    backing, fmt = (over, "qcow2") if over is not None else (image.path, "raw")
+    hostcmd.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt,
+                 "-b", str(Path(backing).resolve()), str(path)],
                 what="create the guest's overlay", timeout=timeout)
     return path
 

@@ -49,7 +49,8 @@ def test_a_panicking_boot_is_a_boot_error_with_the_console_tail(lab_boot, lab_se
 
 def test_a_guest_that_never_answers_ssh_fails_within_the_boot_deadline(
         lab_settings, lab_kernel, lab_image, no_leftovers):
-    tight = dataclasses.replace(lab_settings, tcg_factor=1.0,
+    # a boot, not a restored copy (that might well answer within 1.5 s)
+    tight = dataclasses.replace(lab_settings, tcg_factor=1.0, snapshots=False,
                                 timeouts=dataclasses.replace(lab_settings.timeouts, boot=1.5))
     start = time.monotonic()
     with pytest.raises(BootError, match="SSH did not answer within") as err:
@@ -92,9 +93,10 @@ BOOT_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _start_boot(tmp_path: Path, lab_settings) -> subprocess.Popen:
+def _start_boot(tmp_path: Path, lab_settings, snapshots: bool = True) -> subprocess.Popen:
     env = dict(os.environ, LIVEPATCH_LAB_CACHE=str(lab_settings.cache_dir),
-               LIVEPATCH_LAB_RUNS=str(lab_settings.runs_dir))
+               LIVEPATCH_LAB_RUNS=str(lab_settings.runs_dir),
+               LIVEPATCH_LAB_SNAPSHOTS="1" if snapshots else "0")
     if lab_settings.accel != "auto":
         env["LIVEPATCH_LAB_ACCEL"] = lab_settings.accel
     return subprocess.Popen([sys.executable, "-c", BOOT_SCRIPT], env=env, stdout=subprocess.PIPE,
@@ -115,7 +117,7 @@ def _wait_for_qemu(runs_dir: Path, deadline: float = 120) -> None:
 def test_an_interrupted_boot_leaves_no_process_and_no_overlay(sig, tmp_path, lab_settings,
                                                               lab_kernel, lab_image, no_leftovers):
     lab_kernel("debian-6.1")  # fetched outside the timed part
-    proc = _start_boot(tmp_path, lab_settings)
+    proc = _start_boot(tmp_path, lab_settings, snapshots=False)   # a restored copy is up in ~1 s
     try:
         _wait_for_qemu(lab_settings.runs_dir)
         time.sleep(1.0)  # mid-boot: the kernel is starting

@@ -94,3 +94,18 @@ def test_a_bad_libvirt_uri_is_refused_naming_it(pytester: pytest.Pytester):
     result = pytester.runpytest("--lab-libvirt-uri", "http://example/")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*libvirt_uri*not a libvirt QEMU URI*http://example/*"])
+
+
+def test_snapshots_follow_the_environment_unless_the_option_turns_them_off(pytester: pytest.Pytester,
+                                                                          monkeypatch):
+    pytester.makepyfile("""
+        import os
+        def test_settings(lab_settings):
+            assert lab_settings.snapshots is (os.environ["WANT"] == "on")
+    """)
+    monkeypatch.setenv("WANT", "on")
+    pytester.runpytest().assert_outcomes(passed=1)
+    monkeypatch.setenv("WANT", "off")
+    pytester.runpytest("--lab-no-snapshots").assert_outcomes(passed=1)
+    monkeypatch.setenv("LIVEPATCH_LAB_SNAPSHOTS", "0")
+    pytester.runpytest().assert_outcomes(passed=1)

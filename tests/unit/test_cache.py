@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 from harness.cli import main
@@ -120,3 +122,41 @@ def test_the_cli_lists_then_prunes(tmp_path, capsys, monkeypatch):
     assert not (s.kernels_dir / "debian-6.1" / OLD[0]).exists()
     assert main(["--cache-dir", str(s.cache_dir), "cache", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["prunable"] == []
+
+
+def saved_guest(s: Settings, name: str, kernel_version: str, image_build: str, idle_days: float = 0,
+                meta: bool = True) -> Path:
+    d = s.cache_dir / "snapshots" / name
+    d.mkdir(parents=True)
+    (d / "state").write_bytes(b"x" * 10_000)
+    if meta:
+        image, digest = image_build.rsplit("-", 1)
+        (d / "meta.json").write_text(json.dumps({"kernel": {"name": "debian-6.1", "version": kernel_version},
+                                                 "image": {"name": image, "digest": digest + "0" * 52}}))
+        used = time.time() - idle_days * 86400
+        os.utime(d / "meta.json", (used, used))
+    return d
+
+
+def test_saved_guests_are_kept_for_the_kernel_and_image_in_use_while_they_are_used(tmp_path):
+    s, defs, recipe = populated(tmp_path)
+    current = image_dir(recipe, s).name
+    saved_guest(s, "now", NEW[0], current, idle_days=1)
+    saved_guest(s, "old-kernel", OLD[0], current)
+    saved_guest(s, "old-image", NEW[0], "default-000000000000")
+    saved_guest(s, "their-image", NEW[0], "mine-111111111111")
+    saved_guest(s, "idle", NEW[0], current, idle_days=cache.SNAPSHOT_IDLE_DAYS + 1)
+    saved_guest(s, "half", NEW[0], current, meta=False)
+    dead = saved_guest(s, ".new-now-1234", NEW[0], current, meta=False)   # a save that died
+    os.utime(dead, (time.time() - 7200,) * 2)
+    saved_guest(s, ".new-now-5678", NEW[0], current, meta=False)          # a save going on
+    why = {e.path.name: (e.keep, e.why) for e in cache.survey(s, defs, [recipe]) if e.store == "snapshots"}
+    assert {n for n, (keep, _) in why.items() if keep} == {"now", "their-image"}
+    assert why["old-kernel"][1].endswith(f"not of the kernel in use ({NEW[0]} is)")
+    assert why["old-image"][1].endswith("of an older build of its image")
+    assert "not restored for 15 days" in why["idle"][1]
+    assert why["half"][1].startswith("incomplete")
+    assert why[".new-now-1234"] == (False, "left by a save or a removal that died")
+    count, _ = cache.prune([e for e in cache.survey(s, defs, [recipe]) if e.store == "snapshots"], s)
+    assert count == 5
+    assert sorted(p.name for p in (s.cache_dir / "snapshots").iterdir()) == [".new-now-5678", "now", "their-image"]

@@ -16,6 +16,15 @@ def test_boot_takes_everything_after_a_double_dash_as_the_guest_command(monkeypa
     assert seen["command"] == ["ls", "-l", "--", "x"]
 
 
+@pytest.mark.parametrize("argv, on", [(["boot", "debian-6.1"], True),
+                                      (["boot", "--no-snapshots", "debian-6.1"], False),
+                                      (["run", "--no-snapshots", "s.yaml"], False),
+                                      (["check", "--no-snapshots", "p.ko"], False)])
+def test_no_snapshots_makes_every_guest_boot(argv, on, tmp_path):
+    args = cli.build_parser().parse_args(["--cache-dir", str(tmp_path), *argv])
+    assert cli._settings(args).snapshots is on
+
+
 def _with_boot(parser, func):
     parser._subparsers._group_actions[0].choices["boot"].set_defaults(func=func)
     return parser

@@ -122,13 +122,19 @@ def test_a_package_the_suite_lacks_is_a_config_error_on_the_packages_line(tmp_pa
     assert "openssh-servr" in str(err.value)
 
 
-@pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img")
-def test_an_overlay_is_backed_by_the_base_image(tmp_path):
+def _base_image(tmp_path) -> images.Image:
+    """A 1 MiB read-only raw base image."""
     base = tmp_path / "base.img"
     with open(base, "wb") as f:
         f.truncate(2**20)
     base.chmod(0o444)
-    image = images.Image("x", base, tmp_path / "k", "ecdsa-sha2-nistp256 AAAA", "0" * 64)
+    return images.Image("x", base, tmp_path / "k", "ecdsa-sha2-nistp256 AAAA", "0" * 64)
+
+
+@pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img")
+def test_an_overlay_is_backed_by_the_base_image(tmp_path):
+    image = _base_image(tmp_path)
+    base = image.path
     overlay = images.create_overlay(image, tmp_path / "root.qcow2")
     assert overlay == tmp_path / "root.qcow2"
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json", str(overlay)],
@@ -203,3 +209,16 @@ def test_an_image_built_before_its_hash_was_recorded_gets_it_on_first_use(tmp_pa
     image = images.cached(recipe, settings)
     assert image is not None
     assert json.loads((d / "manifest.json").read_text())["base"]["sha256"] == sha256_file(d / "base.img")
+
+
+@pytest.mark.skipif(not shutil.which("qemu-img"), reason="needs qemu-img")
+def test_a_restored_copys_overlay_is_backed_by_the_saved_disk_which_is_backed_by_the_base(tmp_path):
+    image = _base_image(tmp_path)
+    base = image.path
+    saved = images.create_overlay(image, tmp_path / "saved.qcow2")
+    saved.chmod(0o444)   # as a snapshot keeps it
+    overlay = images.create_overlay(image, tmp_path / "copy.qcow2", over=saved)
+    chain = json.loads(subprocess.run(["qemu-img", "info", "--output=json", "--backing-chain", str(overlay)],
+                                      capture_output=True, check=True, text=True).stdout)
+    assert [(c["filename"], c["format"]) for c in chain] == [
+        (str(overlay), "qcow2"), (str(saved), "qcow2"), (str(base), "raw")]

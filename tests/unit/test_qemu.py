@@ -105,9 +105,18 @@ def test_disks_are_virtio_with_the_readonly_one_marked_readonly():
 
 def test_the_console_goes_to_a_file_and_qmp_to_a_unix_socket_that_does_not_wait():
     cmd = command()
-    assert values(cmd, "-chardev") == ["file,id=con0,path=/cache/runs/r1/console.log"]
+    # append: a restored guest's console log starts with its saved boot's, written by the lab
+    assert values(cmd, "-chardev") == ["file,id=con0,path=/cache/runs/r1/console.log,append=on"]
     assert values(cmd, "-serial") == ["chardev:con0"]
     assert values(cmd, "-qmp") == ["unix:/tmp/lab-x/qmp.sock,server=on,wait=off"]
+
+
+def test_a_saved_guest_is_read_from_its_file_instead_of_booting():
+    assert "-incoming" not in command()
+    cmd = command(incoming=Path("/cache/snapshots/debian-6.1-0123/it's state"))
+    # QEMU 7.2 runs exec: through /bin/sh: the path is quoted for it
+    assert values(cmd, "-incoming") == ["exec:cat '/cache/snapshots/debian-6.1-0123/it'\"'\"'s state'"]
+    assert cmd[:cmd.index("-incoming")] == command()
 
 
 def test_entropy_comes_from_the_host_unless_disabled():
@@ -140,12 +149,15 @@ def machine(tmp_path, sock_dir):
     """machine(mode) -> a QemuMachine whose binary is the fake QEMU in that mode."""
     made = []
 
-    def make(mode="normal", timeouts=TIMEOUTS, network=True, record=lambda **_items: None):
+    def make(mode="normal", timeouts=TIMEOUTS, network=True, record=lambda **_items: None,
+             incoming=None, root=b""):
         binary = tmp_path / f"qemu-{mode}"
         binary.write_text(f"#!/bin/sh\nFAKE_QEMU_MODE={mode} exec {sys.executable} {FAKE_QEMU} \"$@\"\n")
         binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
-        cfg = QemuConfig(spec(console_log=tmp_path / "console.log", network=network), "tcg",
-                         sock_dir / "qmp.sock", binary=str(binary))
+        (tmp_path / "root.qcow2").write_bytes(root)
+        disks = (Disk(tmp_path / "root.qcow2", "qcow2"),)
+        cfg = QemuConfig(spec(console_log=tmp_path / "console.log", network=network, disks=disks,
+                              incoming=incoming), "tcg", sock_dir / "qmp.sock", binary=str(binary))
         m = QemuMachine(cfg, timeouts, tmp_path / "qemu.log", record=record)
         made.append(m)
         return m
@@ -217,6 +229,32 @@ def test_a_qemu_that_ignores_sigterm_too_gets_sigkill(machine):
     assert 2 * KILL <= took < 3 * KILL + 0.5
     assert gone(m.pid)
     assert m.exit_info() == MachineExit(HOST, "stopped by the lab (SIGKILL)")
+
+
+def test_save_writes_the_state_and_a_copy_of_the_root_disk_and_the_guest_runs_on(machine, tmp_path):
+    m = machine(root=b"the root overlay")
+    m.start()
+    m.save(tmp_path / "state", tmp_path / "disk.qcow2")
+    assert (tmp_path / "state").read_bytes() == b"fake QEMU saved state\n"
+    assert (tmp_path / "disk.qcow2").read_bytes() == b"the root overlay"
+    assert m.qmp.execute("query-status", timeout=2)["status"] == "running"
+
+
+def test_a_machine_resuming_a_saved_state_starts_once_the_guest_runs_again(machine, tmp_path):
+    (tmp_path / "state").write_bytes(b"fake QEMU saved state\n")
+    m = machine(incoming=tmp_path / "state")
+    m.start()
+    assert m.qmp.execute("query-status", timeout=2)["status"] == "running"
+    assert values(m.command, "-incoming") == [f"exec:cat {tmp_path / 'state'}"]
+
+
+def test_a_state_qemu_refuses_is_an_infra_error_with_its_words_and_leaves_nothing_running(machine, tmp_path):
+    (tmp_path / "state").write_bytes(b"saved by another QEMU\n")
+    m = machine(incoming=tmp_path / "state")
+    with pytest.raises(InfraError, match="could not resume the saved guest") as err:
+        m.start()
+    assert "load of migration failed" in str(err.value)
+    assert not m.is_running()
 
 
 def test_a_taken_host_port_is_port_in_use_and_leaves_nothing_running(machine):

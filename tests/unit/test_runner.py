@@ -288,7 +288,7 @@ def whole_run(tmp_path, kernel, monkeypatch):
     @contextlib.contextmanager
     def boot(k, image, settings, forward_ports=(), append="", artifacts_dir=None):
         guest = LabGuest(TIMEOUTS, kernel, tmp_path)
-        guest.accel, guest.timings, guest.timeouts = "tcg", {}, TIMEOUTS
+        guest.accel, guest.timings, guest.timeouts, guest.restored_from = "tcg", {}, TIMEOUTS, None
         guests.append(guest)
         try:
             yield guest

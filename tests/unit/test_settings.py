@@ -36,7 +36,7 @@ def test_explicit_overrides_beat_the_environment_and_none_means_not_given(tmp_pa
 
 @pytest.mark.parametrize("var, raw, kind", [
     ("MEMORY_MIB", "1G", "int"), ("CPUS", "two", "int"), ("MEMORY_MIB", "1.5", "int"),
-    ("TCG_FACTOR", "fast", "float"),
+    ("TCG_FACTOR", "fast", "float"), ("SNAPSHOTS", "maybe", "switch (1 or 0)"),
 ])
 def test_an_unparsable_variable_is_named_with_its_value(var, raw, kind):
     with pytest.raises(ConfigError) as err:
@@ -54,6 +54,14 @@ def test_a_parsable_but_invalid_variable_is_also_named(var, raw, tmp_path):
         Settings.from_env({P + var: raw}, cache_dir=tmp_path)
     assert err.value.field == P + var and err.value.source == "environment"
     assert P + var in str(err.value) and raw in str(err.value)
+
+
+@pytest.mark.parametrize("raw, on", [("0", False), ("off", False), ("No", False), ("false", False),
+                                     ("1", True), ("yes", True), ("ON", True), ("true", True)])
+def test_snapshots_are_on_by_default_and_a_switch_turns_them_off(raw, on, tmp_path):
+    assert Settings(cache_dir=tmp_path).snapshots is True
+    assert Settings.from_env({P + "SNAPSHOTS": raw}, cache_dir=tmp_path).snapshots is on
+    assert Settings.from_env({P + "SNAPSHOTS": raw}, cache_dir=tmp_path, snapshots=True).snapshots
 
 
 def test_an_invalid_override_names_the_setting_not_a_variable(tmp_path):
@@ -102,7 +110,7 @@ def test_the_whole_cache_lives_below_cache_dir(tmp_path):
 
 
 GUEST_SIDE = {"first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
-              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case"}
+              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case", "resync"}
 
 
 def test_scaled_stretches_only_the_guest_side_deadlines():
@@ -117,7 +125,8 @@ def test_scaled_stretches_only_the_guest_side_deadlines():
 
 def test_host_side_deadlines_are_never_scaled():
     tcg = Timeouts().scaled(10)
-    for name in ("kvm_probe", "qmp", "kill", "host_command", "apt_update", "download", "image_build", "lock"):
+    for name in ("kvm_probe", "qmp", "kill", "host_command", "apt_update", "download", "image_build", "lock",
+                 "snapshot"):
         assert getattr(tcg, name) == getattr(Timeouts(), name), name
 
 

@@ -42,6 +42,9 @@ class MachineSpec:
     memory_mib: int = 1024
     rng: bool = True
     network: bool = True
+    # A guest's saved state (``Machine.save``) to resume instead of booting; the rest of the
+    # spec must match the saved machine's but for its paths and host ports.
+    incoming: Optional[Path] = None
 
 
 RUNNING, GUEST, HOST = "running", "guest", "host"
@@ -81,7 +84,8 @@ class Machine(Protocol):
     accel: str
 
     def start(self) -> None:
-        """Launch the guest; return once the backend controls it (not once it booted)."""
+        """Launch the guest; return once the backend controls it (not once it booted); with
+        ``spec.incoming``, once the saved guest runs again."""
 
     def is_running(self) -> bool: ...
 
@@ -114,14 +118,25 @@ class Machine(Protocol):
         """Plug or pull the guest's network cable, from the host (a fault the tests inject).
         Only the lab can: QEMU serves one QMP client, and that is the lab."""
 
+    def save(self, state: Path, root_disk: Path) -> None:
+        """Pause the guest, write its state to ``state`` and its root disk (the spec's first,
+        a qcow2 overlay) as it is to ``root_disk``, and let it run on. Only on a backend
+        whose ``snapshot_identity`` is not None."""
+
 
 class Backend(Protocol):
     """One way of running machines, bound to the lab's settings. The session and the
     reaper use only this; neither asks which backend it holds."""
     name: str
 
-    def root_disk(self, image: Image, run: RunSpace) -> Disk:
-        """``image`` under a throwaway copy-on-write overlay for one run."""
+    def root_disk(self, image: Image, run: RunSpace, over: Optional[Path] = None) -> Disk:
+        """``image`` under a throwaway copy-on-write overlay for one run; ``over``: a saved
+        guest's root disk (``Machine.save``) to put that overlay on instead."""
+
+    def snapshot_identity(self, spec: MachineSpec, accel: str) -> Optional[dict]:
+        """What, beyond ``spec``'s files, a saved guest's state depends on here (the emulator,
+        its version, the machine it makes of ``spec``, whose per-run paths and ports the
+        caller has already replaced by fixed ones). None: this backend cannot save guests."""
 
     def kvm_verdict(self) -> tuple[str, Path]:
         """What a remembered KVM probe verdict is keyed on, and the file that keeps it."""

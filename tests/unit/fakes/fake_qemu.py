@@ -5,7 +5,11 @@ It reads the command line QemuMachine builds, writes a few console lines to
 the ``-chardev file,...,path=`` file, serves a minimal QMP on the
 ``-qmp unix:PATH,server=on,wait=off`` socket (greeting, ``qmp_capabilities``,
 ``query-status``, ``quit`` -> reply, SHUTDOWN event, exit 0) and otherwise
-idles like a running guest. ``FAKE_QEMU_MODE`` picks a misbehaviour:
+idles like a running guest. It saves a "guest" (``stop``, ``migrate`` to
+``exec:cat > PATH`` writes ``SAVED_STATE`` there, ``query-migrate``, ``cont``)
+and resumes one (``-incoming exec:cat PATH``: "inmigrate" for a moment, then
+paused, or exit 1 if PATH does not hold ``SAVED_STATE``).
+``FAKE_QEMU_MODE`` picks a misbehaviour:
 
   normal          as above
   ignore-quit     answers ``quit`` but keeps running (a wedged QEMU): needs SIGTERM
@@ -63,6 +67,9 @@ def shutdown_event(reason):
 
 
 CONNECTED = []   # the QMP connection, for the SIGTERM handler
+SAVED_STATE = b"fake QEMU saved state\n"
+INCOMING = []    # (path, when QEMU started) of the state to resume, if any
+STATUS = ["running"]
 GUEST_ACTS = ("poweroff", "reset", "pvpanic", "segfault", "abort", "error-exit")
 
 
@@ -98,6 +105,10 @@ def main(argv):
     elif mode != "ignore-quit":   # ignore-quit: a wedged QEMU, that SIGTERM kills outright
         signal.signal(signal.SIGTERM, on_sigterm)
 
+    incoming = option(argv, "-incoming")
+    if incoming is not None:
+        assert incoming.startswith("exec:cat "), incoming
+        INCOMING[:] = [(incoming[len("exec:cat "):].strip("'"), time.monotonic())]
     console_path = suboption(chardev, "path")
     with open(console_path, "ab", buffering=0) as console:
         console.write(b"SeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n")
@@ -147,6 +158,22 @@ def guest_acts(mode, conn, console):
         os._exit(1)
 
 
+def status():
+    """The run state; an incoming state is "read" 0.1 s after the start, then checked."""
+    if INCOMING:
+        path, started = INCOMING[0]
+        if time.monotonic() - started < 0.1:
+            return "inmigrate"
+        with open(path, "rb") as f:
+            if f.read() != SAVED_STATE:
+                sys.stderr.write("qemu-system-x86_64: load of migration failed: Invalid argument\n")
+                sys.stderr.flush()
+                os._exit(1)
+        INCOMING.clear()
+        STATUS[0] = "paused"   # as the saved guest was: it was stopped to be saved
+    return STATUS[0]
+
+
 def serve(conn, mode, console):
     send(conn, {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
                         "capabilities": ["oob"]}})
@@ -168,7 +195,20 @@ def serve(conn, mode, console):
             if cmd == "qmp_capabilities":
                 send(conn, {"return": {}, "id": msg_id})
             elif cmd == "query-status":
-                send(conn, {"return": {"status": "running", "running": True}, "id": msg_id})
+                send(conn, {"return": {"status": status(), "running": status() == "running"},
+                            "id": msg_id})
+            elif cmd in ("stop", "cont", "migrate-set-parameters"):
+                STATUS[0] = {"stop": "paused", "cont": "running"}.get(cmd, STATUS[0])
+                send(conn, {"return": {}, "id": msg_id})
+            elif cmd == "migrate":
+                uri = msg["arguments"]["uri"]
+                assert uri.startswith("exec:cat > "), uri
+                with open(uri[len("exec:cat > "):].strip("'"), "wb") as f:
+                    f.write(SAVED_STATE)
+                STATUS[0] = "postmigrate"
+                send(conn, {"return": {}, "id": msg_id})
+            elif cmd == "query-migrate":
+                send(conn, {"return": {"status": "completed"}, "id": msg_id})
             elif cmd == "quit":
                 send(conn, {"return": {}, "id": msg_id})
                 if mode in ("ignore-quit", "ignore-term"):

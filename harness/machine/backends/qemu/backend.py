@@ -6,16 +6,20 @@ a dead run's QEMU is found by the PID its run recorded.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import shutil
 import signal
 from pathlib import Path
+from typing import Optional
 
+from ....core import hostcmd
 from ....core.settings import Settings, Timeouts
 from ....supply import images
 from ...host import boot_id, kvm_device_usable
 from ..base import Disk, MachineSpec, RunSpace
-from .command import QemuConfig
+from .command import QemuConfig, build_command
 from .machine import QemuMachine
 
 log = logging.getLogger(__name__)
@@ -30,14 +34,33 @@ def _is_our_qemu(pid: int, run_path: Path) -> bool:
     return str(run_path).encode() in cmdline
 
 
+@functools.lru_cache(maxsize=None)
+def _qemu_version(binary: str, size: int, mtime_ns: int, timeout: float) -> str:
+    """``binary --version``'s first line (memoised per binary file: an upgrade is a new key)."""
+    out = hostcmd.run([binary, "--version"], what="ask QEMU its version", timeout=timeout)
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
 class QemuBackend:
     name = "qemu"
 
     def __init__(self, settings: Settings):
         self.settings = settings
 
-    def root_disk(self, image: images.Image, run: RunSpace) -> Disk:
-        return Disk(images.create_overlay(image, run.path / "root.qcow2", self.settings), "qcow2")
+    def root_disk(self, image: images.Image, run: RunSpace, over: Optional[Path] = None) -> Disk:
+        return Disk(images.create_overlay(image, run.path / "root.qcow2", self.settings, over=over),
+                    "qcow2")
+
+    def snapshot_identity(self, spec: MachineSpec, accel: str) -> Optional[dict]:
+        """The QEMU binary (path, size, mtime), its version and the command line it gets.
+        The saved state holds no disk, console or socket path, and the host forwards are
+        configuration, not state: QEMU's user networking takes new ones after a restore."""
+        binary = shutil.which(self.settings.qemu_binary) or self.settings.qemu_binary
+        st = Path(binary).resolve().stat()
+        version = _qemu_version(binary, st.st_size, st.st_mtime_ns, self.settings.timeouts.host_command)
+        command = build_command(QemuConfig(spec, accel, Path("qmp.sock"), binary=self.settings.qemu_binary))
+        return {"qemu": version, "binary": [str(Path(binary).resolve()), st.st_size, st.st_mtime_ns],
+                "command": command[1:]}
 
     def kvm_verdict(self) -> tuple[str, Path]:
         return f"{boot_id() or 'unknown'}:{self.settings.qemu_binary}", \

@@ -1,6 +1,7 @@
 """QEMU's command line for a ``MachineSpec``: a pure function, unit-tested."""
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def build_command(cfg: QemuConfig) -> list[str]:
     cmd += ["-kernel", str(s.kernel), "-append", s.append]
     if s.initrd is not None:
         cmd += ["-initrd", str(s.initrd)]
-    cmd += ["-chardev", f"file,id=con0,path={_opt(s.console_log)}", "-serial", "chardev:con0",
+    # append=on: a restored guest's console continues the saved boot's (the lab writes it first)
+    cmd += ["-chardev", f"file,id=con0,path={_opt(s.console_log)},append=on", "-serial", "chardev:con0",
             "-qmp", f"unix:{_opt(cfg.qmp_socket)},server=on,wait=off"]
     for i, disk in enumerate(s.disks):
         # The overlay is thrown away after the run: no host flushes needed.
@@ -59,4 +61,6 @@ def build_command(cfg: QemuConfig) -> list[str]:
     if s.rng:
         cmd += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
                 "-device", "virtio-rng-pci,rng=rng0"]
+    if s.incoming is not None:   # QEMU 7.2 has no file: URI; it runs exec: through /bin/sh
+        cmd += ["-incoming", f"exec:cat {shlex.quote(str(s.incoming))}"]
     return cmd
