@@ -81,17 +81,17 @@ def stop(guest, name: str, grace: float, before: str = "") -> bool:
 
 def stop_all(guest, names: Sequence[str], grace: float, then: str = "") -> str:
     """End every named session at once, then run ``then`` (shell) in the same round trip and return
-    what it printed. TERM, a moment, then KILL whatever is left: nothing here needs a graceful end
-    (a line a killed probe was writing is skipped by its parser), and polling ``ps`` for each
-    session costs forks a loaded TCG guest pays dearly for (seconds, measured)."""
+    what it printed. TERM each session's process group (a shell builtin), a moment, then one
+    ``pkill -KILL`` for whatever is left in those sessions (other process groups included):
+    nothing here needs a graceful end (a line a killed probe was writing is skipped by its
+    parser), and every process listing costs a fork and a /proc scan that a guest busy with
+    stress-ng under TCG pays seconds for (measured)."""
     pause = min(0.2, grace)
     sessions = " ".join(q(path(n + ".pid")) for n in names)
     script = f"""
         live=; for f in {sessions}; do p=; read -r p <"$f" 2>/dev/null && rm -f "$f" && [ -n "$p" ] && \
-            live="$live $p"; done
-        for p in $live; do pkill -TERM -s "$p"; done
-        [ -n "$live" ] && sleep {pause:g}
-        for p in $live; do pkill -KILL -s "$p" && echo "killed what was left of session $p" >&2; done
+            live="${{live:+$live,}}$p" && kill -TERM -- "-$p" 2>/dev/null; done
+        [ -n "$live" ] && sleep {pause:g} && pkill -KILL -s "$live" && echo "killed what was left" >&2
         {then}"""
     res = guest.run(script, grace + guest.timeouts.command)
     if "killed what was left" in res.stderr:
@@ -101,12 +101,13 @@ def stop_all(guest, names: Sequence[str], grace: float, then: str = "") -> str:
 
 def ended(guest, name: str, after: float = 0.0) -> Optional[str]:
     """None while ``name`` runs (``after`` s from now); else its exit status as text ("?" if
-    it was killed)."""
-    res = guest.run(f"""{f"sleep {after:g}" if after else ""}{_session_sh(name)}
-        rc={q(path(name + '.rc'))}
-        if [ -e "$rc" ]; then cat "$rc"
-        elif alive; then echo running
-        elif [ -e "$rc" ]; then cat "$rc"   # it ended between the two looks
+    it was killed). Shell builtins only: the session's leader (the wrapper that records the
+    status) lives exactly as long as the command."""
+    rc = q(path(name + '.rc'))
+    res = guest.run(f"""{f"sleep {after:g}; " if after else ""}p=; read -r p <{q(path(name + '.pid'))} 2>/dev/null
+        if [ -e {rc} ]; then read -r s <{rc}; echo "$s"
+        elif [ -n "$p" ] && kill -0 "$p" 2>/dev/null; then echo running
+        elif [ -e {rc} ]; then read -r s <{rc}; echo "$s"   # it ended between the two looks
         else echo '?'; fi""", check=False)
     out = res.stdout.strip()
     return None if out == "running" else out or "?"
