@@ -45,6 +45,7 @@ class Timeouts:
     service_stop: float = 5.0     # workload: service/stress/probe ends after SIGTERM (then SIGKILL)
     probe_command: float = 10.0   # workload: one run of the probe command (then killed, rc 124)
     heartbeat: float = 10.0       # a guest that echoes no heartbeat for this long is frozen: given up
+    apply_tool: float = 120.0     # a vendor's tool loads or reverts a patch (kpatch waits up to 75 s itself)
     # host side: never scaled
     kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
     qmp: float = 5.0              # QMP socket up / one QMP command answered
@@ -63,7 +64,7 @@ class Timeouts:
     tunnel: float = 15.0           # libvirt backend: an SSH port forward to a remote host listens
 
     SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
-              "service_start", "service_stop", "probe_command", "heartbeat")
+              "service_start", "service_stop", "probe_command", "heartbeat", "apply_tool")
 
     def scaled(self, factor: float) -> "Timeouts":
         return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})

@@ -19,6 +19,10 @@ PROBE_PHASES = ("before", "patched", "after")
 # What a lifecycle step does (README: "Lifecycles"); load / disable wait for their transition.
 ACTIONS = ("load", "disable", "unload", "hold", "load_target", "unload_target")
 OUTCOMES = ("ok", "refused")
+# How a patch gets in and out (README: "Applying through a vendor's tool"): the lab's own insmod +
+# sysfs, or a vendor's tool, which needs its own image recipe (images/<recipe>.yaml).
+APPLY_TOOLS = ("insmod", "kpatch")
+TOOL_IMAGES = {"kpatch": "kpatch"}
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,17 @@ class SecuritySpec:
 
 
 @dataclass(frozen=True)
+class ApplySpec:
+    """How the patch is applied and reverted: ``tool`` insmod (the lab's own: insmod, sysfs,
+    rmmod), kpatch (``kpatch load`` / ``kpatch unload``), or ``command``: a scenario's own hook,
+    ``command`` to load and ``revert`` to disable and unload (None: the lab's sysfs + rmmod),
+    with ``{module}`` / ``{name}`` (hookcmd.py)."""
+    tool: str = "insmod"
+    command: Optional[str] = None
+    revert: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Expectation:
     verdict: str = "pass"
     checks: tuple[str, ...] = ()
@@ -160,6 +175,8 @@ class Scenario:
     tags: tuple[str, ...] = ()           # pytest markers of its items (e.g. `lifecycle`)
     soak: SoakSpec = SoakSpec()
     security: SecuritySpec = SecuritySpec()
+    apply: ApplySpec = ApplySpec()
+    image: Optional[Path] = None         # the guest image's recipe; None: images/default.yaml
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from ..core.errors import GuestCommandError, GuestConnectionError, HarnessError, LivepatchError
 from ..core.settings import Timeouts
-from . import lifecycle, livepatch
+from . import apply, lifecycle, livepatch
 from .events import Timeline
 from .faults import Failed
 from .forensics import HangEvidence
@@ -63,6 +63,7 @@ class Context:
     late_loaded: list[str] = field(default_factory=list)     # target modules a step loaded
     state: lifecycle.State = field(default_factory=lifecycle.State)   # what /sys/kernel/livepatch must hold
     done: list[tuple["Step", float, float]] = field(default_factory=list)  # steps that ran: (step, start, end)
+    applier: Any = field(default_factory=apply.Insmod)   # how patches get in and out (apply.py)
 
     def remote(self, name: str) -> str:
         return f"{REMOTE_DIR}/{self.modules[name].path.name}"
@@ -138,7 +139,8 @@ class Baseline(Step):
 
 # the patch ----------------------------------------------------------------------------
 class LoadPatch(Step):
-    """insmod the patch; ``refused``: the kernel must refuse it (and keep nothing of it)."""
+    """insmod the patch (or have the scenario's tool load it); ``refused``: the kernel must refuse
+    it (and keep nothing of it)."""
 
     def __init__(self, name: str, window: Window = ("apply", TRANSITION, None), refused: bool = False):
         self.name, self.window, self.refused = name, window, refused
@@ -148,8 +150,7 @@ class LoadPatch(Step):
         ctx.rec.patch_issued = True   # from here on, a guest that dies is the patch's doing
         prec = ctx.rec.patch(self.name)
         try:
-            loaded = livepatch.load(ctx.guest, ctx.remote(self.name), ctx.timeouts.command,
-                                    report_text_of=self.name, params=ctx.params.get(self.name, ()))
+            loaded = ctx.applier.load(ctx, self.name)
         except LivepatchError as exc:
             if ctx.scenario.security.sig_enforce and _SIGNATURE_REFUSED.search(str(exc)):
                 mod = ctx.modules[self.name]
@@ -214,6 +215,10 @@ class WaitTransition(Step):
                 done, more = livepatch.wait_transition(g, self.name, deadline)
                 prec.transition.update(completed=done, forced=True, seconds=round(secs + more, 3))
                 ctx.events("forced", completed=done)
+        # a tool at work is heard out: what it said, and what the kernel shows once it is done
+        tool = ctx.applier.settle(ctx, self.name)
+        if tool is not None and tool["kernel"] != "patched":
+            done = False
         if not done:
             raise Failed()   # check_transition says why; the runner unwinds the patch
         ctx.rec.ops.append(("patched", self.name))
@@ -260,7 +265,7 @@ class Disable(Step):
         if self.name not in ctx.loaded:
             return False
         ctx.events("disable", module=self.name)
-        res = livepatch.disable(ctx.guest, self.name, ctx.timeouts.command)
+        res = ctx.applier.disable(ctx, self.name)
         ctx.rec.patch(self.name).revert.update(disabled=res.ok, disable_err=res.stderr.strip(),
                                                disable_seconds=round(res.seconds, 3))
         if res.ok:
@@ -292,7 +297,7 @@ class WaitUnpatch(Step):
 def _rmmod(ctx: Context, name: str) -> None:
     """rmmod a patch's module, then check that its sysfs entry and the module are gone."""
     prec, g, t = ctx.rec.patch(name), ctx.guest, ctx.timeouts
-    rmmod = livepatch.unload(g, name, t.command)
+    rmmod = ctx.applier.unload(ctx, name)
     prec.revert.update(rmmod_rc=rmmod.rc, rmmod_err=rmmod.stderr.strip())
     prec.revert["sysfs_gone"] = not g.run(f"test -e {livepatch.SYSFS}/{shlex.quote(name)}", t.command).ok
     prec.revert["module_gone"] = not livepatch.module_loaded(g, name, t.command)
@@ -383,15 +388,17 @@ class Sample(Step):
 # after a failed step ---------------------------------------------------------------------
 def unwind(ctx: Context) -> None:
     """Disable and unload the patches a failed step left loaded, newest first, recording what
-    happened (the revert check judges it: a forced patch may never unload)."""
+    happened (the revert check judges it: a forced patch may never unload). A tool still at work
+    is heard out first: it may revert a patch on its own."""
     g, t = ctx.guest, ctx.timeouts
+    ctx.applier.finish(ctx)
     for name in reversed(list(ctx.loaded)):
         prec = ctx.rec.patch(name)
         if prec.revert.get("disabled") is None and name not in ctx.state.replaced:
-            livepatch.disable(g, name, t.command)
+            ctx.applier.disable(ctx, name)
             prec.revert["disabled"] = True
         livepatch.wait_transition(g, name, t.transition)
-        rmmod = livepatch.unload(g, name, t.command)
+        rmmod = ctx.applier.unload(ctx, name)
         prec.revert.update(rmmod_rc=rmmod.rc, rmmod_err=rmmod.stderr)
         ctx.loaded.remove(name)
 
@@ -403,6 +410,7 @@ class Collect(Step):
 
     def run(self, ctx: Context) -> None:
         g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
+        ctx.applier.finish(ctx)   # a tool's revert a stalled unpatch left running
         try:
             if ctx.load:
                 rec.requests = ctx.load.stop(timeout=sc.service.timeout + 2)

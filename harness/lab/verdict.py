@@ -250,8 +250,50 @@ def _transition(p: PatchRecord) -> list[Reason]:
         signaled = (f", nor {tr.get('seconds', 0):.0f} s in after the stragglers were signalled"
                     if tr.get("signaled") else "")
         reasons.append(Reason("transition", f"patching did not complete within {tr.get('deadline', 0):.0f} s"
-                                            f"{signaled}; still unpatched: {who or 'none named'}"))
+                                            f"{signaled}; still unpatched: {who or 'none named'}"
+                                            + _tool_after_stall(tr.get("tool"))))
+    elif tr.get("tool"):
+        reasons += _tool_after_transition(tr["tool"])
     return reasons
+
+
+# what a vendor's tool or a hook said (apply.py), against what the kernel showed
+_KERNEL_WORDS = {"gone": "removed from the kernel", "in transition": "still in transition",
+                 "disabled": "disabled", "patched": "applied"}
+
+
+def _said(tool: dict[str, Any]) -> str:
+    return f": {tool['said'][:160]!r}" if tool.get("said") else ""
+
+
+def _ended(tool: dict[str, Any]) -> str:
+    if tool["rc"] is None:
+        return f"did not end within {tool['deadline']:.0f} s (killed)"
+    took = f" after {tool['seconds']:.0f} s" if tool.get("seconds") is not None else ""
+    return f"{'succeeded' if tool['rc'] == 0 else 'failed'} (rc {tool['rc']}{took})"
+
+
+def _tool_after_stall(tool: Optional[dict[str, Any]]) -> str:
+    if not tool:
+        return ""
+    who, kernel = f"{tool['tool']} {tool['op']}", _KERNEL_WORDS.get(tool.get("kernel", ""), tool.get("kernel"))
+    if tool["rc"] == 0 and tool.get("kernel") == "patched":
+        return f"; {who} waited longer and {_ended(tool)}: the kernel had completed the transition by then"
+    if tool["rc"] == 0:
+        return f"; yet {who} {_ended(tool)}{_said(tool)}: the tool and the kernel disagree (the patch is {kernel})"
+    return f"; {who} {_ended(tool)}{_said(tool)}, leaving the patch {kernel}"
+
+
+def _tool_after_transition(tool: dict[str, Any]) -> list[Reason]:
+    """The kernel completed the transition: the tool must agree, and leave the patch applied."""
+    who = f"{tool['tool']} {tool['op']}"
+    if tool.get("kernel") != "patched":
+        return [Reason("transition", f"the transition completed, but once {who} ended ({_ended(tool)}{_said(tool)}) "
+                                     f"the patch was {_KERNEL_WORDS.get(tool.get('kernel', ''), tool.get('kernel'))}")]
+    if tool["rc"] != 0:
+        return [Reason("load", f"{who} {_ended(tool)}{_said(tool)} although the kernel completed the transition: "
+                               "the tool and the kernel disagree")]
+    return []
 
 
 def check_revert(rec: RunRecord) -> list[Reason]:
@@ -269,12 +311,19 @@ def _revert(p: PatchRecord, replaced: bool) -> list[Reason]:
         who = "; ".join(p.unpatch.get("stragglers", [])[:5])
         reasons.append(Reason("revert", f"unpatching did not complete within "
                                         f"{p.unpatch.get('deadline', 0):.0f} s; still patched: {who}"))
+    tool = rv.get("tool")
     if rv.get("rmmod_rc") not in (0, None):
         reasons.append(Reason("revert", f"rmmod failed (rc {rv['rmmod_rc']}): {rv.get('rmmod_err', '').strip()}"))
+    # the tool's word against the kernel's: gone or not, the tool must say the same
+    but = f" although {tool['tool']} {tool['op']} {_ended(tool)}" if tool and tool["rc"] == 0 else ""
     if rv.get("sysfs_gone") is False:
-        reasons.append(Reason("revert", f"/sys/kernel/livepatch/{p.name} still exists"))
+        reasons.append(Reason("revert", f"/sys/kernel/livepatch/{p.name} still exists{but}"))
     if rv.get("module_gone") is False:
-        reasons.append(Reason("revert", f"module {p.name} still in /proc/modules"))
+        reasons.append(Reason("revert", f"module {p.name} still in /proc/modules{but}"))
+    if tool and tool["rc"] != 0:
+        agree = (": the tool and the kernel disagree (the kernel reverted the patch and its module is gone)"
+                 if rv.get("sysfs_gone") and rv.get("module_gone") else "")
+        reasons.append(Reason("revert", f"{tool['tool']} {tool['op']} {_ended(tool)}{_said(tool)}{agree}"))
     return reasons
 
 
@@ -368,4 +417,6 @@ def decide(rec: RunRecord) -> Verdict:
     }
     if rec.soak:
         measurements["soak"] = rec.soak
+    if rec.tool_runs:   # each call of the tool or hook; what it printed is in apply.log
+        measurements["tool_runs"] = [{k: v for k, v in r.items() if k != "output"} for r in rec.tool_runs]
     return Verdict("fail" if reasons else "pass", reasons, measurements)
