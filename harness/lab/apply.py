@@ -43,6 +43,7 @@ Context = Any   # steps.Context: steps.py imports this module, not the reverse
 # tool -> (load, revert) command templates
 TOOLS = {"kpatch": ("kpatch load {module}", "kpatch unload {name}")}
 OUTPUT_LIMIT = 65536    # bytes of a tool's output kept (its tail)
+MODULES = "/sys/module"
 
 
 class Insmod:
@@ -228,7 +229,7 @@ def _await(guest, call: Call, until: str, slack: float) -> Seen:
     """Until the kernel shows ``until`` (a module is listed once its init has run: before that
     its transition has not begun), or the call ends, or its deadline passes."""
     base = detached.path(call.key)
-    script = (f"p={livepatch.SYSFS}/{q(call.patch)}; m=/sys/module/{q(call.patch)}; d={q(base)}; SECONDS=0\n"
+    script = (f"p={livepatch.SYSFS}/{q(call.patch)}; m={MODULES}/{q(call.patch)}; d={q(base)}; SECONDS=0\n"
               f"met() {{ {_CONDITIONS[until]}; }}\n"
               "while :; do\n"
               f"  if met; then w={until}\n"

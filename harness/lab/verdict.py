@@ -258,7 +258,7 @@ def _transition(p: PatchRecord) -> list[Reason]:
 
 
 # what a vendor's tool or a hook said (apply.py), against what the kernel showed
-_KERNEL_WORDS = {"gone": "removed from the kernel", "in transition": "still in transition",
+_KERNEL_WORDS = {"gone": "gone from the kernel", "in transition": "still in transition",
                  "disabled": "disabled", "patched": "applied"}
 
 
@@ -281,7 +281,7 @@ def _tool_after_stall(tool: Optional[dict[str, Any]]) -> str:
         return f"; {who} waited longer and {_ended(tool)}: the kernel had completed the transition by then"
     if tool["rc"] == 0:
         return f"; yet {who} {_ended(tool)}{_said(tool)}: the tool and the kernel disagree (the patch is {kernel})"
-    return f"; {who} {_ended(tool)}{_said(tool)}, leaving the patch {kernel}"
+    return f"; {who} {_ended(tool)}{_said(tool)}; after it the patch is {kernel}"
 
 
 def _tool_after_transition(tool: dict[str, Any]) -> list[Reason]:

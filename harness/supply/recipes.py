@@ -44,7 +44,7 @@ SCHEMA: yamlconf.Schema = {
         "file": Field(Path, doc="a local .deb (relative to the recipe)"),
         "package": Field(str, check=matches(_PACKAGE, "a Debian package name")),
         "suite": Field(str, check=matches(_SUITE, "a Debian suite name"), doc="where `package` comes from"),
-        "version": Field(str, check=matches(r"[A-Za-z0-9.+~:-]+", "a Debian version"),
+        "version": Field(str, as_text=True, check=matches(r"[A-Za-z0-9.+~:-]+", "a Debian version"),
                          doc="default: the newest in `suite` when the image is built"),
     }, doc=".deb files installed with the packages (apt resolves their dependencies in `suite`)"),
     "copy": Field(list, default=[], items={

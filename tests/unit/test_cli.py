@@ -64,3 +64,15 @@ def test_an_unusable_cache_directory_is_one_line_naming_the_option(capsys, tmp_p
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "[--cache-dir]: cannot use" in err[0] and where in err[0]
         assert "Traceback" not in err[0]
+
+
+def test_check_applies_with_the_tool_it_is_given(monkeypatch, tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "Makefile").write_text("obj-m += p.o\n")
+    seen = []
+    monkeypatch.setattr(cli, "_run_matrix", lambda scs, kernels, args: seen.extend(scs) or 0)
+    assert cli.main(["check", str(tmp_path / "p"), "--apply-with", "kpatch"]) == 0
+    assert seen[0].apply.tool == "kpatch" and seen[0].image.name == "kpatch.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check", str(tmp_path / "p"), "--apply-with", "ksplice"])
+    assert exit_.value.code == 2

@@ -67,6 +67,11 @@ class FakeKernel:
     def patches(self, guest, timeout):
         return {n: {"enabled": int(on), "transition": 0, "replace": None} for n, on in self.enabled.items()}
 
+    def state(self, guest, name, timeout):
+        if name not in self.enabled:
+            return {"enabled": None, "transition": None}
+        return {"enabled": int(self.enabled[name]), "transition": int(name in self.stall)}
+
     def wait_transition(self, guest, name, deadline_s):
         self.calls.append(f"wait {name}")
         return name not in self.stall, 0.05
@@ -115,7 +120,7 @@ class FakeKernel:
         return self.log[at + 1:]
 
     def install(self, monkeypatch) -> "FakeKernel":
-        for name in ("load", "patches", "wait_transition", "stragglers", "signal_stragglers", "force", "disable",
+        for name in ("load", "patches", "state", "wait_transition", "stragglers", "signal_stragglers", "force", "disable",
                      "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since"):
             monkeypatch.setattr(livepatch, name, getattr(self, name))
         return self
