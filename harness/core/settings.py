@@ -45,7 +45,9 @@ class Timeouts:
     service_stop: float = 5.0     # workload: service/stress/probe ends after SIGTERM (then SIGKILL)
     probe_command: float = 10.0   # workload: one run of the probe command (then killed, rc 124)
     heartbeat: float = 10.0       # a guest that echoes no heartbeat for this long is frozen: given up
-    apply_tool: float = 120.0     # a vendor's tool loads or reverts a patch (kpatch waits up to 75 s itself)
+    # a vendor's tool loads or reverts a patch: kpatch waits up to 75 s for a transition, then lists
+    # the stragglers (forks per task) and, giving up, reverts the patch (up to 75 s more)
+    apply_tool: float = 200.0
     # host side: never scaled
     kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
     qmp: float = 5.0              # QMP socket up / one QMP command answered

@@ -263,7 +263,8 @@ _KERNEL_WORDS = {"gone": "gone from the kernel", "in transition": "still in tran
 
 
 def _said(tool: dict[str, Any]) -> str:
-    return f": {tool['said'][:160]!r}" if tool.get("said") else ""
+    """The tool's last words; none for a tool killed mid-sentence."""
+    return f": {tool['said'][:160]!r}" if tool.get("said") and tool["rc"] is not None else ""
 
 
 def _ended(tool: dict[str, Any]) -> str:
