@@ -47,7 +47,7 @@ class Timeouts:
     heartbeat: float = 10.0       # a guest that echoes no heartbeat for this long is frozen: given up
     # a vendor's tool loads or reverts a patch: kpatch waits up to 75 s for a transition, then lists
     # the stragglers (forks per task) and, giving up, reverts the patch (up to 75 s more)
-    apply_tool: float = 200.0
+    apply_tool: float = 300.0
     # host side: never scaled
     kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
     qmp: float = 5.0              # QMP socket up / one QMP command answered

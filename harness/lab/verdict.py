@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from ..machine import kmsg
+from . import toolcheck
 from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, taint_letters
 from .record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord
 from .workload.stats import window_stats
@@ -251,50 +252,10 @@ def _transition(p: PatchRecord) -> list[Reason]:
                     if tr.get("signaled") else "")
         reasons.append(Reason("transition", f"patching did not complete within {tr.get('deadline', 0):.0f} s"
                                             f"{signaled}; still unpatched: {who or 'none named'}"
-                                            + _tool_after_stall(tr.get("tool"))))
+                                            + toolcheck.after_stall(tr.get("tool"))))
     elif tr.get("tool"):
-        reasons += _tool_after_transition(tr["tool"])
+        reasons += toolcheck.after_transition(tr["tool"])
     return reasons
-
-
-# what a vendor's tool or a hook said (apply.py), against what the kernel showed
-_KERNEL_WORDS = {"gone": "gone from the kernel", "in transition": "still in transition",
-                 "disabled": "disabled", "patched": "applied"}
-
-
-def _said(tool: dict[str, Any]) -> str:
-    """The tool's last words; none for a tool killed mid-sentence."""
-    return f": {tool['said'][:160]!r}" if tool.get("said") and tool["rc"] is not None else ""
-
-
-def _ended(tool: dict[str, Any]) -> str:
-    if tool["rc"] is None:
-        return f"did not end within {tool['deadline']:.0f} s (killed)"
-    took = f" after {tool['seconds']:.0f} s" if tool.get("seconds") is not None else ""
-    return f"{'succeeded' if tool['rc'] == 0 else 'failed'} (rc {tool['rc']}{took})"
-
-
-def _tool_after_stall(tool: Optional[dict[str, Any]]) -> str:
-    if not tool:
-        return ""
-    who, kernel = f"{tool['tool']} {tool['op']}", _KERNEL_WORDS.get(tool.get("kernel", ""), tool.get("kernel"))
-    if tool["rc"] == 0 and tool.get("kernel") == "patched":
-        return f"; {who} waited longer and {_ended(tool)}: the kernel had completed the transition by then"
-    if tool["rc"] == 0:
-        return f"; yet {who} {_ended(tool)}{_said(tool)}: the tool and the kernel disagree (the patch is {kernel})"
-    return f"; {who} {_ended(tool)}{_said(tool)}; after it the patch is {kernel}"
-
-
-def _tool_after_transition(tool: dict[str, Any]) -> list[Reason]:
-    """The kernel completed the transition: the tool must agree, and leave the patch applied."""
-    who = f"{tool['tool']} {tool['op']}"
-    if tool.get("kernel") != "patched":
-        return [Reason("transition", f"the transition completed, but once {who} ended ({_ended(tool)}{_said(tool)}) "
-                                     f"the patch was {_KERNEL_WORDS.get(tool.get('kernel', ''), tool.get('kernel'))}")]
-    if tool["rc"] != 0:
-        return [Reason("load", f"{who} {_ended(tool)}{_said(tool)} although the kernel completed the transition: "
-                               "the tool and the kernel disagree")]
-    return []
 
 
 def check_revert(rec: RunRecord) -> list[Reason]:
@@ -312,20 +273,14 @@ def _revert(p: PatchRecord, replaced: bool) -> list[Reason]:
         who = "; ".join(p.unpatch.get("stragglers", [])[:5])
         reasons.append(Reason("revert", f"unpatching did not complete within "
                                         f"{p.unpatch.get('deadline', 0):.0f} s; still patched: {who}"))
-    tool = rv.get("tool")
     if rv.get("rmmod_rc") not in (0, None):
         reasons.append(Reason("revert", f"rmmod failed (rc {rv['rmmod_rc']}): {rv.get('rmmod_err', '').strip()}"))
-    # the tool's word against the kernel's: gone or not, the tool must say the same
-    but = f" although {tool['tool']} {tool['op']} {_ended(tool)}" if tool and tool["rc"] == 0 else ""
+    but = toolcheck.but_it_said(rv.get("tool"))   # a revert tool that claimed success
     if rv.get("sysfs_gone") is False:
         reasons.append(Reason("revert", f"/sys/kernel/livepatch/{p.name} still exists{but}"))
     if rv.get("module_gone") is False:
         reasons.append(Reason("revert", f"module {p.name} still in /proc/modules{but}"))
-    if tool and tool["rc"] != 0:
-        agree = (": the tool and the kernel disagree (the kernel reverted the patch and its module is gone)"
-                 if rv.get("sysfs_gone") and rv.get("module_gone") else "")
-        reasons.append(Reason("revert", f"{tool['tool']} {tool['op']} {_ended(tool)}{_said(tool)}{agree}"))
-    return reasons
+    return reasons + toolcheck.after_revert(rv)
 
 
 # soak -------------------------------------------------------------------------------
