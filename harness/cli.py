@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 
 from .core.errors import BootError, ConfigError, HarnessError
 from .core.settings import ACCELS, BACKENDS, Settings
+from .lab.specs import APPLY_TOOLS
 
 log = logging.getLogger("harness")
 
@@ -262,7 +263,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                                expect_patched=args.expect_patched, duration=args.duration,
                                serve_file=args.serve_file, params=args.param,
                                upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None,
-                               security=_security(args))
+                               security=_security(args), apply_with=args.apply_with)
     return _run_matrix([sc], args.kernel, args)
 
 
@@ -424,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--serve-file", metavar="PATH",
                    help="the guest service answers with this file, read per request "
                         "(puts a /proc handler on the service's path)")
+    c.add_argument("--apply-with", choices=APPLY_TOOLS, metavar="TOOL",
+                   help="apply and revert the patch the way its users do: kpatch (`kpatch load` / `kpatch "
+                        "unload`, in an image with Debian's kpatch package) or insmod (the default)")
     _security_options(c)
     matrix_options(c)
     c.set_defaults(func=cmd_check)

@@ -47,6 +47,9 @@ class Timeouts:
     heartbeat: float = 10.0       # a guest that echoes no heartbeat for this long is frozen: given up
     selftest_case: float = 120.0  # one case of the kernel's livepatch selftests (a script gets this per case)
     resync: float = 5.0           # a resumed guest's clock stepped and randomness reseeded (resync.py)
+    # a vendor's tool loads or reverts a patch: kpatch waits up to 75 s for a transition, then lists
+    # the stragglers (forks per task) and, giving up, reverts the patch (up to 75 s more)
+    apply_tool: float = 300.0
     # host side: never scaled
     kvm_probe: float = 8.0        # a KVM guest must print its first kernel line by then
     qmp: float = 5.0              # QMP socket up / one QMP command answered
@@ -66,7 +69,8 @@ class Timeouts:
     snapshot: float = 30.0         # a running guest's saved state written, or read back into a new machine
 
     SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
-              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case", "resync")
+              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case", "resync",
+              "apply_tool")
 
     def scaled(self, factor: float) -> "Timeouts":
         return dataclasses.replace(self, **{n: getattr(self, n) * factor for n in self.SCALED})

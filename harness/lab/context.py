@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from ..core.errors import GuestCommandError, GuestConnectionError
 from ..core.settings import Timeouts
-from . import lifecycle, livepatch
+from . import apply, lifecycle, livepatch
 from .events import Timeline
 from .forensics import HangEvidence
 from .record import RunRecord
@@ -42,6 +42,7 @@ class Context:
     late_loaded: list[str] = field(default_factory=list)     # target modules a step loaded
     state: lifecycle.State = field(default_factory=lifecycle.State)   # what /sys/kernel/livepatch must hold
     done: list[tuple["Step", float, float]] = field(default_factory=list)  # steps that ran: (step, start, end)
+    applier: Any = field(default_factory=apply.Insmod)   # how patches get in and out (apply.py)
 
     def remote(self, name: str) -> str:
         return f"{REMOTE_DIR}/{self.modules[name].path.name}"

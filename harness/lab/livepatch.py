@@ -176,10 +176,11 @@ class Removal:
     module_gone: bool      # the module is out of /proc/modules
 
 
-def remove(guest, module: str, timeout: float) -> Removal:
-    """rmmod, then whether its livepatch entry and the module are gone: one round trip."""
+def remove(guest, module: str, timeout: float, rmmod: bool = True) -> Removal:
+    """rmmod (unless a tool already unloaded it), then whether its livepatch entry and the module
+    are gone: one round trip."""
     m = _q(module)
-    out = guest.run(f"rmmod {m} 2>&1; echo \"@@rc=$?\"; test -e {SYSFS}/{m} && echo @@listed; "
+    out = guest.run(f"{f'rmmod {m} 2>&1' if rmmod else 'true'}; echo \"@@rc=$?\"; test -e {SYSFS}/{m} && echo @@listed; "
                     f"grep -q '^{module} ' /proc/modules && echo @@loaded; true", timeout)
     said, _, rest = out.stdout.partition("@@rc=")
     rc = rest.split()[0] if rest.split() else "-1"

@@ -14,7 +14,7 @@ from .verdict import Verdict
 # What a run writes into its artifact folder; an earlier run's copies are removed first,
 # so a folder never mixes two runs (a stale cpus.txt would accuse a patch that is fine).
 ARTIFACTS = ("console.log", "dmesg.txt", "requests.jsonl", "probe.jsonl", "timeline.json",
-             "verdict.json", "cpus.txt")
+             "verdict.json", "cpus.txt", "apply.log")
 
 
 @dataclass
@@ -49,6 +49,15 @@ def write(out_dir: Path, outcome: Outcome, rec: RunRecord) -> None:
     (out_dir / "verdict.json").write_text(json.dumps(outcome.as_dict(), indent=2, default=str))
     (out_dir / "timeline.json").write_text(json.dumps(outcome.timeline, indent=2, default=str))
     (out_dir / "dmesg.txt").write_text("\n".join(rec.dmesg) + ("\n" if rec.dmesg else ""))
+    if rec.tool_runs:   # what the vendor's tool or the hook printed, call by call
+        (out_dir / "apply.log").write_text("".join(_tool_run(r) for r in rec.tool_runs))
     with open(out_dir / "probe.jsonl", "w") as fh:
         for s in rec.probe:
             fh.write(json.dumps(asdict(s) if hasattr(s, "__dataclass_fields__") else s) + "\n")
+
+
+def _tool_run(r: dict[str, Any]) -> str:
+    ended = (f"rc {r['rc']}" if r["rc"] is not None else "did not end in time: killed") + (
+        f" after {r['seconds']:.2f} s" if r["seconds"] is not None else "")
+    out = r["output"] if not r["output"] or r["output"].endswith("\n") else r["output"] + "\n"
+    return f"== {r['tool']} {r['op']} {r['patch']}: {r['command']}\n== {ended}\n{out}\n"

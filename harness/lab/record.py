@@ -70,6 +70,8 @@ class RunRecord:
     thresholds: dict[str, float] = field(default_factory=dict)
     soak: list[dict[str, Any]] = field(default_factory=list)   # one sample a cycle (0: before the first)
     soak_limits: dict[str, float] = field(default_factory=dict)   # leak_kib, slowdown
+    # a vendor's tool or a hook at work (apply.py): one entry a call, with what it printed
+    tool_runs: list[dict[str, Any]] = field(default_factory=list)
     host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per event
     host_cpus: int = 0
 

@@ -21,6 +21,7 @@ from ..core.errors import DiskFull, HarnessError
 from ..core.settings import Settings
 from ..machine import heartbeat, session
 from ..supply import images, kerneldefs, kernelfetch, recipes
+from . import apply
 from . import outcome as outcomes
 from . import prepare as modules
 from .context import Context, Step
@@ -65,7 +66,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     try:
         kernel = kernelfetch.fetch(kerneldefs.get_definition(kernel_spec), settings)
         kernel_info = kernel.describe()
-        image = images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), settings)
+        image = images.build(recipes.load_recipe(sc.image or recipes.DEFAULT_RECIPE), settings)
         events("build")
         mods = modules.prepare(sc, kernel, settings)
         rec.patch_name = mods.patch
@@ -114,7 +115,7 @@ def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Sett
         t = guest.timeouts
         ctx = Context(sc, guest, t, rec, events, out_dir, HangEvidence(guest, settings, t.command),
                       mods.by_name(), mods.patch, mods.targets,
-                      {n: mods.params(n) for n in mods.all if mods.params(n)})
+                      {n: mods.params(n) for n in mods.all if mods.params(n)}, applier=apply.applier(sc.apply))
         try:
             with heartbeat.Heartbeat(guest.channel, t.heartbeat, on_lost=lambda _why: ctx.lost.set()):
                 execute(ctx, plan(sc, mods.patch, mods.old, mods.keys, rec))

@@ -15,13 +15,14 @@ import re
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from ..core import yamlconf
+from ..core import paths, yamlconf
 from ..core.errors import ConfigError
 from ..core.yamlconf import Field
-from ..supply import modinfo
-from .specs import (ACTIONS, CHECKS, ON_STALL, OUTCOMES, SAMPLE_PREFIX, VERDICTS, Expectation, ModuleSpec,
-                    ProbeSpec, Scenario, SecuritySpec, ServiceSpec, SoakSpec, StepSpec, StressSpec,
-                    Thresholds, TimelineSpec, TransitionSpec)
+from ..supply import modinfo, recipes
+from . import hookcmd
+from .specs import (ACTIONS, APPLY_TOOLS, CHECKS, ON_STALL, OUTCOMES, SAMPLE_PREFIX, TOOL_IMAGES, VERDICTS,
+                    ApplySpec, Expectation, ModuleSpec, ProbeSpec, Scenario, SecuritySpec, ServiceSpec,
+                    SoakSpec, StepSpec, StressSpec, Thresholds, TimelineSpec, TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
 # What the lab needs to judge a window: the service's baseline must hold this many requests
@@ -130,6 +131,11 @@ SCHEMA: yamlconf.Schema = {
         "leak_kib": Field(NUM, default=SoakSpec.leak_kib, check=_positive),
         "slowdown": Field(NUM, default=SoakSpec.slowdown, check=lambda v: None if 1 < v < math.inf else
                           f"must be more than 1 (a factor), not {v!r}")}),
+    "apply": Field(dict, schema={
+        "tool": Field(str, check=_one_of(APPLY_TOOLS), doc="insmod (the lab's own) or kpatch"),
+        "command": Field(str, check=hookcmd.check, doc="a hook that loads the patch: {module}, {name}"),
+        "revert": Field(str, check=hookcmd.check, doc="a hook that disables and unloads it")}),
+    "image": Field(str, check=_command, doc="the guest image's recipe: a name in images/, or a .yaml file"),
     "dmesg": Field(dict, schema={"expect": Field(list, items=str, default=[],
                                                  doc="lines the kernel must log during the run, in order")}),
     "stress": Field(dict, schema={"enabled": Field(bool, default=True),
@@ -239,6 +245,30 @@ def _security(raw: dict, loaded: yamlconf.Loaded, base: Path) -> SecuritySpec:
     return SecuritySpec(raw["sig_enforce"], *(paths or (None, None)))
 
 
+def _apply(raw: dict, loaded: yamlconf.Loaded) -> ApplySpec:
+    if raw["tool"] and raw["command"]:
+        raise loaded.error("give a tool or a command hook, not both", "apply.command")
+    if raw["revert"] and not raw["command"]:
+        raise loaded.error("a revert hook goes with a `command` hook (a tool reverts its own way)", "apply.revert")
+    if raw["command"]:
+        return ApplySpec("command", raw["command"], raw["revert"])
+    return ApplySpec(raw["tool"] or ApplySpec.tool)
+
+
+def _image(name: Optional[str], tool: str, loaded: yamlconf.Loaded, base: Path) -> Optional[Path]:
+    """The recipe file: ``image`` (a name in images/, or a path relative to the scenario), else the
+    one the tool needs; checked now, before anything is built."""
+    name = name or TOOL_IMAGES.get(tool)
+    if not name:
+        return None
+    path = (paths.IMAGES_DIR / f"{name}.yaml" if "/" not in name and not name.endswith(".yaml")
+            else base / name).resolve()
+    if not path.is_file():
+        raise loaded.error(f"no image recipe {path}", "image")
+    recipes.load_recipe(path)   # its own errors name its file and line
+    return path
+
+
 def _steps(v: dict, loaded: yamlconf.Loaded, base: Path,
            targets: list[dict]) -> tuple[dict[str, ModuleSpec], tuple[StepSpec, ...], set[str]]:
     """The lifecycle form: named patches and the steps over them, checked for what can be known
@@ -304,6 +334,7 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         raise loaded.error("required field is missing (or give `patches` and `steps`)", "patch")
     else:
         patch = _module(v["patch"], loaded, "patch", base)
+    applied = _apply(v["apply"], loaded)
     sc = Scenario(
         name=v["name"] or name, path=path, description=v["description"], patch=patch,
         kernels=tuple(v["kernels"]) if v["kernels"] is not None else None,
@@ -323,7 +354,11 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         patches=patches, steps=steps, dmesg_expect=tuple(v["dmesg"]["expect"]), tags=tuple(v["tags"]),
         soak=SoakSpec(int(v["soak"]["cycles"]), float(v["soak"]["hold"]), float(v["soak"]["leak_kib"]),
                       float(v["soak"]["slowdown"])),
-        security=_security(v["security"], loaded, base))
+        security=_security(v["security"], loaded, base), apply=applied,
+        image=_image(v["image"], applied.tool, loaded, base))
+    if sc.apply.tool != "insmod" and any(m.params for m in (sc.patch, sc.upgrade_from, *sc.patches.values()) if m):
+        raise loaded.error("module parameters need the lab's insmod: a tool or hook loads the module its own way",
+                           "apply")
     if sc.soak.cycles and (sc.steps or sc.upgrade_from):
         raise loaded.error("a soak cycles one patch: not with steps or upgrade_from", "soak.cycles")
     _judgeable(sc, loaded)
@@ -343,7 +378,8 @@ OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH", "patc
            "probe.expect": "--expect-patched", "probe.expect.patched": "--expect-patched",
            "timeline.patched": "--duration", "service.serve_file": "--serve-file", "soak.cycles": "--cycles",
            "soak.hold": "--hold", "soak.leak_kib": "--leak-kib", "security.sig_enforce": "--sig-enforce",
-           "security.sign_key": "--sign-key", "security.sign_cert": "--sign-cert"}
+           "security.sign_key": "--sign-key", "security.sign_cert": "--sign-cert", "apply": "--apply-with",
+           "apply.tool": "--apply-with", "image": "--apply-with"}
 
 
 def parse_params(items: Sequence[str], option: str, source: str = CHECK_SOURCE) -> dict[str, str]:
@@ -361,11 +397,11 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
                  expect_patched: Optional[str] = None, duration: Optional[float] = None,
                  serve_file: Optional[str] = None, upgrade_from: Optional[Path] = None,
                  params: Sequence[str] = (), soak: Optional[dict[str, Any]] = None,
-                 security: Optional[dict[str, Any]] = None) -> Scenario:
+                 security: Optional[dict[str, Any]] = None, apply_with: Optional[str] = None) -> Scenario:
     """The scenario behind ``livepatch-lab check PATCH ...`` (a kbuild directory or a .ko),
     validated by the scenario schema; errors name the option. A target is ``DIR`` or
     ``DIR:NAME=VALUE[,NAME=VALUE...]`` (its module parameters). With ``soak`` it is ``livepatch-lab
-    soak``'s scenario."""
+    soak``'s scenario; ``apply_with`` names the tool that applies the patch (``kpatch``)."""
     source = "livepatch-lab soak" if soak else CHECK_SOURCE
     def module(p: Path, option: str, extra: Optional[dict] = None) -> dict[str, Any]:
         if str(p).startswith(SAMPLE_PREFIX):
@@ -399,6 +435,8 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
         raw["soak"] = {k: v for k, v in soak.items() if v is not None}
     if security:
         raw["security"] = {k: v for k, v in security.items() if v not in (None, False)}
+    if apply_with is not None:
+        raw["apply"] = {"tool": apply_with}
     names: Mapping[str, str] = {**OPTIONS, **{f"target_modules[{i}]{part}": "--target-module"
                                               for i in range(len(targets)) for part in ("", ".source", ".ko", ".params")}}
     loaded = yamlconf.load_data(raw, SCHEMA, source=source, names=names)

@@ -66,6 +66,7 @@ class Collect(Step):
 
     def run(self, ctx: Context) -> None:
         g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
+        ctx.applier.finish(ctx)   # a tool's revert a stalled unpatch left running
         try:
             if ctx.load:
                 rec.requests = ctx.load.stop(timeout=sc.service.timeout + 2)

@@ -21,6 +21,10 @@ ACTIONS = ("load", "disable", "unload", "hold", "load_target", "unload_target")
 OUTCOMES = ("ok", "refused")
 # a module `source` naming one of the kernel's own samples, taken from its linux-source package
 SAMPLE_PREFIX = "kernel-sample:"
+# How a patch gets in and out (README: "Applying through a vendor's tool"): the lab's own insmod +
+# sysfs, or a vendor's tool, which needs its own image recipe (images/<recipe>.yaml).
+APPLY_TOOLS = ("insmod", "kpatch")
+TOOL_IMAGES = {"kpatch": "kpatch"}
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,17 @@ class SecuritySpec:
 
 
 @dataclass(frozen=True)
+class ApplySpec:
+    """How the patch is applied and reverted: ``tool`` insmod (the lab's own: insmod, sysfs,
+    rmmod), kpatch (``kpatch load`` / ``kpatch unload``), or ``command``: a scenario's own hook,
+    ``command`` to load and ``revert`` to disable and unload (None: the lab's sysfs + rmmod),
+    with ``{module}`` / ``{name}`` (hookcmd.py)."""
+    tool: str = "insmod"
+    command: Optional[str] = None
+    revert: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class Expectation:
     verdict: str = "pass"
     checks: tuple[str, ...] = ()
@@ -163,6 +178,8 @@ class Scenario:
     tags: tuple[str, ...] = ()           # pytest markers of its items (e.g. `lifecycle`)
     soak: SoakSpec = SoakSpec()
     security: SecuritySpec = SecuritySpec()
+    apply: ApplySpec = ApplySpec()
+    image: Optional[Path] = None         # the guest image's recipe; None: images/default.yaml
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))

@@ -45,7 +45,8 @@ class Baseline(Step):
 
 # the patch ----------------------------------------------------------------------------
 class LoadPatch(Step):
-    """insmod the patch; ``refused``: the kernel must refuse it (and keep nothing of it)."""
+    """insmod the patch (or have the scenario's tool load it); ``refused``: the kernel must refuse
+    it (and keep nothing of it)."""
 
     def __init__(self, name: str, window: Window = ("apply", TRANSITION, None), refused: bool = False):
         self.name, self.window, self.refused = name, window, refused
@@ -55,8 +56,7 @@ class LoadPatch(Step):
         ctx.rec.patch_issued = True   # from here on, a guest that dies is the patch's doing
         prec = ctx.rec.patch(self.name)
         try:
-            loaded = livepatch.load(ctx.guest, ctx.remote(self.name), ctx.timeouts.command,
-                                    report_text_of=self.name, params=ctx.params.get(self.name, ()))
+            loaded = ctx.applier.load(ctx, self.name)
         except LivepatchError as exc:
             if ctx.scenario.security.sig_enforce and _SIGNATURE_REFUSED.search(str(exc)):
                 mod = ctx.modules[self.name]
@@ -121,6 +121,10 @@ class WaitTransition(Step):
                 done, more = livepatch.wait_transition(g, self.name, deadline)
                 prec.transition.update(completed=done, forced=True, seconds=round(secs + more, 3))
                 ctx.events("forced", completed=done)
+        # a tool at work is heard out: what it said, and what the kernel shows once it is done
+        tool = ctx.applier.settle(ctx, self.name)
+        if tool is not None and tool["kernel"] != "patched":
+            done = False
         if not done:
             raise Failed()   # check_transition says why; the runner unwinds the patch
         ctx.rec.ops.append(("patched", self.name))
@@ -167,7 +171,7 @@ class Disable(Step):
         if self.name not in ctx.loaded:
             return False
         ctx.events("disable", module=self.name)
-        res = livepatch.disable(ctx.guest, self.name, ctx.timeouts.command)
+        res = ctx.applier.disable(ctx, self.name)
         ctx.rec.patch(self.name).revert.update(disabled=res.ok, disable_err=res.stderr.strip(),
                                                disable_seconds=round(res.seconds, 3))
         if res.ok:
@@ -197,9 +201,9 @@ class WaitUnpatch(Step):
 
 
 def _rmmod(ctx: Context, name: str) -> None:
-    """rmmod a patch's module, then check that its sysfs entry and the module are gone."""
+    """Unload a patch's module (rmmod, or hear the tool's revert out), then what is gone."""
     prec = ctx.rec.patch(name)
-    gone = livepatch.remove(ctx.guest, name, ctx.timeouts.command)
+    gone = ctx.applier.unload(ctx, name)
     prec.revert.update(rmmod_rc=gone.rc, rmmod_err=gone.err, sysfs_gone=gone.sysfs_gone,
                        module_gone=gone.module_gone)
     if gone.module_gone and name in ctx.loaded:
@@ -289,16 +293,18 @@ class Sample(Step):
 # after a failed step ---------------------------------------------------------------------
 def unwind(ctx: Context) -> None:
     """Disable and unload the patches a failed step left loaded, newest first, recording what
-    happened (the revert check judges it: a forced patch may never unload)."""
+    happened (the revert check judges it: a forced patch may never unload). A tool still at work
+    is heard out first: it may revert a patch on its own."""
     g, t = ctx.guest, ctx.timeouts
+    ctx.applier.finish(ctx)
     for name in reversed(list(ctx.loaded)):
         prec = ctx.rec.patch(name)
         if prec.revert.get("disabled") is None and name not in ctx.state.replaced:
-            livepatch.disable(g, name, t.command)
+            ctx.applier.disable(ctx, name)
             prec.revert["disabled"] = True
         livepatch.wait_transition(g, name, t.transition)
-        rmmod = livepatch.unload(g, name, t.command)
-        prec.revert.update(rmmod_rc=rmmod.rc, rmmod_err=rmmod.stderr)
+        gone = ctx.applier.unload(ctx, name)
+        prec.revert.update(rmmod_rc=gone.rc, rmmod_err=gone.err)
         ctx.loaded.remove(name)
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from ..machine import kmsg
+from . import toolcheck
 from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, taint_letters
 from .record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord
 from .workload.stats import window_stats
@@ -250,7 +251,10 @@ def _transition(p: PatchRecord) -> list[Reason]:
         signaled = (f", nor {tr.get('seconds', 0):.0f} s in after the stragglers were signalled"
                     if tr.get("signaled") else "")
         reasons.append(Reason("transition", f"patching did not complete within {tr.get('deadline', 0):.0f} s"
-                                            f"{signaled}; still unpatched: {who or 'none named'}"))
+                                            f"{signaled}; still unpatched: {who or 'none named'}"
+                                            + toolcheck.after_stall(tr.get("tool"))))
+    elif tr.get("tool"):
+        reasons += toolcheck.after_transition(tr["tool"])
     return reasons
 
 
@@ -271,11 +275,12 @@ def _revert(p: PatchRecord, replaced: bool) -> list[Reason]:
                                         f"{p.unpatch.get('deadline', 0):.0f} s; still patched: {who}"))
     if rv.get("rmmod_rc") not in (0, None):
         reasons.append(Reason("revert", f"rmmod failed (rc {rv['rmmod_rc']}): {rv.get('rmmod_err', '').strip()}"))
+    but = toolcheck.but_it_said(rv.get("tool"))   # a revert tool that claimed success
     if rv.get("sysfs_gone") is False:
-        reasons.append(Reason("revert", f"/sys/kernel/livepatch/{p.name} still exists"))
+        reasons.append(Reason("revert", f"/sys/kernel/livepatch/{p.name} still exists{but}"))
     if rv.get("module_gone") is False:
-        reasons.append(Reason("revert", f"module {p.name} still in /proc/modules"))
-    return reasons
+        reasons.append(Reason("revert", f"module {p.name} still in /proc/modules{but}"))
+    return reasons + toolcheck.after_revert(rv)
 
 
 # soak -------------------------------------------------------------------------------
@@ -368,4 +373,6 @@ def decide(rec: RunRecord) -> Verdict:
     }
     if rec.soak:
         measurements["soak"] = rec.soak
+    if rec.tool_runs:   # each call of the tool or hook; what it printed is in apply.log
+        measurements["tool_runs"] = [{k: v for k, v in r.items() if k != "output"} for r in rec.tool_runs]
     return Verdict("fail" if reasons else "pass", reasons, measurements)

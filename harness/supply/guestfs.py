@@ -2,7 +2,8 @@
 
 The lab's guest files (``images/guest/``): busybox init as PID 1, a static
 network on QEMU user networking, sshd, "livepatch-lab: ready" on the console.
-Each image gets a pinned ECDSA host key and a client key for root. Guest paths
+Each image gets a pinned ECDSA host key and a client key for root. A recipe's
+own files are copied in first (``copy_in``), so the lab's win. Guest paths
 are resolved inside the tree as the guest would see them, and files are never
 written through a symlink.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -94,6 +96,60 @@ def write_file(tree: Path, path: str, data: Union[bytes, str], mode: int,
     finally:
         os.close(fd)
     return target
+
+
+def _entries(source: Path) -> list[tuple[str, Path]]:
+    """(path relative to ``source``, path) of a file, or of everything below a directory, sorted."""
+    if not source.is_dir():
+        return [("", source)]
+    out = []
+    for top, dirs, files in os.walk(source):
+        dirs.sort()
+        for name in sorted(dirs) + sorted(files):
+            full = Path(top) / name
+            out.append((str(full.relative_to(source)), full))
+    return sorted(out)
+
+
+def tree_digest(source: Path) -> str:
+    """sha256 over the names, modes and contents (a symlink: its target) of a file or a
+    directory's tree; ValueError for what cannot be copied into an image (a socket, a device)."""
+    h = hashlib.sha256()
+    for rel, full in _entries(source):
+        st = full.lstat()
+        if stat.S_ISLNK(st.st_mode):
+            h.update(f"L {rel} {os.readlink(full)}\n".encode())
+        elif stat.S_ISDIR(st.st_mode):
+            h.update(f"D {rel} {st.st_mode & 0o7777:o}\n".encode())
+        elif stat.S_ISREG(st.st_mode):
+            h.update(f"F {rel} {st.st_mode & 0o7777:o} {hashlib.sha256(full.read_bytes()).hexdigest()}\n".encode())
+        else:
+            raise ValueError(f"{full} is neither a file, a directory nor a symlink")
+    return h.hexdigest()
+
+
+def copy_in(tree: Path, source: Path, to: str) -> int:
+    """Copy a file, or a directory's tree, to the guest path ``to`` (modes kept, owned by root);
+    never writes through a symlink already in the tree. Returns the number of files."""
+    count = 0
+    for rel, full in _entries(source):
+        guest = to if not rel else f"{to.rstrip('/')}/{rel}"
+        st = full.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            target = guest_path(tree, guest)
+            if target.is_symlink():
+                target.unlink()
+            target.mkdir(mode=st.st_mode & 0o7777, parents=True, exist_ok=True)
+        elif stat.S_ISLNK(st.st_mode):
+            target = guest_path(tree, guest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.is_symlink() or target.exists():
+                target.unlink()
+            os.symlink(os.readlink(full), target)
+        else:
+            write_file(tree, guest, full.read_bytes(), st.st_mode & 0o7777)
+            count += 1
+    return count
 
 
 def _public_line(key: Any, comment: str) -> str:

@@ -2,7 +2,9 @@
 
 ``build()`` turns a ``Recipe`` into a raw ext4 filesystem (no partition table;
 the guest mounts it as ``/dev/vda`` through a qcow2 overlay): the recipe's
-packages installed with mmdebstrap, then made a lab guest (``guestfs``).
+packages and .deb files installed with mmdebstrap (a package of another suite
+is fetched first through the lab's private apt root, verified like a kernel's),
+its files copied in, then made a lab guest (``guestfs``).
 
 Images live in ``<cache>/images/<name>-<digest[:12]>/`` (``base.img`` 0444,
 ``client_key``, ``host_key.pub``, ``manifest.json`` written last). The digest
@@ -22,20 +24,22 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from ..core import atomic, diskspace, hostcmd
 from ..core.errors import ConfigError, HostCommandError, InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
-from . import mmdebstrap
+from . import apt, debversion, mmdebstrap
 from .apt import sha256_file
-from .guestfs import check_busybox, customise, tree_usage
+from .guestfs import check_busybox, copy_in, customise, tree_usage
 from .mirror import debian_mirrors
 from .mke2fs import mke2fs
 from .recipes import FORMAT, Recipe
 
 log = logging.getLogger(__name__)
+# mmdebstrap's own hook that makes a --include'd .deb file visible inside the tree being made
+FILE_DEBS_HOOK = "/usr/share/mmdebstrap/hooks/file-mirror-automount"
 
 
 # images ------------------------------------------------------------------------------
@@ -158,11 +162,15 @@ def _build(recipe: Recipe, digest: str, work: Path, settings: Settings) -> Path:
     tree, out = work / "rootfs", work / "image"
     out.mkdir()
     mirror = debian_mirrors(settings.debian_mirror).archive
+    debs = recipe_debs(recipe, settings)
     log.info("image %s: installing %s %s with %s (mmdebstrap)", recipe.name, recipe.suite,
-             recipe.variant, ", ".join(recipe.packages))
+             recipe.variant, ", ".join([*recipe.packages, *(d.path.name for d in debs)]))
     t0 = time.monotonic()
-    _mmdebstrap(recipe, tree, mirror, settings)
+    _mmdebstrap(recipe, tree, mirror, settings, [d.path for d in debs])
     log.info("image %s: packages installed in %.0fs; customising", recipe.name, time.monotonic() - t0)
+    for copy in recipe.copies:
+        log.info("image %s: %d files from %s to %s", recipe.name, copy_in(tree, copy.source, copy.to),
+                 copy.source, copy.to)
     host_pub, client = customise(tree, out)
     check_busybox(tree, settings)
 
@@ -180,6 +188,7 @@ def _build(recipe: Recipe, digest: str, work: Path, settings: Settings) -> Path:
     base.chmod(0o444)
     manifest = {"format": FORMAT, "name": recipe.name, "digest": digest, "recipe": recipe.content(),
                 "base": _fingerprint(base),
+                "debs": [{"package": d.package, "version": d.version, "sha256": d.sha256} for d in debs],
                 "host_key": host_pub, "client_key_public": client,
                 "used_bytes": used, "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "build_seconds": round(time.monotonic() - t0, 1)}
@@ -189,9 +198,30 @@ def _build(recipe: Recipe, digest: str, work: Path, settings: Settings) -> Path:
     return out
 
 
-def _mmdebstrap(recipe: Recipe, tree: Path, mirror: str, settings: Settings) -> None:
-    cmd = mmdebstrap.command(recipe.suite, tree, mirror, variant=recipe.variant,
-                             packages=recipe.packages)
+def recipe_debs(recipe: Recipe, settings: Settings) -> list[apt.Deb]:
+    """The recipe's .deb files: local ones as they are, a suite's package downloaded (once, into
+    the downloads cache) through a private apt root and checked against the archive's hash."""
+    out = []
+    for src in recipe.debs:
+        if src.file is not None:
+            out.append(apt.Deb(src.file.name, "local", src.file, src.sha256, src.file.stat().st_size))
+            continue
+        assert src.package and src.suite
+        root = apt.root_for(settings, [src.suite])
+        apt.update(root)
+        found = [r for r in apt.packages(root, lambda n: n == src.package)
+                 if src.version in (None, r.version)]
+        if not found:
+            raise apt.missing_error(root, src.package, src.version or "any version")
+        rec = max(found, key=lambda r: debversion.key(r.version))
+        out.append(apt.download(root, rec.package, rec.version, settings.downloads_dir, sha256=rec.sha256 or None))
+    return out
+
+
+def _mmdebstrap(recipe: Recipe, tree: Path, mirror: str, settings: Settings,
+                debs: Sequence[Path] = ()) -> None:
+    cmd = mmdebstrap.command(recipe.suite, tree, mirror, variant=recipe.variant, packages=recipe.packages,
+                             debs=debs, hook_dirs=(FILE_DEBS_HOOK,) if debs else ())
     try:
         hostcmd.run(cmd, what=f"install the {recipe.name} image's packages",
                     timeout=settings.timeouts.image_build,

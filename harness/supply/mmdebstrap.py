@@ -26,13 +26,17 @@ DPKG_INCLUDES = ("/usr/share/doc/*/copyright",)
 
 
 def command(suite: str, tree: Path, mirror: str, *, variant: str = "minbase",
-            packages: Sequence[str] = (), aptopts: Sequence[str] = ()) -> list[str]:
+            packages: Sequence[str] = (), aptopts: Sequence[str] = (), debs: Sequence[Path] = (),
+            hook_dirs: Sequence[str] = ()) -> list[str]:
     """The mmdebstrap command line making ``tree`` from ``suite`` at ``mirror``.
-    ``aptopts``: extra ``--aptopt=...`` arguments."""
+    ``aptopts``: extra ``--aptopt=...`` arguments; ``debs``: .deb files installed too (each
+    its own --include: a path is never split; a hook dir must make them visible in the tree)."""
     cmd = ["mmdebstrap", "--mode=root", f"--variant={variant}", "--components=main",
            "--aptopt=Acquire::Languages \"none\""]
     if packages:
         cmd.append("--include=" + ",".join(packages))
+    cmd += [f"--include={Path(d).absolute()}" for d in debs]
+    cmd += [f"--hook-dir={h}" for h in hook_dirs]
     cmd += list(aptopts)
     cmd += [f"--dpkgopt=path-exclude={p}" for p in DPKG_EXCLUDES]
     cmd += [f"--dpkgopt=path-include={p}" for p in DPKG_INCLUDES]

@@ -108,3 +108,15 @@ def test_an_interrupt_mid_matrix_keeps_the_finished_verdicts_and_the_interrupted
     assert [(r["kernel"], r["verdict"]) for r in doc["results"]] == [("debian-6.1", "pass"),
                                                                      ("debian-5.10", "error")]
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_check_applies_with_the_tool_it_is_given(monkeypatch, tmp_path):
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "Makefile").write_text("obj-m += p.o\n")
+    seen = []
+    monkeypatch.setattr(cli, "_run_matrix", lambda scs, kernels, args: seen.extend(scs) or 0)
+    assert cli.main(["check", str(tmp_path / "p"), "--apply-with", "kpatch"]) == 0
+    assert seen[0].apply.tool == "kpatch" and seen[0].image.name == "kpatch.yaml"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["check", str(tmp_path / "p"), "--apply-with", "ksplice"])
+    assert exit_.value.code == 2

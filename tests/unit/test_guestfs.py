@@ -124,3 +124,47 @@ def test_two_builds_get_different_keys(tmp_path):
         out.mkdir()
         keys.append(guestfs.customise(tree, out))
     assert keys[0][0] != keys[1][0] and keys[0][1] != keys[1][1]
+
+
+# a recipe's own files -----------------------------------------------------------------------
+def test_a_directory_is_copied_with_its_modes_and_links_through_the_guests_own_paths(tmp_path):
+    tree = fake_tree(tmp_path)
+    src = tmp_path / "agent"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin" / "agentd").write_text("#!/bin/sh\n")
+    (src / "bin" / "agentd").chmod(0o750)
+    (src / "README").write_text("hi\n")
+    (src / "current").symlink_to("bin")
+    assert guestfs.copy_in(tree, src, "/lib/agent") == 2
+    # /lib is a link to usr/lib inside the tree, as the guest sees it
+    assert (tree / "usr/lib/agent/bin/agentd").read_text() == "#!/bin/sh\n"
+    assert stat.S_IMODE((tree / "usr/lib/agent/bin/agentd").stat().st_mode) == 0o750
+    assert os.readlink(tree / "usr/lib/agent/current") == "bin"
+    guestfs.copy_in(tree, src / "README", "/etc/agent.readme")
+    assert (tree / "etc/agent.readme").read_text() == "hi\n"
+
+
+def test_a_copy_never_writes_through_a_link_that_points_out_of_the_tree(tmp_path):
+    tree = fake_tree(tmp_path)
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (tree / "etc/agent").symlink_to(outside)           # absolute: the guest's /…/host, not ours
+    src = tmp_path / "f"
+    src.write_text("guest\n")
+    guestfs.copy_in(tree, src, "/etc/agent")
+    assert list(outside.iterdir()) == [] and (tree / "etc/agent").read_text() == "guest\n"
+
+
+def test_the_tree_digest_follows_names_modes_contents_and_refuses_what_cannot_be_copied(tmp_path):
+    src = tmp_path / "d"
+    src.mkdir()
+    (src / "a").write_text("1")
+    first = guestfs.tree_digest(src)
+    (src / "a").chmod(0o600)
+    assert guestfs.tree_digest(src) != first
+    (src / "a").chmod(0o644)
+    (src / "b").write_text("")
+    assert guestfs.tree_digest(src) != first
+    os.mkfifo(src / "pipe")
+    with pytest.raises(ValueError, match="neither a file"):
+        guestfs.tree_digest(src)

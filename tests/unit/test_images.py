@@ -222,3 +222,31 @@ def test_a_restored_copys_overlay_is_backed_by_the_saved_disk_which_is_backed_by
                                       capture_output=True, check=True, text=True).stdout)
     assert [(c["filename"], c["format"]) for c in chain] == [
         (str(overlay), "qcow2"), (str(saved), "qcow2"), (str(base), "raw")]
+
+
+# what a recipe adds ------------------------------------------------------------------------------
+def test_a_recipes_debs_local_as_they_are_and_a_suites_package_fetched_verified(tmp_path, monkeypatch):
+    from harness.supply import apt
+    (tmp_path / "agent_1_amd64.deb").write_bytes(b"x")
+    asked = []
+    monkeypatch.setattr(apt, "update", lambda root: asked.append(("update", root.suites)))
+    monkeypatch.setattr(apt, "packages", lambda root, want: [
+        apt.PackageRecord(n, v, n, "", f"pool/{n}_{v}.deb", f"sha-{v}", 1)
+        for n, v in (("kpatch", "0.9.10-1"), ("kpatch", "0.9.11-1"), ("kpatch-build", "0.9.11-1")) if want(n)])
+
+    def download(root, package, version, dest, sha256=None):
+        asked.append(("download", package, version, sha256, dest))
+        return apt.Deb(package, version, dest / f"{package}_{version}_amd64.deb", sha256, 1)
+    monkeypatch.setattr(apt, "download", download)
+    settings = Settings(cache_dir=tmp_path / "cache")
+    recipe = load(tmp_path, GOOD + "debs:\n  - {file: agent_1_amd64.deb}\n  - {package: kpatch, suite: sid}\n")
+    local, fetched = images.recipe_debs(recipe, settings)
+    assert local.path == tmp_path / "agent_1_amd64.deb" and local.sha256 == recipe.debs[0].sha256
+    assert (fetched.package, fetched.version) == ("kpatch", "0.9.11-1")    # the newest
+    assert asked == [("update", ("sid",)), ("download", "kpatch", "0.9.11-1", "sha-0.9.11-1", settings.downloads_dir)]
+    pinned = load(tmp_path, GOOD + "debs:\n  - {package: kpatch, suite: sid, version: 0.9.10-1}\n")
+    assert images.recipe_debs(pinned, settings)[0].version == "0.9.10-1"
+    monkeypatch.setattr(apt, "missing_error", lambda root, p, v: ConfigError(f"{p}={v} is not in sid"))
+    gone = load(tmp_path, GOOD + "debs:\n  - {package: kpatch, suite: sid, version: 9}\n")
+    with pytest.raises(ConfigError, match="kpatch=9 is not in sid"):
+        images.recipe_debs(gone, settings)

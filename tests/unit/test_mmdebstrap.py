@@ -49,3 +49,10 @@ def test_the_command_names_suite_tree_and_mirror_last_with_docs_left_out():
     assert "--dpkgopt=path-exclude=/usr/share/doc/*" in cmd
     assert cmd[-3:] == ["trixie", "/t/root", "http://m/debian"]
     assert not any(a.startswith("--include") for a in mmdebstrap.command("sid", Path("/t"), "m"))
+
+
+def test_deb_files_are_each_their_own_include_and_need_the_hook_that_shows_them_in_the_tree():
+    cmd = mmdebstrap.command("bookworm", Path("/t"), "m", packages=["kmod"], debs=[Path("/c/a_1_amd64.deb")],
+                             hook_dirs=["/usr/share/mmdebstrap/hooks/file-mirror-automount"])
+    assert "--include=kmod" in cmd and "--include=/c/a_1_amd64.deb" in cmd
+    assert "--hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount" in cmd

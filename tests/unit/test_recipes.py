@@ -156,3 +156,46 @@ def test_the_digest_changes_with_the_layout_version(tmp_path, monkeypatch):
     before = recipe.digest()
     monkeypatch.setattr(recipes, "FORMAT", recipes.FORMAT + 1)
     assert recipe.digest() != before
+
+
+# what a recipe adds: .deb files and copies ------------------------------------------------------
+def test_debs_and_copies_load_and_their_contents_make_the_digest(tmp_path):
+    (tmp_path / "agent_1.0_amd64.deb").write_bytes(b"!<arch>\nfake")
+    agent = tmp_path / "agent"
+    (agent / "bin").mkdir(parents=True)
+    (agent / "bin" / "run").write_text("#!/bin/sh\n")
+    (agent / "bin" / "run").chmod(0o755)
+    text = GOOD + ("debs:\n  - {file: agent_1.0_amd64.deb}\n  - {package: kpatch, suite: trixie}\n"
+                   "copy:\n  - {from: agent, to: /opt/agent}\n")
+    recipe = load(tmp_path, text)
+    local, archive = recipe.debs
+    assert local.file == tmp_path / "agent_1.0_amd64.deb" and len(local.sha256) == 64
+    assert (archive.package, archive.suite, archive.version) == ("kpatch", "trixie", None)
+    copy, = recipe.copies
+    assert (copy.source, copy.to) == (agent, "/opt/agent")
+    before = recipe.digest()
+    (agent / "bin" / "run").chmod(0o644)         # a mode is content: a new image
+    assert load(tmp_path, text).digest() != before
+    (agent / "bin" / "run").chmod(0o755)
+    assert load(tmp_path, text).digest() == before
+    (tmp_path / "agent_1.0_amd64.deb").write_bytes(b"!<arch>\nother")
+    assert load(tmp_path, text).digest() != before
+
+
+def test_a_recipe_without_debs_or_copies_keeps_its_digest(tmp_path):
+    """Adding the fields must not rebuild every image already cached."""
+    assert "debs" not in load(tmp_path, GOOD).content() and "copy" not in load(tmp_path, GOOD).content()
+
+
+@pytest.mark.parametrize("extra,field,message", [
+    ("debs:\n  - {file: nope.deb}\n", "debs[0].file", "is not a .deb file"),
+    ("debs:\n  - {package: kpatch}\n", "debs[0].suite", "needs the suite"),
+    ("debs:\n  - {}\n", "debs[0]", "exactly one of file"),
+    ("debs:\n  - {package: kpatch, suite: trixie, version: 'a b'}\n", "debs[0].version", "not a Debian version"),
+    ("copy:\n  - {from: nowhere, to: /opt/x}\n", "copy[0].from", "neither a file nor a directory"),
+    ("copy:\n  - {from: ., to: opt/x}\n", "copy[0].to", "not an absolute path"),
+    ("copy:\n  - {from: .}\n", "copy[0].to", "required field is missing"),
+])
+def test_bad_debs_and_copies_name_the_field(tmp_path, extra, field, message):
+    err = config_error(tmp_path, GOOD + extra)
+    assert err.field == field and message in str(err)

@@ -246,3 +246,49 @@ def test_security_settings_sign_with_both_key_and_cert_and_refuse_one_alone(tmp_
     with pytest.raises(ConfigError, match=r"\[--sign-cert\]: .*nope.pem does not exist"):
         scenario.from_options(kbuild(tmp_path / "patch"), security={"sign_key": str(tmp_path / "k.pem"),
                                                                     "sign_cert": str(tmp_path / "nope.pem")})
+
+
+# applying through a tool or a hook -----------------------------------------------------------
+def test_a_tool_brings_its_own_image_unless_the_scenario_names_one(tmp_path):
+    from harness.lab.specs import ApplySpec
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\n"))
+    assert (sc.apply, sc.image) == (ApplySpec("insmod"), None)
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\napply: {tool: kpatch}\n"))
+    assert (sc.apply, sc.image) == (ApplySpec("kpatch"), REPO / "images" / "kpatch.yaml")
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\napply: {tool: kpatch}\nimage: hooks\n"))
+    assert sc.image == REPO / "images" / "hooks.yaml"
+    (tmp_path / "mine.yaml").write_text((REPO / "images" / "default.yaml").read_text())
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\nimage: ./mine.yaml\n"))
+    assert sc.image == tmp_path / "mine.yaml"
+
+
+def test_a_command_hook_with_its_revert(tmp_path):
+    from harness.lab.specs import ApplySpec
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\napply:\n  command: agent load {module}\n"
+                                       "  revert: agent unload {name}\n"))
+    assert sc.apply == ApplySpec("command", "agent load {module}", "agent unload {name}") and sc.image is None
+
+
+@pytest.mark.parametrize("text, line, field, words", [
+    ("apply: {tool: ksplice}\n", 2, "apply.tool", "must be one of insmod, kpatch"),
+    ("apply: {tool: kpatch, command: \"x {module}\"}\n", 2, "apply.command", "a tool or a command hook, not both"),
+    ("apply: {revert: \"x {name}\"}\n", 2, "apply.revert", "goes with a `command` hook"),
+    ("apply: {command: \"x {modul}\"}\n", 2, "apply.command", "unknown placeholder {modul}"),
+    ("apply: {command: \"x '{module}'\"}\n", 2, "apply.command", "without quotes"),
+    ("image: nowhere\n", 2, "image", "no image recipe"),
+    ("apply: {tool: kpatch}\npatch: {source: p, params: {n: 1}}\n", 1, "apply", "module parameters need"),
+])
+def test_a_bad_apply_or_image_is_refused_naming_the_field(tmp_path, text, line, field, words):
+    body = text if text.startswith("apply: {tool: kpatch}\npatch") else "patch: {source: p}\n" + text
+    with pytest.raises(ConfigError) as err:
+        scenario.load(write(tmp_path, body))
+    assert err.value.field == field and words in str(err.value)
+    assert err.value.line == line
+
+
+def test_check_applies_with_a_tool_when_asked(tmp_path):
+    sc = scenario.from_options(kbuild(tmp_path / "patch"), apply_with="kpatch")
+    assert sc.apply.tool == "kpatch" and sc.image == REPO / "images" / "kpatch.yaml"
+    with pytest.raises(ConfigError) as err:
+        scenario.from_options(kbuild(tmp_path / "patch"), apply_with="kpatch", params=["n=1"])
+    assert err.value.field == "--apply-with"

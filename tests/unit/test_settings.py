@@ -110,7 +110,8 @@ def test_the_whole_cache_lives_below_cache_dir(tmp_path):
 
 
 GUEST_SIDE = {"first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
-              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case", "resync"}
+              "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case", "resync",
+              "apply_tool"}
 
 
 def test_scaled_stretches_only_the_guest_side_deadlines():

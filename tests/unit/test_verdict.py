@@ -334,3 +334,53 @@ def test_a_soak_fails_a_leak_a_leftover_and_a_steady_slow_down():
                         soak_limits={"leak_kib": 256, "slowdown": 2})
     msgs = [r.message for r in V.decide(slow).reasons if r.check == "soak"]
     assert msgs and msgs[0].startswith("transitions slowed down steadily: 1.70 s in the first cycles, 5.90 s")
+
+
+# a vendor's tool against the kernel ----------------------------------------------------------
+def tool(rc, kernel="patched", said="transition complete (1 seconds)", op="load"):
+    return {"tool": "kpatch", "op": op, "patch": NAME, "command": "kpatch load x.ko", "rc": rc, "seconds": 80.4,
+            "deadline": 600.0, "said": said, "kernel": kernel}
+
+
+def stalled(with_tool):
+    return clean_record(transition={"completed": False, "seconds": 9, "deadline": 9, "tool": with_tool,
+                                    "stragglers": ["lab_sleeper (pid 77, tid 77) at lab_target_sleep"]},
+                        revert={"disabled": True, "by": "kpatch load", "sysfs_gone": True, "module_gone": True})
+
+
+@pytest.mark.parametrize("said_by_tool,ending", [
+    (tool(1, "gone", "kpatch: error: failed to load module lab_good (transition stalled)"),
+     "; kpatch load failed (rc 1 after 80 s): 'kpatch: error: failed to load module lab_good (transition "
+     "stalled)'; after it the patch is gone from the kernel"),
+    (tool(None, "in transition", "[<0>] ret_from_fork+0x22/0x30"),    # killed mid-sentence: no last words
+     "; kpatch load did not end within 600 s (killed); after it the patch is still in transition"),
+    (tool(0, "in transition"),
+     "; yet kpatch load succeeded (rc 0 after 80 s): 'transition complete (1 seconds)': the tool and the kernel "
+     "disagree (the patch is still in transition)"),
+    (tool(0, "patched"),
+     "; kpatch load waited longer and succeeded (rc 0 after 80 s): the kernel had completed the transition by "
+     "then"),
+])
+def test_a_stall_says_what_the_tool_did_about_it(said_by_tool, ending):
+    (check, message), = [(r.check, r.message) for r in V.decide(stalled(said_by_tool)).reasons]
+    assert check == "transition"
+    assert message == ("patching did not complete within 9 s; still unpatched: lab_sleeper (pid 77, tid 77) at "
+                       "lab_target_sleep" + ending)
+
+
+def test_a_completed_transition_needs_the_tool_to_agree():
+    agreed = clean_record(transition={"completed": True, "seconds": 1, "deadline": 9, "tool": tool(0)})
+    assert checks_of(agreed) == set()
+    gone = clean_record(transition={"completed": True, "seconds": 1, "deadline": 9,
+                                    "tool": tool(1, "gone", "kpatch: error")})
+    assert [r.message for r in V.decide(gone).reasons if r.check == "transition"] == [
+        "the transition completed, but once kpatch load ended (failed (rc 1 after 80 s): 'kpatch: error') the "
+        "patch was gone from the kernel"]
+
+
+def test_a_revert_tool_must_agree_with_the_kernel():
+    ok = {"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True}
+    assert checks_of(clean_record(revert={**ok, "tool": tool(0, op="revert")})) == set()
+    left = clean_record(revert={**ok, "module_gone": False, "tool": tool(0, op="revert")})
+    assert [r.message for r in V.decide(left).reasons if r.check == "revert"] == [
+        f"module {NAME} still in /proc/modules although kpatch revert succeeded (rc 0 after 80 s)"]

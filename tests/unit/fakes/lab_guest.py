@@ -40,8 +40,9 @@ class FakeKernel:
 
     @staticmethod
     def _reach(guest) -> None:
-        """A guest given up on answers nothing, to the kernel's functions as to any command."""
-        if guest.channel.lost:
+        """A guest given up on answers nothing, to the kernel's functions as to any command (None:
+        the guest's own doing, e.g. a tool at work in it)."""
+        if guest is not None and guest.channel.lost:
             raise GuestConnectionError(f"ssh: connection lost: {guest.channel.lost}")
 
     def _print(self, line: str) -> None:
@@ -74,6 +75,11 @@ class FakeKernel:
     def patches(self, guest, timeout):
         self._reach(guest)
         return {n: {"enabled": int(on), "transition": 0, "replace": None} for n, on in self.enabled.items()}
+
+    def state(self, guest, name, timeout):
+        if name not in self.enabled:
+            return {"enabled": None, "transition": None}
+        return {"enabled": int(self.enabled[name]), "transition": int(name in self.stall)}
 
     def wait_transition(self, guest, name, deadline_s):
         self._reach(guest)
@@ -115,9 +121,9 @@ class FakeKernel:
         self.enabled.pop(module, None)
         return Result("rmmod", 0, "", "", 0.0)
 
-    def remove(self, guest, module, timeout):
+    def remove(self, guest, module, timeout, rmmod=True):
         self._reach(guest)
-        res = self.unload(guest, module, timeout)
+        res = self.unload(guest, module, timeout) if rmmod else Result("true", 0, "", "", 0.0)
         return livepatch.Removal(res.rc, res.stderr, module not in self.enabled, module not in self.modules)
 
     def module_loaded(self, guest, module, timeout):
@@ -150,8 +156,9 @@ class FakeKernel:
                                   sorted(self.enabled))
 
     def install(self, monkeypatch) -> "FakeKernel":
-        for name in ("load", "patches", "wait_transition", "stragglers", "signal_stragglers", "force", "disable",
-                     "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since", "begin", "finish", "remove"):
+        for name in ("load", "patches", "state", "wait_transition", "stragglers", "signal_stragglers", "force",
+                     "disable", "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since", "begin", "finish",
+                     "remove"):
             monkeypatch.setattr(livepatch, name, getattr(self, name))
         return self
 
