@@ -83,7 +83,8 @@ def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Sett
     with session.boot(kernel, image, settings, forward_ports=ports, artifacts_dir=out_dir) as guest:
         where = guest.machine.describe()
         events("booted", accel=guest.accel, seconds=round(guest.timings.get("ssh_ready", 0), 2),
-               backend=where.get("backend"), **({"uri": where["uri"]} if "uri" in where else {}))
+               backend=where.get("backend"), **({"uri": where["uri"]} if "uri" in where else {}),
+               **({"tcg_thread": where["tcg_thread"]} if "tcg_thread" in where else {}))
         t = guest.timeouts
         ctx = Context(sc, guest, t, rec, events, out_dir, HangEvidence(guest, settings, t.command),
                       mods.by_name(), mods.patch, mods.targets,

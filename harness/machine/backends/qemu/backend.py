@@ -6,16 +6,20 @@ a dead run's QEMU is found by the PID its run recorded.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 from pathlib import Path
+from typing import Optional
 
+from ....core import hostcmd
+from ....core.errors import HarnessError
 from ....core.settings import Settings, Timeouts
 from ....supply import images
 from ...host import boot_id, kvm_device_usable
 from ..base import Disk, MachineSpec, RunSpace
-from .command import QemuConfig
+from .command import QemuConfig, parse_version, tcg_thread
 from .machine import QemuMachine
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,18 @@ def _is_our_qemu(pid: int, run_path: Path) -> bool:
     except OSError:
         return False
     return str(run_path).encode() in cmdline
+
+
+@functools.lru_cache(maxsize=None)
+def qemu_version(binary: str) -> Optional[tuple[int, int, int]]:
+    """What ``binary --version`` says (once per binary and process); None if it says nothing
+    usable or does not run (starting it will then say why)."""
+    try:
+        return parse_version(hostcmd.run([binary, "--version"], what="QEMU's version",
+                                         timeout=Timeouts().host_command))
+    except HarnessError as exc:
+        log.debug("no QEMU version from %s: %s", binary, exc)
+        return None
 
 
 class QemuBackend:
@@ -49,7 +65,9 @@ class QemuBackend:
     def machine(self, spec: MachineSpec, accel: str, timeouts: Timeouts, run: RunSpace) -> QemuMachine:
         qmp_sock = run.sock_dir / "qmp.sock"
         qmp_sock.unlink(missing_ok=True)   # a port-clash retry's predecessor
-        return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=self.settings.qemu_binary),
+        binary = self.settings.qemu_binary
+        thread = tcg_thread(self.settings.tcg_thread, qemu_version(binary)) if accel == "tcg" else "single"
+        return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=binary, tcg_thread=thread),
                            timeouts, run.path / "qemu.log",
                            record=lambda **items: run.record(self.name, **items))
 
