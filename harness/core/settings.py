@@ -20,6 +20,8 @@ ACCELS = ("auto", "kvm", "tcg")
 BACKENDS = ("qemu", "libvirt")
 # The libvirt backend's single-threaded TCG (see backends/libvirt/machine.py); lab.sh installs it.
 DEFAULT_TCG_EMULATOR = "/usr/local/libexec/livepatch-lab/qemu-tcg-single"
+# Where lab.sh unpacks a QEMU safe for multi-threaded TCG when the system's is older (Debian 12)
+LAB_QEMU = "/usr/local/libexec/livepatch-lab/qemu-system-x86_64"
 BOOT_PROTOCOLS = ("pvh", "bzimage")
 # TCG's vCPU threading: auto = multi-threaded where QEMU is safe for it (see backends/qemu/command.py)
 TCG_THREADS = ("auto", "single", "multi")
@@ -78,6 +80,11 @@ def _uri_list(raw: str) -> tuple[str, ...]:
     return tuple(u.strip() for u in raw.split(",") if u.strip())
 
 
+def default_qemu() -> str:
+    """lab.sh's own QEMU where it installed one, else the system's."""
+    return LAB_QEMU if os.access(LAB_QEMU, os.X_OK) else "qemu-system-x86_64"
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "livepatch-lab"
@@ -89,7 +96,7 @@ class Settings:
     accel: str = "auto"                 # auto | kvm | tcg
     memory_mib: int = 1024
     cpus: int = 2
-    qemu_binary: str = "qemu-system-x86_64"
+    qemu_binary: str = field(default_factory=default_qemu)
     debian_mirror: Optional[str] = None  # None: the host's own apt configuration
     tcg_factor: float = 3.0
     tcg_thread: str = "auto"            # auto | single | multi: TCG's vCPU threads (QEMU backend)

@@ -133,3 +133,14 @@ def test_timeouts_for_the_accelerator_use_the_tcg_factor():
 def test_timeouts_is_not_a_dataclass_field_for_scaled_list():
     assert "SCALED" not in {f.name for f in dataclasses.fields(Timeouts)}
     assert isinstance(Settings().cache_dir, Path)
+
+
+def test_qemu_is_lab_sh_s_own_where_it_installed_one_else_the_systems(tmp_path, monkeypatch):
+    from harness.core import settings as mod
+    own = tmp_path / "qemu-system-x86_64"
+    monkeypatch.setattr(mod, "LAB_QEMU", str(own))
+    assert Settings(cache_dir=tmp_path).qemu_binary == "qemu-system-x86_64"
+    own.write_text("#!/bin/sh\n")
+    own.chmod(0o755)
+    assert Settings(cache_dir=tmp_path).qemu_binary == str(own)
+    assert Settings.from_env({P + "QEMU": "/opt/q"}, cache_dir=tmp_path).qemu_binary == "/opt/q"
