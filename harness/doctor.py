@@ -12,6 +12,8 @@ from typing import Iterator
 from .core.errors import HarnessError
 from .core.settings import Settings
 from .machine import accel
+from .machine.backends.qemu.backend import qemu_version
+from .machine.backends.qemu.command import MTTCG_SAFE_SINCE, tcg_thread
 from .supply import mirror
 
 MIN_FREE_GIB = 10
@@ -48,6 +50,21 @@ def _static(path: str) -> bool:
         return b"/lib64/ld-linux" not in data and b"/lib/ld-linux" not in data
 
 
+def _tcg_threads(settings: Settings) -> Check:
+    """How a TCG guest's vCPUs will run: one host thread each where QEMU is safe for it."""
+    version = qemu_version(settings.qemu_binary)
+    thread = tcg_thread(settings.tcg_thread, version)
+    said = "QEMU " + ".".join(map(str, version)) if version else "QEMU of unknown version"
+    safe = ".".join(map(str, MTTCG_SAFE_SINCE))
+    if thread == "multi":
+        return Check("tcg-threads", "OK", f"{said}: multi-threaded TCG (a host thread per vCPU)")
+    if settings.tcg_thread == "single":
+        return Check("tcg-threads", "OK", f"{said}: single-threaded TCG, as LIVEPATCH_LAB_TCG_THREAD says")
+    return Check("tcg-threads", "WARN", f"{said} is older than {safe}: single-threaded TCG, so livepatch "
+                 "transitions on PREEMPT_DYNAMIC kernels (debian-6.12) take minutes under load; "
+                 "lab.sh installs a newer QEMU (Debian 12: from bookworm-backports)")
+
+
 def run_checks(settings: Settings) -> Iterator[Check]:
     for mod in ("paramiko", "yaml", "tenacity", "xdist"):
         try:
@@ -56,6 +73,7 @@ def run_checks(settings: Settings) -> Iterator[Check]:
         except ImportError:
             yield Check(f"python:{mod}", "FAIL", "missing; pip install livepatch-lab's dependencies")
     yield _tool(settings.qemu_binary, "runs the guests", "qemu-system-x86")
+    yield _tcg_threads(settings)
     yield _tool("qemu-img", "makes overlays", "qemu-utils")
     ok, why = accel.kvm_device_usable()
     if not ok:

@@ -20,7 +20,11 @@ ACCELS = ("auto", "kvm", "tcg")
 BACKENDS = ("qemu", "libvirt")
 # The libvirt backend's single-threaded TCG (see backends/libvirt/machine.py); lab.sh installs it.
 DEFAULT_TCG_EMULATOR = "/usr/local/libexec/livepatch-lab/qemu-tcg-single"
+# Where lab.sh unpacks a QEMU safe for multi-threaded TCG when the system's is older (Debian 12)
+LAB_QEMU = "/usr/local/libexec/livepatch-lab/qemu-system-x86_64"
 BOOT_PROTOCOLS = ("pvh", "bzimage")
+# TCG's vCPU threading: auto = multi-threaded where QEMU is safe for it (see backends/qemu/command.py)
+TCG_THREADS = ("auto", "single", "multi")
 ENV_PREFIX = "LIVEPATCH_LAB_"
 
 
@@ -93,6 +97,11 @@ def _flag(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def default_qemu() -> str:
+    """lab.sh's own QEMU where it installed one, else the system's."""
+    return LAB_QEMU if os.access(LAB_QEMU, os.X_OK) else "qemu-system-x86_64"
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "livepatch-lab"
@@ -104,9 +113,10 @@ class Settings:
     accel: str = "auto"                 # auto | kvm | tcg
     memory_mib: int = 1024
     cpus: int = 2
-    qemu_binary: str = "qemu-system-x86_64"
+    qemu_binary: str = field(default_factory=default_qemu)
     debian_mirror: Optional[str] = None  # None: the host's own apt configuration
     tcg_factor: float = 3.0
+    tcg_thread: str = "auto"            # auto | single | multi: TCG's vCPU threads (QEMU backend)
     runs_root: Optional[Path] = None    # None: <cache>/runs; tests give each session its own
     boot_protocol: str = "pvh"          # pvh: enter the unpacked kernel directly (see vmlinux.py)
     backend: str = "qemu"               # qemu: a child process here | libvirt: a libvirt domain
@@ -123,6 +133,9 @@ class Settings:
         if self.boot_protocol not in BOOT_PROTOCOLS:
             raise ConfigError(f"boot_protocol must be one of {', '.join(BOOT_PROTOCOLS)}, "
                               f"not {self.boot_protocol!r}", field="boot_protocol")
+        if self.tcg_thread not in TCG_THREADS:
+            raise ConfigError(f"tcg_thread must be one of {', '.join(TCG_THREADS)}, "
+                              f"not {self.tcg_thread!r}", field="tcg_thread")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}",
                               field="backend")
@@ -234,7 +247,8 @@ class Settings:
         conv = {"CACHE": ("cache_dir", Path), "ACCEL": ("accel", str),
                 "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
                 "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),
-                "TCG_FACTOR": ("tcg_factor", float), "BOOT_PROTOCOL": ("boot_protocol", str),
+                "TCG_FACTOR": ("tcg_factor", float), "TCG_THREAD": ("tcg_thread", str),
+                "BOOT_PROTOCOL": ("boot_protocol", str),
                 "RUNS": ("runs_root", Path), "BACKEND": ("backend", str),
                 "LIBVIRT_URI": ("libvirt_uri", str), "LIBVIRT_URIS": ("libvirt_uris", _uri_list),
                 "LIBVIRT_TCG_EMULATOR": ("libvirt_tcg_emulator", str),

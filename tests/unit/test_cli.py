@@ -56,7 +56,8 @@ def test_doctor_reports_every_check(capsys, tmp_path):
     out = capsys.readouterr().out
     failed = [line for line in out.splitlines() if line.startswith("FAIL")]
     assert rc == (1 if failed else 0), out   # exit 1 exactly when a check failed, and it is named
-    for name in ("qemu-system-x86_64", "qemu-img", "kvm", "mmdebstrap", "busybox", "gcc", "mirror", "cache"):
+    for name in ("qemu-system-x86_64", "tcg-threads", "qemu-img", "kvm", "mmdebstrap", "busybox", "gcc",
+                 "mirror", "cache"):
         assert name in out
 
 

@@ -9,13 +9,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from harness.core.errors import DeadlineExceeded, InfraError, PortInUse
-from harness.core.settings import Timeouts
+from harness.core.settings import Settings, Timeouts
 from harness.machine.backends.base import GUEST, HOST, Disk, Forward, MachineExit, MachineSpec, StillRunning
-from harness.machine.backends.qemu import QemuConfig, QemuMachine, build_command, classify
+from harness.machine.backends.qemu import QemuBackend, QemuConfig, QemuMachine, build_command, classify
+from harness.machine.backends.qemu.command import parse_version, tcg_thread
 
 FAKE_QEMU = Path(__file__).parent / "fakes" / "fake_qemu.py"
 
@@ -48,11 +50,62 @@ def test_kvm_uses_the_host_cpu():
     assert values(cmd, "-accel") == ["kvm"] and values(cmd, "-cpu") == ["host"]
 
 
-def test_tcg_is_single_threaded_emulation_and_never_mentions_kvm():
-    # MTTCG races with the kernel's int3 text patching (a stale int3 oopses the guest)
+def test_tcg_is_single_threaded_unless_the_config_says_multi_and_never_mentions_kvm():
     cmd = command("tcg")
     assert values(cmd, "-accel") == ["tcg,thread=single"] and values(cmd, "-cpu") == ["max"]
     assert not any("kvm" in arg for arg in cmd)
+    multi = build_command(QemuConfig(spec(), "tcg", Path("/tmp/lab-x/qmp.sock"), tcg_thread="multi"))
+    assert values(multi, "-accel") == ["tcg,thread=multi"]
+
+
+@pytest.mark.parametrize("text, version", [
+    ("QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022", (7, 2, 22)),
+    ("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)", (10, 0, 2)),
+    ("QEMU emulator version 9.1.0", (9, 1, 0)),
+    ("QEMU emulator version 8.2", (8, 2, 0)),
+    ("qemu-system-x86_64: command not found", None), ("", None),
+])
+def test_the_version_is_read_from_qemus_own_words(text, version):
+    assert parse_version(text) == version
+
+
+@pytest.mark.parametrize("version, thread", [
+    ((7, 2, 22), "single"),   # Debian 12's QEMU: the stale-int3 race
+    ((8, 1, 0), "single"),    # the race fixed, not yet a block's second page
+    ((9, 0, 1), "single"),
+    ((9, 1, 0), "multi"), ((10, 0, 2), "multi"), ((11, 1, 3), "multi"),
+    (None, "single"),         # a QEMU that does not say what it is counts as unsafe
+])
+def test_auto_threading_is_multi_only_on_a_qemu_safe_for_it(version, thread):
+    assert tcg_thread("auto", version) == thread
+
+
+@pytest.mark.parametrize("setting", ["single", "multi"])
+def test_an_explicit_threading_setting_is_obeyed_whatever_the_version(setting):
+    assert {tcg_thread(setting, v) for v in [(7, 2, 22), (10, 0, 2), None]} == {setting}
+
+
+def test_the_backend_gives_a_tcg_machine_the_threading_its_qemu_binary_allows(tmp_path):
+    def fake(name: str, says: str) -> str:
+        path = tmp_path / name
+        path.write_text(f"#!/bin/sh\necho '{says}'\n")
+        path.chmod(0o755)
+        return str(path)
+
+    old = fake("qemu-old", "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)")
+    new = fake("qemu-new", "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)")
+    run = SimpleNamespace(path=tmp_path, sock_dir=tmp_path, record=lambda **_: None)
+
+    def machine(binary: str, accel: str = "tcg", **kw) -> QemuMachine:
+        settings = Settings(cache_dir=tmp_path, qemu_binary=binary, **kw)
+        return QemuBackend(settings).machine(spec(), accel, TIMEOUTS, run)
+
+    assert values(machine(old).command, "-accel") == ["tcg,thread=single"]
+    assert values(machine(new).command, "-accel") == ["tcg,thread=multi"]
+    assert machine(new).describe()["tcg_thread"] == "multi"
+    assert values(machine(new, tcg_thread="single").command, "-accel") == ["tcg,thread=single"]
+    assert values(machine(old, tcg_thread="multi").command, "-accel") == ["tcg,thread=multi"]
+    assert "tcg_thread" not in machine(new, "kvm").describe()
 
 
 def test_the_machine_is_bare_headless_and_does_not_reboot():
@@ -183,7 +236,8 @@ def test_start_returns_with_qmp_up_and_the_console_being_followed(machine):
     assert m.qmp.execute("query-status", timeout=2) == {"status": "running", "running": True}
     assert m.console.wait_for(lambda c: c.contains("Linux version 6.1.0-18-amd64"), 2)
     assert m.exit_info() == StillRunning and m.exit_reason() == ""
-    assert m.describe() == {"backend": "qemu", "accel": "tcg", "command": m.command, "pid": m.pid}
+    assert m.describe() == {"backend": "qemu", "accel": "tcg", "command": m.command, "pid": m.pid,
+                            "tcg_thread": "single"}
     assert "fake QEMU up" in m.qemu_output()
 
 

@@ -14,18 +14,19 @@ def test_every_environment_variable_is_read_and_typed(tmp_path):
     env = {P + "CACHE": str(tmp_path / "c"), P + "ACCEL": "tcg", P + "MEMORY_MIB": "2048",
            P + "CPUS": "4", P + "QEMU": "/opt/qemu/bin/qemu-system-x86_64",
            P + "MIRROR": "http://mirror.example/debian", P + "TCG_FACTOR": "2.5",
-           P + "BOOT_PROTOCOL": "bzimage"}
+           P + "BOOT_PROTOCOL": "bzimage", P + "TCG_THREAD": "single"}
     s = Settings.from_env(env)
     assert (s.cache_dir, s.accel, s.memory_mib, s.cpus, s.qemu_binary, s.debian_mirror, s.tcg_factor,
-            s.boot_protocol) == (tmp_path / "c", "tcg", 2048, 4, "/opt/qemu/bin/qemu-system-x86_64",
-                                 "http://mirror.example/debian", 2.5, "bzimage")
+            s.boot_protocol, s.tcg_thread) == (tmp_path / "c", "tcg", 2048, 4, "/opt/qemu/bin/qemu-system-x86_64",
+                                               "http://mirror.example/debian", 2.5, "bzimage", "single")
 
 
 def test_unset_and_empty_variables_leave_the_defaults(tmp_path):
     s = Settings.from_env({P + "ACCEL": "", P + "CPUS": "", "UNRELATED": "x"}, cache_dir=tmp_path)
     d = Settings(cache_dir=tmp_path)
     assert s == d
-    assert (d.accel, d.cpus, d.memory_mib, d.boot_protocol, d.debian_mirror) == ("auto", 2, 1024, "pvh", None)
+    assert (d.accel, d.cpus, d.memory_mib, d.boot_protocol, d.debian_mirror, d.tcg_thread) == \
+        ("auto", 2, 1024, "pvh", None, "auto")
 
 
 def test_explicit_overrides_beat_the_environment_and_none_means_not_given(tmp_path):
@@ -47,6 +48,7 @@ def test_an_unparsable_variable_is_named_with_its_value(var, raw, kind):
 
 
 @pytest.mark.parametrize("var, raw", [("ACCEL", "xen"), ("BOOT_PROTOCOL", "multiboot"), ("CPUS", "0"),
+                                      ("TCG_THREAD", "yes"),
                                       ("MEMORY_MIB", "-1"), ("TCG_FACTOR", "0"), ("TCG_FACTOR", "nan"),
                                       ("TCG_FACTOR", "inf")])
 def test_a_parsable_but_invalid_variable_is_also_named(var, raw, tmp_path):
@@ -72,6 +74,7 @@ def test_an_invalid_override_names_the_setting_not_a_variable(tmp_path):
 
 
 @pytest.mark.parametrize("field, value", [("accel", "hvf"), ("boot_protocol", "efi"), ("cpus", 0),
+                                          ("tcg_thread", "both"),
                                           ("memory_mib", 0), ("tcg_factor", -1.0)])
 def test_settings_refuse_invalid_values(field, value):
     with pytest.raises(ConfigError) as err:
@@ -141,3 +144,14 @@ def test_timeouts_for_the_accelerator_use_the_tcg_factor():
 def test_timeouts_is_not_a_dataclass_field_for_scaled_list():
     assert "SCALED" not in {f.name for f in dataclasses.fields(Timeouts)}
     assert isinstance(Settings().cache_dir, Path)
+
+
+def test_qemu_is_lab_sh_s_own_where_it_installed_one_else_the_systems(tmp_path, monkeypatch):
+    from harness.core import settings as mod
+    own = tmp_path / "qemu-system-x86_64"
+    monkeypatch.setattr(mod, "LAB_QEMU", str(own))
+    assert Settings(cache_dir=tmp_path).qemu_binary == "qemu-system-x86_64"
+    own.write_text("#!/bin/sh\n")
+    own.chmod(0o755)
+    assert Settings(cache_dir=tmp_path).qemu_binary == str(own)
+    assert Settings.from_env({P + "QEMU": "/opt/q"}, cache_dir=tmp_path).qemu_binary == "/opt/q"

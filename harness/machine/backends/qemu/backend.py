@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Optional
 
 from ....core import hostcmd
+from ....core.errors import HarnessError
 from ....core.settings import Settings, Timeouts
 from ....supply import images
 from ...host import boot_id, kvm_device_usable
 from ..base import Disk, MachineSpec, RunSpace
-from .command import QemuConfig, build_command
+from .command import QemuConfig, build_command, parse_version, tcg_thread
 from .machine import QemuMachine
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,18 @@ def _qemu_version(binary: str, size: int, mtime_ns: int, timeout: float) -> str:
     return out.strip().splitlines()[0] if out.strip() else ""
 
 
+@functools.lru_cache(maxsize=None)
+def qemu_version(binary: str) -> Optional[tuple[int, int, int]]:
+    """What ``binary --version`` says (once per binary and process); None if it says nothing
+    usable or does not run (starting it will then say why)."""
+    try:
+        return parse_version(hostcmd.run([binary, "--version"], what="QEMU's version",
+                                         timeout=Timeouts().host_command))
+    except HarnessError as exc:
+        log.debug("no QEMU version from %s: %s", binary, exc)
+        return None
+
+
 class QemuBackend:
     name = "qemu"
 
@@ -58,9 +71,15 @@ class QemuBackend:
         binary = shutil.which(self.settings.qemu_binary) or self.settings.qemu_binary
         st = Path(binary).resolve().stat()
         version = _qemu_version(binary, st.st_size, st.st_mtime_ns, self.settings.timeouts.host_command)
-        command = build_command(QemuConfig(spec, accel, Path("qmp.sock"), binary=self.settings.qemu_binary))
+        command = build_command(QemuConfig(spec, accel, Path("qmp.sock"), binary=self.settings.qemu_binary,
+                                           tcg_thread=self._thread(accel)))
         return {"qemu": version, "binary": [str(Path(binary).resolve()), st.st_size, st.st_mtime_ns],
                 "command": command[1:]}
+
+    def _thread(self, accel: str) -> str:
+        if accel != "tcg":
+            return "single"
+        return tcg_thread(self.settings.tcg_thread, qemu_version(self.settings.qemu_binary))
 
     def kvm_verdict(self) -> tuple[str, Path]:
         return f"{boot_id() or 'unknown'}:{self.settings.qemu_binary}", \
@@ -72,7 +91,8 @@ class QemuBackend:
     def machine(self, spec: MachineSpec, accel: str, timeouts: Timeouts, run: RunSpace) -> QemuMachine:
         qmp_sock = run.sock_dir / "qmp.sock"
         qmp_sock.unlink(missing_ok=True)   # a port-clash retry's predecessor
-        return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=self.settings.qemu_binary),
+        return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=self.settings.qemu_binary,
+                                      tcg_thread=self._thread(accel)),
                            timeouts, run.path / "qemu.log",
                            record=lambda **items: run.record(self.name, **items))
 

@@ -1,11 +1,38 @@
 """QEMU's command line for a ``MachineSpec``: a pure function, unit-tested."""
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from ..base import MachineSpec
+
+# Multi-threaded TCG (MTTCG: one host thread per vCPU) before QEMU 8.1 could link a translation
+# block made from guest code that another vCPU was rewriting at that moment, and run it after the
+# rewrite: a debian-6.12 guest executed a stale int3 ("Oops: int3") while a livepatch transition
+# rewrote its static-call sites (text_poke_bp). 8.1 serialised a page's translation with its
+# invalidation ("accel/tcg: Always lock pages before translation"); 9.1 (and 8.2.6) fixed the same
+# for a block's second page ("Fix typo causing tb->page_addr[1] to not be recorded"). Single-
+# threaded TCG cannot race, but it switches vCPUs mostly at timer interrupts, and each of a 6.12
+# transition's ~16,000 cross-CPU syncs waits for such a switch when the other vCPU is busy.
+MTTCG_SAFE_SINCE = (9, 1)
+_VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_version(text: str) -> Optional[tuple[int, int, int]]:
+    """``qemu-system-x86_64 --version``'s output -> (major, minor, micro); None if not QEMU's."""
+    m = _VERSION.search(text)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)) if m else None
+
+
+def tcg_thread(setting: str, version: Optional[tuple[int, int, int]]) -> str:
+    """``single`` or ``multi`` for the ``tcg_thread`` setting: ``auto`` is multi-threaded only
+    on a QEMU known to be safe for it (an unknown version counts as unsafe)."""
+    if setting != "auto":
+        return setting
+    return "multi" if version is not None and version[:2] >= MTTCG_SAFE_SINCE else "single"
 
 
 @dataclass(frozen=True)
@@ -15,10 +42,8 @@ class QemuConfig:
     qmp_socket: Path
     binary: str = "qemu-system-x86_64"
     machine: str = "pc"
-    # MTTCG ("multi") runs each vCPU on its own host thread, but its handling of
-    # cross-modifying code races with the kernel's int3-based text patching
-    # (text_poke_bp): a vCPU can execute a stale int3 -> "Oops: int3" (seen on 6.12
-    # while a livepatch transition ran). "single" interleaves vCPUs on one thread.
+    # "multi": a host thread per vCPU (safe from QEMU 9.1, see MTTCG_SAFE_SINCE);
+    # "single": all vCPUs interleaved on one thread
     tcg_thread: str = "single"
 
 

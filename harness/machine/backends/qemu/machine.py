@@ -220,5 +220,7 @@ class QemuMachine:
         return {f.guest_port: f.host_port for f in self.spec.forwards}
 
     def describe(self) -> dict:
-        return {"backend": "qemu", "accel": self.accel, "command": self.command,
-                "pid": self.pid}
+        out = {"backend": "qemu", "accel": self.accel, "command": self.command, "pid": self.pid}
+        if self.accel == "tcg":
+            out["tcg_thread"] = self.cfg.tcg_thread
+        return out
