@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 from ..core import diskspace
 from ..core.errors import DiskFull, HarnessError
 from ..core.settings import Settings
-from ..machine import heartbeat, session
+from ..machine import heartbeat, hostcpu, session
 from ..supply import images, kerneldefs, kernelfetch, recipes
 from . import apply
 from . import outcome as outcomes
@@ -128,12 +128,22 @@ def execute(ctx: Context, steps: Sequence[Step]) -> None:
     """Run ``steps`` in order, then ``Collect``. A step that fails the patch ends the list early
     and the patches it left loaded are unwound; any other exception propagates, once the
     host-side load is stopped (its requests are evidence)."""
+    pid = getattr(ctx.guest.machine, "host_pid", lambda: None)()
+
+    def cpu(t: float) -> None:
+        got = hostcpu.sample(pid, t)
+        if got is not None:
+            ctx.rec.host_cpu.append((got.t, got.host_busy, got.guest_run, got.guest_wait))
+
     try:
         try:
             for step in steps:
                 t0 = time.time()
+                cpu(t0)
                 if step.run(ctx) is not False:
-                    ctx.done.append((step, t0, time.time()))
+                    t1 = time.time()
+                    cpu(t1)
+                    ctx.done.append((step, t0, t1))
         except Failed as exc:
             ctx.rec.early += exc.reasons
             unwind(ctx)

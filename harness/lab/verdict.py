@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from ..machine import kmsg
-from . import toolcheck
+from . import contention, toolcheck
 from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, taint_letters
 from .record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord
 from .workload.stats import window_stats
@@ -43,10 +43,13 @@ def host_overloaded(rec: RunRecord) -> str:
     return ""
 
 
-def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
+def check_service(rec: RunRecord) -> tuple[list[Reason], dict, list[str]]:
+    """Reasons, the windows' statistics, and, when the service failed, where the rest of the
+    host took the guest's CPU in a judged window (contention.py: then the service could not be
+    judged)."""
     base_w = next((w for w in rec.windows.values() if w.kind == BASELINE), None)
     if not rec.service_enabled or base_w is None:
-        return [], {}
+        return [], {}, []
     t = rec.thresholds
     stats = {name: asdict(window_stats(rec.requests, w.start, w.end)) for name, w in rec.windows.items()}
     reasons: list[Reason] = []
@@ -59,7 +62,7 @@ def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
     if not base["count"] or base["max_latency"] is None:
         reasons.append(Reason("service", f"no successful request in the {base_w.name} window: "
                                          "nothing to compare with"))
-        return reasons, stats
+        return reasons, stats, []
     lat_limit = max(t["max_latency"], t["latency_factor"] * base["max_latency"])
     gap_limit = max(t["max_gap"], t["latency_factor"] * (base["longest_gap"] or 0))
     p50_limit = max(t["min_median"], t["median_factor"] * base["p50"])
@@ -84,7 +87,9 @@ def check_service(rec: RunRecord) -> tuple[list[Reason], dict]:
     note = host_overloaded(rec)
     if note and reasons:
         reasons = [Reason(r.check, r.message + note) for r in reasons]
-    return reasons, stats
+    by_host = [why for w in rec.windows.values() if w.kind in (TRANSITION, HOLD)
+               for why in [contention.host_took(rec, base_w, w)] if why] if reasons else []
+    return reasons, stats, by_host
 
 
 # probe ------------------------------------------------------------------------
@@ -355,7 +360,7 @@ def decide(rec: RunRecord) -> Verdict:
     if rec.error:
         return Verdict("error", [Reason("lab", rec.error)], {})
     reasons = list(rec.early) + list(rec.lifecycle)
-    service_reasons, service_stats = check_service(rec)
+    service_reasons, service_stats, by_host = check_service(rec)
     for part in (check_transition(rec), check_probe(rec), service_reasons, check_dmesg(rec),
                  check_taint(rec), check_revert(rec), check_soak(rec)):
         reasons += part
@@ -370,9 +375,17 @@ def decide(rec: RunRecord) -> Verdict:
         "taint": {"before": rec.taint_before, "patched": rec.taint_patched, "after": rec.taint_after},
         "requests": len(rec.requests), "probe_samples": len(rec.probe),
         "host_load": {"max": max(rec.host_load) if rec.host_load else None, "cpus": rec.host_cpus},
+        "host_cpu": contention.describe(rec),
     }
     if rec.soak:
         measurements["soak"] = rec.soak
     if rec.tool_runs:   # each call of the tool or hook; what it printed is in apply.log
         measurements["tool_runs"] = [{k: v for k, v in r.items() if k != "output"} for r in rec.tool_runs]
+    if by_host and reasons == service_reasons:
+        # the service alone failed, and only while the host took the guest's CPU: the lab
+        # cannot judge the patch from these windows (faults.py: the host's fault is an error)
+        why = "; ".join(by_host)
+        return Verdict("error", [Reason("host", f"the host took the guest's CPU while the service failed: {why}; "
+                                        "the service could not be judged: re-run with fewer guests at once")]
+                       + reasons, measurements)
     return Verdict("fail" if reasons else "pass", reasons, measurements)

@@ -103,6 +103,9 @@ class Machine(Protocol):
 
     def describe(self) -> dict: ...
 
+    def host_pid(self) -> Optional[int]:
+        """The QEMU process on this host, None where it runs elsewhere (remote libvirt)."""
+
     def lab_ports(self) -> dict[int, int]:
         """Guest port -> the 127.0.0.1 port on the lab's side that reaches it (after start)."""
 

@@ -249,6 +249,15 @@ class LibvirtMachine:
                    libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
         self.link_up = up
 
+    def host_pid(self) -> Optional[int]:
+        """The domain's QEMU where it runs on this host (libvirtd's pidfile), else None."""
+        if self.target.needs_tunnel:
+            return None
+        try:
+            return int(Path(f"/run/libvirt/qemu/{self.spec.name}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+
     def describe(self) -> dict:
         return {"backend": "libvirt", "uri": self.uri, "accel": self.accel,
                 "domain": self.spec.name, "tunnel": self.target.needs_tunnel, "xml": self.xml}

@@ -140,6 +140,10 @@ class QemuMachine:
     def pid(self) -> Optional[int]:
         return self.proc.pid if self.proc else None
 
+    def host_pid(self) -> Optional[int]:
+        """This host's QEMU process (hostcpu.py reads what the host's CPUs did for it)."""
+        return self.pid
+
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
