@@ -71,6 +71,7 @@ class Timeouts:
     libvirt_upload: float = 900.0  # libvirt backend: upload a kernel, initrd or disk into the pool
     tunnel: float = 15.0           # libvirt backend: an SSH port forward to a remote host listens
     snapshot: float = 30.0         # a running guest's saved state written, or read back into a new machine
+    cpu_slots: float = 3600.0      # a guest waiting for host CPUs other guests hold (cpuslots.py)
 
     SCALED = ("first_console", "boot", "ssh_connect", "command", "poweroff", "transition",
               "service_start", "service_stop", "probe_command", "heartbeat", "selftest_case", "resync",
@@ -124,6 +125,8 @@ class Settings:
     libvirt_uris: tuple[str, ...] = ()  # a pool: xdist worker gwN takes uris[N % len]
     libvirt_tcg_emulator: str = DEFAULT_TCG_EMULATOR  # "": libvirt's own (multi-threaded TCG)
     snapshots: bool = True              # boot once per kernel x image x settings, restore copies after
+    # host cores the lab's guests share (core/cpuslots.py); None: this host's; 0: no limit
+    host_cpus: Optional[int] = None
     timeouts: Timeouts = field(default_factory=Timeouts)
 
     def __post_init__(self) -> None:
@@ -145,6 +148,9 @@ class Settings:
             if not _LIBVIRT_URI.match(uri):
                 raise ConfigError(f"not a libvirt QEMU URI (qemu[+transport]://[user@host[:port]]"
                                   f"/system or /session): {uri!r}", field=name)
+        if self.host_cpus is not None and not (isinstance(self.host_cpus, int) and self.host_cpus >= 0):
+            raise ConfigError(f"must be a whole number of cores, 0 for no limit, not {self.host_cpus!r}",
+                              field="host_cpus")
         for name in ("memory_mib", "cpus", "tcg_factor"):
             if not 0 < getattr(self, name) < math.inf:  # also refuses nan
                 raise ConfigError(f"must be positive and finite, not {getattr(self, name)!r}",
@@ -239,6 +245,14 @@ class Settings:
     def snapshots_dir(self) -> Path:       # saved guests, ready for the workload, per boot inputs
         return self.cache_dir / "snapshots"
 
+    @property
+    def cpu_slots_dir(self) -> Path:       # one flock'd file per host core (cpuslots.py)
+        return self.cache_dir / "cpu-slots"
+
+    @property
+    def cpu_capacity(self) -> int:
+        return (os.cpu_count() or 1) if self.host_cpus is None else self.host_cpus
+
     @classmethod
     def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Settings":
         env = os.environ if environ is None else environ
@@ -252,7 +266,7 @@ class Settings:
                 "RUNS": ("runs_root", Path), "BACKEND": ("backend", str),
                 "LIBVIRT_URI": ("libvirt_uri", str), "LIBVIRT_URIS": ("libvirt_uris", _uri_list),
                 "LIBVIRT_TCG_EMULATOR": ("libvirt_tcg_emulator", str),
-                "SNAPSHOTS": ("snapshots", _flag)}
+                "SNAPSHOTS": ("snapshots", _flag), "HOST_CPUS": ("host_cpus", int)}
         for suffix, (name, kind) in conv.items():
             raw = env.get(ENV_PREFIX + suffix)
             if raw is None or raw == "":

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from ..core import diskspace, retry
+from ..core import cpuslots, diskspace, retry
 from ..core.errors import BootError, DeadlineExceeded, DiskFull, GuestConnectionError, HarnessError
 from ..core.net import free_port
 from ..core.settings import Settings, Timeouts
@@ -356,6 +356,9 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
     key = snapshots.key_of(inputs) if inputs is not None else None
     store = snapshots.Store(settings)
     with contextlib.ExitStack() as stack:
+        waited = stack.enter_context(cpuslots.cpu_slots(
+            settings.cpu_slots_dir, settings.cpu_capacity, backend.host_threads(spec, accel),
+            timeout=settings.timeouts.cpu_slots, what=f"a {kernel.name} guest"))
         guest = _restored(plan, store, key, stack, artifacts_dir) if key else None
         if guest is None:
             attempt = _Attempt(plan)
@@ -363,6 +366,7 @@ def boot(kernel: Kernel, image: images.Image, settings: Settings, *,
             guest = attempt.launch()
             if inputs is not None:
                 attempt.save(store, inputs)
+        guest.timings["cpu_wait"] = waited
         yield guest
 
 

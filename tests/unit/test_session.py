@@ -123,6 +123,7 @@ class FakeBackend:
         self.log: list[str] = []
         self.machines: list[FakeMachine] = []
         self.overlays: list[Path] = []
+        self.threads = 0   # host CPU slots its guests hold (cpuslots.py); 0: none
 
     def root_disk(self, image, run, over=None) -> Disk:
         self.log.append("root_disk" if over is None else f"root_disk over {over.parent.name}/{over.name}")
@@ -135,6 +136,9 @@ class FakeBackend:
         raise AssertionError("no KVM probe under accel=tcg")
 
     kvm_precheck = kvm_verdict
+
+    def host_threads(self, spec, accel_name):
+        return self.threads
 
     def snapshot_identity(self, spec, accel_name):
         return {**self.identity, "spec": repr(spec), "accel": accel_name} if self.saves else None

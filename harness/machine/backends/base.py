@@ -141,6 +141,9 @@ class Backend(Protocol):
         its version, the machine it makes of ``spec``, whose per-run paths and ports the
         caller has already replaced by fixed ones). None: this backend cannot save guests."""
 
+    def host_threads(self, spec: MachineSpec, accel: str) -> int:
+        """The host CPU slots a guest holds (core/cpuslots.py); 0 where it runs elsewhere."""
+
     def kvm_verdict(self) -> tuple[str, Path]:
         """What a remembered KVM probe verdict is keyed on, and the file that keeps it."""
 

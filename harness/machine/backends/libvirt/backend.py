@@ -19,6 +19,7 @@ from .connection import bindings, ignore_codes, open_connection, within
 from .errors import ERR_NO_DOMAIN, GONE_CODES, message
 from .machine import LibvirtMachine
 from .storage import delete_volumes, find_pool
+from .uri import parse_uri
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,13 @@ class LibvirtBackend:
         would live on the libvirt host, its overlays are pool volumes and its forwards a
         tunnel's; not done.)"""
         return None
+
+    def host_threads(self, spec: MachineSpec, accel: str) -> int:
+        """Host threads a guest runs on here: none for a remote libvirt host; under TCG one with
+        the lab's single-threaded emulator, else a vCPU each."""
+        if parse_uri(self.uri).needs_tunnel:
+            return 0
+        return 1 if accel == "tcg" and self.settings.libvirt_tcg_emulator else spec.cpus
 
     def kvm_verdict(self) -> tuple[str, Path]:
         digest = hashlib.sha256(self.uri.encode()).hexdigest()[:12]

@@ -76,6 +76,10 @@ class QemuBackend:
         return {"qemu": version, "binary": [str(Path(binary).resolve()), st.st_size, st.st_mtime_ns],
                 "command": command[1:]}
 
+    def host_threads(self, spec: MachineSpec, accel: str) -> int:
+        """Host threads the guest's vCPUs run on: one under single-threaded TCG, else one each."""
+        return 1 if accel == "tcg" and self._thread(accel) == "single" else spec.cpus
+
     def _thread(self, accel: str) -> str:
         if accel != "tcg":
             return "single"
