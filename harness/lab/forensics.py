@@ -11,6 +11,7 @@ import gzip
 import logging
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Optional
 
@@ -68,7 +69,7 @@ class HangEvidence:
         if self.map is None:
             return
         try:
-            out = (text_base or self.guest.run(f"cat /sys/module/{name}/sections/.text",
+            out = (text_base or self.guest.run(f"cat {shlex.quote(f'/sys/module/{name}/sections/.text')}",
                                                 self.timeout).stdout).split()
             if not out:
                 return
