@@ -12,14 +12,16 @@ def write(path: Path, data: Union[str, bytes]) -> None:
 
     A reader sees the old content or the new, never a torn file; writers racing
     (xdist workers, threads) each rename their own temporary and the last one wins.
+    The temporary's name can be guessed, so it is made anew (O_EXCL, O_NOFOLLOW): a file
+    or symlink someone put there is never written through. Its mode is what the umask gives.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data)
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import re
+import shlex
 from pathlib import Path
 from typing import Optional
 
-from ..core import hostcmd
+from ..core import atomic, hostcmd
 from ..core.errors import HarnessError
 from . import symbols
 
@@ -54,11 +54,7 @@ class HangEvidence:
         path = self.settings.symbols_file(self.guest.kernel)
         if not path.is_file():
             text = self.guest.run(_KALLSYMS, self.timeout, check=True).stdout
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with gzip.open(tmp, "wt") as fh:
-                fh.write(text)
-            tmp.replace(path)   # atomic: parallel runs of one kernel write the same content
+            atomic.write(path, gzip.compress(text.encode()))   # parallel runs of a kernel write the same
         with gzip.open(path, "rt") as fh:
             return symbols.SymbolMap.parse(fh.read())
 
@@ -68,7 +64,7 @@ class HangEvidence:
         if self.map is None:
             return
         try:
-            out = (text_base or self.guest.run(f"cat /sys/module/{name}/sections/.text",
+            out = (text_base or self.guest.run(f"cat {shlex.quote(f'/sys/module/{name}/sections/.text')}",
                                                 self.timeout).stdout).split()
             if not out:
                 return

@@ -17,6 +17,7 @@ from ..core.errors import LivepatchError
 from ..machine.channel import Result
 
 SYSFS = "/sys/kernel/livepatch"
+PROC_MODULES = "/proc/modules"
 
 # Kernel taint bits (Documentation/admin-guide/tainted-kernels.rst): bit -> (letter, meaning)
 TAINT_FLAGS = {
@@ -181,15 +182,22 @@ def remove(guest, module: str, timeout: float, rmmod: bool = True) -> Removal:
     are gone: one round trip."""
     m = _q(module)
     out = guest.run(f"{f'rmmod {m} 2>&1' if rmmod else 'true'}; echo \"@@rc=$?\"; test -e {SYSFS}/{m} && echo @@listed; "
-                    f"grep -q '^{module} ' /proc/modules && echo @@loaded; true", timeout)
+                    f"{_listed(module)} && echo @@loaded; true", timeout)
     said, _, rest = out.stdout.partition("@@rc=")
     rc = rest.split()[0] if rest.split() else "-1"
     return Removal(int(rc) if rc.lstrip("-").isdigit() else -1, said.strip(),
                    "@@listed" not in rest, "@@loaded" not in rest)
 
 
+def _listed(module: str) -> str:
+    """Shell: true if ``module`` is in /proc/modules. Compared as a string by builtins (no fork,
+    and a name is data, never a pattern or shell code)."""
+    return (f"{{ while read -r n _; do [ \"$n\" = {_q(module)} ] && break; done <{PROC_MODULES}; "
+            f"[ \"$n\" = {_q(module)} ]; }}")
+
+
 def module_loaded(guest, module: str, timeout: float) -> bool:
-    return guest.run(f"grep -q '^{module} ' /proc/modules", timeout).ok
+    return guest.run(_listed(module), timeout).ok
 
 
 def taint(guest, timeout: float) -> int:

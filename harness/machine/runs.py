@@ -58,7 +58,7 @@ class RunDir:
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{label}-{uuid.uuid4().hex[:6]}"
         path = runs_dir / run_id
         path.mkdir()
-        sock_dir = Path(tempfile.mkdtemp(prefix="lab-"))
+        sock_dir = Path(tempfile.mkdtemp(prefix="lab-"))   # 0700: QMP commands QEMU
         run = cls(run_id, path, sock_dir)
         run._write_owner()
         return run

@@ -150,6 +150,8 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             for stale in self.root.glob(f".new-{final.name}-*"):   # a dead process's, under our lock
                 shutil.rmtree(stale, ignore_errors=True)
+            # mkdtemp's 0700 stays with the snapshot: its state is the guest's memory (with the
+            # guest's SSH host key)
             work = Path(tempfile.mkdtemp(dir=self.root, prefix=f".new-{final.name}-"))
             try:
                 extra = write(work)

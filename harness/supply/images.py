@@ -6,8 +6,8 @@ packages and .deb files installed with mmdebstrap (a package of another suite
 is fetched first through the lab's private apt root, verified like a kernel's),
 its files copied in, then made a lab guest (``guestfs``).
 
-Images live in ``<cache>/images/<name>-<digest[:12]>/`` (``base.img`` 0444,
-``client_key``, ``host_key.pub``, ``manifest.json`` written last). The digest
+Images live in ``<cache>/images/<name>-<digest[:12]>/`` (0700; ``base.img`` 0444,
+``client_key`` 0600, ``host_key.pub``, ``manifest.json`` written last). The digest
 covers the recipe's content, the guest files and the layout version, so any
 change builds a new image and an old one is never modified. The manifest
 records the base image's size, mtime and sha256: an image whose size or mtime
@@ -38,6 +38,9 @@ from .mke2fs import mke2fs
 from .recipes import FORMAT, Recipe
 
 log = logging.getLogger(__name__)
+# An image's directory is its owner's alone: base.img (0444 within it) holds the guest's SSH host
+# key, and client_key logs into the guest as root.
+PRIVATE = 0o700
 # mmdebstrap's own hook that makes a --include'd .deb file visible inside the tree being made
 FILE_DEBS_HOOK = "/usr/share/mmdebstrap/hooks/file-mirror-automount"
 
@@ -72,9 +75,21 @@ def _load(directory: Path, digest: str) -> Optional[Image]:
     base, key, pub = directory / "base.img", directory / "client_key", directory / "host_key.pub"
     if not (base.is_file() and key.is_file() and pub.is_file()):
         return None
+    _private(directory)
     if not _intact(base, manifest, directory / "manifest.json"):
         return None
     return Image(manifest["name"], base, key, pub.read_text().strip(), digest)
+
+
+def _private(directory: Path) -> None:
+    """An image built before the lab made them private: made so now (best effort: a read-only
+    cache keeps its modes, with a warning)."""
+    if directory.stat().st_mode & 0o077:
+        try:
+            directory.chmod(PRIVATE)
+        except OSError as exc:
+            log.warning("image %s is readable by other users (its disk holds the guest's SSH host key): "
+                        "%s", directory, exc)
 
 
 def _fingerprint(base: Path) -> dict:
@@ -132,6 +147,7 @@ def build(recipe: Recipe, settings: Settings, *, force: bool = False) -> Image:
                 started = time.monotonic()
                 out = _build(recipe, digest, work, settings)
             elapsed = time.monotonic() - started
+            out.chmod(PRIVATE)
             if final.exists():
                 os.rename(final, work / "previous")
             os.rename(out, final)

@@ -2,6 +2,7 @@
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,19 @@ def test_guest_runs_exactly_the_requested_kernel_and_its_modules_load(
         assert guest.run("exit 7").rc == 7
     after = lab_image.path.stat()
     assert (after.st_mtime_ns, after.st_size) == (base.st_mtime_ns, base.st_size), "base image modified"
+
+
+def test_the_guest_opens_no_connection_out_and_the_labs_forwards_reach_it(lab_boot, no_leftovers):
+    # restrict=on: without it QEMU's user networking connects the guest's 10.0.2.2 to the
+    # host's loopback. This test talks to the guest through a forward (its SSH).
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        with lab_boot("debian-6.1") as guest:
+            out = guest.run(f"timeout 3 bash -c 'exec 3<>/dev/tcp/10.0.2.2/{port}' && echo connected")
+            assert out.rc != 0 and "connected" not in out.stdout
+        with pytest.raises(BlockingIOError):
+            server.accept()   # nothing ever arrived
 
 
 def test_a_panicking_boot_is_a_boot_error_with_the_console_tail(lab_boot, lab_settings, no_leftovers):

@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -167,6 +168,22 @@ def image_builds(tmp_path, monkeypatch):
         return out
     monkeypatch.setattr(images, "_build", fake_build)
     return lambda: images.build(recipe, settings), builds
+
+
+def test_a_built_image_is_its_owners_alone(image_builds):
+    # base.img holds the guest's SSH host key, client_key logs into the guest as root
+    build, _ = image_builds
+    image = build()
+    assert stat.S_IMODE(image.path.parent.stat().st_mode) == 0o700
+
+
+def test_an_image_built_before_images_were_private_is_made_so_on_use(tmp_path):
+    settings = Settings(cache_dir=tmp_path / "cache")
+    recipe = load(tmp_path, GOOD)
+    d = fake_built(settings, recipe)
+    d.chmod(0o755)
+    assert images.cached(recipe, settings) is not None
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
 
 
 def test_a_truncated_base_image_is_found_by_its_hash_and_built_again(image_builds, caplog):

@@ -1,4 +1,5 @@
 """The libvirt backend's pure parts: no libvirtd, no libvirt module needed."""
+import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -117,6 +118,16 @@ def test_the_tunnel_uses_the_uris_ssh_settings_and_forwards_loopback_to_loopback
 def test_a_plain_tunnel_verifies_host_keys():
     cmd = tunnel.tunnel_command(uri.parse_uri("qemu+ssh://h/system"), [(1, 2)])
     assert "StrictHostKeyChecking=no" not in cmd and cmd[0] == "ssh" and "-p" not in cmd
+    assert "BatchMode=yes" in cmd   # an unknown host key fails the tunnel instead of being asked about
+
+
+def test_a_tunnel_whose_uri_skips_host_key_checks_says_so(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    tunnel.Tunnel(uri.parse_uri("qemu+ssh://lab@h1/system?no_verify=1"), {22: 40022}, tmp_path / "t.log", 1, 1)
+    assert "no_verify=1: the SSH host key of h1 is not checked" in caplog.text
+    caplog.clear()
+    tunnel.Tunnel(uri.parse_uri("qemu+ssh://lab@h1/system"), {22: 40022}, tmp_path / "t.log", 1, 1)
+    assert not caplog.records
 
 
 @pytest.mark.parametrize("worker, expected", [

@@ -56,6 +56,8 @@ def test_a_run_dir_records_its_owner_and_has_a_short_socket_dir(made, runs_dir):
     assert owner["sock_dir"] == str(run.sock_dir) and "backend" not in owner
     assert run.sock_dir.is_dir() and str(run.sock_dir).startswith(tempfile.gettempdir())
     assert len(str(run.sock_dir / "qmp.sock")) < 100   # AF_UNIX limit is 107 bytes
+    # QMP commands QEMU (its migrate runs exec: commands): no one else may reach the socket
+    assert run.sock_dir.stat().st_mode & 0o777 == 0o700
 
     run.record("qemu", qemu_pid=4242)
     owner = json.loads((run.path / OWNER).read_text())

@@ -119,6 +119,7 @@ def test_a_snapshot_appears_whole_with_its_meta_and_a_read_only_disk(store):
     meta = made.meta()
     assert (meta["key"], meta["kernel"], meta["state_bytes"]) == (KEY, {"name": "debian-6.1"}, 5)
     assert made.disk.stat().st_mode & 0o777 == 0o444
+    assert made.path.stat().st_mode & 0o777 == 0o700   # the saved memory holds the guest's SSH host key
     assert [p.name for p in store.root.iterdir()] == [made.path.name]   # no work directory left
 
 

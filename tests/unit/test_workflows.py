@@ -126,6 +126,15 @@ def test_composite_action_references_only_its_inputs_and_keeps_them_out_of_scrip
         assert "${{" not in step.get("run", ""), step.get("name")
 
 
+def test_no_workflow_splices_an_expression_into_a_script():
+    # ${{ }} in a run: is pasted into the script before the shell sees it (script injection);
+    # values go through env: and are quoted by the shell
+    for path in [*WORKFLOWS, *EXAMPLES]:
+        for name, job in load(path)["jobs"].items():
+            for step in job.get("steps", []):
+                assert "${{" not in step.get("run", ""), f"{path.name}: {name}: {step.get('name')}"
+
+
 def test_reusable_workflow_interface():
     call = load(GITHUB / "workflows" / "validate-livepatch.yml")[True]["workflow_call"]
     assert call["inputs"]["patch-dir"]["required"] is True

@@ -111,7 +111,7 @@ def install(guest, kernel: Kernel, staged: Staged, out_dir: Path) -> None:
                   stdin=tar.read_bytes())
     if staged.modules_tar is None:
         return
-    mods = f"/lib/modules/{kernel.release}"
+    mods = shlex.quote(f"/lib/modules/{kernel.release}")
     guest.run(f"modprobe overlay && mkdir -p {OVERLAY}/upper {OVERLAY}/work && "
               f"mount -t overlay lab-modules -o lowerdir=/lib/modules,upperdir={OVERLAY}/upper,"
               f"workdir={OVERLAY}/work /lib/modules && tar -xzf - -C {mods} && "

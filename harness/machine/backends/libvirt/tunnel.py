@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 
 def tunnel_command(target: Target, pairs: Sequence[tuple[int, int]]) -> list[str]:
     """``ssh -N`` forwarding each (lab port, remote port) pair, loopback to loopback,
-    with the URI's own SSH settings (command, port, user, keyfile, no_verify). Pure."""
+    with the URI's own SSH settings (command, port, user, keyfile, no_verify). The host key
+    is checked against known_hosts as ssh's own configuration says (BatchMode: an unknown
+    host fails instead of being asked about), unless the URI itself says ``no_verify=1``, as
+    libvirt does. Pure."""
     ssh = target.params.get("command", "ssh") if "ssh" in target.transport else "ssh"
     cmd = [ssh, "-N", "-T", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
            "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3"]
@@ -49,6 +52,9 @@ class Tunnel:
         self.ports = {g: local for g, (local, _) in zip(remote_ports, self.pairs)}  # guest -> lab
         self.command = tunnel_command(target, self.pairs)
         self.proc: Optional[subprocess.Popen] = None
+        if target.params.get("no_verify") == "1":
+            log.warning("libvirt URI %s has no_verify=1: the SSH host key of %s is not checked, by "
+                        "libvirt nor by the lab's tunnel to it", target.uri, target.host)
 
     def open(self) -> None:
         with open(self.log_path, "wb") as out:

@@ -86,6 +86,18 @@ def build_command(cfg: QemuConfig) -> list[str]:
     if s.rng:
         cmd += ["-object", "rng-random,id=rng0,filename=/dev/urandom",
                 "-device", "virtio-rng-pci,rng=rng0"]
-    if s.incoming is not None:   # QEMU 7.2 has no file: URI; it runs exec: through /bin/sh
-        cmd += ["-incoming", f"exec:cat {shlex.quote(str(s.incoming))}"]
+    if s.incoming is not None:
+        cmd += ["-incoming", incoming_uri(s.incoming)]
     return cmd
+
+
+# QEMU 7.2 has no file: migration URI; it runs an exec: URI's command through /bin/sh -c,
+# so the state file's path is quoted for that shell.
+def incoming_uri(state: Path) -> str:
+    """``-incoming``: read a saved guest's state from ``state``."""
+    return f"exec:cat {shlex.quote(str(state))}"
+
+
+def migrate_uri(state: Path) -> str:
+    """QMP ``migrate``: write the guest's state into ``state``."""
+    return f"exec:cat > {shlex.quote(str(state))}"

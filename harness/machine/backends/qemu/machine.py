@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from ...qmp import QMPClient, QMPError
 from .. import hosttrouble
 from ..base import MachineExit, Recorder
 from ..child import die_with_parent
-from .command import NETDEV_ID, QemuConfig, build_command
+from .command import NETDEV_ID, QemuConfig, build_command, migrate_uri
 from .exits import classify
 
 log = logging.getLogger(__name__)
@@ -110,7 +109,7 @@ class QemuMachine:
         try:
             # the default cap is 32 MiB/s: a stopped guest's state may as well go at disk speed
             qmp.execute("migrate-set-parameters", {"max-bandwidth": 2**40}, timeout=t.qmp)
-            qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"}, timeout=t.qmp)
+            qmp.execute("migrate", {"uri": migrate_uri(state)}, timeout=t.qmp)
             deadline = time.monotonic() + t.snapshot
             while (info := qmp.execute("query-migrate", timeout=t.qmp)).get("status") != "completed":
                 if info.get("status") in ("failed", "cancelled"):
