@@ -1,8 +1,10 @@
 """Guests share the host's cores: each holds a slot per host thread it runs on, for its life,
 across processes; a guest that finds too few waits, and a deadline ends the wait."""
-import multiprocessing
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -10,30 +12,35 @@ from harness.core.cpuslots import cpu_slots
 from harness.core.errors import DeadlineExceeded
 
 
-def hold(root, capacity, weight, started, release):
-    with cpu_slots(root, capacity, weight, timeout=10, what="the other process's guest"):
-        started.set()
-        release.wait(10)
+HOLDER = """
+import sys
+from harness.core.cpuslots import cpu_slots
+with cpu_slots(__import__("pathlib").Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
+               timeout=10, what="the other process's guest"):
+    print("held", flush=True)
+    sys.stdin.read()   # until the test closes it
+"""
 
 
 @pytest.fixture
 def other_process(tmp_path):
-    """Run a guest's hold of ``weight`` slots in another process until the test releases it."""
-    ctx = multiprocessing.get_context("fork")
+    """Another process holds ``weight`` of ``capacity`` slots until the test releases it."""
     procs = []
 
     def start(capacity, weight):
-        started, release = ctx.Event(), ctx.Event()
-        p = ctx.Process(target=hold, args=(tmp_path, capacity, weight, started, release))
-        p.start()
-        assert started.wait(10)
-        procs.append((p, release))
-        return release, p
+        p = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), str(capacity), str(weight)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[2])
+        procs.append(p)
+        assert p.stdout.readline() == "held\n"
+        return p.stdin.close, p
 
     yield start
-    for p, release in procs:
-        release.set()
-        p.join(10)
+    for p in procs:
+        if not p.stdin.closed:
+            p.stdin.close()
+        p.kill()
+        p.wait(10)
 
 
 def test_guests_that_fit_run_at_once(tmp_path, other_process):
@@ -45,7 +52,7 @@ def test_guests_that_fit_run_at_once(tmp_path, other_process):
 def test_a_guest_waits_while_another_holds_the_cores_it_needs_and_runs_once_they_are_free(tmp_path, other_process):
     release, p = other_process(2, 2)
     t0 = time.monotonic()
-    threading.Timer(0.6, release.set).start()
+    threading.Timer(0.6, release).start()
     with cpu_slots(tmp_path, 2, 1, timeout=10, what="guest") as waited:
         assert waited >= 0.5 and time.monotonic() - t0 >= 0.5
 
@@ -53,7 +60,7 @@ def test_a_guest_waits_while_another_holds_the_cores_it_needs_and_runs_once_they
 def test_a_killed_holder_frees_its_slots(tmp_path, other_process):
     _release, p = other_process(2, 2)
     p.kill()
-    p.join(5)
+    p.wait(5)
     with cpu_slots(tmp_path, 2, 2, timeout=2, what="guest") as waited:
         assert waited < 2
 
