@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..core import atomic
-from ..core.errors import InfraError
+from ..core.errors import DeadlineExceeded, InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
 from .backends.base import Backend, MachineSpec
@@ -48,7 +48,7 @@ def probe_kvm(kernel: Path, settings: Settings, backend: Backend) -> tuple[bool,
         try:
             machine.start()
             seen = machine.console.wait_for(lambda c: c.contains("Linux version"), deadline)
-        except InfraError as exc:
+        except (InfraError, DeadlineExceeded) as exc:   # e.g. no QMP socket in time: KVM hangs
             return False, f"{backend.name} refused KVM: {_last_words(exc)}"
         finally:
             machine.destroy()

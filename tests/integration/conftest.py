@@ -16,9 +16,12 @@ def qemu_processes_under(path: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def lab_settings(lab_settings, tmp_path_factory):
     """This session's own run directories, so other users of the cache (another pytest,
-    an xdist worker, a CLI run) never look like our leftovers, nor ours like theirs."""
+    an xdist worker, a CLI run) never look like our leftovers, nor ours like theirs.
+    One vCPU: these tests prove the lab's machinery (boot, teardown, faults, snapshots,
+    reports), not a patch, and a guest holds a host core per vCPU thread (cpuslots.py), so on
+    CI's two cores two of them run at once; the scenario items judge patches on two vCPUs."""
     import dataclasses
-    return dataclasses.replace(lab_settings, runs_root=tmp_path_factory.mktemp("runs"))
+    return dataclasses.replace(lab_settings, runs_root=tmp_path_factory.mktemp("runs"), cpus=1)
 
 
 @pytest.fixture

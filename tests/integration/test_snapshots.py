@@ -54,7 +54,7 @@ def test_a_restored_copy_has_the_hosts_time_its_own_randomness_and_leaves_nothin
     assert store_listing(on) == before   # one snapshot, no work or trash directories left
 
 
-@pytest.mark.parametrize("name", ["good", "hang", "panic"])
+@pytest.mark.parametrize("name", ["good", pytest.param("hang", marks=pytest.mark.long), "panic"])
 def test_a_scenario_judges_a_restored_guest_as_it_judges_a_booted_one(
         name, on, lab_kernel, lab_image, tmp_path, no_leftovers):
     sc = scenario.load(REPO / "scenarios" / f"{name}.yaml")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import InfraError
+from harness.core.errors import DeadlineExceeded, InfraError
 from harness.core.settings import Settings, Timeouts
 from harness.machine import accel
 from harness.machine.console import ConsoleFollower
@@ -18,6 +18,8 @@ class ProbeMachine:
         self.destroyed = False
 
     def start(self):
+        if self.refuse == "no QMP":   # QEMU under KVM never made its monitor socket (seen in CI)
+            raise DeadlineExceeded("QMP socket /tmp/lab-x/qmp.sock", 5.0)
         if self.refuse:
             raise InfraError(f"start the domain: {self.refuse}\n--- evidence ---\n<domain/>")
         self.spec.console_log.write_text(self.prints)
@@ -77,6 +79,7 @@ def test_a_kvm_guest_that_prints_its_first_line_means_kvm(settings, tmp_path):
     ({"prints": "SeaBIOS\n"}, "a KVM guest printed nothing in 0s"),
     ({"refuse": "internal error: failed to set MSR 0x10a"},
      "fake refused KVM: start the domain: internal error: failed to set MSR 0x10a"),
+    ({"refuse": "no QMP"}, "fake refused KVM: QMP socket /tmp/lab-x/qmp.sock: no result within 5.0s"),
 ])
 def test_unusable_kvm_falls_back_to_tcg_and_the_verdict_is_remembered_under_the_backends_key(
         settings, tmp_path, backend_kw, why):

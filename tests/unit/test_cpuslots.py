@@ -11,7 +11,6 @@ import pytest
 from harness.core.cpuslots import cpu_slots
 from harness.core.errors import DeadlineExceeded
 
-
 HOLDER = """
 import sys
 from harness.core.cpuslots import cpu_slots
