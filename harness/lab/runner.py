@@ -138,12 +138,13 @@ def execute(ctx: Context, steps: Sequence[Step]) -> None:
 
     try:
         try:
+            cpu(time.time())   # then after every step: one step's end is the next one's start
             for step in steps:
                 t0 = time.time()
-                cpu(t0)
-                if step.run(ctx) is not False:
-                    t1 = time.time()
-                    cpu(t1)
+                ran = step.run(ctx) is not False
+                t1 = time.time()
+                cpu(t1)
+                if ran:
                     ctx.done.append((step, t0, t1))
         except Failed as exc:
             ctx.rec.early += exc.reasons

@@ -42,14 +42,14 @@ def _qemu_version(binary: str, size: int, mtime_ns: int, timeout: float) -> str:
     return out.strip().splitlines()[0] if out.strip() else ""
 
 
-@functools.lru_cache(maxsize=None)
 def qemu_version(binary: str) -> Optional[tuple[int, int, int]]:
-    """What ``binary --version`` says (once per binary and process); None if it says nothing
-    usable or does not run (starting it will then say why)."""
+    """What ``binary --version`` says (asked once per binary file, as for a snapshot's
+    identity); None if it says nothing usable or does not run (starting it will say why)."""
     try:
-        return parse_version(hostcmd.run([binary, "--version"], what="QEMU's version",
-                                         timeout=Timeouts().host_command))
-    except HarnessError as exc:
+        path = shutil.which(binary) or binary
+        st = Path(path).resolve().stat()
+        return parse_version(_qemu_version(path, st.st_size, st.st_mtime_ns, Timeouts().host_command))
+    except (HarnessError, OSError) as exc:
         log.debug("no QEMU version from %s: %s", binary, exc)
         return None
 
