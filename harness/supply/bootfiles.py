@@ -29,9 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
 
-from ..core import diskspace, hostcmd, paths
+from ..core import cacheentry, hostcmd, paths
 from ..core.errors import InfraError
-from ..core.locks import file_lock
 from ..core.settings import Settings
 from .cpio import Cpio
 from .mke2fs import mke2fs
@@ -209,13 +208,6 @@ def _check_applets(busybox: Path, settings: Settings) -> None:
         raise InfraError(f"{busybox} lacks applets the initramfs needs: {', '.join(missing)}")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def cached(kernel: KernelLike, settings: Settings) -> Optional[BootFiles]:
     modules_dir = Path(kernel.modules_dir)
     key = cache_key(kernel.release, modules_dir, INITRAMFS_INIT.read_bytes())
@@ -239,27 +231,15 @@ def prepare(kernel: KernelLike, settings: Settings) -> BootFiles:
     key = cache_key(release, modules_dir, init_script)
     root = settings.bootfiles_dir
     final = root / key
-    found = _cached(final, release)
-    if found:
-        return found
-    with file_lock(settings.locks_dir / f"bootfiles-{key}.lock", timeout=settings.timeouts.lock,
-                   what=f"boot files for {release}"):
-        found = _cached(final, release)
-        if found:
-            return found
-        for stale in root.glob(f".tmp-{key}-*"):   # a build killed before it finished
-            _remove(stale)
-        work = root / f".tmp-{key}-{os.getpid()}"
-        try:
-            with diskspace.guard(root, f"making the boot files of {release}"):
-                work.mkdir(parents=True)
-                _build(kernel, modules_dir, init_script, work, settings)
-            if final.exists():
-                _remove(final)   # no manifest: an incomplete left-over
-            os.rename(work / "out", final)
-        finally:
-            _remove(work)
-    return BootFiles(final / "initramfs.cpio.gz", final / "modules.img", release)
+
+    def make() -> None:
+        with cacheentry.staging(root, f".tmp-{key}-", f"making the boot files of {release}") as work:
+            _build(kernel, modules_dir, init_script, work, settings)
+            cacheentry.publish(work / "out", final)   # replaces an incomplete left-over
+
+    return cacheentry.obtain(lambda: _cached(final, release), make,
+                             lock=settings.locks_dir / f"bootfiles-{key}.lock",
+                             timeout=settings.timeouts.lock, what=f"boot files for {release}")
 
 
 def _build(kernel: KernelLike, modules_dir: Path, init_script: bytes, work: Path,

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..core import diskspace, hostcmd
+from ..core import cacheentry, hostcmd
 from ..core.errors import InfraError
-from ..core.locks import file_lock
 from ..core.settings import Settings
 from . import apt, mmdebstrap
 from .kernel import Kernel
@@ -115,37 +114,21 @@ def ensure_buildroot(tc: Toolchain, kernel: Kernel, settings: Settings) -> dict:
     Returns its manifest (``root``, ``cc_version``, ``packages``, ``seconds``)."""
     assert tc.kind == "buildroot" and tc.suite
     final = settings.toolchains_dir / tc.id
-    man = _load_buildroot(final)
-    if man:
-        return man
-    with file_lock(settings.locks_dir / f"toolchain-{tc.id}.lock", timeout=settings.timeouts.lock,
-                   what=f"build root {tc.id}"):
-        man = _load_buildroot(final)
-        if man:
-            return man
+
+    def make() -> None:
         if os.geteuid() != 0:
             raise InfraError(f"making the {tc.id} build root needs root (mmdebstrap, chroot); "
                              "run the first build as root")
-        parent = settings.toolchains_dir
-        parent.mkdir(parents=True, exist_ok=True)
-        for stale in parent.glob(f".build-{tc.id}-*"):
-            log.info("removing a dead build root: %s", stale)
-            mmdebstrap.remove_tree(stale, settings)
         packages = packages_for(tc, kernel)
-        work = parent / f".build-{tc.id}-{os.getpid()}"
-        try:
-            with diskspace.guard(parent, f"making the {tc.id} build root"):
-                seconds, version = _make(tc, packages, work, settings)
-            if final.exists():
-                os.rename(final, work / "previous")
-            os.rename(work / "out", final)
-            log.info("build root %s ready in %.0fs (%s)", tc.id, seconds, version)
-        finally:
-            mmdebstrap.remove_tree(work, settings)
-    man = _load_buildroot(final)
-    if man is None:
-        raise InfraError(f"build root {final} is incomplete right after it was made")
-    return man
+        with cacheentry.staging(settings.toolchains_dir, f".build-{tc.id}-", f"making the {tc.id} build root",
+                                remove=lambda p: mmdebstrap.remove_tree(p, settings)) as work:
+            seconds, version = _make(tc, packages, work, settings)
+            cacheentry.publish(work / "out", final, trash=work / "previous")
+        log.info("build root %s ready in %.0fs (%s)", tc.id, seconds, version)
+
+    return cacheentry.obtain(lambda: _load_buildroot(final), make,
+                             lock=settings.locks_dir / f"toolchain-{tc.id}.lock",
+                             timeout=settings.timeouts.lock, what=f"build root {tc.id}")
 
 
 def _make(tc: Toolchain, packages: list[str], work: Path, settings: Settings) -> tuple[float, str]:

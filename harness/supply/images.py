@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..core import atomic, diskspace, hostcmd
+from ..core import atomic, cacheentry, hostcmd
 from ..core.errors import ConfigError, HostCommandError, InfraError
-from ..core.locks import file_lock
 from ..core.settings import Settings
 from . import apt, debversion, mmdebstrap
 from .apt import sha256_file
@@ -124,40 +123,23 @@ def build(recipe: Recipe, settings: Settings, *, force: bool = False) -> Image:
     """The image for ``recipe``: from the cache, or built (file-locked, atomic)."""
     digest = recipe.digest()
     final = image_dir(recipe, settings)
-    if not force:
-        found = _load(final, digest)
-        if found:
-            return found
-    with file_lock(settings.locks_dir / f"image-{final.name}.lock", timeout=settings.timeouts.lock,
-                   what=f"image {final.name}"):
-        if not force:
-            found = _load(final, digest)
-            if found:
-                return found
+
+    def make() -> None:
         if os.geteuid() != 0:
             raise InfraError("building a guest image needs root (mmdebstrap installs packages "
                              "as root in a directory); run `livepatch-lab image build` as root once")
-        for stale in settings.images_dir.glob(f".build-{final.name}-*"):
-            log.info("removing a dead build: %s", stale)
-            mmdebstrap.remove_tree(stale, settings)
-        work = settings.images_dir / f".build-{final.name}-{os.getpid()}"
-        try:
-            with diskspace.guard(settings.images_dir, f"building the image {final.name}"):
-                work.mkdir(parents=True)
-                started = time.monotonic()
-                out = _build(recipe, digest, work, settings)
+        with cacheentry.staging(settings.images_dir, f".build-{final.name}-", f"building the image {final.name}",
+                                remove=lambda p: mmdebstrap.remove_tree(p, settings)) as work:
+            started = time.monotonic()
+            out = _build(recipe, digest, work, settings)
             elapsed = time.monotonic() - started
             out.chmod(PRIVATE)
-            if final.exists():
-                os.rename(final, work / "previous")
-            os.rename(out, final)
-            log.info("image %s built in %.0fs: %s", final.name, elapsed, final / "base.img")
-        finally:
-            mmdebstrap.remove_tree(work, settings)
-    image = _load(final, digest)
-    if image is None:
-        raise InfraError(f"image {final} is incomplete right after its build")
-    return image
+            cacheentry.publish(out, final, trash=work / "previous")
+        log.info("image %s built in %.0fs: %s", final.name, elapsed, final / "base.img")
+
+    return cacheentry.obtain(lambda: _load(final, digest), make,
+                             lock=settings.locks_dir / f"image-{final.name}.lock",
+                             timeout=settings.timeouts.lock, what=f"image {final.name}", force=force)
 
 
 def create_overlay(image: Image, path: Path, settings: Optional[Settings] = None, *,

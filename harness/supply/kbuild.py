@@ -21,14 +21,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Mapping, Optional
 
-from ..core import atomic, diskspace, hostcmd
-from ..core.errors import ConfigError, HarnessError, HostCommandError, InfraError
-from ..core.locks import file_lock
+from ..core import atomic, cacheentry, diskspace, hostcmd
+from ..core.errors import ConfigError, HarnessError, HostCommandError
 from ..core.settings import Settings
 from . import buildroot
 from .apt import sha256_file
@@ -182,36 +180,22 @@ def build(source: Path, kernel: Kernel, settings: Settings, *,
     key = cache_key(files, kernel.release, kernel.version, identity)
     base = modules_dir(settings, kernel)
     final = base / key[:24]
-    found = _from_manifest(final)
-    if found:
-        log.debug("%s for %s: cached %s", source, kernel.name, found.path)
-        return _deliver(found, out_dir)
-    with file_lock(settings.locks_dir / f"module-{kernel.release}-{key[:24]}.lock",
-                   timeout=settings.timeouts.lock, what=f"building {source.name} for {kernel.name}"):
-        found = _from_manifest(final, warn=False)   # said once, above
-        if found:
-            return _deliver(found, out_dir)
+    warn = iter([True])   # a damaged entry is said at the first look, not again under the lock
+
+    def make() -> None:
         log.info("building %s for %s (%s) with %s", source, kernel.name, kernel.release, tc.id)
-        base.mkdir(parents=True, exist_ok=True)
-        for stale in base.glob(f".work-{key[:24]}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(dir=base, prefix=f".work-{key[:24]}-"))
-        try:
-            with diskspace.guard(base, f"building {source.name} for {kernel.name}"):
-                _build_in(source, files, kernel, tc, identity, key, work, settings)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(work / "out", final)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    found = _from_manifest(final)
-    if found is None:
-        raise InfraError(f"{final} is incomplete right after its build")
-    info = build_info(found)
-    log.info("built %s for %s with %s in %.1fs%s: %s", found.name, kernel.name, tc.id,
-             info.get("seconds", 0.0),
-             f" ({info['warnings']} compiler warnings, see build.log)" if info.get("warnings") else "",
-             found.path)
+        with cacheentry.staging(base, f".work-{key[:24]}-", f"building {source.name} for {kernel.name}") as work:
+            _build_in(source, files, kernel, tc, identity, key, work, settings)
+            info = json.loads((work / "out" / MANIFEST).read_text())
+            cacheentry.publish(work / "out", final)
+        log.info("built %s for %s with %s in %.1fs%s: %s", info["name"], kernel.name, tc.id,
+                 info.get("seconds", 0.0),
+                 f" ({info['warnings']} compiler warnings, see build.log)" if info.get("warnings") else "",
+                 final / info["ko"])
+
+    found = cacheentry.obtain(lambda: _from_manifest(final, warn=next(warn, False)), make,
+                              lock=settings.locks_dir / f"module-{kernel.release}-{key[:24]}.lock",
+                              timeout=settings.timeouts.lock, what=f"building {source.name} for {kernel.name}")
     return _deliver(found, out_dir)
 
 

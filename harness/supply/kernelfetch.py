@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
-from ..core import diskspace, hostcmd
+from ..core import cacheentry, hostcmd
 from ..core.errors import InfraError
-from ..core.locks import file_lock
 from ..core.settings import Settings
 from . import apt
 from .kernel import Kernel
@@ -56,22 +53,15 @@ def fetch(defn: KernelDef, settings: Settings, *, refresh: bool = False) -> Kern
     """
     if defn.kind == "local":
         return local_kernel(defn)
-    if not refresh:
-        k = cached(defn, settings)
-        if k is not None:
-            return k
-    lock = fetch_lock(settings, defn.name)
-    with file_lock(lock, timeout=settings.timeouts.lock, what=f"fetching kernel {defn.name}"):
-        if not refresh:
-            k = cached(defn, settings)
-            if k is not None:
-                return k
+
+    def make() -> Kernel:
         sel = _select_from_archive(defn, settings, refresh)
         vdir = settings.kernels_dir / defn.name / version_dir(sel.version)
-        k = kernel_from_manifest(defn, vdir, settings)
-        if k is not None:
-            return k
-        return _install(defn, settings, sel)
+        return kernel_from_manifest(defn, vdir, settings) or _install(defn, settings, sel)
+
+    return cacheentry.obtain(lambda: cached(defn, settings), make, lock=fetch_lock(settings, defn.name),
+                             timeout=settings.timeouts.lock, what=f"fetching kernel {defn.name}",
+                             force=refresh)
 
 
 def _download_all(defn: KernelDef, settings: Settings, sel: Selection) -> list[apt.Deb]:
@@ -89,33 +79,17 @@ def _download_all(defn: KernelDef, settings: Settings, sel: Selection) -> list[a
     return debs
 
 
-def _clean_leftovers(kdir: Path) -> None:
-    # only called under the kernel's lock: no other process is extracting here
-    for p in kdir.glob(".extract-*"):
-        shutil.rmtree(p, ignore_errors=True)
-    for p in kdir.glob(".trash-*"):
-        shutil.rmtree(p, ignore_errors=True)
-
-
 def _install(defn: KernelDef, settings: Settings, sel: Selection) -> Kernel:
     debs = _download_all(defn, settings, sel)
     kdir = settings.kernels_dir / defn.name
-    kdir.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(kdir)
     final = kdir / version_dir(sel.version)
-    tmp = Path(tempfile.mkdtemp(dir=kdir, prefix=f".extract-{version_dir(sel.version)}-"))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would hide the kernel from an unprivileged QEMU
-    try:
-        with diskspace.guard(kdir, f"unpacking {defn.name} {sel.version}"):
-            _unpack(defn, settings, sel, debs, tmp, final)
-        if os.path.lexists(final):
-            trash = Path(tempfile.mkdtemp(dir=kdir, prefix=".trash-"))
-            os.rename(final, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # under the line's lock: every .extract-* here is a killed fetch's
+    with cacheentry.staging(kdir, ".extract-", f"unpacking {defn.name} {sel.version}") as work:
+        out = work / "out"
+        out.mkdir()
+        out.chmod(0o755)   # readable by an unprivileged QEMU, whatever the umask
+        _unpack(defn, settings, sel, debs, out, final)
+        cacheentry.publish(out, final, trash=work / "old")
     k = kernel_from_manifest(defn, final, settings)
     if k is None:
         raise InfraError(f"{final}: unpacked kernel failed its own completeness check")

@@ -22,19 +22,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tarfile
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional, Sequence
 
-from ..core import hostcmd
+from ..core import cacheentry, hostcmd
 from ..core.errors import ConfigError, InfraError
-from ..core.locks import file_lock
 from ..core.settings import Settings
 from . import apt, debversion
 from .kernel import Kernel
@@ -160,52 +157,34 @@ def fetch(kernel: Kernel, settings: Settings) -> KernelSource:
         raise ConfigError(f"{kernel.name} is a local build: its livepatch selftests and samples come "
                           "from a Debian linux-source package, and it has none", field="kernel")
     final = entry_dir(kernel, settings)
-    found = _from_manifest(kernel, final)
-    if found:
-        return found
-    with file_lock(settings.locks_dir / f"source-{kernel.name}.lock", timeout=settings.timeouts.lock,
-                   what=f"fetching the kernel source of {kernel.name}"):
-        found = _from_manifest(kernel, final)
-        if found:
-            return found
-        return _install(kernel, settings, final)
+    return cacheentry.obtain(lambda: _from_manifest(kernel, final), lambda: _install(kernel, settings, final),
+                             lock=settings.locks_dir / f"source-{kernel.name}.lock", timeout=settings.timeouts.lock,
+                             what=f"fetching the kernel source of {kernel.name}")
 
 
-def _install(kernel: Kernel, settings: Settings, final: Path) -> KernelSource:
+def _install(kernel: Kernel, settings: Settings, final: Path) -> None:
     package = package_for(kernel.version)
     root = apt.root_for(settings, kernel.suites)
     apt.update(root)
     rec, note = choose(apt.packages(root, lambda n: n == package), package, kernel.version)
     if note:
         log.warning("%s: %s", kernel.name, note)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}-"))
-    try:
+    with cacheentry.staging(final.parent, f".{final.name}-", f"fetching {package} for {kernel.name}") as work:
         log.info("fetching %s %s (%.0f MB) for %s's selftests and samples", package, rec.version,
                  rec.size / 1e6, kernel.name)
         deb = apt.download(root, package, rec.version, work / "deb", sha256=rec.sha256 or None)
         start = time.monotonic()
-        found = unpack(deb.path, work / "tree", settings)
-        shutil.rmtree(work / "deb")
-        generate_kbuild_dirs(work / "tree", work / "kbuild")
+        out = work / "out"
+        out.mkdir()
+        found = unpack(deb.path, out / "tree", settings)
+        generate_kbuild_dirs(out / "tree", out / "kbuild")
         log.info("unpacked %s from %s in %.1fs", ", ".join(found), package, time.monotonic() - start)
         manifest = {"format": FORMAT, "kernel": kernel.name, "kernel_version": kernel.version,
                     "package": package, "version": rec.version, "sha256": deb.sha256,
                     "size": deb.size, "note": note, "parts": found,
                     "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(work, final)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    source = _from_manifest(kernel, final)
-    if source is None:
-        raise InfraError(f"{final} is incomplete right after it was unpacked")
-    return source
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        cacheentry.publish(out, final)
 
 
 def unpack(deb: Path, dest: Path, settings: Settings, parts: Sequence[str] = PARTS) -> list[str]:
