@@ -1,6 +1,7 @@
 """Whether the host took the guest's CPU in a judged window, so that the guest's service says
 nothing about the patch. Pure: reads the ``RunRecord``'s CPU samples (machine/hostcpu.py takes
-them before the first step and after every step).
+them every quarter second while the steps run, so even a short transition window has
+samples near both ends).
 
 A window counts as taken by the host when, against the baseline, both rose: the CPU the rest
 of the host used (other guests, builds; a patch cannot raise it, it burns the guest's own

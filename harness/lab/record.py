@@ -74,8 +74,8 @@ class RunRecord:
     tool_runs: list[dict[str, Any]] = field(default_factory=list)
     host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per event
     host_cpus: int = 0
-    # (t, host busy CPU-s, the guest's QEMU threads' run s, their run-queue wait s) before the
-    # first step and after every step (machine/hostcpu.py): was a slow service the host's doing?
+    # (t, host busy CPU-s, the guest's QEMU threads' run s, their run-queue wait s) every
+    # hostcpu.PERIOD while the steps run (machine/hostcpu.py): was a slow service the host's doing?
     host_cpu: list[tuple[float, float, float, float]] = field(default_factory=list)
 
     def patch(self, name: str) -> PatchRecord:

@@ -130,22 +130,15 @@ def execute(ctx: Context, steps: Sequence[Step]) -> None:
     and the patches it left loaded are unwound; any other exception propagates, once the
     host-side load is stopped (its requests are evidence)."""
     pid = getattr(ctx.guest.machine, "host_pid", lambda: None)()
-
-    def cpu(t: float) -> None:
-        got = hostcpu.sample(pid, t)
-        if got is not None:
-            ctx.rec.host_cpu.append((got.t, got.host_busy, got.guest_run, got.guest_wait))
-
+    keep = ctx.rec.host_cpu.append
     try:
         try:
-            cpu(time.time())   # then after every step: one step's end is the next one's start
-            for step in steps:
-                t0 = time.time()
-                ran = step.run(ctx) is not False
-                t1 = time.time()
-                cpu(t1)
-                if ran:
-                    ctx.done.append((step, t0, t1))
+            with hostcpu.Sampler(pid, lambda got: keep((got.t, got.host_busy, got.guest_run, got.guest_wait))):
+                for step in steps:
+                    t0 = time.time()
+                    ran = step.run(ctx) is not False
+                    if ran:
+                        ctx.done.append((step, t0, time.time()))
         except Failed as exc:
             ctx.rec.early += exc.reasons
             unwind(ctx)

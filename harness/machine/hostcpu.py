@@ -9,9 +9,11 @@ the guest's threads waited for a CPU (the kernel's schedstat ``run_delay``).
 from __future__ import annotations
 
 import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -58,3 +60,42 @@ def sample(pid: Optional[int], t: float, proc: Path = Path("/proc")) -> Optional
     except (OSError, ValueError, IndexError):
         return None
     return CpuSample(t, busy, run, wait)
+
+
+# Samples are this far apart while a guest runs, so every judged window, even a transition of
+# a second, has one near each of its ends. A sample reads /proc/stat and one schedstat file per
+# QEMU thread: tens of microseconds.
+PERIOD = 0.25
+
+
+class Sampler:
+    """Takes a sample every ``period`` seconds in a thread while the block runs, and at its start
+    and end, passing each to ``sink``. Nothing happens without a local QEMU (``pid`` None)."""
+
+    def __init__(self, pid: Optional[int], sink: Callable[[CpuSample], None], period: float = PERIOD):
+        self.pid, self.sink, self.period = pid, sink, period
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def take(self) -> None:
+        got = sample(self.pid, time.time())
+        if got is not None:
+            self.sink(got)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self.take()
+
+    def __enter__(self) -> "Sampler":
+        if self.pid is not None:
+            self.take()
+            self._thread = threading.Thread(target=self._loop, name="host-cpu", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()   # at most one sample's time: it waits on the event, never sleeps
+            self._thread = None
+            self.take()

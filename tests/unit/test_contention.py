@@ -1,9 +1,12 @@
 """A service that fails only while the rest of the host took the guest's CPU is not judged: the
 verdict is an error naming the host. Anything else the patch did still fails it."""
+import os
+import threading
 from pathlib import Path
 
 from harness.lab import contention
 from harness.lab import verdict as V
+from harness.lab.record import Window
 from harness.machine import hostcpu
 from tests.unit.test_verdict import Req, clean_record
 
@@ -83,3 +86,34 @@ def test_a_sample_reads_the_hosts_busy_time_and_the_threads_schedstat(tmp_path: 
     assert got == hostcpu.CpuSample(5.0, 160 / tick, 3.0, 0.75)
     assert hostcpu.sample(None, 5.0, proc=tmp_path) is None
     assert hostcpu.sample(43, 5.0, proc=tmp_path) is None   # QEMU gone: no evidence, no error
+
+
+def test_while_the_guest_runs_samples_come_often_so_a_one_second_transition_has_its_own():
+    # samples only at step ends left a 1 s transition window (plus its tail) without evidence
+    step_ends = [(0.0, 0, 0, 0), (10.0, 18, 15, 0.5), (10.8, 20, 16, 0.9), (40.0, 60, 45, 2.0)]
+    dense = [(i * hostcpu.PERIOD, i * 2.0, i * 1.5, i * 0.05) for i in range(int(41 / hostcpu.PERIOD))]
+    rec = clean_record(host_cpu=step_ends)
+    w = Window("transition", 10.0, 11.8)
+    assert contention.share(rec, w) is None
+    rec = clean_record(host_cpu=dense)
+    got = contention.share(rec, w)
+    assert got is not None and abs(got.seconds - 1.8) <= 2 * hostcpu.PERIOD
+
+
+def test_the_sampler_samples_this_process_until_the_block_ends_and_leaves_no_thread():
+    got, enough = [], threading.Event()
+
+    def sink(s):
+        got.append(s)
+        if len(got) >= 4:
+            enough.set()
+
+    with hostcpu.Sampler(os.getpid(), sink, period=0.01):
+        assert enough.wait(10)
+    n = len(got)
+    assert [s.t for s in got] == sorted(s.t for s in got) and got[-1].guest_run >= got[0].guest_run
+    assert not [t for t in threading.enumerate() if t.name == "host-cpu"]
+    assert len(got) == n
+    with hostcpu.Sampler(None, sink, period=0.01):   # no local QEMU: nothing to read, no thread
+        assert not [t for t in threading.enumerate() if t.name == "host-cpu"]
+    assert len(got) == n
