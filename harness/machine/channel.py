@@ -174,6 +174,13 @@ class GuestChannel:
                         pending = pending[chan.send(pending[:1 << 15]):]
                     except socket.timeout:  # the window closed again meanwhile
                         break
+                    except OSError:
+                        if not chan.closed:
+                            raise
+                        # the command ended without reading the rest (closed between the
+                        # check above and the send): nothing more to feed, its output stands
+                        pending = pending[:0]
+                        break
                     if not pending:
                         chan.shutdown_write()
                 while chan.recv_ready():

@@ -114,6 +114,48 @@ def test_a_command_that_ignores_its_stdin_still_returns_promptly(channel):
     assert time.monotonic() - start < 3
 
 
+class ClosesWhileFed:
+    """A channel whose command exits, unread stdin and all, just as the next chunk is sent:
+    paramiko closes it from its own thread between ``send_ready()`` and ``send()``."""
+    closed = eof_received = False
+    exit_status = 0
+
+    def __init__(self):
+        self.out = [b"done\n"]
+
+    def send_ready(self):
+        return True
+
+    def send(self, data):
+        self.closed = self.eof_received = True
+        raise OSError("Socket is closed")
+
+    def shutdown_write(self):
+        pass
+
+    def recv_ready(self):
+        return bool(self.out)
+
+    def recv(self, n):
+        return self.out.pop()
+
+    def recv_stderr_ready(self):
+        return False
+
+    def exit_status_ready(self):
+        return self.closed
+
+
+class Active:
+    def is_active(self):
+        return True
+
+
+def test_a_command_that_exits_while_its_stdin_is_fed_keeps_its_output(channel):
+    out, err = channel._drain(ClosesWhileFed(), Active(), time.monotonic() + 5, "echo done", 5, b"z" * 100)
+    assert (out, err) == (b"done\n", b"")
+
+
 def test_upload_writes_the_exact_bytes_with_the_mode(channel, tmp_path):
     local = tmp_path / "patch.ko"
     local.write_bytes(os.urandom(300_000) + b"\0\n\r\xff")
