@@ -11,7 +11,8 @@ from typing import Callable, ContextManager, Iterator
 import pytest
 
 from .core.settings import ACCELS, BACKENDS
-from .plugin_settings import kernel_line_marker, register_marker, settings_for
+from .plugin_settings import (chosen_kernels, load_or_collect_error, mark_for_kernel, register_marker,
+                              settings_for)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -152,23 +153,17 @@ def pytest_collect_file(file_path, parent):
 
 class ScenarioFile(pytest.File):
     def collect(self):
-        from .core.errors import ConfigError
         from .lab import scenario
         from .supply import kerneldefs
-        try:
-            sc = scenario.load(self.path)
-        except ConfigError as exc:
-            raise self.CollectError(str(exc)) from None
-        chosen = self.config.getoption("--lab-kernel") or self.config.getini("lab_kernels")
+        sc = load_or_collect_error(self, scenario.load)
+        chosen = chosen_kernels(self.config)
         names = list(sc.kernels or sorted(kerneldefs.load_definitions()))
         if chosen:
             names = [n for n in names if n in chosen or n.split("@")[0] in chosen] or (
                 list(chosen) if sc.kernels is None else [])
         for name in names:
-            item = ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc, kernel=name)
-            item.add_marker(pytest.mark.vm)
-            item.add_marker(pytest.mark.kernel(name))
-            item.add_marker(getattr(pytest.mark, kernel_line_marker(self.config, name)))
+            item = mark_for_kernel(ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc,
+                                                            kernel=name), name)
             for tag in sc.tags:   # `-m lifecycle` picks scenarios by what they exercise
                 register_marker(self.config, tag, f"{tag}: scenarios tagged {tag}")
                 item.add_marker(getattr(pytest.mark, tag))

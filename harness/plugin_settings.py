@@ -42,3 +42,26 @@ def kernel_line_marker(config: pytest.Config, kernel: str) -> str:
     line = kernel_marker(kernel)
     register_marker(config, line, f"{line}: lab items on kernel {kernel.split('@')[0]}")
     return line
+
+
+def chosen_kernels(config: pytest.Config) -> list[str]:
+    """The kernels named by ``--lab-kernel`` or the ``lab_kernels`` ini option (none: all)."""
+    return list(config.getoption("--lab-kernel") or config.getini("lab_kernels") or [])
+
+
+def mark_for_kernel(item: pytest.Item, kernel: str) -> pytest.Item:
+    """The markers every lab item carries: ``vm``, ``kernel(name)`` and its line's marker."""
+    item.add_marker(pytest.mark.vm)
+    item.add_marker(pytest.mark.kernel(kernel))
+    item.add_marker(getattr(pytest.mark, kernel_line_marker(item.config, kernel)))
+    return item
+
+
+def load_or_collect_error(file: pytest.File, load):
+    """``load(path)``, a bad file being a collection error that quotes the loader's message
+    (file, line, field) and nothing else."""
+    from .core.errors import ConfigError
+    try:
+        return load(file.path)
+    except ConfigError as exc:
+        raise file.CollectError(str(exc)) from None

@@ -20,22 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from .plugin_settings import kernel_line_marker, kernel_marker, settings_for
+from .plugin_settings import (chosen_kernels, kernel_marker, load_or_collect_error, mark_for_kernel,
+                              settings_for)
 
 _LINES = pytest.StashKey[dict]()
 
 
 class SelftestsFile(pytest.File):
     def collect(self):
-        from .core.errors import ConfigError, HarnessError
+        from .core.errors import HarnessError
         from .lab.selftests import spec as specs
         from .lab.selftests import stage
         from .supply import kerneldefs, kernelfetch, kernelsource
-        try:
-            sp = specs.load(self.path)
-        except ConfigError as exc:
-            raise self.CollectError(str(exc)) from None
-        chosen = self.config.getoption("--lab-kernel") or self.config.getini("lab_kernels")
+        sp = load_or_collect_error(self, specs.load)
+        chosen = chosen_kernels(self.config)
         # the file's kernels are a default (a CI cost choice): a line named on the command line wins
         names = list(chosen or sp.kernels or sorted(kerneldefs.load_definitions()))
         settings = settings_for(self.config)
@@ -53,11 +51,8 @@ class SelftestsFile(pytest.File):
 
 
 def _mark(item: pytest.Item) -> pytest.Item:
-    kernel = item.kernel
-    item.add_marker(pytest.mark.vm)
-    item.add_marker(pytest.mark.kernel(kernel))
-    item.add_marker(getattr(pytest.mark, kernel_line_marker(item.config, kernel)))
-    item.add_marker(pytest.mark.xdist_group(f"selftests-{kernel_marker(kernel)}"))
+    mark_for_kernel(item, item.kernel)
+    item.add_marker(pytest.mark.xdist_group(f"selftests-{kernel_marker(item.kernel)}"))
     return item
 
 
