@@ -305,7 +305,9 @@ def test_a_stalled_server_shows_its_stall_in_latency_and_gap(servers, tmp_path):
     srv = servers(behave)
     load, rs = run_load(srv.port, 2.5, tmp_path, rate=20)
     assert all(r.ok for r in rs)
-    assert max(r.sent - r.intended for r in rs) < 0.1                    # open loop: never held back
+    # open loop: never held back (a closed loop would hold sends for the 1 s stall; the margin
+    # is for a busy host's scheduler, seen delaying a send by 0.19 s while a TCG guest ran)
+    assert max(r.sent - r.intended for r in rs) < 0.5
     st = stats.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
     assert st.max_latency >= 0.9
     assert st.longest_gap >= 0.9
@@ -329,7 +331,7 @@ def test_a_slow_server_makes_latency_count_from_the_intended_time(servers, tmp_p
     load, rs = run_load(srv.port, 1.5, tmp_path, rate=10, timeout=5)
     ok = [r for r in rs if r.ok]
     assert len(ok) == len(rs) >= 14
-    assert max(r.sent - r.intended for r in rs) < 0.1
+    assert max(r.sent - r.intended for r in rs) < 0.4    # a closed loop: 0.05 s later per request, 0.7 s by the 14th
     assert ok[-1].latency > ok[0].latency + 0.5
     assert ok[-1].latency > 0.15 * len(ok) - 0.1 * (len(ok) - 1) - 0.05
 
@@ -345,7 +347,7 @@ def test_requests_past_the_concurrency_bound_are_failed_as_overload(servers, tmp
     over = [r for r in rs if r.error == "overload"]
     assert len(over) >= len(rs) - 6 >= 10
     assert all(r.done is None and r.status is None and r.latency is None for r in over)
-    assert all(r.sent - r.intended < 0.1 for r in over)                  # failed when due
+    assert all(r.sent - r.intended < 0.5 for r in over)                  # failed when due, not after a 1 s answer
     assert sum(r.ok for r in rs) >= 3
     st = stats.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
     assert st.failed == len(over)
