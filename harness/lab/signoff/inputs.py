@@ -18,6 +18,7 @@ from ...core import hostcmd, paths
 from ...core.errors import HarnessError
 from ...core.settings import Settings
 from ...core.version import __version__
+from ...machine.backends.qemu.backend import binary_version
 from ...supply import images, kbuild, modinfo, recipes
 from ...supply.apt import sha256_file
 
@@ -77,10 +78,10 @@ def _git_commit(settings: Settings) -> str:
 
 def _qemu_version(settings: Settings) -> str:
     try:
-        return hostcmd.run([settings.qemu_binary, "--version"], what="qemu --version",
-                           timeout=settings.timeouts.host_command).splitlines()[0].strip()
-    except (HarnessError, IndexError) as exc:
+        line = binary_version(settings.qemu_binary, settings.timeouts.host_command)[1]
+    except (HarnessError, OSError) as exc:
         return f"unknown ({str(exc).splitlines()[0] if str(exc) else 'no output'})"
+    return line or "unknown (no output)"
 
 
 def image_facts(settings: Settings) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ....core.errors import HarnessError
 from ....core.settings import Settings, Timeouts
 from ....supply import images
 from ...host import boot_id, kvm_device_usable
+from ...snapshots import file_identity
 from ..base import Disk, MachineSpec, RunSpace
 from .command import QemuConfig, build_command, parse_version, tcg_thread
 from .machine import QemuMachine
@@ -42,13 +43,20 @@ def _qemu_version(binary: str, size: int, mtime_ns: int, timeout: float) -> str:
     return out.strip().splitlines()[0] if out.strip() else ""
 
 
+def binary_version(binary: str, timeout: float) -> tuple[list, str]:
+    """The file ``binary`` runs (found on PATH) as [path, size, mtime], and the first line of
+    its ``--version``, asked once per binary file: snapshot identities, TCG threading, doctor
+    and the sign-off report all read this one answer."""
+    path = shutil.which(binary) or binary
+    ident = file_identity(Path(path))
+    return ident, _qemu_version(path, ident[1], ident[2], timeout)
+
+
 def qemu_version(binary: str) -> Optional[tuple[int, int, int]]:
-    """What ``binary --version`` says (asked once per binary file, as for a snapshot's
-    identity); None if it says nothing usable or does not run (starting it will say why)."""
+    """What ``binary --version`` says; None if it says nothing usable or does not run
+    (starting it will say why)."""
     try:
-        path = shutil.which(binary) or binary
-        st = Path(path).resolve().stat()
-        return parse_version(_qemu_version(path, st.st_size, st.st_mtime_ns, Timeouts().host_command))
+        return parse_version(binary_version(binary, Timeouts().host_command)[1])
     except (HarnessError, OSError) as exc:
         log.debug("no QEMU version from %s: %s", binary, exc)
         return None
@@ -68,13 +76,10 @@ class QemuBackend:
         """The QEMU binary (path, size, mtime), its version and the command line it gets.
         The saved state holds no disk, console or socket path, and the host forwards are
         configuration, not state: QEMU's user networking takes new ones after a restore."""
-        binary = shutil.which(self.settings.qemu_binary) or self.settings.qemu_binary
-        st = Path(binary).resolve().stat()
-        version = _qemu_version(binary, st.st_size, st.st_mtime_ns, self.settings.timeouts.host_command)
+        ident, version = binary_version(self.settings.qemu_binary, self.settings.timeouts.host_command)
         command = build_command(QemuConfig(spec, accel, Path("qmp.sock"), binary=self.settings.qemu_binary,
                                            tcg_thread=self._thread(accel)))
-        return {"qemu": version, "binary": [str(Path(binary).resolve()), st.st_size, st.st_mtime_ns],
-                "command": command[1:]}
+        return {"qemu": version, "binary": ident, "command": command[1:]}
 
     def host_threads(self, spec: MachineSpec, accel: str) -> int:
         """Host threads the guest's vCPUs run on: one under single-threaded TCG, else one each."""
