@@ -31,6 +31,20 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
+def discard(path: Path) -> None:
+    """Remove a published entry where readers may look: a directory is first renamed out of
+    sight (into a hidden ``.trash-`` directory beside it), then deleted, so nobody finds half
+    of it; a file is unlinked (that is atomic already). Nothing if it is gone."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=".trash-"))
+        os.rename(path, trash / path.name)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        path.unlink()
+
+
 def obtain(load: Callable[[], Optional[T]], make: Callable[[], Optional[T]], *, lock: Path,
            timeout: float, what: str, force: bool = False) -> T:
     """The entry ``load`` finds, else the one ``make`` puts in place under ``lock``.

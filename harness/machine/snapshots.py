@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ..core import atomic
+from ..core import atomic, cacheentry
 from ..core.locks import file_lock, try_file_lock
 from ..core.settings import Settings
 
@@ -160,7 +160,7 @@ class Store:
                                                       "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                                                      indent=2, default=str) + "\n")
                 if final.exists():   # an incomplete leftover (no meta.json): never used
-                    _remove(final)
+                    cacheentry.discard(final)
                 os.rename(work, final)
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)
@@ -173,13 +173,4 @@ class Store:
         log.warning("discarding snapshot %s: %s", snapshot.path.name, why)
         with file_lock(self._lock(snapshot.key), timeout=self.lock_timeout,
                        what=f"snapshot {snapshot.path.name}"):
-            _remove(snapshot.path)
-
-
-def _remove(path: Path) -> None:
-    """Out of sight first (renamed), then deleted: nobody finds half of it."""
-    if not path.exists():
-        return
-    trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=".trash-"))
-    os.rename(path, trash / path.name)
-    shutil.rmtree(trash, ignore_errors=True)
+            cacheentry.discard(snapshot.path)

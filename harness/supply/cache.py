@@ -22,14 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-from ..core import diskspace
+from ..core import cacheentry, diskspace
 from ..core.locks import file_lock
 from ..core.settings import Settings
 from . import apt, kernelcache, vmlinux
@@ -240,24 +238,13 @@ def prune(entries: Sequence[Entry], settings: Settings) -> tuple[int, int]:
         if e.store == "kernels":
             with file_lock(kernelcache.fetch_lock(settings, e.path.parent.name), timeout=settings.timeouts.lock,
                            what=f"kernel {e.path.parent.name} (pruning)"):
-                _remove(e.path)
+                cacheentry.discard(e.path)
         else:
-            _remove(e.path)
+            cacheentry.discard(e.path)
         log.info("removed %s (%s)", e.path, e.why)
         count += 1
         size += e.size
     return count, size
-
-
-def _remove(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_dir() and not path.is_symlink():
-        trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=".trash-"))
-        os.rename(path, trash / path.name)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        path.unlink()
 
 
 def totals(entries: Sequence[Entry]) -> list[tuple[str, int, int, int]]:

@@ -109,3 +109,14 @@ def test_publish_replaces_an_outdated_entry_moving_it_to_the_trash_when_given(tm
         cacheentry.publish(work / "out", final, trash=work / "previous")
         assert (work / "previous" / "manifest").read_text() == "old"
     assert (final / "manifest").read_text() == "new" and not list(tmp_path.glob(".work-*"))
+
+
+def test_discard_takes_a_directory_out_of_sight_before_deleting_it_and_unlinks_a_file(tmp_path):
+    d = tmp_path / "entry"
+    (d / "sub").mkdir(parents=True)
+    (d / "sub" / "f").write_text("x")
+    f = tmp_path / "file"
+    f.write_text("y")
+    for p in (d, f, tmp_path / "gone"):
+        cacheentry.discard(p)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []   # no .trash- left either
