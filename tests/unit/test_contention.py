@@ -112,8 +112,7 @@ def test_the_sampler_samples_this_process_until_the_block_ends_and_leaves_no_thr
         assert enough.wait(10)
     n = len(got)
     assert [s.t for s in got] == sorted(s.t for s in got) and got[-1].guest_run >= got[0].guest_run
-    assert not [t for t in threading.enumerate() if t.name == "host-cpu"]
-    assert len(got) == n
+    assert not [t for t in threading.enumerate() if t.name == "host-cpu"]   # so no sample comes later
     with hostcpu.Sampler(None, sink, period=0.01):   # no local QEMU: nothing to read, no thread
         assert not [t for t in threading.enumerate() if t.name == "host-cpu"]
     assert len(got) == n
