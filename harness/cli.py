@@ -263,7 +263,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                                expect_patched=args.expect_patched, duration=args.duration,
                                serve_file=args.serve_file, params=args.param,
                                upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None,
-                               security=_security(args), apply_with=args.apply_with)
+                               security=_security(args), apply_with=args.apply_with, debug=args.debug)
     return _run_matrix([sc], args.kernel, args)
 
 
@@ -285,13 +285,26 @@ def cmd_soak(args: argparse.Namespace) -> int:
     sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
                                expect_patched=args.expect_patched, params=args.param,
                                soak={"cycles": args.cycles, "hold": args.hold, "leak_kib": args.leak_kib},
-                               security=_security(args))
+                               security=_security(args), debug=args.debug)
     return _run_matrix([sc], args.kernel, args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .core.errors import ConfigError
     from .lab import scenario
-    return _run_matrix([scenario.load(Path(p)) for p in args.scenario], args.kernel, args)
+    from .lab.specs import DebugSpec
+    debug = None
+    if args.debug is not None:   # refused before any scenario loads or anything boots
+        try:
+            debug = DebugSpec(scenario.debug_facilities(args.debug))
+        except ValueError as exc:
+            raise ConfigError(str(exc), source="livepatch-lab run", field="--debug") from None
+    scenarios = [scenario.load(Path(p)) for p in args.scenario]
+    if debug is not None:
+        scenarios = [dataclasses.replace(sc, debug=debug) for sc in scenarios]
+    return _run_matrix(scenarios, args.kernel, args)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -408,6 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "artifacts, and DIR/manifest.json (sha256 of every file; see verify)")
         _backend_options(sp)
 
+    def debug_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--debug", metavar="LIST|none",
+                        help="the kernel's memory debugging the guest boots with: a comma-separated list of "
+                             "slub, kfence, poison (default: all the kernel was built with; a scenario's "
+                             "`debug:` for run), or none for a performance-faithful run")
+
     c = sub.add_parser("check", help="validate one livepatch (kbuild dir or .ko) under load; "
                                      "exit 0 pass, 1 fail, 2 error")
     c.add_argument("patch", help="kbuild directory or prebuilt .ko")
@@ -429,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply and revert the patch the way its users do: kpatch (`kpatch load` / `kpatch "
                         "unload`, in an image with Debian's kpatch package) or insmod (the default)")
     _security_options(c)
+    debug_option(c)
     matrix_options(c)
     c.set_defaults(func=cmd_check)
 
@@ -445,11 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probe", metavar="CMD", help="guest command run in a loop through the run")
     s.add_argument("--expect-patched", metavar="REGEX", help="the probe's output in every patched hold")
     _security_options(s)
+    debug_option(s)
     matrix_options(s)
     s.set_defaults(func=cmd_soak)
 
     r = sub.add_parser("run", help="run scenario files; exit 0 all pass, 1 a fail, 2 an error")
     r.add_argument("scenario", nargs="+", help="scenario YAML file(s)")
+    debug_option(r)
     matrix_options(r)
     r.set_defaults(func=cmd_run)
 

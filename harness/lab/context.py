@@ -57,6 +57,11 @@ class Step:
         raise NotImplementedError
 
 
+def console_index(ctx: Context) -> int:
+    """How many console lines the run has shown so far (an index into ``RunRecord.console``)."""
+    return len(ctx.guest.machine.console.lines) - ctx.console_from
+
+
 def hold(ctx: Context, seconds: float) -> None:
     """Let the workload run; a guest the heartbeat gave up on ends the wait at once."""
     if ctx.lost.wait(seconds):

@@ -58,22 +58,24 @@ class HangEvidence:
         with gzip.open(path, "rt") as fh:
             return symbols.SymbolMap.parse(fh.read())
 
-    def add_module(self, name: str, ko: Path, text_base: str = "") -> None:
+    def add_module(self, name: str, ko: Path, text_base: str = "") -> list[tuple[int, str]]:
         """A loaded module's functions, from the host's .ko and its .text base in sysfs
-        (``text_base`` if the caller read it already)."""
-        if self.map is None:
-            return
+        (``text_base`` if the caller read it already): added to the map, and returned as
+        (address, name) pairs (empty when they cannot be known)."""
         try:
             out = (text_base or self.guest.run(f"cat {shlex.quote(f'/sys/module/{name}/sections/.text')}",
                                                 self.timeout).stdout).split()
             if not out:
-                return
+                return []
             table = hostcmd.run(["objdump", "-t", str(ko)], what=f"objdump -t {ko.name}",
                                 timeout=self.settings.timeouts.host_command)
-            self.map = self.map.merged(symbols.SymbolMap.parse(text_functions(table), int(out[0], 16),
-                                                               f" [{name}]"))
+            found = symbols.SymbolMap.parse(text_functions(table), int(out[0], 16), f" [{name}]")
         except (HarnessError, OSError, ValueError) as exc:
-            log.info("no symbols of module %s for hang evidence: %s", name, exc)
+            log.info("no symbols of module %s: %s", name, exc)
+            return []
+        if self.map is not None:
+            self.map = self.map.merged(found)
+        return found.entries()
 
     def collect(self, machine, out_dir: Path) -> list[str]:
         """Where each vCPU is; the raw registers go to ``cpus.txt``."""

@@ -18,6 +18,11 @@ from ..machine.channel import Result
 
 SYSFS = "/sys/kernel/livepatch"
 PROC_MODULES = "/proc/modules"
+# The lab's lines in the kernel log around a patch's module: what the kernel reports before the
+# first is not the patch's doing; a fault after the second in the module's old addresses is a
+# use after unload.
+LOADING = "livepatch-lab: loading "
+UNLOADED = "livepatch-lab: unloaded "
 
 # Kernel taint bits (Documentation/admin-guide/tainted-kernels.rst): bit -> (letter, meaning)
 TAINT_FLAGS = {
@@ -67,18 +72,50 @@ def load(guest, remote_ko: str, timeout: float, report_text_of: str = "",
          params: Sequence[tuple[str, str]] = ()) -> Result:
     """insmod; raise ``LivepatchError`` with the kernel's complaint if it refuses.
 
-    With ``report_text_of`` (the module's name) stdout is the module's ``.text``
-    address, read in the same breath as the load: a patch that freezes the guest
-    leaves no time for a second command.
+    With ``report_text_of`` (the module's name) the kernel log is marked first
+    (``LOADING``), and stdout starts with the module's ``.text`` address, followed
+    by its sections (``sections``), read in the same breath as the load: a patch
+    that freezes the guest leaves no time for a second command.
     """
-    report = (f" && {{ cat /sys/module/{_q(report_text_of)}/sections/.text 2>/dev/null; true; }}"
-              if report_text_of else "")
-    result = guest.run(insmod(remote_ko, params) + report, timeout)
+    mark = f"echo {_q(LOADING + report_text_of)} > /dev/kmsg; " if report_text_of else ""
+    report = (f" && {{ cat /sys/module/{_q(report_text_of)}/sections/.text 2>/dev/null; "
+              f"{_sections(report_text_of)}; true; }}" if report_text_of else "")
+    result = guest.run(mark + insmod(remote_ko, params) + report, timeout)
     if not result.ok:
         tail = guest.run("dmesg | tail -n 6", timeout).stdout   # the kernel's own words on the refusal
         raise LivepatchError(f"insmod {remote_ko} failed (rc {result.rc}): "
                              f"{(result.stderr or result.stdout).strip()}\n{tail}")
     return result
+
+
+def _sections(module: str) -> str:
+    """Shell: ``@@section NAME ADDRESS`` for every section of a loaded module (root reads real
+    addresses), then its /proc/modules line (``@@module name size refs deps state base``)."""
+    d = _q(f"/sys/module/{module}/sections")
+    return (f"for f in {d}/.* {d}/*; do [ -f \"$f\" ] && read -r a < \"$f\" && echo \"@@section ${{f##*/}} $a\"; "
+            f"done 2>/dev/null; while read -r n rest; do [ \"$n\" = {_q(module)} ] && echo \"@@module $n $rest\"; "
+            f"done <{PROC_MODULES}")
+
+
+def parse_sections(text: str) -> tuple[dict[str, int], Optional[tuple[int, int]]]:
+    """``_sections`` output -> ({section: address}, (base, size) from /proc/modules or None)."""
+    sections: dict[str, int] = {}
+    core = None
+    for line in text.splitlines():
+        parts = line.split()
+        try:
+            if len(parts) == 3 and parts[0] == "@@section":
+                sections[parts[1]] = int(parts[2], 16)
+            elif len(parts) >= 7 and parts[0] == "@@module":
+                core = (int(parts[6], 16), int(parts[2]))
+        except ValueError:
+            continue
+    return sections, core
+
+
+def module_sections(guest, module: str, timeout: float) -> tuple[dict[str, int], Optional[tuple[int, int]]]:
+    """A loaded module's sections and core (for a patch a tool loaded: insmod reads them itself)."""
+    return parse_sections(guest.run(_sections(module), timeout).stdout)
 
 
 def state(guest, name: str, timeout: float) -> dict[str, Optional[int]]:
@@ -182,7 +219,8 @@ def remove(guest, module: str, timeout: float, rmmod: bool = True) -> Removal:
     are gone: one round trip."""
     m = _q(module)
     out = guest.run(f"{f'rmmod {m} 2>&1' if rmmod else 'true'}; echo \"@@rc=$?\"; test -e {SYSFS}/{m} && echo @@listed; "
-                    f"{_listed(module)} && echo @@loaded; true", timeout)
+                    f"if {_listed(module)}; then echo @@loaded; else echo {_q(UNLOADED + module)} > /dev/kmsg; fi; "
+                    "true", timeout)
     said, _, rest = out.stdout.partition("@@rc=")
     rc = rest.split()[0] if rest.split() else "-1"
     return Removal(int(rc) if rc.lstrip("-").isdigit() else -1, said.strip(),
@@ -204,10 +242,12 @@ def taint(guest, timeout: float) -> int:
     return int(guest.run("cat /proc/sys/kernel/tainted", timeout, check=True).stdout.strip())
 
 
-def begin(guest, marker: str, timeout: float) -> int:
-    """Mark the kernel log (the run's dmesg starts after the marker) and read the taint: one round trip."""
-    out = guest.run(f"echo {_q(marker)} > /dev/kmsg && cat /proc/sys/kernel/tainted", timeout, check=True).stdout
-    return int(out.split()[-1])
+def begin(guest, marker: str, timeout: float) -> tuple[int, str]:
+    """Mark the kernel log (the run's dmesg starts after the marker); read the taint and the kernel's
+    command line: one round trip."""
+    out = guest.run(f"echo {_q(marker)} > /dev/kmsg && cat /proc/sys/kernel/tainted /proc/cmdline", timeout,
+                    check=True).stdout.splitlines()
+    return int(out[0].strip()), (out[1].strip() if len(out) > 1 else "")
 
 
 @dataclass

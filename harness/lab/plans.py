@@ -21,8 +21,8 @@ from .context import Step
 from .record import HOLD, TRANSITION, RunRecord
 from .setup import Setup
 from .specs import Scenario, StepSpec
-from .steps import (Baseline, Cooldown, Disable, Hold, LoadPatch, LoadTarget, RetireReplaced, Sample, Unload,
-                    UnloadTarget, WaitTransition, WaitUnpatch)
+from .steps import (Baseline, Cooldown, Disable, Hold, LoadPatch, LoadTarget, MemSample, RetireReplaced, Sample,
+                    Unload, UnloadTarget, WaitTransition, WaitUnpatch)
 
 
 class RevertRest(Step):
@@ -57,15 +57,18 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str], rec
     """The steps of ``sc``; ``patch``/``old`` are module names, ``keys`` maps the scenario's names
     to module names. The probe expectations of lifecycle holds go into ``rec``."""
     tl = sc.timeline
+    # the memory before the first load and after the cool-down: what the patches kept (a leak)
+    before, after = MemSample("before"), MemSample("after")
     if sc.soak.cycles:
-        return [Setup(), Baseline(tl.baseline), Sample(0), *_soak(sc, patch, rec), Cooldown(tl.cooldown)]
+        return [Setup(), Baseline(tl.baseline), Sample(0), before, *_soak(sc, patch, rec), Cooldown(tl.cooldown),
+                after]
     if sc.steps:
-        return [Setup(), Baseline(tl.baseline), *_lifecycle(sc.steps, keys, rec), RevertRest(),
-                Cooldown(tl.cooldown)]
+        return [Setup(), Baseline(tl.baseline), before, *_lifecycle(sc.steps, keys, rec), RevertRest(),
+                Cooldown(tl.cooldown), after]
     steps: list[Step] = [Setup()]
     if old:
         steps += [LoadPatch(old, window=None), WaitTransition(old, window=None)]
-    steps += [Baseline(tl.baseline), LoadPatch(patch), WaitTransition(patch)]
+    steps += [Baseline(tl.baseline), before, LoadPatch(patch), WaitTransition(patch)]
     if old:
         steps.append(RetireReplaced(patch))
     steps += [Hold(tl.patched), Disable(patch), WaitUnpatch(patch), Unload(patch, last=not old)]
@@ -75,14 +78,14 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str], rec
         revert = ("revert old", TRANSITION, None)
         steps += [HoldIf(tl.patched, ("old again", HOLD, "old again"), lambda ctx: old in ctx.loaded),
                   Disable(old, revert), WaitUnpatch(old, revert), Unload(old, revert)]
-    return steps + [Cooldown(tl.cooldown)]
+    return steps + [Cooldown(tl.cooldown), after]
 
 
 def _soak(sc: Scenario, patch: str, rec: RunRecord) -> list[Step]:
     """Cycle after cycle: apply, hold, revert, sample. Every hold is judged like the first (the
     probe's ``patched`` pattern, the service), every transition like any other."""
     out: list[Step] = []
-    rec.soak_limits = {"leak_kib": sc.soak.leak_kib, "slowdown": sc.soak.slowdown}
+    rec.soak_limits = {"leak_kib": sc.soak.leak_kib, "slowdown": sc.soak.slowdown, "mem_kib": sc.soak.mem_kib}
     for i in range(1, sc.soak.cycles + 1):
         phase = "patched" if i == 1 else f"patched {i}"
         if i > 1 and "patched" in rec.probe_expect:

@@ -38,6 +38,13 @@ class PatchRecord:
     unpatch: dict[str, Any] = field(default_factory=dict)     # completed, seconds, deadline, stragglers
     revert: dict[str, Any] = field(default_factory=dict)      # disabled, rmmod_rc, sysfs_gone, module_gone, ...
     refused: Optional[str] = None        # the kernel refused it, as the scenario expected: its message
+    # where its module lay while loaded (/sys/module/NAME/sections, /proc/modules' base and size)
+    # and its functions' addresses (the host's .ko + .text): a fault there after the unload is a
+    # use after unload, named by function
+    sections: dict[str, int] = field(default_factory=dict)
+    core: Optional[tuple[int, int]] = None
+    functions: list[tuple[int, str]] = field(default_factory=list)
+    console_at_unload: Optional[int] = None   # index into RunRecord.console when its module went
 
 
 @dataclass
@@ -63,13 +70,24 @@ class RunRecord:
     dmesg: list[str] = field(default_factory=list)
     dmesg_expect: list[str] = field(default_factory=list)      # the scenario's own lines, in order
     console_findings: list[Any] = field(default_factory=list)  # kmsg.Finding after the run's start
+    # the serial console from the run's start: ``console_from`` lines of boot came before it
+    # (kmsg.Finding.lineno counts from the boot's first line)
+    console: list[str] = field(default_factory=list)
+    console_from: int = 0
+    console_at_load: Optional[int] = None   # index into ``console`` when the patch's load was sent
+    # the memory debugging the guest booted with (memdebug.DebugPlan.describe) and its command line
+    debug: dict[str, Any] = field(default_factory=dict)
+    cmdline: str = ""
+    # /proc/meminfo fields (KiB) and the modules, just before the patch's load ("before") and at
+    # the cool-down's end ("after"): what the patch kept once it was gone
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)
     taint_before: Optional[int] = None
     taint_patched: Optional[int] = None                   # at the end of the first hold with a patch
     taint_held: list[tuple[str, int]] = field(default_factory=list)   # (hold, taint) for every hold with a patch
     taint_after: Optional[int] = None
     thresholds: dict[str, float] = field(default_factory=dict)
     soak: list[dict[str, Any]] = field(default_factory=list)   # one sample a cycle (0: before the first)
-    soak_limits: dict[str, float] = field(default_factory=dict)   # leak_kib, slowdown
+    soak_limits: dict[str, float] = field(default_factory=dict)   # leak_kib, slowdown, mem_kib
     # a vendor's tool or a hook at work (apply.py): one entry a call, with what it printed
     tool_runs: list[dict[str, Any]] = field(default_factory=list)
     host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per event

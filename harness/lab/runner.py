@@ -21,7 +21,7 @@ from ..core.errors import DiskFull, HarnessError
 from ..core.settings import Settings
 from ..machine import heartbeat, hostcpu, session
 from ..supply import images, kerneldefs, kernelfetch, recipes
-from . import apply
+from . import apply, memdebug
 from . import outcome as outcomes
 from . import prepare as modules
 from .context import Context, Step
@@ -32,7 +32,7 @@ from .outcome import Outcome
 from .plans import plan
 from .record import TRANSITION, Reason, RunRecord, Window
 from .scenario import TRANSITION_TAIL
-from .setup import Collect
+from .setup import Collect, keep_console
 from .specs import Scenario
 from .steps import unwind
 from .verdict import decide
@@ -66,6 +66,10 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     try:
         kernel = kernelfetch.fetch(kerneldefs.get_definition(kernel_spec), settings)
         kernel_info = kernel.describe()
+        debug = memdebug.for_kernel(sc.debug, kernel)
+        rec.debug = debug.describe()
+        for name, why in debug.absent.items():
+            log.info("debug facility %s is absent on %s: %s", name, kernel_spec, why)
         image = images.build(recipes.load_recipe(sc.image or recipes.DEFAULT_RECIPE), settings)
         events("build")
         mods = modules.prepare(sc, kernel, settings)
@@ -77,7 +81,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
                targets=[str(built[n].path) for n, p in mods.all.items() if not p.livepatch],
                target_sources=[t.label for t in sc.targets])
         with diskspace.guard(out_dir, "keeping the run's evidence", hint=diskspace.ARTIFACTS_HINT):
-            _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec)
+            _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec, debug.append)
     except Failed as exc:            # build or compat: the patch's files themselves
         rec.early += exc.reasons
     except HarnessError as exc:      # the input, the lab, the host, or a guest that never came up
@@ -103,9 +107,9 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
 
 
 def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Settings, out_dir: Path,
-              events: Timeline, rec: RunRecord) -> None:
+              events: Timeline, rec: RunRecord, debug_append: str = "") -> None:
     ports = (sc.service.port,) if sc.service.enabled else ()
-    append = "module.sig_enforce=1" if sc.security.sig_enforce else ""
+    append = " ".join(a for a in ("module.sig_enforce=1" if sc.security.sig_enforce else "", debug_append) if a)
     with session.boot(kernel, image, settings, forward_ports=ports, append=append,
                       artifacts_dir=out_dir) as guest:
         where = guest.machine.describe()
@@ -207,5 +211,5 @@ def trouble(ctx: Context, exc: HarnessError) -> None:
     message += "\n--- console tail ---\n" + tail
     rec.guest_lost = message
     rec.early.append(Reason("dmesg" if findings else "service", message))
-    rec.console_findings = list(findings)
+    keep_console(ctx)
     ctx.events("guest-lost", error=why, vcpus=where)

@@ -20,8 +20,8 @@ from ..core.errors import ConfigError
 from ..core.yamlconf import Field
 from ..supply import modinfo, recipes
 from . import hookcmd
-from .specs import (ACTIONS, APPLY_TOOLS, CHECKS, ON_STALL, OUTCOMES, SAMPLE_PREFIX, TOOL_IMAGES, VERDICTS,
-                    ApplySpec, Expectation, ModuleSpec, ProbeSpec, Scenario, SecuritySpec, ServiceSpec,
+from .specs import (ACTIONS, APPLY_TOOLS, CHECKS, DEBUG_FACILITIES, ON_STALL, OUTCOMES, SAMPLE_PREFIX,
+                    TOOL_IMAGES, VERDICTS, ApplySpec, DebugSpec, Expectation, ModuleSpec, ProbeSpec, Scenario, SecuritySpec, ServiceSpec,
                     SoakSpec, StepSpec, StressSpec, Thresholds, TimelineSpec, TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
@@ -68,6 +68,33 @@ def _url_path(v: str) -> Optional[str]:
 
 def _checks(cs: list) -> Optional[str]:
     return next((f"unknown check {c!r} (known: {', '.join(CHECKS)})" for c in cs if c not in CHECKS), None)
+
+
+def debug_facilities(value: Any) -> tuple[str, ...]:
+    """``debug:`` (a list of facilities, or ``none`` / ``all``) or ``--debug`` (``LIST|none|all``, a
+    comma-separated string) -> the facilities; ``ValueError`` names what is wrong."""
+    if isinstance(value, str):
+        word = value.strip()
+        if word in ("none", ""):
+            return ()
+        if word == "all":
+            return DEBUG_FACILITIES
+        value = [v.strip() for v in word.split(",")]
+    unknown = [v for v in value if v not in DEBUG_FACILITIES]
+    if unknown or not value and not isinstance(value, list):
+        raise ValueError(f"unknown debug facility {unknown[0]!r} (known: {', '.join(DEBUG_FACILITIES)}; "
+                         "or none, or all)")
+    return tuple(f for f in DEBUG_FACILITIES if f in value)
+
+
+def _debug(v: Any) -> Optional[str]:
+    if not isinstance(v, (str, list)) or isinstance(v, list) and not all(isinstance(x, str) for x in v):
+        return f"must be a list of {', '.join(DEBUG_FACILITIES)}, or none, not {v!r}"
+    try:
+        debug_facilities(v)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 _PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -129,6 +156,7 @@ SCHEMA: yamlconf.Schema = {
                         f"must be 2 to 1000 cycles, not {n}"),
         "hold": Field(NUM, default=SoakSpec.hold, check=_seconds),
         "leak_kib": Field(NUM, default=SoakSpec.leak_kib, check=_positive),
+        "mem_kib": Field(NUM, default=SoakSpec.mem_kib, check=_positive),
         "slowdown": Field(NUM, default=SoakSpec.slowdown, check=lambda v: None if 1 < v < math.inf else
                           f"must be more than 1 (a factor), not {v!r}")}),
     "apply": Field(dict, schema={
@@ -136,6 +164,8 @@ SCHEMA: yamlconf.Schema = {
         "command": Field(str, check=hookcmd.check, doc="a hook that loads the patch: {module}, {name}"),
         "revert": Field(str, check=hookcmd.check, doc="a hook that disables and unloads it")}),
     "image": Field(str, check=_command, doc="the guest image's recipe: a name in images/, or a .yaml file"),
+    "debug": Field((list, str), default=list(DEBUG_FACILITIES), check=_debug,
+                   doc="the kernel's memory debugging: slub, kfence, poison (default all), or none"),
     "dmesg": Field(dict, schema={"expect": Field(list, items=str, default=[],
                                                  doc="lines the kernel must log during the run, in order")}),
     "stress": Field(dict, schema={"enabled": Field(bool, default=True),
@@ -147,7 +177,8 @@ SCHEMA: yamlconf.Schema = {
                                       "on_stall": Field(str, default="fail", check=_one_of(ON_STALL))}),
     "thresholds": Field(dict, schema={
         name: Field(NUM, default=getattr(Thresholds, name), check=_positive)
-        for name in ("max_latency", "latency_factor", "max_gap", "median_factor", "min_median")}),
+        for name in ("max_latency", "latency_factor", "max_gap", "median_factor", "min_median",
+                     "slab_growth_kib", "vmalloc_growth_kib")}),
     "expect": Field(dict, schema={
         "verdict": Field(str, default="pass", check=_one_of(VERDICTS)),
         "checks": Field(list, items=str, default=[], check=_checks),
@@ -353,9 +384,10 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         upgrade_from=_module(v["upgrade_from"], loaded, "upgrade_from", base) if given("upgrade_from") else None,
         patches=patches, steps=steps, dmesg_expect=tuple(v["dmesg"]["expect"]), tags=tuple(v["tags"]),
         soak=SoakSpec(int(v["soak"]["cycles"]), float(v["soak"]["hold"]), float(v["soak"]["leak_kib"]),
-                      float(v["soak"]["slowdown"])),
+                      float(v["soak"]["slowdown"]), float(v["soak"]["mem_kib"])),
         security=_security(v["security"], loaded, base), apply=applied,
-        image=_image(v["image"], applied.tool, loaded, base))
+        image=_image(v["image"], applied.tool, loaded, base),
+        debug=DebugSpec(debug_facilities(v["debug"])))
     if sc.apply.tool != "insmod" and any(m.params for m in (sc.patch, sc.upgrade_from, *sc.patches.values()) if m):
         raise loaded.error("module parameters need the lab's insmod: a tool or hook loads the module its own way",
                            "apply")
@@ -379,7 +411,7 @@ OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH", "patc
            "timeline.patched": "--duration", "service.serve_file": "--serve-file", "soak.cycles": "--cycles",
            "soak.hold": "--hold", "soak.leak_kib": "--leak-kib", "security.sig_enforce": "--sig-enforce",
            "security.sign_key": "--sign-key", "security.sign_cert": "--sign-cert", "apply": "--apply-with",
-           "apply.tool": "--apply-with", "image": "--apply-with"}
+           "apply.tool": "--apply-with", "image": "--apply-with", "debug": "--debug"}
 
 
 def parse_params(items: Sequence[str], option: str, source: str = CHECK_SOURCE) -> dict[str, str]:
@@ -397,7 +429,8 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
                  expect_patched: Optional[str] = None, duration: Optional[float] = None,
                  serve_file: Optional[str] = None, upgrade_from: Optional[Path] = None,
                  params: Sequence[str] = (), soak: Optional[dict[str, Any]] = None,
-                 security: Optional[dict[str, Any]] = None, apply_with: Optional[str] = None) -> Scenario:
+                 security: Optional[dict[str, Any]] = None, apply_with: Optional[str] = None,
+                 debug: Optional[str] = None) -> Scenario:
     """The scenario behind ``livepatch-lab check PATCH ...`` (a kbuild directory or a .ko),
     validated by the scenario schema; errors name the option. A target is ``DIR`` or
     ``DIR:NAME=VALUE[,NAME=VALUE...]`` (its module parameters). With ``soak`` it is ``livepatch-lab
@@ -437,6 +470,8 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
         raw["security"] = {k: v for k, v in security.items() if v not in (None, False)}
     if apply_with is not None:
         raw["apply"] = {"tool": apply_with}
+    if debug is not None:
+        raw["debug"] = debug
     names: Mapping[str, str] = {**OPTIONS, **{f"target_modules[{i}]{part}": "--target-module"
                                               for i in range(len(targets)) for part in ("", ".source", ".ko", ".params")}}
     loaded = yamlconf.load_data(raw, SCHEMA, source=source, names=names)

@@ -26,8 +26,8 @@ class Setup(Step):
         for name in ctx.targets:
             load_target(ctx, name)
         ctx.marker = f"livepatch-lab: run {uuid.uuid4().hex[:8]} start"
-        ctx.console_from = len(g.machine.console.lines)
-        rec.taint_before = livepatch.begin(g, ctx.marker, t.command)
+        ctx.console_from = rec.console_from = len(g.machine.console.lines)
+        rec.taint_before, rec.cmdline = livepatch.begin(g, ctx.marker, t.command)
         ctx.offset = clock.clock_offset(g, samples=3)   # before the load: quicker and steadier round trips
         scripts = []
         if sc.probe.command:
@@ -49,6 +49,13 @@ class Setup(Step):
             stress.check_running(g, sc.stress)
         if ctx.load:
             ctx.load.start()
+
+
+def keep_console(ctx: Context) -> None:
+    """The console since the run's start, and what it found there, into the record."""
+    console = ctx.guest.machine.console
+    ctx.rec.console = [line.text for line in console.lines[ctx.console_from:]]
+    ctx.rec.console_findings = [f for f in console.findings if f.lineno > ctx.console_from]
 
 
 def _tar(files: dict[str, Path]) -> bytes:
@@ -83,6 +90,6 @@ class Collect(Step):
                          for s in probe.parse_log(out)] if sc.probe.command else []
         end = livepatch.finish(g, ctx.marker, list(reversed(ctx.late_loaded + ctx.targets)), t.command)
         rec.dmesg, rec.taint_after = end.dmesg, end.taint
-        rec.console_findings = [f for f in g.machine.console.findings if f.lineno > ctx.console_from]
+        keep_console(ctx)
         lifecycle.left_behind(ctx, end)
         ctx.events("collected")

@@ -13,6 +13,10 @@ from typing import Optional
 
 CHECKS = ("build", "compat", "load", "signature", "transition", "probe", "service", "dmesg", "taint",
           "revert", "lifecycle", "soak")
+# The kernel's own memory debugging a validation guest boots with (lab/memdebug.py): SLUB red
+# zones, poisoning and sanity checks; KFENCE sampling; page poisoning. All by default; `none` for
+# a performance-faithful run.
+DEBUG_FACILITIES = ("slub", "kfence", "poison")
 VERDICTS = ("pass", "fail", "error")
 ON_STALL = ("fail", "signal", "force")
 PROBE_PHASES = ("before", "patched", "after")
@@ -116,6 +120,10 @@ class Thresholds:
     max_gap: float = 1.0          # seconds without a response, or latency_factor x the baseline's
     median_factor: float = 3.0    # the patched median: median_factor x the baseline's,
     min_median: float = 0.05      # at least min_median
+    # what the kernel may keep after the patch's module is gone (README: "Leaks"): growth of
+    # unreclaimable slab and of vmalloc'ed memory from just before the load to the cool-down's end
+    slab_growth_kib: float = 1024.0
+    vmalloc_growth_kib: float = 1024.0
 
 
 @dataclass(frozen=True)
@@ -124,8 +132,10 @@ class SoakSpec:
     slab and modules after every cycle. 0 cycles: not a soak."""
     cycles: int = 0
     hold: float = 2.0             # seconds patched in each cycle
-    leak_kib: float = 256.0       # unreclaimable slab growth a cycle that counts as a leak
+    leak_kib: float = 256.0       # unreclaimable slab or vmalloc growth a cycle that counts as a leak
     slowdown: float = 2.0         # transitions this many times slower at the end than at the start
+    mem_kib: float = 4096.0       # MemAvailable falling this much a cycle counts as a leak (the
+                                  # workload's own allocations make it noisy)
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,13 @@ class SecuritySpec:
     sig_enforce: bool = False          # boot with module.sig_enforce=1 (what Secure Boot/lockdown imposes)
     sign_key: Optional[Path] = None    # sign the run's modules with the kernel's sign-file
     sign_cert: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class DebugSpec:
+    """The kernel's memory debugging the guest boots with: a subset of ``DEBUG_FACILITIES`` (empty:
+    ``none``, the kernel as it ships)."""
+    facilities: tuple[str, ...] = DEBUG_FACILITIES
 
 
 @dataclass(frozen=True)
@@ -180,6 +197,7 @@ class Scenario:
     security: SecuritySpec = SecuritySpec()
     apply: ApplySpec = ApplySpec()
     image: Optional[Path] = None         # the guest image's recipe; None: images/default.yaml
+    debug: DebugSpec = DebugSpec()
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))

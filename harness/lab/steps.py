@@ -22,7 +22,7 @@ from typing import Optional
 from ..core.errors import LivepatchError
 from ..core.settings import Timeouts
 from . import lifecycle, livepatch
-from .context import Context, Step, Window, hold, load_target
+from .context import Context, Step, Window, console_index, hold, load_target
 from .faults import Failed
 from .record import BASELINE, COOLDOWN, HOLD, TRANSITION, Reason
 
@@ -54,7 +54,11 @@ class LoadPatch(Step):
     def run(self, ctx: Context) -> None:
         ctx.events("load-patch", module=self.name)
         ctx.rec.patch_issued = True   # from here on, a guest that dies is the patch's doing
+        if ctx.rec.console_at_load is None:   # what the console showed before is not the patch's doing
+            ctx.rec.console_at_load = console_index(ctx)
         prec = ctx.rec.patch(self.name)
+        if ctx.applier.name != "insmod":   # the lab's insmod marks the log in the same breath
+            livepatch.mark_kmsg(ctx.guest, livepatch.LOADING + self.name, ctx.timeouts.command)
         try:
             loaded = ctx.applier.load(ctx, self.name)
         except LivepatchError as exc:
@@ -74,7 +78,9 @@ class LoadPatch(Step):
         ctx.loaded.append(self.name)
         ctx.rec.ops.append(("enabled", self.name))
         ctx.events("loaded", seconds=round(loaded.seconds, 3))
-        ctx.evidence.add_module(self.name, ctx.modules[self.name].path, loaded.stdout)
+        prec.sections, prec.core = (livepatch.parse_sections(loaded.stdout) if ctx.applier.name == "insmod" else
+                                    livepatch.module_sections(ctx.guest, self.name, ctx.timeouts.command))
+        prec.functions = ctx.evidence.add_module(self.name, ctx.modules[self.name].path, loaded.stdout)
         if self.refused:
             raise Failed(Reason("load", f"the kernel accepted {self.name}, but the scenario expects it to "
                                         "refuse it"))
@@ -208,6 +214,8 @@ def _rmmod(ctx: Context, name: str) -> None:
                        module_gone=gone.module_gone)
     if gone.module_gone and name in ctx.loaded:
         ctx.loaded.remove(name)
+    if gone.module_gone:
+        prec.console_at_unload = console_index(ctx)
     ctx.events("unloaded", module=name, rc=gone.rc)
 
 
@@ -255,38 +263,73 @@ class UnloadTarget(Step):
         ctx.events("target-unloaded", module=self.name)
 
 
+# Two RCU grace periods, from the guest's user space: membarrier(MEMBARRIER_CMD_GLOBAL) waits in
+# synchronize_rcu(). Callbacks a patch queued before its unload (call_rcu, a timer's softirq) have
+# then run, or are due: the cool-down that follows watches for their faults.
+_GRACE_PERIODS = ("python3 -c 'import ctypes; s = ctypes.CDLL(None).syscall; "
+                  "[s(324, 1, 0, 0) for _ in range(2)]' 2>/dev/null; true")
+
+
 class Cooldown(Step):
+    """The cool-down after the revert: after a patch's module was unloaded, two RCU grace periods
+    first, then the hold (a timer the module left armed fires within it, if its period is under
+    the hold's length), under the same load."""
     window = ("cooldown", COOLDOWN, "after")
 
     def __init__(self, seconds: float):
         self.seconds = seconds
 
     def run(self, ctx: Context) -> None:
+        if any(p.console_at_unload is not None for p in ctx.rec.patches.values()):
+            ctx.guest.run(_GRACE_PERIODS, ctx.timeouts.command)
+            ctx.events("grace-periods")
         hold(ctx, self.seconds)
         ctx.events("cooldown-end")
 
 
+_MEMINFO = ("SUnreclaim", "Slab", "VmallocUsed", "MemAvailable", "Percpu")
+
+
+def read_memory(ctx: Context) -> dict:
+    """/proc/meminfo's fields of ``_MEMINFO`` (KiB), the modules and the livepatches: one round trip."""
+    meminfo, modules, patches = (ctx.guest.run(Sample.READ, ctx.timeouts.command, check=True).stdout
+                                 .split("@@\n") + ["", ""])[:3]
+    mem = {k.strip(): int(v.split()[0]) for k, v in (line.split(":", 1) for line in meminfo.splitlines()
+                                                      if ":" in line) if v.split() and v.split()[0].isdigit()}
+    return {**{k: mem.get(k) for k in _MEMINFO}, "modules": sorted(set(modules.split())),
+            "patches": sorted(patches.split())}
+
+
+class MemSample(Step):
+    """What the kernel holds just before the patch's load (``before``) and once the cool-down is
+    over (``after``): the revert check's leak comparison."""
+
+    def __init__(self, label: str):
+        self.label = label
+
+    def run(self, ctx: Context) -> bool:
+        ctx.rec.memory[self.label] = read_memory(ctx)
+        return False
+
+
 class Sample(Step):
-    """A soak's sample after a cycle: memory, slab, the modules and patches still there."""
-    _READ = "cat /proc/meminfo; echo @@; cut -d' ' -f1 /proc/modules; echo @@; ls /sys/kernel/livepatch"
+    """A soak's sample after a cycle: memory, slab, vmalloc, the modules and patches still there."""
+    READ = "cat /proc/meminfo; echo @@; cut -d' ' -f1 /proc/modules; echo @@; ls /sys/kernel/livepatch 2>/dev/null; true"
 
     def __init__(self, cycle: int):
         self.cycle = cycle
 
     def run(self, ctx: Context) -> bool:
-        meminfo, modules, patches = (ctx.guest.run(self._READ, ctx.timeouts.command, check=True).stdout
-                                     .split("@@\n") + ["", ""])[:3]
-        mem = {k.strip(): int(v.split()[0]) for k, v in (line.split(":", 1) for line in meminfo.splitlines()
-                                                          if ":" in line) if v.split() and v.split()[0].isdigit()}
-        loaded = set(modules.split())
+        mem = read_memory(ctx)
+        loaded = set(mem["modules"])
         prec = ctx.rec.main
         ctx.rec.soak.append({
             "cycle": self.cycle, "load_s": prec.transition.get("load_seconds"),
             "transition_s": prec.transition.get("seconds"), "unpatch_s": prec.unpatch.get("seconds"),
-            "mem_available_kib": mem.get("MemAvailable"), "slab_kib": mem.get("Slab"),
-            "sunreclaim_kib": mem.get("SUnreclaim"), "modules": len(loaded),
-            "left": sorted({n for n in ctx.modules if n in loaded and n not in ctx.targets} | set(patches.split()))})
-        ctx.events("soak-sample", cycle=self.cycle, sunreclaim_kib=mem.get("SUnreclaim"))
+            "mem_available_kib": mem["MemAvailable"], "slab_kib": mem["Slab"],
+            "sunreclaim_kib": mem["SUnreclaim"], "vmalloc_kib": mem["VmallocUsed"], "modules": len(loaded),
+            "left": sorted({n for n in ctx.modules if n in loaded and n not in ctx.targets} | set(mem["patches"]))})
+        ctx.events("soak-sample", cycle=self.cycle, sunreclaim_kib=mem["SUnreclaim"], vmalloc_kib=mem["VmallocUsed"])
         return False
 
 

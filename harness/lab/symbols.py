@@ -39,6 +39,9 @@ class SymbolMap:
     def merged(self, other: "SymbolMap") -> "SymbolMap":
         return SymbolMap(list(zip(self._addrs, self._names)) + list(zip(other._addrs, other._names)))
 
+    def entries(self) -> list[tuple[int, str]]:
+        return list(zip(self._addrs, self._names))
+
     def __len__(self) -> int:
         return len(self._addrs)
 

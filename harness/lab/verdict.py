@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ..machine import kmsg
 from . import contention, toolcheck
-from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, taint_letters
+from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, LOADING, UNLOADED, taint_letters
 from .record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord
 from .workload.stats import window_stats
 
@@ -181,8 +181,16 @@ def expected_lines(rec: RunRecord) -> list[str]:
     return [line.format(name) for op, name in rec.ops for line in _KMSG[op]]
 
 
-def check_dmesg(rec: RunRecord) -> list[Reason]:
-    reasons = []
+def _load_line(text: list[str]) -> Optional[int]:
+    """Index of the lab's mark before the first patch load in the run's log (livepatch.LOADING); None
+    when it is not there (no load, or a report storm overran the log: then ``patch_issued`` says)."""
+    return next((i for i, line in enumerate(text) if line.startswith(LOADING)), None)
+
+
+def check_dmesg(rec: RunRecord) -> tuple[list[Reason], list[Reason]]:
+    """The patch's reasons, and trouble the kernel reported before the patch's module was loaded
+    (that cannot be the patch's doing: the run is an ``error``)."""
+    reasons, before = [], []
     text = [kmsg.strip_prefix(line) for line in rec.dmesg]
     # A guest lost mid-run has no readable dmesg: its console findings speak for it.
     lost = rec.guest_lost and not rec.dmesg
@@ -198,7 +206,9 @@ def check_dmesg(rec: RunRecord) -> list[Reason]:
     seen = set()
     # a load the scenario expects the kernel to refuse makes the kernel say so: not trouble
     excused = [f"'{p.name}'" for p in rec.patches.values() if p.refused]
-    for line in text:
+    loaded_at = _load_line(text)
+    modules = list(rec.patches)
+    for i, line in enumerate(text):
         if any(name in line for name in excused):
             continue
         hit = kmsg.classify(line)
@@ -206,11 +216,117 @@ def check_dmesg(rec: RunRecord) -> list[Reason]:
                                    "call-trace" if _CALL_TRACE.search(line) else None)
         if kind and kind not in seen:
             seen.add(kind)
-            reasons.append(Reason("dmesg", f"{kind}: {line.strip()[:200]}"))
+            where = kmsg.report_function(text, i, modules) if hit else None
+            message = f"{kind}: {line.strip()[:200]}" + (f" (in {where})" if where else "")
+            pre = i < loaded_at if loaded_at is not None else not rec.patch_issued
+            (before if pre else reasons).append(Reason("dmesg", message))
     for f in rec.console_findings:
         if f.kind not in seen:
             seen.add(f.kind)
-            reasons.append(Reason("dmesg", f"{f.kind} (console): {f.line.strip()[:200]}"))
+            at = f.lineno - rec.console_from - 1    # its index in rec.console
+            where = kmsg.report_function(rec.console, at, modules) if 0 <= at < len(rec.console) else None
+            message = f"{f.kind} (console): {f.line.strip()[:200]}" + (f" (in {where})" if where else "")
+            pre = at < rec.console_at_load if rec.console_at_load is not None else not rec.patch_issued
+            (before if pre else reasons).append(Reason("dmesg", message))
+    return reasons, before
+
+
+# use after unload ----------------------------------------------------------------------
+_ADDRESS = re.compile(r"\b(?:0x)?(ffffffff[0-9a-f]{8})\b")
+_PAGE = 4096
+_NEAR = 64 << 10   # sections closer than this lie in one allocation
+
+
+def module_ranges(p: PatchRecord) -> list[tuple[int, int]]:
+    """Where a patch's module lay: from each section's start to the next one's (within one
+    allocation), else to the end of its page, and the core from /proc/modules (before 6.4 one
+    allocation holds text and data; from 6.4 it is the text's)."""
+    starts = sorted(set(p.sections.values()))
+    out = []
+    for i, a in enumerate(starts):
+        nxt = starts[i + 1] if i + 1 < len(starts) else None
+        end = nxt if nxt is not None and nxt - a < _NEAR else (a // _PAGE + 1) * _PAGE
+        out.append((a, max(end, a + 1)))
+    if p.core and p.core[1] > 0:
+        out.append((p.core[0], p.core[0] + p.core[1]))
+    return out
+
+
+def _where(p: PatchRecord, addr: int) -> Optional[str]:
+    """``f+0x10`` for an address in the module's text (its functions, from the host's .ko), else
+    ``.bss+0x28``: the section it lies in."""
+    below = [(a, n) for n, a in p.sections.items() if a <= addr]
+    section = max(below)[1] if below else None
+    fns = [(a, n) for a, n in p.functions if a <= addr]
+    if fns and (section is None or section == ".text" or section.startswith(".text.")):
+        a, n = max(fns)
+        if addr - a < _NEAR:
+            name, _, module = n.partition(" ")
+            return f"{name}+{addr - a:#x}{' ' + module if module else ''}"
+    return f"{section}+{addr - p.sections[section]:#x}" if section else None
+
+
+def _after_unload(rec: RunRecord, p: PatchRecord) -> list[tuple[str, int, list[str]]]:
+    """(where, index, lines) of the kernel's words after the patch's module went (the lab's mark,
+    written as rmmod returns, well before a timer it left behind fires): in its log, and on the
+    console (a guest that died has only that)."""
+    out = []
+    for where, raw in (("dmesg", rec.dmesg), ("console", rec.console)):
+        lines = [kmsg.strip_prefix(line) for line in raw]
+        mark = next((i for i, line in enumerate(lines) if line.strip() == UNLOADED + p.name), None)
+        if mark is not None:
+            out += [(where, i, lines) for i in range(mark + 1, len(lines))]
+    return out
+
+
+def check_unload(rec: RunRecord) -> list[Reason]:
+    """A fault after a patch's module was unloaded, at an address where the module lay: the patch
+    left a timer, a work item or a callback pointing into itself."""
+    reasons = []
+    for p in rec.patches.values():
+        if not (p.sections or p.core):
+            continue
+        ranges = module_ranges(p)
+        for where, i, lines in _after_unload(rec, p):
+            hit = kmsg.classify(lines[i])
+            if not hit:
+                continue
+            inside = next((int(a, 16) for line in lines[i:i + kmsg.REPORT_LINES] for a in _ADDRESS.findall(line)
+                           if any(lo <= int(a, 16) < hi for lo, hi in ranges)), None)
+            if inside is None:
+                continue
+            fn = _where(p, inside)
+            reasons.append(Reason("revert", f"use after unload: {p.name}'s module was unloaded, then the kernel "
+                                            f"faulted at {inside:#x}, where the module lay"
+                                            f"{f' ({fn})' if fn else ''}: the patch left a timer, a work item "
+                                            f"or a callback armed after unload ({where}: {lines[i].strip()[:160]})"))
+            break
+    return reasons
+
+
+# leaks -----------------------------------------------------------------------------
+def check_leaks(rec: RunRecord) -> list[Reason]:
+    """What the kernel kept once every patch of the run was gone: unreclaimable slab and vmalloc'ed
+    memory grown beyond the thresholds from just before the first load to the cool-down's end,
+    and modules that came and stayed."""
+    before, after = rec.memory.get("before"), rec.memory.get("after")
+    loaded = [p for p in rec.patches.values() if p.loaded]
+    if not before or not after or not loaded or any(p.console_at_unload is None for p in loaded):
+        return []   # a patch still in (its revert says why), or no readings
+    t, reasons = rec.thresholds, []
+    for key, limit, what in (("SUnreclaim", "slab_growth_kib", "unreclaimable slab"),
+                             ("VmallocUsed", "vmalloc_growth_kib", "vmalloc'ed memory")):
+        a, b = before.get(key), after.get(key)
+        allowed = t.get(limit, 1024.0)
+        if a is not None and b is not None and b - a > allowed:
+            reasons.append(Reason("revert", f"{what} ({key}) grew {b - a} KiB from before the patch's load to "
+                                            f"after its unload ({a} -> {b} KiB; > {allowed:.0f} allowed): "
+                                            "memory the patch took and never gave back"))
+    own = set(rec.patches)
+    new = sorted(set(after.get("modules", [])) - set(before.get("modules", [])) - own)
+    if new:
+        reasons.append(Reason("revert", f"module(s) {', '.join(new)} came during the run and stayed after the "
+                                        "revert"))
     return reasons
 
 
@@ -303,25 +419,42 @@ def _thirds(values: list[float]) -> tuple[float, float]:
     return first[len(first) // 2], last[len(last) // 2]
 
 
+def _growth(samples: list[dict[str, Any]], key: str, limit: float,
+            rising_share: float = 0.6) -> Optional[tuple[float, float, float]]:
+    """(total growth, least-squares growth a cycle, share of cycles it rose in) of ``key`` when it
+    grows by more than ``limit`` a cycle, steadily; else None."""
+    points = [(float(s["cycle"]), float(s[key])) for s in samples if s.get(key) is not None]
+    if len(points) < 3:
+        return None
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    per_cycle = _slope(xs, ys)
+    rising = sum(1 for a, b in zip(ys, ys[1:]) if b > a) / (len(ys) - 1)
+    return (ys[-1] - ys[0], per_cycle, rising) if per_cycle > limit and rising >= rising_share else None
+
+
 def check_soak(rec: RunRecord) -> list[Reason]:
     """Across the cycles of a soak: nothing left after a cycle, no steady growth of unreclaimable
-    slab (a leak), no steady slow-down of the transitions."""
+    slab or vmalloc'ed memory and no steady fall of MemAvailable (a leak), no steady slow-down of
+    the transitions."""
     cycles = [s for s in rec.soak if s["cycle"] > 0]
     if not cycles:
         return []
     reasons = [Reason("soak", f"cycle {s['cycle']} left {', '.join(s['left'])} behind")
                for s in cycles if s["left"]][:3]
     limit = rec.soak_limits.get("leak_kib", 256.0)
-    slab = [(s["cycle"], s["sunreclaim_kib"]) for s in rec.soak if s["sunreclaim_kib"] is not None]
-    if len(slab) >= 3:
-        xs, ys = [float(c) for c, _ in slab], [float(v) for _, v in slab]
-        per_cycle = _slope(xs, ys)
-        rising = sum(1 for a, b in zip(ys, ys[1:]) if b > a) / (len(ys) - 1)
-        if per_cycle > limit and rising >= 0.6:
-            reasons.append(Reason("soak", f"unreclaimable slab grew {(ys[-1] - ys[0]) / 1024:.1f} MiB over "
-                                          f"{len(cycles)} cycles, {per_cycle:.0f} KiB a cycle (> {limit:.0f} "
-                                          f"allowed), rising in {rising:.0%} of them: a leak on every "
-                                          f"apply/revert"))
+    for key, what in (("sunreclaim_kib", "unreclaimable slab"), ("vmalloc_kib", "vmalloc'ed memory")):
+        grew = _growth(rec.soak, key, limit)
+        if grew:
+            reasons.append(Reason("soak", f"{what} grew {grew[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
+                                          f"{grew[1]:.0f} KiB a cycle (> {limit:.0f} allowed), rising in "
+                                          f"{grew[2]:.0%} of them: a leak on every apply/revert"))
+    mem_limit = rec.soak_limits.get("mem_kib", 4096.0)
+    fell = _growth([{**s, "neg": -s["mem_available_kib"]} for s in rec.soak
+                    if s.get("mem_available_kib") is not None], "neg", mem_limit, rising_share=0.5)
+    if fell:
+        reasons.append(Reason("soak", f"MemAvailable fell {fell[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
+                                      f"{fell[1]:.0f} KiB a cycle (> {mem_limit:.0f} allowed): memory the patch "
+                                      "takes on every apply/revert and never gives back"))
     times = [s["transition_s"] for s in cycles if s["transition_s"] is not None]
     factor = rec.soak_limits.get("slowdown", 2.0)
     if len(times) >= 6:
@@ -361,8 +494,11 @@ def decide(rec: RunRecord) -> Verdict:
         return Verdict("error", [Reason("lab", rec.error)], {})
     reasons = list(rec.early) + list(rec.lifecycle)
     service_reasons, service_stats, by_host = check_service(rec)
-    for part in (check_transition(rec), check_probe(rec), service_reasons, check_dmesg(rec),
-                 check_taint(rec), check_revert(rec), check_soak(rec)):
+    dmesg_reasons, before_load = check_dmesg(rec)
+    # a use after unload first: it names what the guest's death that follows it is about
+    reasons = check_unload(rec) + reasons
+    for part in (check_transition(rec), check_probe(rec), service_reasons, dmesg_reasons,
+                 check_taint(rec), check_revert(rec), check_leaks(rec), check_soak(rec)):
         reasons += part
     main = rec.main
     measurements = {
@@ -377,10 +513,24 @@ def decide(rec: RunRecord) -> Verdict:
         "host_load": {"max": max(rec.host_load) if rec.host_load else None, "cpus": rec.host_cpus},
         "host_cpu": contention.describe(rec),
     }
+    if rec.debug:
+        measurements["debug"] = {**rec.debug, "cmdline": rec.cmdline}
+    if rec.memory:
+        measurements["memory"] = rec.memory
+    layout = {p.name: {"core": [f"{p.core[0]:#x}", p.core[1]] if p.core else None,
+                       "sections": {k: f"{v:#x}" for k, v in sorted(p.sections.items())}}
+              for p in rec.patches.values() if p.sections or p.core}
+    if layout:   # where each patch's module lay: what a use after unload is judged by
+        measurements["module_layout"] = layout
     if rec.soak:
         measurements["soak"] = rec.soak
     if rec.tool_runs:   # each call of the tool or hook; what it printed is in apply.log
         measurements["tool_runs"] = [{k: v for k, v in r.items() if k != "output"} for r in rec.tool_runs]
+    if before_load:
+        # the kernel was in trouble before the patch's module was loaded: the patch cannot be judged
+        return Verdict("error", [Reason("guest", "the kernel reported trouble before the patch's module was "
+                                                 f"loaded, so it is not the patch's doing: {r.message}")
+                                 for r in before_load] + reasons, measurements)
     if by_host and reasons == service_reasons:
         # the service alone failed, and only while the host took the guest's CPU: the lab
         # cannot judge the patch from these windows (faults.py: the host's fault is an error)

@@ -20,6 +20,19 @@ RULES: tuple[tuple[str, bool, re.Pattern[str]], ...] = tuple(
         ("lab-fatal", True, r"^livepatch-lab: FATAL:"),
         ("oops", False, r"\bOops:|general protection fault|Unable to handle kernel|"
                         r"BUG: unable to handle|BUG: kernel NULL pointer dereference|invalid opcode:"),
+        # The memory detectors a validation guest boots with (lab/memdebug.py), before "bug":
+        # KFENCE's "BUG: KFENCE: use-after-free read in f+0x1/0x2"; SLUB's "BUG <cache> (Tainted:
+        # ...): Right Redzone overwritten" (Poison overwritten, Object already free, Freepointer
+        # corrupt, ...; its "INFO:" and "FIX <cache>:" lines follow); KASAN where a kernel has it;
+        # page poisoning's "pagealloc: memory corruption".
+        ("kfence", False, r"\bBUG: KFENCE: "),
+        ("kasan", False, r"\bBUG: KASAN: "),
+        ("slub", False, r"^BUG [\w.:-]+ \((?:Not tainted|Tainted: [^)]*)\): "),
+        ("page-poison", False, r"pagealloc: (?:memory corruption|single bit error)"),
+        # x86 control-flow checks: a return through an unpatched return thunk, an indirect
+        # call to a function without ENDBR (IBT kernels: 6.12, 7)
+        ("return-thunk", False, r"Unpatched return thunk in use"),
+        ("endbr", False, r"Missing ENDBR: "),
         # before "bug": the kernel prints "watchdog: BUG: soft lockup - CPU#1 stuck for 26s!"
         ("soft-lockup", False, r"soft lockup - CPU#?\d+ stuck"),
         ("hard-lockup", False, r"[Hh]ard LOCKUP"),
@@ -37,6 +50,14 @@ RULES: tuple[tuple[str, bool, re.Pattern[str]], ...] = tuple(
 
 _LINUX_VERSION = re.compile(r"^Linux version (\S+)")
 
+# where a report names the code at fault: KFENCE's first line, SLUB's "Allocated in" (5.10:
+# "INFO: Allocated in"), an oops's RIP, a stack frame of a module ("f+0x1/0x2 [mod]")
+_IN = re.compile(r"\b(?:read|write|free|corruption) in (\S+\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?)")
+_RIP = re.compile(r"\bRIP: \d+:(\S+\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?)")
+_ALLOCATED = re.compile(r"\bAllocated in (\S+\+0x[0-9a-f]+/0x[0-9a-f]+(?: \[\w+\])?)")
+_FRAME = re.compile(r"^\s*(?:\? )?([\w.]+\+0x[0-9a-f]+/0x[0-9a-f]+) \[(\w+)\]")
+REPORT_LINES = 60    # how far a report's lines reach after its first line
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -48,6 +69,24 @@ class Finding:
 
 def strip_prefix(line: str) -> str:
     return _PREFIX.sub("", line.rstrip("\r\n"), count=1)
+
+
+def report_function(lines: list[str], start: int, modules: Iterable[str] = ()) -> Optional[str]:
+    """The function the report starting at ``lines[start]`` names: a frame of one of ``modules``
+    (the run's own), else the one the report's own words give (KFENCE's ``in f``, the RIP,
+    SLUB's ``Allocated in``); None if it names none."""
+    window = [strip_prefix(line) for line in lines[start:start + REPORT_LINES]]
+    mods = set(modules)
+    for text in window:
+        m = _FRAME.match(text)
+        if m and m.group(2) in mods:
+            return f"{m.group(1)} [{m.group(2)}]"
+    for rx in (_IN, _RIP, _ALLOCATED):
+        for text in window:
+            m = rx.search(text)
+            if m:
+                return m.group(1)
+    return None
 
 
 def classify(line: str) -> Optional[tuple[str, bool]]:

@@ -164,3 +164,18 @@ def bzimage_release(path: Path) -> Optional[str]:
         return None
     text = head[start:head.find(b"\0", start)].decode(errors="replace")
     return text.split()[0] if text.split() else None
+
+
+_OPTION = re.compile(r"^(CONFIG_\w+)=(.*)$|^# (CONFIG_\w+) is not set$")
+
+
+def config_options(config: Optional[Path]) -> Optional[dict[str, str]]:
+    """The kernel's ``.config`` as ``{CONFIG_X: value}`` (``n`` for "is not set"); None without one."""
+    if config is None or not config.is_file():
+        return None
+    out: dict[str, str] = {}
+    for line in config.read_text(errors="replace").splitlines():
+        m = _OPTION.match(line)
+        if m:
+            out[m.group(1) or m.group(3)] = m.group(2).strip('"') if m.group(1) else "n"
+    return out

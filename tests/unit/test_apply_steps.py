@@ -121,7 +121,8 @@ def test_a_good_patch_through_the_tool_passes_with_every_call_recorded(run, kern
     assert decide(ctx.rec).verdict == "pass", reasons(ctx)
     assert names(ctx) == ["baseline", "load-patch", "tool-started", "loaded", "transition-complete", "tool-ended",
                           "livepatch-state", "patched", "disable", "tool-started", "livepatch-state",
-                          "unpatch-complete", "tool-ended", "unloaded", "reverted", "cooldown-end", "collected"]
+                          "unpatch-complete", "tool-ended", "unloaded", "reverted", "grace-periods", "cooldown-end",
+                          "collected"]
     load, revert = ctx.rec.tool_runs
     assert (load["op"], load["command"], load["rc"], load["seconds"]) == (
         "load", "kpatch load /run/lab/modules/lab_good.ko", 0, 1.5)
@@ -192,7 +193,7 @@ def test_a_scenario_with_an_image_boots_that_image(tmp_path, monkeypatch):
     built = []
     monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
     monkeypatch.setattr(kernelfetch, "fetch", lambda defn, settings: type(
-        "K", (), {"describe": lambda self: {"name": "debian-6.1"}})())
+        "K", (), {"config": None, "describe": lambda self: {"name": "debian-6.1"}})())
     monkeypatch.setattr(recipes, "load_recipe", lambda path: path)
 
     def build(recipe, settings):

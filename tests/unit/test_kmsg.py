@@ -74,7 +74,7 @@ def test_lines_that_are_not_trouble(line):
     ("general protection fault, probably for non-canonical address 0xdead: 0000 [#1] SMP", "oops", False),
     ("BUG: unable to handle page fault for address: ffffffffc0a01000", "oops", False),
     ("BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops", False),
-    ("BUG: KASAN: use-after-free in klp_free_patch+0x10/0x20", "bug", False),
+    ("BUG: KASAN: use-after-free in klp_free_patch+0x10/0x20", "kasan", False),
     ("WARNING: CPU: 1 PID: 1 at lib/refcount.c:28 refcount_warn_saturate+0x97/0x110", "warning", False),
     ("INFO: task kworker/0:1:12 blocked for more than 122 seconds.", "hung-task", False),
     ("watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [insmod:390]", "soft-lockup", False),

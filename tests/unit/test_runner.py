@@ -104,7 +104,7 @@ def test_a_good_run_goes_through_every_step_in_order_and_passes(lab, kernel):
     run_steps(ctx)
     assert names(ctx) == ["target-loaded", "baseline", "load-patch", "loaded", "transition-complete",
                           "livepatch-state", "patched", "disable", "livepatch-state", "unpatch-complete",
-                          "unloaded", "reverted", "cooldown-end", "collected"]
+                          "unloaded", "reverted", "grace-periods", "cooldown-end", "collected"]
     rec = ctx.rec
     assert rec.ops == [("enabled", PATCH), ("patched", PATCH), ("disabled", PATCH), ("unpatched", PATCH)]
     assert rec.main.revert == {"disabled": True, "disable_err": "", "disable_seconds": 0.01, "rmmod_rc": 0,
@@ -269,7 +269,7 @@ def whole_run(tmp_path, kernel, monkeypatch):
     from harness.lab import prepare as prep
     from harness.machine import heartbeat, session
     from harness.supply import images, kerneldefs, kernelfetch
-    fake_kernel = type("K", (), {"name": "debian-6.1", "release": "6.1.0-1-amd64", "version": "6.1.1-1",
+    fake_kernel = type("K", (), {"name": "debian-6.1", "release": "6.1.0-1-amd64", "version": "6.1.1-1", "config": None,
                                  "describe": lambda self: {"name": "debian-6.1", "version": "6.1.1-1"}})()
     monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
     monkeypatch.setattr(kernelfetch, "fetch", lambda defn, settings: fake_kernel)

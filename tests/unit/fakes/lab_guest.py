@@ -53,6 +53,8 @@ class FakeKernel:
         self._reach(guest)
         name = Path(remote_ko).stem
         self.calls.append(" ".join([f"insmod {name}", *(f"{k}={v}" for k, v in params)]))
+        if report_text_of:
+            self._print(livepatch.LOADING + report_text_of)
         if self.on_load:
             self.on_load(name)
         if name in self.refuse:
@@ -64,7 +66,12 @@ class FakeKernel:
         self._print(f"livepatch: '{name}': starting patching transition")
         if name not in self.stall:
             self._complete(name)
-        return Result(f"insmod {remote_ko}", 0, "0xffffffffc0000000\n", "", 0.01)
+        return Result(f"insmod {remote_ko}", 0, "0xffffffffc0000000\n@@section .text 0xffffffffc0000000\n"
+                      f"@@module {name} 16384 0 - Live 0xffffffffc0000000 (OEK)\n", "", 0.01)
+
+    def module_sections(self, guest, module, timeout):
+        self._reach(guest)
+        return {".text": 0xffffffffc0000000}, (0xffffffffc0000000, 16384)
 
     def _complete(self, name):
         self._print(f"livepatch: '{name}': patching complete")
@@ -124,6 +131,8 @@ class FakeKernel:
     def remove(self, guest, module, timeout, rmmod=True):
         self._reach(guest)
         res = self.unload(guest, module, timeout) if rmmod else Result("true", 0, "", "", 0.0)
+        if module not in self.modules:
+            self._print(livepatch.UNLOADED + module)
         return livepatch.Removal(res.rc, res.stderr, module not in self.enabled, module not in self.modules)
 
     def module_loaded(self, guest, module, timeout):
@@ -146,7 +155,7 @@ class FakeKernel:
     def begin(self, guest, marker, timeout):
         self._reach(guest)
         self.mark_kmsg(guest, marker, timeout)
-        return self.taint_mask
+        return self.taint_mask, "console=ttyS0,115200 panic=-1"
 
     def finish(self, guest, marker, unload, timeout):
         self._reach(guest)
@@ -158,7 +167,7 @@ class FakeKernel:
     def install(self, monkeypatch) -> "FakeKernel":
         for name in ("load", "patches", "state", "wait_transition", "stragglers", "signal_stragglers", "force",
                      "disable", "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since", "begin", "finish",
-                     "remove"):
+                     "remove", "module_sections"):
             monkeypatch.setattr(livepatch, name, getattr(self, name))
         return self
 
