@@ -60,7 +60,8 @@ def clean_record(**changes) -> V.RunRecord:
              [Sample(t, 0, "console=ttyS0 root\n") for t in (23, 25)])
     patch = PatchRecord(NAME, loaded=True, transition={"completed": True, "seconds": 0.8, "deadline": 60},
                         unpatch={"completed": True, "seconds": 0.5, "deadline": 60},
-                        revert={"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True})
+                        revert={"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True},
+                        console_at_unload=6)
     rec = V.RunRecord(
         patch_name=NAME, patch_issued=True, patches={NAME: patch},
         ops=[("enabled", NAME), ("patched", NAME), ("disabled", NAME), ("unpatched", NAME)],
@@ -384,3 +385,134 @@ def test_a_revert_tool_must_agree_with_the_kernel():
     left = clean_record(revert={**ok, "module_gone": False, "tool": tool(0, op="revert")})
     assert [r.message for r in V.decide(left).reasons if r.check == "revert"] == [
         f"module {NAME} still in /proc/modules although kpatch revert succeeded (rc 0 after 80 s)"]
+
+
+# the kernel's memory detectors, a use after unload, leaks in one run ---------------------------
+from pathlib import Path  # noqa: E402
+
+from harness.lab.livepatch import LOADING, UNLOADED  # noqa: E402
+
+CONSOLE = Path(__file__).parent / "data" / "console"
+
+
+def with_lines(lines, name=NAME):
+    """The clean record's log with the lab's load mark, then ``lines`` after the patch's load."""
+    return DMESG_OK[:1] + [f"[   10.0] {LOADING}{name}"] + DMESG_OK[1:4] + lines + DMESG_OK[4:]
+
+
+def test_a_slub_report_after_the_load_fails_dmesg_quoting_it_and_the_function_it_names():
+    report = (CONSOLE / "slub-redzone.log").read_text().splitlines()
+    at = next(i for i, line in enumerate(report) if "Right Redzone" in line)
+    rec = clean_record(dmesg=with_lines(report[at - 1:at + 40], "lab_overflow"), patch_name="lab_overflow",
+                       patches={"lab_overflow": clean_record().patches[NAME]})
+    dmesg = [r.message for r in V.decide(rec).reasons if r.check == "dmesg"]
+    assert dmesg[0] == ("slub: BUG lab_overflow (Tainted: G           OE K   ): Right Redzone overwritten "
+                        "(in lab_overflow_cmdline_show+0x4b/0x62 [lab_overflow])")
+
+
+def test_a_kfence_report_names_the_function_from_its_first_line():
+    rec = clean_record(dmesg=with_lines([
+        "[   12.0] ==================================================================",
+        "[   12.0] BUG: KFENCE: use-after-free read in lab_uaf_cmdline_show+0x3a/0x80 [lab_uaf]"]))
+    assert [r.message for r in V.decide(rec).reasons] == [
+        "kfence: BUG: KFENCE: use-after-free read in lab_uaf_cmdline_show+0x3a/0x80 [lab_uaf] "
+        "(in lab_uaf_cmdline_show+0x3a/0x80 [lab_uaf])"]
+
+
+def test_trouble_the_kernel_reported_before_the_patchs_load_is_an_error_not_a_fail():
+    early = DMESG_OK[:1] + ["[    9.0] BUG kmalloc-64 (Not tainted): Poison overwritten",
+                            f"[   10.0] {LOADING}{NAME}"] + DMESG_OK[1:]
+    v = V.decide(clean_record(dmesg=early))
+    assert v.verdict == "error"
+    assert v.reasons[0].message.startswith("the kernel reported trouble before the patch's module was loaded, "
+                                           "so it is not the patch's doing: slub: BUG kmalloc-64")
+
+
+def test_without_the_load_mark_a_report_counts_as_the_patchs_once_its_load_was_sent():
+    # a report storm can overrun the kernel's log and take the lab's mark with it
+    rec = clean_record(dmesg=DMESG_OK + ["[   12.0] BUG kmalloc-64 (Not tainted): Object already free"])
+    assert V.decide(rec).verdict == "fail"
+    assert V.decide(clean_record(dmesg=rec.dmesg, patch_issued=False)).verdict == "error"
+
+
+def test_a_console_report_before_the_load_is_an_error():
+    f = Finding("slub", False, "BUG kmalloc-64 (Not tainted): Poison overwritten", 103)
+    rec = clean_record(console_findings=[f], console_from=100, console_at_load=5, console=["x"] * 10)
+    assert V.decide(rec).verdict == "error"
+    rec = clean_record(console_findings=[f], console_from=100, console_at_load=1, console=["x"] * 10)
+    assert V.decide(rec).verdict == "fail"
+
+
+def unloaded_timer():
+    """The lab_timer run of the golden console: where its module lay, and the console after."""
+    patch = PatchRecord("lab_timer", loaded=True, revert={"disabled": True, "rmmod_rc": 0, "module_gone": True},
+                        sections={".text": 0xffffffffc0273000, ".data": 0xffffffffc0275000,
+                                  ".bss": 0xffffffffc0275700, ".gnu.linkonce.this_module": 0xffffffffc0275380},
+                        core=(0xffffffffc0273000, 16384), console_at_unload=14,
+                        functions=[(0xffffffffc0273000, "lab_timer_tick [lab_timer]"),
+                                   (0xffffffffc0273030, "lab_timer_cmdline_show [lab_timer]")])
+    return patch, (CONSOLE / "use-after-unload.log").read_text().splitlines()
+
+
+def test_a_fault_where_the_unloaded_module_lay_is_named_a_use_after_unload():
+    patch, console = unloaded_timer()
+    rec = clean_record(patch_name="lab_timer", patches={"lab_timer": patch}, console=console, dmesg=[],
+                       guest_lost="the guest stopped answering", early=[Reason("dmesg", "the guest stopped")])
+    reasons = V.decide(rec).reasons
+    assert reasons[0] == Reason("revert", (
+        "use after unload: lab_timer's module was unloaded, then the kernel faulted at 0xffffffffc0275728, where "
+        "the module lay (.bss+0x28): the patch left a timer, a work item or a callback armed after unload "
+        "(console: BUG: unable to handle page fault for address: ffffffffc0275728)"))
+
+
+def test_a_fault_elsewhere_after_the_unload_is_not_blamed_on_the_modules_memory():
+    patch, console = unloaded_timer()
+    moved = [line.replace("ffffffffc0275728", "ffffffffc0900028").replace("ffffffffc0275720", "ffffffffc0900020")
+             for line in console]
+    rec = clean_record(patch_name="lab_timer", patches={"lab_timer": patch}, console=moved, dmesg=[])
+    assert not [r for r in V.decide(rec).reasons if r.message.startswith("use after unload")]
+
+
+def test_an_address_in_the_modules_text_is_named_by_its_function():
+    patch, _ = unloaded_timer()
+    assert V._where(patch, 0xffffffffc0273010) == "lab_timer_tick+0x10 [lab_timer]"
+    assert V._where(patch, 0xffffffffc0275390) == ".gnu.linkonce.this_module+0x10"
+
+
+MEM = {"SUnreclaim": 9000, "Slab": 20000, "VmallocUsed": 7372, "MemAvailable": 800000, "Percpu": 1000,
+       "modules": ["ext4", "virtio_net"], "patches": []}
+
+
+@pytest.mark.parametrize("after,message", [
+    ({"VmallocUsed": 7372 + 8208}, "vmalloc'ed memory (VmallocUsed) grew 8208 KiB from before the patch's load to "
+                                   "after its unload (7372 -> 15580 KiB; > 1024 allowed)"),
+    ({"SUnreclaim": 9000 + 1500}, "unreclaimable slab (SUnreclaim) grew 1500 KiB"),
+    ({"modules": ["ext4", "virtio_net", "lab_helper"]}, "module(s) lab_helper came during the run and stayed"),
+])
+def test_memory_kept_after_the_unload_fails_the_revert(after, message):
+    rec = clean_record(memory={"before": MEM, "after": {**MEM, **after}},
+                       thresholds={**clean_record().thresholds, "slab_growth_kib": 1024, "vmalloc_growth_kib": 1024})
+    reasons = V.decide(rec).reasons
+    assert [r.check for r in reasons] == ["revert"] and reasons[0].message.startswith(message)
+
+
+def test_memory_within_the_thresholds_or_with_the_patch_still_in_is_not_a_leak():
+    small = {**MEM, "SUnreclaim": 9000 + 300, "VmallocUsed": 7372 + 100, "MemAvailable": 700000}
+    assert V.decide(clean_record(memory={"before": MEM, "after": small})).verdict == "pass"
+    grown = {**MEM, "VmallocUsed": 99999}
+    rec = clean_record(memory={"before": MEM, "after": grown})
+    rec.patches[NAME].console_at_unload = None   # still loaded: the revert check says so, not a leak
+    assert not [r for r in V.decide(rec).reasons if "grew" in r.message]
+    rec.patches[NAME].console_at_unload = 3
+    assert [r for r in V.decide(rec).reasons if "grew" in r.message]
+
+
+def test_a_soak_fails_vmalloc_growth_and_a_steady_fall_of_memavailable():
+    samples = soak_samples(0)
+    for s in samples:
+        s["vmalloc_kib"] = 7000 + 8192 * s["cycle"]
+        s["mem_available_kib"] = 800000 - 8192 * s["cycle"]
+    msgs = [r.message for r in V.decide(clean_record(soak=samples, soak_limits={"leak_kib": 256, "slowdown": 2,
+                                                                                 "mem_kib": 4096})).reasons]
+    assert msgs[0].startswith("vmalloc'ed memory grew 160.0 MiB over 20 cycles, 8192 KiB a cycle (> 256 allowed)")
+    assert msgs[1].startswith("MemAvailable fell 160.0 MiB over 20 cycles, 8192 KiB a cycle (> 4096 allowed)")
