@@ -16,14 +16,14 @@ from harness.machine import session
 from harness.machine.backends.base import GUEST, HOST, MachineExit
 from harness.supply.kerneldefs import load_definitions
 
-from .conftest import qemu_processes_under
+from .conftest import kernel_params, qemu_processes_under
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 
 KERNELS = sorted(n for n, d in load_definitions().items() if d.kind == "debian")
 
 
-@pytest.mark.parametrize("kernel_name", KERNELS)
+@pytest.mark.parametrize("kernel_name", kernel_params(KERNELS))
 def test_guest_runs_exactly_the_requested_kernel_and_its_modules_load(
         kernel_name, lab_boot, lab_kernel, lab_image, no_leftovers):
     kernel = lab_kernel(kernel_name)

@@ -18,6 +18,8 @@ from harness.core.errors import ConfigError
 from harness.core.settings import Settings
 from harness.supply import kbuild, kerneldefs, kernelfetch, modinfo, toolchains
 
+from .conftest import kernel_params
+
 pytestmark = pytest.mark.network
 
 PATCHES_DIR = Path(__file__).resolve().parents[2] / "scenarios" / "patches"
@@ -25,7 +27,10 @@ KERNELS = ("debian-5.10", "debian-6.1", "debian-6.12", "debian-7")
 # patch directory -> (module name, is a livepatch)
 PATCHES = {"good": ("lab_good", True), "oops": ("lab_oops", True), "warning": ("lab_warn", True),
            "target": ("lab_target", False), "stall": ("lab_stall", True),
-           "pinned": ("lab_pinned", True), "slow": ("lab_slow", True)}
+           "pinned": ("lab_pinned", True), "slow": ("lab_slow", True),
+           # the memory-damage patches (README: "Quiet damage"), whose kernel APIs differ across lines
+           "overflow": ("lab_overflow", True), "uaf": ("lab_uaf", True), "timer": ("lab_timer", True),
+           "vleak": ("lab_vleak", True)}
 
 
 def _tree(path: Path) -> dict[str, float]:
@@ -39,47 +44,54 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="module")
 def matrix(settings):
-    """Build everything once: {(kernel, patch): (Module, first seconds, second seconds)}."""
+    """``matrix(kernel)`` builds every patch for that kernel once (on first use: a line left out
+    with ``-m`` costs nothing): {patch: (Kernel, Module, first seconds, second seconds)}."""
     if os.geteuid() != 0:
         pytest.skip("build roots are made with mmdebstrap and used with chroot: run as root")
     before = _tree(PATCHES_DIR)
-    results = {}
-    for kname in KERNELS:
-        k = kernelfetch.fetch(kerneldefs.get_definition(kname), settings)
-        kbuild.toolchain_identity(toolchains.toolchain_for(k), k, settings)   # make a build root first
-        for patch in PATCHES:
-            t0 = time.monotonic()
-            mod = kbuild.build(PATCHES_DIR / patch, k, settings)
-            first = time.monotonic() - t0
-            t0 = time.monotonic()
-            again = kbuild.build(PATCHES_DIR / patch, k, settings)
-            second = time.monotonic() - t0
-            assert again == mod
-            results[kname, patch] = (k, mod, first, second)
+    results: dict[str, dict] = {}
+
+    def built(kname: str) -> dict:
+        if kname not in results:
+            k = kernelfetch.fetch(kerneldefs.get_definition(kname), settings)
+            kbuild.toolchain_identity(toolchains.toolchain_for(k), k, settings)   # make a build root first
+            row = {}
+            for patch in PATCHES:
+                t0 = time.monotonic()
+                mod = kbuild.build(PATCHES_DIR / patch, k, settings)
+                first = time.monotonic() - t0
+                t0 = time.monotonic()
+                again = kbuild.build(PATCHES_DIR / patch, k, settings)
+                second = time.monotonic() - t0
+                assert again == mod
+                row[patch] = (k, mod, first, second)
+            results[kname] = row
+        return results[kname]
+    yield built
     assert _tree(PATCHES_DIR) == before, "a build wrote into scenarios/patches/"
     _print_table(results)
-    return results
 
 
 def _print_table(results) -> None:
-    head = f"{'patch':<9}" + "".join(f"{k:>22}" for k in KERNELS)
+    kernels = [k for k in KERNELS if k in results]
+    head = f"{'patch':<9}" + "".join(f"{k:>22}" for k in kernels)
     lines = ["", "build times, seconds (first call / cached call; the first may itself be cached):",
              head]
     for patch in PATCHES:
         row = f"{patch:<9}"
-        for kname in KERNELS:
-            _, mod, first, second = results[kname, patch]
+        for kname in kernels:
+            _, mod, first, second = results[kname][patch]
             recorded = kbuild.build_info(mod).get("seconds", first)
             row += f"{f'{recorded:.2f} / {second:.3f}':>22}"
         lines.append(row)
-    lines.append("toolchains: " + ", ".join(f"{k}={results[k, 'good'][1].toolchain}" for k in KERNELS))
+    lines.append("toolchains: " + ", ".join(f"{k}={results[k]['good'][1].toolchain}" for k in kernels))
     print("\n".join(lines))
 
 
 @pytest.mark.parametrize("patch", list(PATCHES))
-@pytest.mark.parametrize("kname", KERNELS)
+@pytest.mark.parametrize("kname", kernel_params(KERNELS))
 def test_each_patch_builds_for_each_kernel(matrix, kname, patch):
-    k, mod, first, second = matrix[kname, patch]
+    k, mod, first, second = matrix(kname)[patch]
     name, is_livepatch = PATCHES[patch]
     assert mod.path.is_file() and mod.path.suffix == ".ko"
     assert mod.name == name
@@ -98,9 +110,9 @@ def test_each_patch_builds_for_each_kernel(matrix, kname, patch):
     assert second < 0.5, f"a cached build took {second:.2f}s"
 
 
-@pytest.mark.parametrize("kname", KERNELS)
+@pytest.mark.parametrize("kname", kernel_params(KERNELS))
 def test_the_toolchain_matches_the_kernels_compiler(matrix, kname):
-    k, mod, _, _ = matrix[kname, "good"]
+    k, mod, _, _ = matrix(kname)["good"]
     info = kbuild.build_info(mod)
     assert info["toolchain"] == mod.toolchain
     cc = re.search(r"gcc-\d+$", mod.toolchain).group(0)     # host-gcc-12, trixie-gcc-14
@@ -109,22 +121,23 @@ def test_the_toolchain_matches_the_kernels_compiler(matrix, kname):
 
 
 def test_no_mount_is_left_behind(matrix, settings):
+    matrix("debian-6.1")
     mounts = Path("/proc/self/mounts").read_text()
     assert str(settings.toolchains_dir) not in mounts
 
 
-def test_the_good_patch_built_for_510_does_not_fit_61(matrix):
-    k61 = matrix["debian-6.1", "good"][0]
-    old = matrix["debian-5.10", "good"][1]
+def test_the_good_patch_built_for_7_does_not_fit_61(matrix):
+    k61 = matrix("debian-6.1")["good"][0]
+    other = matrix("debian-7")["good"][1]
     with pytest.raises(modinfo.CompatError) as err:
-        modinfo.check_compatible(old, k61)
-    assert old.kernel_release in str(err.value) and k61.release in str(err.value)
-    assert old.kernel_release != k61.release
+        modinfo.check_compatible(other, k61)
+    assert other.kernel_release in str(err.value) and k61.release in str(err.value)
+    assert other.kernel_release != k61.release
 
 
 @pytest.mark.parametrize("kname", ["debian-6.1", "debian-7"])
 def test_a_broken_source_is_a_build_error_with_the_compiler_output(matrix, settings, tmp_path, kname):
-    k = matrix[kname, "good"][0]
+    k = matrix(kname)["good"][0]
     src = tmp_path / "broken"
     src.mkdir()
     (src / "Kbuild").write_text("obj-m := lab_broken.o\n")

@@ -6,7 +6,7 @@ verdicts of what finished are kept (the CLI's JSON and report; pytest's JUnit an
 One guest each (~70-85 s on a busy 2-core host); all but one of each kind are marked ``long``
 (not in .ci/run).
 
-Each run: a quick item that finishes first (the good patch built for debian-5.10, refused on
+Each run: a quick item that finishes first (the good patch built for debian-7, refused on
 debian-6.1 without booting), then scenarios/good.yaml on debian-6.1, interrupted once patched.
 """
 import json
@@ -28,7 +28,7 @@ PATCHED = "livepatch: 'lab_good': patching complete"
 QUICK = f"""\
 name: {{name}}
 kernels: [debian-6.1]
-patch: {{{{source: {REPO}/scenarios/patches/good, build_for: debian-5.10}}}}
+patch: {{{{source: {REPO}/scenarios/patches/good, build_for: debian-7}}}}
 expect: {{{{verdict: fail, checks: [compat]}}}}
 """
 
@@ -61,7 +61,7 @@ def _env(settings) -> dict:
                          ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_run_keeps_the_finished_verdicts_leaves_nothing_and_exits_130(
         sig, tmp_path, lab_settings, lab_kernel, no_leftovers):
-    lab_kernel("debian-5.10")    # fetched (cached) outside the timed part
+    lab_kernel("debian-7")    # fetched (cached) outside the timed part
     quick = tmp_path / "finishes-first.yaml"
     quick.write_text(QUICK.format(name="finishes-first"))
     proc = subprocess.Popen(
@@ -104,7 +104,7 @@ def test_an_interrupted_pytest_keeps_the_finished_verdicts_and_leaves_nothing(
         workers, how, tmp_path, lab_settings, lab_kernel, quick_scenario, no_leftovers):
     """Ctrl-C reaches the whole process group (the controller and its workers); a CI runner's
     SIGTERM often only the controller, whose xdist then stops the workers itself."""
-    lab_kernel("debian-5.10")
+    lab_kernel("debian-7")
     quick, name = quick_scenario
     proc, output = _pytest(tmp_path, lab_settings, quick, "-n", workers)
     try:

@@ -69,6 +69,7 @@ def run_view(run: Run, svg: Optional[str], modules: list[dict[str, Any]]) -> dic
             "taint_read": any(mask is not None for _, mask, _ in run.taint()),
             "phases": bars, "timed": any(t is not None for t in timings) or bool(m.get("kernel_clock")),
             "seconds": run.verdict.get("seconds"), "host_load": m.get("host_load") or {},
+            "debug": m.get("debug") or {}, "memory": m.get("memory") or {},
             "files": sorted(p.name for p in run.folder.iterdir() if p.is_file() and not p.name.startswith("."))}
 
 
