@@ -44,12 +44,17 @@ def explain(outcome: Any) -> str:
              f"({outcome.kernel_info.get('version', '?')}): {outcome.verdict.verdict.upper()}"]
     lines += [f"  [{r.check}] {r.message}" for r in outcome.verdict.reasons]
     lines += [f"  {m['role']} {m['name']}: {m['signature']}" for m in getattr(outcome, "modules", [])]
+    debug = outcome.verdict.measurements.get("debug")
+    if debug:
+        absent = "".join(f"; {f} absent: {why}" for f, why in debug.get("absent", {}).items())
+        lines.append(f"  memory debugging: {', '.join(debug.get('active', [])) or 'none'}{absent}")
     soak = outcome.verdict.measurements.get("soak")
     if soak:
         lines.append("  soak: " + columns([("cycle", "load s", "transition s", "unpatch s", "MemAvailable KiB",
-                                             "SUnreclaim KiB", "modules", "left")] + [
+                                             "SUnreclaim KiB", "VmallocUsed KiB", "modules", "left")] + [
             (s["cycle"], s["load_s"] or "-", s["transition_s"] or "-", s["unpatch_s"] or "-",
-             s["mem_available_kib"], s["sunreclaim_kib"], s["modules"], ",".join(s["left"]) or "-")
+             s["mem_available_kib"], s["sunreclaim_kib"], s.get("vmalloc_kib", "-"), s["modules"],
+             ",".join(s["left"]) or "-")
             for s in soak]).replace("\n", "\n        "))
     phases = outcome.phases
     if phases:

@@ -308,7 +308,10 @@ class MemSample(Step):
         self.label = label
 
     def run(self, ctx: Context) -> bool:
-        ctx.rec.memory[self.label] = read_memory(ctx)
+        mem = read_memory(ctx)
+        # the run's own modules (patches, targets a step loads) come and go by the scenario's steps
+        mem["modules"] = [m for m in mem["modules"] if m not in ctx.modules]
+        ctx.rec.memory[self.label] = mem
         return False
 
 
