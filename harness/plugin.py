@@ -36,6 +36,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="libvirt connection (default qemu:///system); repeat to spread xdist workers "
                          "over several hosts: worker gwN uses URI number N modulo their count "
                          "(ini lab_libvirt_uri)")
+    group.addoption("--lab-debug", metavar="LIST|none",
+                    help="the kernel's memory debugging for every scenario item: slub,kfence,poison (a "
+                         "comma-separated list), all, or none (default: each scenario's `debug:`)")
     group.addoption("--lab-no-snapshots", action="store_true",
                     help="boot every guest instead of resuming a copy of one saved after its first "
                          "boot (env LIVEPATCH_LAB_SNAPSHOTS=0)")
@@ -47,6 +50,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--lab-debug", default=None) is not None:   # refused before anything is collected
+        from .lab.scenario import debug_facilities
+        try:
+            debug_facilities(config.getoption("--lab-debug"))
+        except ValueError as exc:
+            raise pytest.UsageError(f"--lab-debug: {exc}") from None
     config.addinivalue_line("markers", "vm: boots real QEMU guests (slow)")
     config.addinivalue_line("markers", "network: downloads from Debian's archive on first run")
     config.addinivalue_line("markers", "kernel(name): the kernel line a scenario item runs on")
@@ -156,6 +165,12 @@ class ScenarioFile(pytest.File):
         from .lab import scenario
         from .supply import kerneldefs
         sc = load_or_collect_error(self, scenario.load)
+        debug = self.config.getoption("--lab-debug")
+        if debug is not None:
+            import dataclasses
+
+            from .lab.specs import DebugSpec
+            sc = dataclasses.replace(sc, debug=DebugSpec(scenario.debug_facilities(debug)))
         chosen = chosen_kernels(self.config)
         names = list(sc.kernels or sorted(kerneldefs.load_definitions()))
         if chosen:

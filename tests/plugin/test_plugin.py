@@ -109,3 +109,32 @@ def test_snapshots_follow_the_environment_unless_the_option_turns_them_off(pytes
     pytester.runpytest("--lab-no-snapshots").assert_outcomes(passed=1)
     monkeypatch.setenv("LIVEPATCH_LAB_SNAPSHOTS", "0")
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+DEBUG_RUNNER = '''
+import harness.lab.runner as runner
+from harness.lab.outcome import Outcome
+from harness.lab.verdict import Verdict
+
+def fake_run(sc, kernel, settings, out_dir):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "debug").write_text(",".join(sc.debug.facilities))
+    return Outcome(sc.name, kernel, Verdict("pass", [], {}), {"name": kernel}, [], str(out_dir), 1.0)
+'''
+
+
+@pytest.mark.parametrize("option,facilities", [((), "slub,kfence,poison"), (("--lab-debug", "none"), ""),
+                                               (("--lab-debug", "slub"), "slub")])
+def test_lab_debug_sets_every_items_memory_debugging(pytester: pytest.Pytester, monkeypatch, option, facilities):
+    from .fake_runner import use_fake_runner
+    use_fake_runner(pytester, monkeypatch, DEBUG_RUNNER)
+    pytester.path.joinpath("demo.yaml").write_text("name: demo\nkernels: [debian-6.1]\npatch:\n  source: patch\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--lab-artifacts", "art", *option)
+    result.assert_outcomes(passed=1)
+    assert pytester.path.joinpath("art", "demo", "debian-6.1", "debug").read_text() == facilities
+
+
+def test_an_unknown_lab_debug_facility_is_a_usage_error_naming_it(pytester: pytest.Pytester):
+    result = pytester.runpytest("--lab-debug", "slub,kasan")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--lab-debug: unknown debug facility 'kasan'*"])
