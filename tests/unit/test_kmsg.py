@@ -75,6 +75,20 @@ def test_lines_that_are_not_trouble(line):
     ("BUG: unable to handle page fault for address: ffffffffc0a01000", "oops", False),
     ("BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops", False),
     ("BUG: KASAN: use-after-free in klp_free_patch+0x10/0x20", "kasan", False),
+    # the memory detectors a validation guest boots with (lab/memdebug.py); SLUB's object reports
+    # name the cache before the parenthesis, without "BUG:"'s colon
+    ("BUG lab_overflow (Tainted: G           OE K   ): Right Redzone overwritten", "slub", False),
+    ("BUG kmalloc-64 (Not tainted): Poison overwritten", "slub", False),
+    ("BUG kmalloc-128 (Tainted: G    B      OE K   ): Object already free", "slub", False),
+    ("BUG dentry (Not tainted): Freepointer corrupt", "slub", False),
+    ("BUG lab_overflow (Tainted: G           OE K    ): Object corrupt", "slub", False),
+    ("BUG: KFENCE: out-of-bounds write in lab_f+0x1a/0x40 [lab_x]", "kfence", False),
+    ("BUG: KFENCE: use-after-free read in lab_uaf_cmdline_show+0x60/0xb0 [lab_uaf]", "kfence", False),
+    ("BUG: KFENCE: invalid free in kfree+0x1/0x2", "kfence", False),
+    ("BUG: KFENCE: memory corruption in kfree+0x1/0x2", "kfence", False),
+    ("pagealloc: memory corruption", "page-poison", False),
+    ("Unpatched return thunk in use. This should not happen!", "return-thunk", False),
+    ("Missing ENDBR: lab_new_func+0x0/0x40 [lab_x]", "endbr", False),
     ("WARNING: CPU: 1 PID: 1 at lib/refcount.c:28 refcount_warn_saturate+0x97/0x110", "warning", False),
     ("INFO: task kworker/0:1:12 blocked for more than 122 seconds.", "hung-task", False),
     ("watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [insmod:390]", "soft-lockup", False),
@@ -105,3 +119,15 @@ def test_the_first_linux_version_is_the_boot_and_records_the_release():
 def test_line_numbers_count_every_fed_line():
     lines = ["a", "b", "Kernel panic - not syncing: x", "c", "Oops: 0002 [#2] SMP"]
     assert [(f.lineno, f.kind) for f in kmsg.scan(lines)] == [(3, "panic"), (5, "oops")]
+
+
+def test_a_report_names_a_frame_of_the_runs_own_modules_first_then_its_own_words():
+    slub = (DATA / "slub-redzone.log").read_text().splitlines()
+    at = next(i for i, line in enumerate(slub) if "Right Redzone" in line)
+    assert kmsg.report_function(slub, at, ["lab_overflow"]) == "lab_overflow_cmdline_show+0x4b/0x62 [lab_overflow]"
+    kfence = (DATA / "kfence-use-after-free.log").read_text().splitlines()
+    at = next(i for i, line in enumerate(kfence) if "KFENCE" in line)
+    assert kmsg.report_function(kfence, at) == "lab_uaf_cmdline_show+0x60/0xb0 [lab_uaf]"
+    oops = ["BUG: unable to handle page fault for address: ffffffffc0275728", "RIP: 0010:__run_timers+0xd3/0x2c0"]
+    assert kmsg.report_function(oops, 0, ["lab_timer"]) == "__run_timers+0xd3/0x2c0"
+    assert kmsg.report_function(["WARNING: something"], 0) is None
