@@ -263,7 +263,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                                expect_patched=args.expect_patched, duration=args.duration,
                                serve_file=args.serve_file, params=args.param,
                                upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None,
-                               security=_security(args), apply_with=args.apply_with, debug=args.debug)
+                               security=_security(args), apply_with=args.apply_with, debug=args.debug,
+                               overhead=args.overhead, max_overhead=args.max_overhead)
     return _run_matrix([sc], args.kernel, args)
 
 
@@ -447,6 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--apply-with", choices=APPLY_TOOLS, metavar="TOOL",
                    help="apply and revert the patch the way its users do: kpatch (`kpatch load` / `kpatch "
                         "unload`, in an image with Debian's kpatch package) or insmod (the default)")
+    c.add_argument("--overhead", metavar="CMD",
+                   help="measure what the patch costs a call of CMD (a guest command that runs the patched "
+                        "code): blocks of calls timed in the guest before, while patched and after; the "
+                        "per-call difference and ratio with 95%% intervals (measurements.overhead)")
+    c.add_argument("--max-overhead", type=float, metavar="PERCENT",
+                   help="fail `overhead` when the patched/unpatched ratio's 95%% interval lies above +PERCENT "
+                        "(with --overhead, or the probe's command)")
     _security_options(c)
     debug_option(c)
     matrix_options(c)

@@ -48,6 +48,7 @@ class Timeouts:
     service_start: float = 10.0   # workload: a started service answers its first request from the host
     service_stop: float = 5.0     # workload: service/stress/probe ends after SIGTERM (then SIGKILL)
     probe_command: float = 10.0   # workload: one run of the probe command (then killed, rc 124)
+    cost_call: float = 0.5        # workload: one call of the cost workload, on average (an arm's blocks x repeat)
     heartbeat: float = 10.0       # a guest that echoes no heartbeat for this long is frozen: given up
     selftest_case: float = 120.0  # one case of the kernel's livepatch selftests (a script gets this per case)
     resync: float = 5.0           # a resumed guest's clock stepped and randomness reseeded (resync.py)

@@ -81,6 +81,10 @@ class RunRecord:
     # /proc/meminfo fields (KiB) and the modules, just before the patch's load ("before") and at
     # the cool-down's end ("after"): what the patch kept once it was gone
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the cost workload's block times in seconds, per arm (before / patched / after), and what it was
+    cost: dict[str, list[float]] = field(default_factory=dict)
+    cost_workload: str = ""
+    cost_repeat: int = 0
     taint_before: Optional[int] = None
     taint_patched: Optional[int] = None                   # at the end of the first hold with a patch
     taint_held: list[tuple[str, int]] = field(default_factory=list)   # (hold, taint) for every hold with a patch

@@ -48,6 +48,10 @@ def explain(outcome: Any) -> str:
     if debug:
         absent = "".join(f"; {f} absent: {why}" for f, why in debug.get("absent", {}).items())
         lines.append(f"  memory debugging: {', '.join(debug.get('active', [])) or 'none'}{absent}")
+    costs = outcome.verdict.measurements.get("overhead")
+    if costs:
+        from .overhead import describe
+        lines.append(f"  overhead: {describe(costs)}")
     soak = outcome.verdict.measurements.get("soak")
     if soak:
         lines.append("  soak: " + columns([("cycle", "load s", "transition s", "unpatch s", "MemAvailable KiB",

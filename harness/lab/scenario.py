@@ -21,7 +21,7 @@ from ..core.yamlconf import Field
 from ..supply import modinfo, recipes
 from . import hookcmd
 from .specs import (ACTIONS, APPLY_TOOLS, CHECKS, DEBUG_FACILITIES, ON_STALL, OUTCOMES, SAMPLE_PREFIX,
-                    TOOL_IMAGES, VERDICTS, ApplySpec, DebugSpec, Expectation, ModuleSpec, ProbeSpec, Scenario, SecuritySpec, ServiceSpec,
+                    TOOL_IMAGES, VERDICTS, ApplySpec, DebugSpec, Expectation, OverheadSpec, ModuleSpec, ProbeSpec, Scenario, SecuritySpec, ServiceSpec,
                     SoakSpec, StepSpec, StressSpec, Thresholds, TimelineSpec, TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
@@ -176,9 +176,17 @@ SCHEMA: yamlconf.Schema = {
     "transition": Field(dict, schema={"timeout": Field(NUM, check=_positive),
                                       "on_stall": Field(str, default="fail", check=_one_of(ON_STALL))}),
     "thresholds": Field(dict, schema={
-        name: Field(NUM, default=getattr(Thresholds, name), check=_positive)
-        for name in ("max_latency", "latency_factor", "max_gap", "median_factor", "min_median",
-                     "slab_growth_kib", "vmalloc_growth_kib")}),
+        **{name: Field(NUM, default=getattr(Thresholds, name), check=_positive)
+           for name in ("max_latency", "latency_factor", "max_gap", "median_factor", "min_median",
+                        "slab_growth_kib", "vmalloc_growth_kib")},
+        "overhead": Field(dict, schema={"max_percent": Field(NUM, check=_positive, doc=(
+            "fail `overhead` when the 95 % interval of the patched/unpatched ratio lies above +P %"))})}),
+    "overhead": Field(dict, schema={
+        "command": Field(str, check=_command, doc="what exercises the patched code (default: the probe's)"),
+        "repeat": Field(int, default=OverheadSpec.repeat, check=lambda n: None if 1 <= n <= 100000 else
+                        f"must be 1 to 100000 calls a block, not {n}"),
+        "blocks": Field(int, default=OverheadSpec.blocks, check=lambda n: None if 5 <= n <= 1000 else
+                        f"must be 5 to 1000 blocks an arm, not {n}")}),
     "expect": Field(dict, schema={
         "verdict": Field(str, default="pass", check=_one_of(VERDICTS)),
         "checks": Field(list, items=str, default=[], check=_checks),
@@ -286,6 +294,17 @@ def _apply(raw: dict, loaded: yamlconf.Loaded) -> ApplySpec:
     return ApplySpec(raw["tool"] or ApplySpec.tool)
 
 
+def _overhead(v: dict, loaded: yamlconf.Loaded) -> OverheadSpec:
+    raw = v["overhead"]
+    given = "overhead" in loaded.lines or raw["command"] is not None   # a mapping left out reads as its defaults
+    if not given and v["thresholds"]["overhead"]["max_percent"] is None:
+        return OverheadSpec()
+    if not (raw["command"] or v["probe"]["command"]):
+        raise loaded.error("the cost workload needs a command (overhead.command), or a probe command to "
+                           "time", "overhead" if "overhead" in loaded.lines else "overhead.command")
+    return OverheadSpec(True, raw["command"], int(raw["repeat"]), int(raw["blocks"]))
+
+
 def _image(name: Optional[str], tool: str, loaded: yamlconf.Loaded, base: Path) -> Optional[Path]:
     """The recipe file: ``image`` (a name in images/, or a path relative to the scenario), else the
     one the tool needs; checked now, before anything is built."""
@@ -377,7 +396,10 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         stress=StressSpec(**v["stress"]),
         timeline=TimelineSpec(**{k: float(x) for k, x in timeline.items()}),
         transition=TransitionSpec(**v["transition"]),
-        thresholds=Thresholds(**{k: float(x) for k, x in v["thresholds"].items()}),
+        thresholds=Thresholds(**{k: float(x) for k, x in v["thresholds"].items() if k != "overhead"},
+                              overhead_max_percent=(float(v["thresholds"]["overhead"]["max_percent"])
+                                                    if v["thresholds"]["overhead"]["max_percent"] is not None
+                                                    else None)),
         expect=Expectation(expect["verdict"], tuple(expect["checks"])),
         per_kernel={pk["kernel"]: Expectation(pk["verdict"], tuple(pk["checks"]), pk["reason"])
                     for pk in expect["per_kernel"]},
@@ -387,10 +409,14 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
                       float(v["soak"]["slowdown"]), float(v["soak"]["mem_kib"])),
         security=_security(v["security"], loaded, base), apply=applied,
         image=_image(v["image"], applied.tool, loaded, base),
-        debug=DebugSpec(debug_facilities(v["debug"])))
+        debug=DebugSpec(debug_facilities(v["debug"])),
+        overhead=_overhead(v, loaded))
     if sc.apply.tool != "insmod" and any(m.params for m in (sc.patch, sc.upgrade_from, *sc.patches.values()) if m):
         raise loaded.error("module parameters need the lab's insmod: a tool or hook loads the module its own way",
                            "apply")
+    if sc.overhead.enabled and (sc.soak.cycles or sc.steps):
+        raise loaded.error("the cost workload times one patch's arms (before, patched, after): not with a soak "
+                           "or steps", "overhead")
     if sc.soak.cycles and (sc.steps or sc.upgrade_from):
         raise loaded.error("a soak cycles one patch: not with steps or upgrade_from", "soak.cycles")
     _judgeable(sc, loaded)
@@ -411,7 +437,9 @@ OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH", "patc
            "timeline.patched": "--duration", "service.serve_file": "--serve-file", "soak.cycles": "--cycles",
            "soak.hold": "--hold", "soak.leak_kib": "--leak-kib", "security.sig_enforce": "--sig-enforce",
            "security.sign_key": "--sign-key", "security.sign_cert": "--sign-cert", "apply": "--apply-with",
-           "apply.tool": "--apply-with", "image": "--apply-with", "debug": "--debug"}
+           "apply.tool": "--apply-with", "image": "--apply-with", "debug": "--debug",
+           "overhead": "--overhead", "overhead.command": "--overhead", "thresholds.overhead": "--max-overhead",
+           "thresholds.overhead.max_percent": "--max-overhead"}
 
 
 def parse_params(items: Sequence[str], option: str, source: str = CHECK_SOURCE) -> dict[str, str]:
@@ -430,7 +458,8 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
                  serve_file: Optional[str] = None, upgrade_from: Optional[Path] = None,
                  params: Sequence[str] = (), soak: Optional[dict[str, Any]] = None,
                  security: Optional[dict[str, Any]] = None, apply_with: Optional[str] = None,
-                 debug: Optional[str] = None) -> Scenario:
+                 debug: Optional[str] = None, overhead: Optional[str] = None,
+                 max_overhead: Optional[float] = None) -> Scenario:
     """The scenario behind ``livepatch-lab check PATCH ...`` (a kbuild directory or a .ko),
     validated by the scenario schema; errors name the option. A target is ``DIR`` or
     ``DIR:NAME=VALUE[,NAME=VALUE...]`` (its module parameters). With ``soak`` it is ``livepatch-lab
@@ -472,6 +501,10 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
         raw["apply"] = {"tool": apply_with}
     if debug is not None:
         raw["debug"] = debug
+    if overhead is not None:
+        raw["overhead"] = {"command": overhead}
+    if max_overhead is not None:
+        raw["thresholds"] = {"overhead": {"max_percent": max_overhead}}
     names: Mapping[str, str] = {**OPTIONS, **{f"target_modules[{i}]{part}": "--target-module"
                                               for i in range(len(targets)) for part in ("", ".source", ".ko", ".params")}}
     loaded = yamlconf.load_data(raw, SCHEMA, source=source, names=names)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 CHECKS = ("build", "compat", "load", "signature", "transition", "probe", "service", "dmesg", "taint",
-          "revert", "lifecycle", "soak")
+          "revert", "lifecycle", "soak", "overhead")
 # The kernel's own memory debugging a validation guest boots with (lab/memdebug.py): SLUB red
 # zones, poisoning and sanity checks; KFENCE sampling; page poisoning. All by default; `none` for
 # a performance-faithful run.
@@ -124,6 +124,9 @@ class Thresholds:
     # unreclaimable slab and of vmalloc'ed memory from just before the load to the cool-down's end
     slab_growth_kib: float = 1024.0
     vmalloc_growth_kib: float = 1024.0
+    # what a call of the cost workload may cost more while patched, in percent: `overhead` fails
+    # only when the 95 % interval's low end is above it; None: the cost is reported, never judged
+    overhead_max_percent: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,16 @@ class SecuritySpec:
     sig_enforce: bool = False          # boot with module.sig_enforce=1 (what Secure Boot/lockdown imposes)
     sign_key: Optional[Path] = None    # sign the run's modules with the kernel's sign-file
     sign_cert: Optional[Path] = None
+
+
+@dataclass(frozen=True)
+class OverheadSpec:
+    """The cost workload (lab/overhead.py): ``blocks`` blocks of ``repeat`` calls of ``command`` (None:
+    the probe's), timed in the guest before the patch, while patched and after the revert."""
+    enabled: bool = False
+    command: Optional[str] = None
+    repeat: int = 20
+    blocks: int = 20
 
 
 @dataclass(frozen=True)
@@ -198,6 +211,7 @@ class Scenario:
     apply: ApplySpec = ApplySpec()
     image: Optional[Path] = None         # the guest image's recipe; None: images/default.yaml
     debug: DebugSpec = DebugSpec()
+    overhead: OverheadSpec = OverheadSpec()
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))

@@ -25,6 +25,7 @@ from . import lifecycle, livepatch
 from .context import Context, Step, Window, console_index, hold, load_target
 from .faults import Failed
 from .record import BASELINE, COOLDOWN, HOLD, TRANSITION, Reason
+from .workload import cost
 
 log = logging.getLogger(__name__)
 # what insmod and the kernel say when module.sig_enforce refuses a module (EKEYREJECTED, ENOKEY)
@@ -298,6 +299,28 @@ def read_memory(ctx: Context) -> dict:
                                                       if ":" in line) if v.split() and v.split()[0].isdigit()}
     return {**{k: mem.get(k) for k in _MEMINFO}, "modules": sorted(set(modules.split())),
             "patches": sorted(patches.split())}
+
+
+class CostArm(Step):
+    """One arm of the cost workload (lab/overhead.py): its blocks of calls, timed in the guest. Not a
+    judged window: the service is judged in the windows around it."""
+
+    def __init__(self, arm: str):
+        self.arm = arm
+
+    def run(self, ctx: Context) -> bool:
+        spec = ctx.scenario.overhead
+        if self.arm == "patched" and not ctx.loaded:
+            return False
+        cmd = spec.command or ctx.scenario.probe.command or ""
+        t = ctx.timeouts
+        ctx.rec.cost_workload, ctx.rec.cost_repeat = cmd, spec.repeat
+        ctx.events("cost", arm=self.arm, blocks=spec.blocks, repeat=spec.repeat)
+        quiet = [n for n, on in (("stress", ctx.scenario.stress.enabled), ("probe", bool(ctx.scenario.probe.command)))
+                 if on]
+        ctx.rec.cost[self.arm] = cost.measure(ctx.guest, cmd, spec.repeat, spec.blocks,
+                                              t.command + spec.blocks * spec.repeat * t.cost_call, quiet=quiet)
+        return False
 
 
 class MemSample(Step):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from ..machine import kmsg
-from . import contention, toolcheck
+from . import contention, overhead, toolcheck
 from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, LOADING, UNLOADED, taint_letters
 from .record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord
 from .workload.stats import window_stats
@@ -489,16 +489,57 @@ def kernel_durations(name: str, dmesg: list[str]) -> dict[str, float]:
     return out
 
 
+# cost -------------------------------------------------------------------------------
+def cost_measurement(rec: RunRecord) -> Optional[dict[str, Any]]:
+    return overhead.compare(rec.cost, rec.cost_repeat, rec.cost_workload) if rec.cost else None
+
+
+def check_overhead(rec: RunRecord, measured: Optional[dict[str, Any]]) -> list[Reason]:
+    """Only with a threshold, and only when the whole 95 % interval of the ratio lies above it: a
+    noisy host widens the interval, it cannot make a false alarm."""
+    limit = rec.thresholds.get("overhead_max_percent")
+    if limit is None or not measured:
+        return []
+    low, high = measured["ratio"]["ci95"]
+    if (low - 1.0) * 100.0 <= limit:
+        return []
+    d = measured["difference_ms"]
+    return [Reason("overhead", f"the patch costs {(measured['ratio']['estimate'] - 1) * 100:+.1f} % a call of "
+                               f"{measured['workload']!r} (95% CI {(low - 1) * 100:+.1f} .. {(high - 1) * 100:+.1f} %, "
+                               f"{d['estimate']:+.3f} ms a call), more than the {limit:g} % allowed "
+                               f"(p={measured['p_value']:.2g})")]
+
+
+def service_difference(rec: RunRecord) -> Optional[dict[str, Any]]:
+    """The service's median latency in each held window against the baseline's, in ms, with its
+    interval: what the patch costs the service (reported, judged by check_service's limits)."""
+    base = next((w for w in rec.windows.values() if w.kind == BASELINE), None)
+    if base is None:
+        return None
+    def lat(w):
+        return [1000.0 * r.latency for r in rec.requests
+                if r.ok and r.latency is not None and w.start <= r.intended < w.end]
+    a = lat(base)
+    out = {}
+    for name, w in rec.windows.items():
+        b = lat(w) if w.kind == HOLD else []
+        if len(a) >= overhead.MIN_BLOCKS and len(b) >= overhead.MIN_BLOCKS:
+            out[name] = overhead.difference(a, b).as_dict(digits=2)
+    return out or None
+
+
 def decide(rec: RunRecord) -> Verdict:
     if rec.error:
         return Verdict("error", [Reason("lab", rec.error)], {})
     reasons = list(rec.early) + list(rec.lifecycle)
     service_reasons, service_stats, by_host = check_service(rec)
     dmesg_reasons, before_load = check_dmesg(rec)
+    costs = cost_measurement(rec)
     # a use after unload first: it names what the guest's death that follows it is about
     reasons = check_unload(rec) + reasons
     for part in (check_transition(rec), check_probe(rec), service_reasons, dmesg_reasons,
-                 check_taint(rec), check_revert(rec), check_leaks(rec), check_soak(rec)):
+                 check_taint(rec), check_revert(rec), check_leaks(rec), check_soak(rec),
+                 check_overhead(rec, costs)):
         reasons += part
     main = rec.main
     measurements = {
@@ -515,6 +556,11 @@ def decide(rec: RunRecord) -> Verdict:
     }
     if rec.debug:
         measurements["debug"] = {**rec.debug, "cmdline": rec.cmdline}
+    if costs:
+        measurements["overhead"] = costs
+    latency = service_difference(rec) if rec.service_enabled else None
+    if latency:   # patched minus baseline, median ms, per held window
+        measurements["service_difference_ms"] = latency
     if rec.memory:
         measurements["memory"] = rec.memory
     layout = {p.name: {"core": [f"{p.core[0]:#x}", p.core[1]] if p.core else None,

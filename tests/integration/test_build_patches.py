@@ -30,7 +30,7 @@ PATCHES = {"good": ("lab_good", True), "oops": ("lab_oops", True), "warning": ("
            "pinned": ("lab_pinned", True), "slow": ("lab_slow", True),
            # the memory-damage patches (README: "Quiet damage"), whose kernel APIs differ across lines
            "overflow": ("lab_overflow", True), "uaf": ("lab_uaf", True), "timer": ("lab_timer", True),
-           "vleak": ("lab_vleak", True)}
+           "vleak": ("lab_vleak", True), "pagewrite": ("lab_pagewrite", True)}
 
 
 def _tree(path: Path) -> dict[str, float]:

@@ -88,6 +88,13 @@ def fake_module(path: Path, modinfo: str) -> Path:
     (["boot", "debian-6.1", "--recipe", "/nonexistent.yaml"], ["/nonexistent.yaml", "cannot read"]),
     (["fetch", "debian-6.1@"], ["debian-6.1@"]),
     (["run", "/nonexistent.yaml"], ["/nonexistent.yaml", "cannot read"]),
+    (["check", GOOD, "--debug", "kasan"], ["[--debug]", "unknown debug facility 'kasan'"]),
+    (["check", GOOD, "--debug", "slub,pagealloc"], ["[--debug]", "'pagealloc'"]),
+    (["run", "scenarios/good.yaml", "--debug", "bogus"], ["livepatch-lab run [--debug]", "'bogus'"]),
+    (["soak", GOOD, "--debug", "x"], ["[--debug]", "'x'"]),
+    (["check", GOOD, "--max-overhead", "-5"], ["[--max-overhead]", "-5"]),
+    (["check", GOOD, "--max-overhead", "5"], ["[--overhead]", "needs a command"]),
+    (["check", GOOD, "--overhead", ""], ["[--overhead]", "must not be empty"]),
 ])
 def test_a_bad_option_is_one_line_naming_it(capsys, argv, words):
     refused(capsys, argv, *words)
@@ -121,6 +128,11 @@ def test_a_kbuild_directory_without_kbuild_files(capsys, tmp_path):
     ("patch: {source: p}\nbogus: 1\n", ":2 [bogus]"),
     ("patch: {source: p}\nthresholds: {max_latency: 0}\n", ":2 [thresholds.max_latency]"),
     ("patch: {source: p}\nexpect: {verdict: maybe}\n", ":2 [expect.verdict]"),
+    ("patch: {source: p}\ndebug: [slub, kasan]\n", ":2 [debug]"),
+    ("patch: {source: p}\ndebug: 3\n", ":2 [debug]"),
+    ("patch: {source: p}\noverhead: {repeat: 10}\n", ":2 [overhead]"),
+    ("patch: {source: p}\noverhead: {command: x, blocks: 2}\n", ":2 [overhead.blocks]"),
+    ("patch: {source: p}\nthresholds: {overhead: {max_percent: 0}}\n", ":2 [thresholds.overhead.max_percent]"),
     ("", "the file is empty"),
 ])
 def test_a_bad_scenario_field_is_one_line_naming_file_line_and_field(capsys, tmp_path, text, where):

@@ -55,6 +55,12 @@ def _session_sh(name: str) -> str:
         alive() {{ [ -n "$p" ] && ps -o stat= --sid "$p" 2>/dev/null | grep -qv '^Z'; }}"""
 
 
+def signal_script(names: Sequence[str], sig: str) -> str:
+    """Shell that sends ``sig`` (STOP, CONT) to every process of the sessions of ``names`` that
+    run; no fork per name but pkill's."""
+    return "".join(f"{_session_sh(n)}\n        [ -n \"$p\" ] && pkill -{sig} -s \"$p\"\n" for n in names)
+
+
 def stop(guest, name: str, grace: float, before: str = "") -> bool:
     """TERM every process of the session of ``name``, KILL them after ``grace`` s. True if
     it was running.
