@@ -121,7 +121,8 @@ def write(report_dir: Path, folders: Iterable[Path], settings: Settings,
         modules = {r.slug: _copy_run(r, stage, settings) for r in runs}
         env = inputs.environment(settings)
         svgs = {r.slug: plot.timeline_svg(r, salt=r.slug) for r in runs}
-        (stage / "index.html").write_text(page.render(runs, svgs, modules, env))
+        cost_svgs = {r.slug: plot.overhead_svg(r, salt=r.slug) for r in runs}
+        (stage / "index.html").write_text(page.render(runs, svgs, modules, env, cost_svgs))
         digest = manifest.write(stage, _inputs(runs, modules, env))
         _replace(report_dir, stage)
     finally:

@@ -49,7 +49,8 @@ def _events(run: Run, t0: Optional[float]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_view(run: Run, svg: Optional[str], modules: list[dict[str, Any]]) -> dict[str, Any]:
+def run_view(run: Run, svg: Optional[str], modules: list[dict[str, Any]],
+             cost_svg: Optional[str] = None) -> dict[str, Any]:
     m = run.verdict.get("measurements") or {}
     booted = run.event("booted") or {}
     t0 = run.at("baseline")
@@ -70,15 +71,16 @@ def run_view(run: Run, svg: Optional[str], modules: list[dict[str, Any]]) -> dic
             "phases": bars, "timed": any(t is not None for t in timings) or bool(m.get("kernel_clock")),
             "seconds": run.verdict.get("seconds"), "host_load": m.get("host_load") or {},
             "debug": m.get("debug") or {}, "memory": m.get("memory") or {},
+            "overhead": m.get("overhead"), "overhead_svg": Markup(cost_svg) if cost_svg else None,
             "files": sorted(p.name for p in run.folder.iterdir() if p.is_file() and not p.name.startswith("."))}
 
 
 def render(runs: Sequence[Run], svgs: dict[str, Optional[str]], modules: dict[str, list[dict[str, Any]]],
-           environment: dict[str, Any]) -> str:
+           environment: dict[str, Any], cost_svgs: Optional[dict[str, Optional[str]]] = None) -> str:
     counts = {v: sum(1 for r in runs if r.verdict["verdict"] == v) for v in VERDICTS}
     judged = [r for r in runs if r.as_expected is not None]
     return _environment().get_template("index.html.j2").render(
-        runs=[run_view(r, svgs.get(r.slug), modules.get(r.slug, [])) for r in runs],
+        runs=[run_view(r, svgs.get(r.slug), modules.get(r.slug, []), (cost_svgs or {}).get(r.slug)) for r in runs],
         matrix=matrix(runs), counts=counts, environment=environment,
         overall=("error" if counts["error"] else "fail" if counts["fail"] else "pass"),
         not_as_expected=[r for r in judged if not r.as_expected], judged=bool(judged))

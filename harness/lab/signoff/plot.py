@@ -123,3 +123,31 @@ def timeline_svg(run: Run, salt: str) -> Optional[str]:
         fig.savefig(buf, format="svg", metadata={"Date": None})
     svg = buf.getvalue()
     return svg[svg.index("<svg"):]
+
+
+def overhead_svg(run: Run, salt: str) -> Optional[str]:
+    """Each cost arm's per-call times as a distribution (box and points), or None without them."""
+    o = (run.verdict.get("measurements") or {}).get("overhead")
+    if not o or not o.get("per_call_ms"):
+        return None
+    arms = [a for a in ("before", "patched", "after") if o["per_call_ms"].get(a)]
+    data = [o["per_call_ms"][a] for a in arms]
+    fig = Figure(figsize=(7, 2.6), layout="constrained")
+    ax = fig.subplots(1, 1)
+    ax.boxplot(data, vert=False, widths=0.5, showfliers=False,
+               medianprops={"color": "#b03030"}, boxprops={"color": "#555555"})
+    for i, values in enumerate(data, start=1):
+        jitter = [i + 0.18 * ((k * 0.618) % 1.0 - 0.5) for k in range(len(values))]   # spread, deterministic
+        ax.scatter(values, jitter, s=8, color="#3060a0" if arms[i - 1] == "patched" else "#808080", zorder=3)
+    ax.set_yticks(range(1, len(arms) + 1), [f"{a} ({len(o['per_call_ms'][a])} blocks)" for a in arms], fontsize=8)
+    ax.set_ylim(len(arms) + 0.5, 0.5)
+    ax.set_xlabel(f"ms a call of {o['workload']!r} (block of {o['repeat']} calls / {o['repeat']})", fontsize=8)
+    ax.grid(axis="x", color="#dddddd", linewidth=0.6)
+    d = o["difference_ms"]
+    ax.set_title(f"cost: {d['estimate']:+.3f} ms a call (95% CI {d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f})",
+                 fontsize=10, loc="left")
+    buf = io.StringIO()
+    with matplotlib.rc_context({"svg.hashsalt": salt + "-cost", "svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    return svg[svg.index("<svg"):]
