@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""What the lab can tell of a patch's cost: the per-call difference's interval, run after run.
+
+    python bench/overhead.py [--kernel debian-6.1 ...] [--repeat 3]
+                             [--scenario scenarios/overhead-none.yaml ...] [--command CMD]
+
+Runs each SCENARIO (default: the no-cost patch, then the 1 ms and 3 ms ones) REPEAT times on each
+kernel line and prints each run's per-call difference with its 95 % interval, the ratio, and
+the Mann-Whitney p. For the no-cost patch the interval's width is the noise floor: the smallest
+cost the lab can tell from zero on this host (a cost whose interval clears 0 must be about half
+the width or more). ``--command`` replaces the scenarios' cost workload (e.g. `cat /proc/cmdline`,
+whose fork and exec are much noisier than the builtin read). Numbers, not a pass/fail.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from harness.core.settings import Settings  # noqa: E402
+from harness.lab import runner, scenario  # noqa: E402
+
+DEFAULT = [ROOT / "scenarios" / f"overhead-{n}.yaml" for n in ("none", "1ms", "3ms")]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kernel", action="append", default=[])
+    ap.add_argument("--scenario", action="append", default=[])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--command", help="the cost workload for every scenario")
+    ap.add_argument("--artifacts", type=Path)
+    args = ap.parse_args()
+    settings = Settings.from_env()
+    out = args.artifacts or Path(tempfile.mkdtemp(prefix="overhead-"))
+    print(f"{'kernel':<12} {'scenario':<15} {'run':>3} {'difference ms/call [95% CI]':>34} {'ratio [95% CI]':>26} "
+          f"{'p':>8}  verdict")
+    for kernel in args.kernel or ["debian-6.1"]:
+        for path in [Path(p) for p in args.scenario] or DEFAULT:
+            sc = scenario.load(path)
+            if args.command:
+                sc = dataclasses.replace(sc, overhead=dataclasses.replace(sc.overhead, command=args.command))
+            widths = []
+            for i in range(args.repeat):
+                o = runner.run(sc, kernel, settings, out / kernel / sc.name / str(i))
+                m = o.verdict.measurements.get("overhead")
+                if not m:
+                    print(f"{kernel:<12} {sc.name:<15} {i:>3} {'no figure: ' + o.verdict.verdict:>34}")
+                    continue
+                d, r = m["difference_ms"], m["ratio"]
+                widths.append(d["ci95"][1] - d["ci95"][0])
+                print(f"{kernel:<12} {sc.name:<15} {i:>3} {d['estimate']:>+9.3f} [{d['ci95'][0]:+.3f} .. "
+                      f"{d['ci95'][1]:+.3f}] {r['estimate']:>8.3f} [{r['ci95'][0]:.3f} .. {r['ci95'][1]:.3f}] "
+                      f"{m['p_value']:>8.2g}  {o.verdict.verdict}", flush=True)
+            if widths:
+                print(f"{kernel:<12} {sc.name:<15} interval width: median {sorted(widths)[len(widths) // 2]:.3f} ms, "
+                      f"widest {max(widths):.3f} ms")
+    print(f"artifacts: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
