@@ -4,6 +4,7 @@ from typing import Optional
 
 import pytest
 
+from harness.lab import memcheck
 from harness.lab import verdict as V
 from harness.lab.record import BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Window
 from harness.machine.kmsg import Finding
@@ -390,7 +391,7 @@ def test_a_revert_tool_must_agree_with_the_kernel():
 # the kernel's memory detectors, a use after unload, leaks in one run ---------------------------
 from pathlib import Path  # noqa: E402
 
-from harness.lab.livepatch import LOADING, UNLOADED  # noqa: E402
+from harness.lab.livepatch import LOADING  # noqa: E402
 
 CONSOLE = Path(__file__).parent / "data" / "console"
 
@@ -475,8 +476,8 @@ def test_a_fault_elsewhere_after_the_unload_is_not_blamed_on_the_modules_memory(
 
 def test_an_address_in_the_modules_text_is_named_by_its_function():
     patch, _ = unloaded_timer()
-    assert V._where(patch, 0xffffffffc0273010) == "lab_timer_tick+0x10 [lab_timer]"
-    assert V._where(patch, 0xffffffffc0275390) == ".gnu.linkonce.this_module+0x10"
+    assert memcheck._where(patch, 0xffffffffc0273010) == "lab_timer_tick+0x10 [lab_timer]"
+    assert memcheck._where(patch, 0xffffffffc0275390) == ".gnu.linkonce.this_module+0x10"
 
 
 MEM = {"SUnreclaim": 9000, "Slab": 20000, "VmallocUsed": 7372, "MemAvailable": 800000, "Percpu": 1000,
