@@ -164,7 +164,14 @@ class FakeKernel:
         return livepatch.EndState(self.dmesg_since(guest, marker, timeout), self.taint_mask, set(self.modules),
                                   sorted(self.enabled))
 
+    def read_memory(self, ctx):
+        """The guest's memory, steady (the host's own /proc/meminfo moves with whatever else runs)."""
+        return {"SUnreclaim": 9000, "Slab": 20000, "VmallocUsed": 7000, "MemAvailable": 800000, "Percpu": 1000,
+                "modules": sorted(self.modules), "patches": sorted(self.enabled)}
+
     def install(self, monkeypatch) -> "FakeKernel":
+        from harness.lab import steps
+        monkeypatch.setattr(steps, "read_memory", self.read_memory)
         for name in ("load", "patches", "state", "wait_transition", "stragglers", "signal_stragglers", "force",
                      "disable", "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since", "begin", "finish",
                      "remove", "module_sections"):
