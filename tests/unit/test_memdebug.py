@@ -53,3 +53,12 @@ def test_the_debug_field_and_option_name_facilities(given, facilities):
 def test_an_unknown_facility_is_refused_naming_it(given):
     with pytest.raises(ValueError, match="unknown debug facility"):
         scenario.debug_facilities(given)
+
+
+def test_a_facility_built_blind_is_absent_saying_why():
+    line_5_10 = {"CONFIG_SLUB_DEBUG": "y", "CONFIG_PAGE_POISONING": "y", "CONFIG_PAGE_POISONING_NO_SANITY": "y"}
+    plan = memdebug.choose(DebugSpec(), line_5_10)
+    assert plan.active == ("slub",)
+    assert plan.absent["poison"] == ("this kernel is built with CONFIG_PAGE_POISONING_NO_SANITY: freed pages are "
+                                     "filled but never checked")
+    assert "page_poison" not in plan.append
