@@ -21,7 +21,7 @@ from .context import Step
 from .record import HOLD, TRANSITION, RunRecord
 from .setup import Setup
 from .specs import Scenario, StepSpec
-from .steps import (Baseline, Cooldown, CostArm, Disable, Hold, LoadPatch, LoadTarget, MemSample, RetireReplaced,
+from .steps import (Baseline, Cooldown, CostArm, CostCycle, Disable, Hold, LoadPatch, LoadTarget, MemSample, RetireReplaced,
                     Sample, Unload, UnloadTarget, WaitTransition, WaitUnpatch)
 
 
@@ -68,20 +68,20 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str], rec
     steps: list[Step] = [Setup()]
     if old:
         steps += [LoadPatch(old, window=None), WaitTransition(old, window=None)]
-    # the cost workload's arms (lab/overhead.py): before the load, at the end of the hold, after the
-    # cool-down; each outside the windows the service is judged in
-    costs = {arm: [CostArm(arm)] if sc.overhead.enabled else [] for arm in ("before", "patched", "after")}
-    steps += [Baseline(tl.baseline), before, *costs["before"], LoadPatch(patch), WaitTransition(patch)]
+    steps += [Baseline(tl.baseline), before, LoadPatch(patch), WaitTransition(patch)]
     if old:
         steps.append(RetireReplaced(patch))
-    steps += [Hold(tl.patched), *costs["patched"], Disable(patch), WaitUnpatch(patch), Unload(patch, last=not old)]
+    steps += [Hold(tl.patched), Disable(patch), WaitUnpatch(patch), Unload(patch, last=not old)]
     if old:   # stacked: the old patch alone again, then its own revert
         if sc.probe.command:
             rec.probe_same["old again"] = "before"
         revert = ("revert old", TRANSITION, None)
         steps += [HoldIf(tl.patched, ("old again", HOLD, "old again"), lambda ctx: old in ctx.loaded),
                   Disable(old, revert), WaitUnpatch(old, revert), Unload(old, revert)]
-    return steps + [Cooldown(tl.cooldown), after, *costs["after"]]
+    # the cost workload (lab/overhead.py), once the judged windows are over: unpatched blocks, then
+    # load/revert cycles, each timing patched and unpatched blocks (the arms interleaved)
+    costs = [CostArm(), *(CostCycle(patch, i + 1) for i in range(sc.overhead.cycles))] if sc.overhead.enabled else []
+    return steps + [Cooldown(tl.cooldown), after, *costs]
 
 
 def _soak(sc: Scenario, patch: str, rec: RunRecord) -> list[Step]:

@@ -186,7 +186,9 @@ SCHEMA: yamlconf.Schema = {
         "repeat": Field(int, default=OverheadSpec.repeat, check=lambda n: None if 1 <= n <= 100000 else
                         f"must be 1 to 100000 calls a block, not {n}"),
         "blocks": Field(int, default=OverheadSpec.blocks, check=lambda n: None if 5 <= n <= 1000 else
-                        f"must be 5 to 1000 blocks an arm, not {n}")}),
+                        f"must be 5 to 1000 blocks an arm, not {n}"),
+        "cycles": Field(int, default=OverheadSpec.cycles, check=lambda n: None if 1 <= n <= 100 else
+                        f"must be 1 to 100 load/revert cycles, not {n}")}),
     "expect": Field(dict, schema={
         "verdict": Field(str, default="pass", check=_one_of(VERDICTS)),
         "checks": Field(list, items=str, default=[], check=_checks),
@@ -302,7 +304,7 @@ def _overhead(v: dict, loaded: yamlconf.Loaded) -> OverheadSpec:
     if not (raw["command"] or v["probe"]["command"]):
         raise loaded.error("the cost workload needs a command (overhead.command), or a probe command to "
                            "time", "overhead" if "overhead" in loaded.lines else "overhead.command")
-    return OverheadSpec(True, raw["command"], int(raw["repeat"]), int(raw["blocks"]))
+    return OverheadSpec(True, raw["command"], int(raw["repeat"]), int(raw["blocks"]), int(raw["cycles"]))
 
 
 def _image(name: Optional[str], tool: str, loaded: yamlconf.Loaded, base: Path) -> Optional[Path]:
@@ -414,9 +416,9 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
     if sc.apply.tool != "insmod" and any(m.params for m in (sc.patch, sc.upgrade_from, *sc.patches.values()) if m):
         raise loaded.error("module parameters need the lab's insmod: a tool or hook loads the module its own way",
                            "apply")
-    if sc.overhead.enabled and (sc.soak.cycles or sc.steps):
-        raise loaded.error("the cost workload times one patch's arms (before, patched, after): not with a soak "
-                           "or steps", "overhead")
+    if sc.overhead.enabled and (sc.soak.cycles or sc.steps or sc.upgrade_from):
+        raise loaded.error("the cost workload cycles one patch (load, time, revert, time): not with a soak, "
+                           "steps or upgrade_from", "overhead")
     if sc.soak.cycles and (sc.steps or sc.upgrade_from):
         raise loaded.error("a soak cycles one patch: not with steps or upgrade_from", "soak.cycles")
     _judgeable(sc, loaded)

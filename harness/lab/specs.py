@@ -156,7 +156,12 @@ class OverheadSpec:
     enabled: bool = False
     command: Optional[str] = None
     repeat: int = 20
-    blocks: int = 20
+    blocks: int = 20          # an arm's, over all cycles
+    cycles: int = 4           # load/revert cycles the arms are interleaved over
+
+    @property
+    def per_cycle(self) -> int:
+        return -(-self.blocks // self.cycles)
 
 
 @dataclass(frozen=True)
