@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 PHASES = (("prepare", "start", "built"), ("boot", "built", "booted"), ("setup", "booted", "baseline"),
           ("baseline", "baseline", "load-patch"), ("apply", "load-patch", "patched"),
           ("patched", "patched", "disable"), ("revert", "disable", "reverted"),
-          ("cooldown", "reverted", "cooldown-end"), ("collect", "cooldown-end", "collected"),
+          ("cooldown", "reverted", "cooldown-end"), ("cost", "cost", "cost-end"), ("collect", "collect", "collected"),
           ("teardown", "collected", "verdict"))
 
 

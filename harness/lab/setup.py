@@ -73,6 +73,7 @@ class Collect(Step):
 
     def run(self, ctx: Context) -> None:
         g, t, sc, rec = ctx.guest, ctx.timeouts, ctx.scenario, ctx.rec
+        ctx.events("collect")
         ctx.applier.finish(ctx)   # a tool's revert a stalled unpatch left running
         try:
             if ctx.load:

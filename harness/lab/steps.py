@@ -355,6 +355,8 @@ class CostCycle(Step):
             raise failed(f"the module did not unload: {gone.err}")
         ctx.loaded.remove(self.name)
         _cost_blocks(ctx, "after", spec.per_cycle)
+        if self.cycle == spec.cycles:
+            ctx.events("cost-end")
         return False
 
 

@@ -37,7 +37,7 @@ def _events(ko: Optional[Path], stop_after: Optional[str]) -> list[dict]:
              ("loaded", 14.0, {"seconds": 1.0}), ("transition-complete", 15.0, {"seconds": 1.0}),
              ("patched", 15.0, {}), ("disable", 18.0, {}), ("unpatch-complete", 19.0, {"seconds": 1.0}),
              ("unloaded", 19.5, {"rc": 0}), ("reverted", 19.5, {}), ("cooldown-end", 21.5, {}),
-             ("collected", 23.0, {})]
+             ("collect", 22.9, {}), ("collected", 23.0, {})]
     out = []
     for name, dt, detail in steps:
         out.append({"t": T0 + dt, "event": name, **detail})

@@ -122,7 +122,7 @@ def test_a_good_patch_through_the_tool_passes_with_every_call_recorded(run, kern
     assert names(ctx) == ["baseline", "load-patch", "tool-started", "loaded", "transition-complete", "tool-ended",
                           "livepatch-state", "patched", "disable", "tool-started", "livepatch-state",
                           "unpatch-complete", "tool-ended", "unloaded", "reverted", "grace-periods", "cooldown-end",
-                          "collected"]
+                          "collect", "collected"]
     load, revert = ctx.rec.tool_runs
     assert (load["op"], load["command"], load["rc"], load["seconds"]) == (
         "load", "kpatch load /run/lab/modules/lab_good.ko", 0, 1.5)

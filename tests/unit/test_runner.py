@@ -104,7 +104,7 @@ def test_a_good_run_goes_through_every_step_in_order_and_passes(lab, kernel):
     run_steps(ctx)
     assert names(ctx) == ["target-loaded", "baseline", "load-patch", "loaded", "transition-complete",
                           "livepatch-state", "patched", "disable", "livepatch-state", "unpatch-complete",
-                          "unloaded", "reverted", "grace-periods", "cooldown-end", "collected"]
+                          "unloaded", "reverted", "grace-periods", "cooldown-end", "collect", "collected"]
     rec = ctx.rec
     assert rec.ops == [("enabled", PATCH), ("patched", PATCH), ("disabled", PATCH), ("unpatched", PATCH)]
     assert rec.main.revert == {"disabled": True, "disable_err": "", "disable_seconds": 0.01, "rmmod_rc": 0,
@@ -144,7 +144,7 @@ def test_a_refused_load_fails_on_load_and_goes_straight_to_collecting(lab, kerne
     kernel.refuse[PATCH] = "Invalid parameters"
     ctx = lab()
     run_steps(ctx)
-    assert names(ctx) == ["baseline", "load-patch", "collected"]
+    assert names(ctx) == ["baseline", "load-patch", "collect", "collected"]
     v = decide(ctx.rec)
     assert v.verdict == "fail" and [r.check for r in v.reasons] == ["load"]
     assert "Invalid parameters" in v.reasons[0].message

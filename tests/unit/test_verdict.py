@@ -203,7 +203,7 @@ def test_a_stall_that_signalling_did_not_clear_says_so():
 def test_a_runs_wall_time_is_split_into_phases_that_happened():
     from harness.lab.events import phase_seconds
     names = ["start", "build", "built", "booted", "baseline", "load-patch", "loaded", "transition-complete",
-             "patched", "disable", "unpatch-complete", "reverted", "cooldown-end", "collected", "verdict"]
+             "patched", "disable", "unpatch-complete", "reverted", "cooldown-end", "collect", "collected", "verdict"]
     timeline = [{"t": 100.0 + i, "event": n} for i, n in enumerate(names)]
     phases = phase_seconds(timeline)
     assert list(phases) == ["prepare", "boot", "setup", "baseline", "apply", "patched", "revert",
@@ -306,7 +306,7 @@ def test_lines_the_scenario_expects_must_be_in_dmesg_in_their_order():
 def test_phases_of_an_upgrade_count_from_the_baseline_not_from_the_old_patchs_load():
     from harness.lab.events import phase_seconds
     names = ["start", "built", "booted", "load-patch", "patched", "baseline", "load-patch", "patched", "disable",
-             "reverted", "cooldown-end", "collected", "verdict"]
+             "reverted", "cooldown-end", "collect", "collected", "verdict"]
     phases = phase_seconds([{"t": 100.0 + i, "event": n} for i, n in enumerate(names)])
     assert phases == {"prepare": 1, "boot": 1, "setup": 3, "baseline": 1, "apply": 1, "patched": 1,
                       "revert": 1, "cooldown": 1, "collect": 1, "teardown": 1}
