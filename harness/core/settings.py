@@ -119,6 +119,9 @@ class Settings:
     debian_mirror: Optional[str] = None  # None: the host's own apt configuration
     tcg_factor: float = 3.0
     tcg_thread: str = "auto"            # auto | single | multi: TCG's vCPU threads (QEMU backend)
+    # QEMU's -icount shift=N,sleep=off under TCG (single-threaded only): the guest's clock counts
+    # executed instructions, for deterministic timing (bench/overhead.py); None: the host's clock
+    tcg_icount: Optional[int] = None
     runs_root: Optional[Path] = None    # None: <cache>/runs; tests give each session its own
     boot_protocol: str = "pvh"          # pvh: enter the unpacked kernel directly (see vmlinux.py)
     backend: str = "qemu"               # qemu: a child process here | libvirt: a libvirt domain
@@ -140,6 +143,9 @@ class Settings:
         if self.tcg_thread not in TCG_THREADS:
             raise ConfigError(f"tcg_thread must be one of {', '.join(TCG_THREADS)}, "
                               f"not {self.tcg_thread!r}", field="tcg_thread")
+        if self.tcg_icount is not None and not 0 <= self.tcg_icount <= 10:
+            raise ConfigError(f"tcg_icount must be a shift from 0 to 10 (2^N ns an instruction), not "
+                              f"{self.tcg_icount!r}", field="tcg_icount")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {self.backend!r}",
                               field="backend")
@@ -263,6 +269,7 @@ class Settings:
                 "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
                 "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),
                 "TCG_FACTOR": ("tcg_factor", float), "TCG_THREAD": ("tcg_thread", str),
+                "TCG_ICOUNT": ("tcg_icount", int),
                 "BOOT_PROTOCOL": ("boot_protocol", str),
                 "RUNS": ("runs_root", Path), "BACKEND": ("backend", str),
                 "LIBVIRT_URI": ("libvirt_uri", str), "LIBVIRT_URIS": ("libvirt_uris", _uri_list),

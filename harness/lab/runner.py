@@ -116,6 +116,7 @@ def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Sett
         events("booted", accel=guest.accel, seconds=round(guest.timings.get("ssh_ready", 0), 2),
                backend=where.get("backend"), **({"uri": where["uri"]} if "uri" in where else {}),
                **({"tcg_thread": where["tcg_thread"]} if "tcg_thread" in where else {}),
+               **({"icount": where["icount"]} if "icount" in where else {}),
                **({"restored_from": guest.restored_from} if guest.restored_from else {}),
                **({"cpu_wait": round(guest.timings["cpu_wait"], 1)} if guest.timings.get("cpu_wait", 0) >= 0.5 else {}))
         t = guest.timeouts

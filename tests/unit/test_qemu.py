@@ -419,3 +419,15 @@ def test_the_qemu_pid_is_recorded_for_the_reaper_and_a_failing_record_leaves_no_
     with pytest.raises(OSError):
         m.start()
     assert not m.is_running() and gone(m.pid)
+
+
+def test_icount_gives_single_threaded_tcg_a_clock_of_executed_instructions(tmp_path):
+    from harness.machine.backends.qemu.command import QemuConfig, build_command
+    from harness.machine.backends.base import MachineSpec
+    spec = MachineSpec(name="lab", kernel=tmp_path / "k", initrd=None, append="console=ttyS0",
+                       console_log=tmp_path / "c.log", disks=(), cpus=2, memory_mib=512)
+    cmd = build_command(QemuConfig(spec, "tcg", tmp_path / "q.sock", tcg_thread="multi", icount=3))
+    assert cmd[cmd.index("-accel") + 1] == "tcg,thread=single"
+    assert cmd[cmd.index("-icount") + 1] == "shift=3,sleep=off"
+    assert "-icount" not in build_command(QemuConfig(spec, "tcg", tmp_path / "q.sock", tcg_thread="multi"))
+    assert "-icount" not in build_command(QemuConfig(spec, "kvm", tmp_path / "q.sock", icount=3))

@@ -78,7 +78,7 @@ class QemuBackend:
         configuration, not state: QEMU's user networking takes new ones after a restore."""
         ident, version = binary_version(self.settings.qemu_binary, self.settings.timeouts.host_command)
         command = build_command(QemuConfig(spec, accel, Path("qmp.sock"), binary=self.settings.qemu_binary,
-                                           tcg_thread=self._thread(accel)))
+                                           tcg_thread=self._thread(accel), icount=self._icount(accel)))
         return {"qemu": version, "binary": ident, "command": command[1:]}
 
     def host_threads(self, spec: MachineSpec, accel: str) -> int:
@@ -86,9 +86,12 @@ class QemuBackend:
         return 1 if accel == "tcg" and self._thread(accel) == "single" else spec.cpus
 
     def _thread(self, accel: str) -> str:
-        if accel != "tcg":
+        if accel != "tcg" or self._icount(accel) is not None:   # icount needs single-threaded TCG
             return "single"
         return tcg_thread(self.settings.tcg_thread, qemu_version(self.settings.qemu_binary))
+
+    def _icount(self, accel: str) -> Optional[int]:
+        return self.settings.tcg_icount if accel == "tcg" else None
 
     def kvm_verdict(self) -> tuple[str, Path]:
         return f"{boot_id() or 'unknown'}:{self.settings.qemu_binary}", \
@@ -101,7 +104,7 @@ class QemuBackend:
         qmp_sock = run.sock_dir / "qmp.sock"
         qmp_sock.unlink(missing_ok=True)   # a port-clash retry's predecessor
         return QemuMachine(QemuConfig(spec, accel, qmp_sock, binary=self.settings.qemu_binary,
-                                      tcg_thread=self._thread(accel)),
+                                      tcg_thread=self._thread(accel), icount=self._icount(accel)),
                            timeouts, run.path / "qemu.log",
                            record=lambda **items: run.record(self.name, **items))
 

@@ -45,6 +45,7 @@ class QemuConfig:
     # "multi": a host thread per vCPU (safe from QEMU 9.1, see MTTCG_SAFE_SINCE);
     # "single": all vCPUs interleaved on one thread
     tcg_thread: str = "single"
+    icount: Optional[int] = None   # TCG's -icount shift (single-threaded TCG only); None: off
 
 
 NETDEV_ID = "net0"   # QMP set_link names it
@@ -63,7 +64,9 @@ def build_command(cfg: QemuConfig) -> list[str]:
     if cfg.accel == "kvm":
         cmd += ["-accel", "kvm", "-cpu", "host"]
     else:
-        cmd += ["-accel", f"tcg,thread={cfg.tcg_thread}", "-cpu", "max"]
+        cmd += ["-accel", f"tcg,thread={'single' if cfg.icount is not None else cfg.tcg_thread}", "-cpu", "max"]
+        if cfg.icount is not None:
+            cmd += ["-icount", f"shift={cfg.icount},sleep=off"]
     cmd += ["-smp", str(s.cpus), "-m", str(s.memory_mib)]
     cmd += ["-kernel", str(s.kernel), "-append", s.append]
     if s.initrd is not None:

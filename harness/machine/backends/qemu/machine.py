@@ -225,5 +225,7 @@ class QemuMachine:
     def describe(self) -> dict:
         out = {"backend": "qemu", "accel": self.accel, "command": self.command, "pid": self.pid}
         if self.accel == "tcg":
-            out["tcg_thread"] = self.cfg.tcg_thread
+            out["tcg_thread"] = "single" if self.cfg.icount is not None else self.cfg.tcg_thread
+            if self.cfg.icount is not None:
+                out["icount"] = self.cfg.icount
         return out
