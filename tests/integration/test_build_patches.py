@@ -27,10 +27,7 @@ KERNELS = ("debian-5.10", "debian-6.1", "debian-6.12", "debian-7")
 # patch directory -> (module name, is a livepatch)
 PATCHES = {"good": ("lab_good", True), "oops": ("lab_oops", True), "warning": ("lab_warn", True),
            "target": ("lab_target", False), "stall": ("lab_stall", True),
-           "pinned": ("lab_pinned", True), "slow": ("lab_slow", True),
-           # the memory-damage patches (README: "Quiet damage"), whose kernel APIs differ across lines
-           "overflow": ("lab_overflow", True), "uaf": ("lab_uaf", True), "timer": ("lab_timer", True),
-           "vleak": ("lab_vleak", True), "pagewrite": ("lab_pagewrite", True)}
+           "pinned": ("lab_pinned", True), "slow": ("lab_slow", True)}
 
 
 def _tree(path: Path) -> dict[str, float]:
