@@ -15,6 +15,7 @@ debugging"; they are numbers from this machine, not a pass/fail.
 from __future__ import annotations
 
 import argparse
+import logging
 import dataclasses
 import statistics
 import sys
@@ -59,6 +60,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--artifacts", type=Path)
     args = ap.parse_args()
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)   # SSH attempts to a booting guest fail by design
     settings = dataclasses.replace(Settings.from_env(), snapshots=False)
     base = scenario.load(Path(args.scenario))
     out = args.artifacts or Path(tempfile.mkdtemp(prefix="memdebug-"))

@@ -14,6 +14,7 @@ whose fork and exec are much noisier than the builtin read). Numbers, not a pass
 from __future__ import annotations
 
 import argparse
+import logging
 import dataclasses
 import sys
 import tempfile
@@ -36,6 +37,7 @@ def main() -> int:
     ap.add_argument("--command", help="the cost workload for every scenario")
     ap.add_argument("--artifacts", type=Path)
     args = ap.parse_args()
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)   # SSH attempts to a booting guest fail by design
     settings = Settings.from_env()
     out = args.artifacts or Path(tempfile.mkdtemp(prefix="overhead-"))
     print(f"{'kernel':<12} {'scenario':<15} {'run':>3} {'difference ms/call [95% CI]':>34} {'ratio [95% CI]':>26} "
