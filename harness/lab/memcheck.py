@@ -92,7 +92,7 @@ def check_leaks(rec: RunRecord) -> list[Reason]:
     and modules that came and stayed."""
     before, after = rec.memory.get("before"), rec.memory.get("after")
     loaded = [p for p in rec.patches.values() if p.loaded]
-    if not before or not after or not loaded or any(p.console_at_unload is None for p in loaded):
+    if not before or not after or not loaded or not all(p.revert.get("module_gone") for p in loaded):
         return []   # a patch still in (its revert says why), or no readings
     t, reasons = rec.thresholds, []
     for key, limit, what in (("SUnreclaim", "slab_growth_kib", "unreclaimable slab"),

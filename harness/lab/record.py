@@ -39,12 +39,11 @@ class PatchRecord:
     revert: dict[str, Any] = field(default_factory=dict)      # disabled, rmmod_rc, sysfs_gone, module_gone, ...
     refused: Optional[str] = None        # the kernel refused it, as the scenario expected: its message
     # where its module lay while loaded (/sys/module/NAME/sections, /proc/modules' base and size)
-    # and its functions' addresses (the host's .ko + .text): a fault there after the unload is a
-    # use after unload, named by function
+    # and its functions' addresses (the host's .ko + .text): a fault there after the unload (the lab
+    # marks it in the kernel log) is a use after unload, named by function
     sections: dict[str, int] = field(default_factory=dict)
     core: Optional[tuple[int, int]] = None
     functions: list[tuple[int, str]] = field(default_factory=list)
-    console_at_unload: Optional[int] = None   # index into RunRecord.console when its module went
 
 
 @dataclass

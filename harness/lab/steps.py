@@ -215,8 +215,6 @@ def _rmmod(ctx: Context, name: str) -> None:
                        module_gone=gone.module_gone)
     if gone.module_gone and name in ctx.loaded:
         ctx.loaded.remove(name)
-    if gone.module_gone:
-        prec.console_at_unload = console_index(ctx)
     ctx.events("unloaded", module=name, rc=gone.rc)
 
 
@@ -281,7 +279,7 @@ class Cooldown(Step):
         self.seconds = seconds
 
     def run(self, ctx: Context) -> None:
-        if any(p.console_at_unload is not None for p in ctx.rec.patches.values()):
+        if any(p.revert.get("module_gone") for p in ctx.rec.patches.values()):
             ctx.guest.run(_GRACE_PERIODS, ctx.timeouts.command)
             ctx.events("grace-periods")
         hold(ctx, self.seconds)
