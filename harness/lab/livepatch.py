@@ -73,13 +73,12 @@ def load(guest, remote_ko: str, timeout: float, report_text_of: str = "",
     """insmod; raise ``LivepatchError`` with the kernel's complaint if it refuses.
 
     With ``report_text_of`` (the module's name) the kernel log is marked first
-    (``LOADING``), and stdout starts with the module's ``.text`` address, followed
-    by its sections (``sections``), read in the same breath as the load: a patch
-    that freezes the guest leaves no time for a second command.
+    (``LOADING``), and stdout holds the module's sections and core (``parse_sections``;
+    ``.text`` among them), read in the same breath as the load: a patch that freezes
+    the guest leaves no time for a second command.
     """
     mark = f"echo {_q(LOADING + report_text_of)} > /dev/kmsg; " if report_text_of else ""
-    report = (f" && {{ cat /sys/module/{_q(report_text_of)}/sections/.text 2>/dev/null; "
-              f"{_sections(report_text_of)}; true; }}" if report_text_of else "")
+    report = f" && {{ {_sections(report_text_of)}; true; }}" if report_text_of else ""
     result = guest.run(mark + insmod(remote_ko, params) + report, timeout)
     if not result.ok:
         tail = guest.run("dmesg | tail -n 6", timeout).stdout   # the kernel's own words on the refusal

@@ -81,7 +81,8 @@ class LoadPatch(Step):
         ctx.events("loaded", seconds=round(loaded.seconds, 3))
         prec.sections, prec.core = (livepatch.parse_sections(loaded.stdout) if ctx.applier.name == "insmod" else
                                     livepatch.module_sections(ctx.guest, self.name, ctx.timeouts.command))
-        prec.functions = ctx.evidence.add_module(self.name, ctx.modules[self.name].path, loaded.stdout)
+        text = f"{prec.sections['.text']:#x}" if ".text" in prec.sections else ""
+        prec.functions = ctx.evidence.add_module(self.name, ctx.modules[self.name].path, text)
         if self.refused:
             raise Failed(Reason("load", f"the kernel accepted {self.name}, but the scenario expects it to "
                                         "refuse it"))

@@ -66,7 +66,7 @@ class FakeKernel:
         self._print(f"livepatch: '{name}': starting patching transition")
         if name not in self.stall:
             self._complete(name)
-        return Result(f"insmod {remote_ko}", 0, "0xffffffffc0000000\n@@section .text 0xffffffffc0000000\n"
+        return Result(f"insmod {remote_ko}", 0, "@@section .text 0xffffffffc0000000\n"
                       f"@@module {name} 16384 0 - Live 0xffffffffc0000000 (OEK)\n", "", 0.01)
 
     def module_sections(self, guest, module, timeout):
