@@ -11,6 +11,7 @@ from typing import Optional
 from ..machine import kmsg
 from .livepatch import UNLOADED
 from .record import PatchRecord, Reason, RunRecord
+from .specs import Thresholds
 
 # use after unload ----------------------------------------------------------------------
 _ADDRESS = re.compile(r"\b(?:0x)?(ffffffff[0-9a-f]{8})\b")
@@ -86,7 +87,7 @@ def check_unload(rec: RunRecord) -> list[Reason]:
 
 
 # leaks -----------------------------------------------------------------------------
-def check_leaks(rec: RunRecord) -> list[Reason]:
+def check_leaks(limits: Thresholds, rec: RunRecord) -> list[Reason]:
     """What the kernel kept once every patch of the run was gone: unreclaimable slab and vmalloc'ed
     memory grown beyond the thresholds from just before the first load to the cool-down's end,
     and modules that came and stayed."""
@@ -94,11 +95,10 @@ def check_leaks(rec: RunRecord) -> list[Reason]:
     loaded = [p for p in rec.patches.values() if p.loaded]
     if not before or not after or not loaded or not all(p.revert.get("module_gone") for p in loaded):
         return []   # a patch still in (its revert says why), or no readings
-    t, reasons = rec.thresholds, []
-    for key, limit, what in (("SUnreclaim", "slab_growth_kib", "unreclaimable slab"),
-                             ("VmallocUsed", "vmalloc_growth_kib", "vmalloc'ed memory")):
+    reasons = []
+    for key, allowed, what in (("SUnreclaim", limits.slab_growth_kib, "unreclaimable slab"),
+                               ("VmallocUsed", limits.vmalloc_growth_kib, "vmalloc'ed memory")):
         a, b = before.get(key), after.get(key)
-        allowed = t.get(limit, 1024.0)
         if a is not None and b is not None and b - a > allowed:
             reasons.append(Reason("revert", f"{what} ({key}) grew {b - a} KiB from before the patch's load to "
                                             f"after its unload ({a} -> {b} KiB; > {allowed:.0f} allowed): "

@@ -11,14 +11,19 @@
 - a lifecycle (``patches`` + ``steps``): the scenario's own steps between the
   baseline and the cool-down, each in a window of its own name; whatever they
   leave loaded is reverted at the end, newest first.
+
+The plan also says what the run is judged against (``Expect``): the scenario's thresholds and
+probe patterns, and those its steps imply (each soak cycle's hold, each lifecycle hold).
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .context import Step
-from .record import HOLD, TRANSITION, RunRecord
+from .expect import Expect
+from .record import HOLD, TRANSITION
 from .setup import Setup
 from .specs import Scenario, StepSpec
 from .steps import (Baseline, Cooldown, CostArm, CostCycle, Disable, Hold, LoadPatch, LoadTarget, MemSample, RetireReplaced,
@@ -53,19 +58,43 @@ class HoldIf(Hold):
         return super().run(ctx)
 
 
-def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str], rec: RunRecord) -> list[Step]:
-    """The steps of ``sc``; ``patch``/``old`` are module names, ``keys`` maps the scenario's names
-    to module names. The probe expectations of lifecycle holds go into ``rec``."""
+@dataclass(frozen=True)
+class Plan:
+    steps: tuple[Step, ...]
+    expect: Expect
+
+
+def expectations(sc: Scenario) -> Expect:
+    """What ``sc`` is judged against before any step is planned: enough to judge a run that
+    ended before its steps (a build failure, a guest that never came up)."""
+    return Expect(thresholds=sc.thresholds, service=sc.service.enabled, probe=sc.probe.patterns,
+                  dmesg=sc.dmesg_expect, soak=sc.soak if sc.soak.cycles else None)
+
+
+def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str]) -> Plan:
+    """The steps of ``sc`` and what they are judged against; ``patch``/``old`` are module names,
+    ``keys`` maps the scenario's names to module names."""
+    base = expectations(sc)
+    probe, same = dict(base.probe), {}
     tl = sc.timeline
     # the memory before the first load and after the cool-down: what the patches kept (a leak)
     before, after = MemSample("before"), MemSample("after")
-    if sc.soak.cycles:
-        return [Setup(), Baseline(tl.baseline), Sample(0), before, *_soak(sc, patch, rec), Cooldown(tl.cooldown),
-                after]
-    if sc.steps:
-        return [Setup(), Baseline(tl.baseline), before, *_lifecycle(sc.steps, keys, rec), RevertRest(),
-                Cooldown(tl.cooldown), after]
     steps: list[Step] = [Setup()]
+    if sc.soak.cycles:
+        steps += [Baseline(tl.baseline), Sample(0), before, *_soak(sc, patch, probe), Cooldown(tl.cooldown), after]
+    elif sc.steps:
+        steps += [Baseline(tl.baseline), before, *_lifecycle(sc.steps, keys, probe), RevertRest(),
+                  Cooldown(tl.cooldown), after]
+    else:
+        steps += _single(sc, patch, old, same, before, after)
+    return Plan(tuple(steps), Expect(thresholds=base.thresholds, service=base.service, probe=probe,
+                                     probe_same=same, dmesg=base.dmesg, soak=base.soak))
+
+
+def _single(sc: Scenario, patch: str, old: Optional[str], same: dict[str, str], before: Step,
+            after: Step) -> list[Step]:
+    tl = sc.timeline
+    steps: list[Step] = []
     if old:
         steps += [LoadPatch(old, window=None), WaitTransition(old, window=None)]
     steps += [Baseline(tl.baseline), before, LoadPatch(patch), WaitTransition(patch)]
@@ -74,7 +103,7 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str], rec
     steps += [Hold(tl.patched), Disable(patch), WaitUnpatch(patch), Unload(patch, last=not old)]
     if old:   # stacked: the old patch alone again, then its own revert
         if sc.probe.command:
-            rec.probe_same["old again"] = "before"
+            same["old again"] = "before"
         revert = ("revert old", TRANSITION, None)
         steps += [HoldIf(tl.patched, ("old again", HOLD, "old again"), lambda ctx: old in ctx.loaded),
                   Disable(old, revert), WaitUnpatch(old, revert), Unload(old, revert)]
@@ -84,21 +113,20 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str], rec
     return steps + [Cooldown(tl.cooldown), after, *costs]
 
 
-def _soak(sc: Scenario, patch: str, rec: RunRecord) -> list[Step]:
+def _soak(sc: Scenario, patch: str, probe: dict[str, str]) -> list[Step]:
     """Cycle after cycle: apply, hold, revert, sample. Every hold is judged like the first (the
     probe's ``patched`` pattern, the service), every transition like any other."""
     out: list[Step] = []
-    rec.soak_limits = {"leak_kib": sc.soak.leak_kib, "slowdown": sc.soak.slowdown, "mem_kib": sc.soak.mem_kib}
     for i in range(1, sc.soak.cycles + 1):
         phase = "patched" if i == 1 else f"patched {i}"
-        if i > 1 and "patched" in rec.probe_expect:
-            rec.probe_expect[phase] = rec.probe_expect["patched"]
+        if i > 1 and "patched" in probe:
+            probe[phase] = probe["patched"]
         out += [LoadPatch(patch), WaitTransition(patch), Hold(sc.soak.hold, ("patched", HOLD, phase)),
                 Disable(patch), WaitUnpatch(patch), Unload(patch, last=i == sc.soak.cycles), Sample(i)]
     return out
 
 
-def _lifecycle(specs: tuple[StepSpec, ...], keys: dict[str, str], rec: RunRecord) -> list[Step]:
+def _lifecycle(specs: tuple[StepSpec, ...], keys: dict[str, str], probe: dict[str, str]) -> list[Step]:
     out: list[Step] = []
     holds = 0
     for i, s in enumerate(specs):
@@ -121,6 +149,6 @@ def _lifecycle(specs: tuple[StepSpec, ...], keys: dict[str, str], rec: RunRecord
             if expect:
                 after = specs[i - 1] if i and specs[i - 1].action != "hold" else None
                 label = f"after {after.action} {after.subject}" if after else label
-                rec.probe_expect[label] = expect
+                probe[label] = expect
             out.append(Hold(s.seconds, (label, HOLD, label if expect else None)))
     return out

@@ -1,8 +1,9 @@
-"""What a run saw: the one input of the verdict.
+"""What a run saw, and only that.
 
-The runner's steps fill a ``RunRecord``; ``verdict.decide`` reads it and
-nothing else, so every check is unit-tested on synthetic records. Times are
-host epoch seconds (guest times already converted).
+The runner's steps fill a ``RunRecord``; ``verdict.decide`` reads it beside the plan's
+``Expect`` (expect.py: what the scenario asks) and nothing else, so every check is
+unit-tested on synthetic records. Times are host epoch seconds (guest times already
+converted).
 """
 from __future__ import annotations
 
@@ -61,13 +62,9 @@ class RunRecord:
     lifecycle: list[Reason] = field(default_factory=list)      # /sys/kernel/livepatch not as the steps imply
     windows: dict[str, Window] = field(default_factory=dict)
     requests: list[Any] = field(default_factory=list)     # httpload.Request
-    service_enabled: bool = True
     probe: list[Any] = field(default_factory=list)        # probe.ProbeSample, t on the host clock
-    probe_expect: dict[str, str] = field(default_factory=dict)   # phase -> regex
-    probe_same: dict[str, str] = field(default_factory=dict)     # phase -> the phase whose output it must show
     probe_unpatched: Optional[str] = None   # one run of the probe before any patch: what a revert returns to
     dmesg: list[str] = field(default_factory=list)
-    dmesg_expect: list[str] = field(default_factory=list)      # the scenario's own lines, in order
     console_findings: list[Any] = field(default_factory=list)  # kmsg.Finding after the run's start
     # the serial console from the run's start: ``console_from`` lines of boot came before it
     # (kmsg.Finding.lineno counts from the boot's first line)
@@ -88,9 +85,7 @@ class RunRecord:
     taint_patched: Optional[int] = None                   # at the end of the first hold with a patch
     taint_held: list[tuple[str, int]] = field(default_factory=list)   # (hold, taint) for every hold with a patch
     taint_after: Optional[int] = None
-    thresholds: dict[str, float] = field(default_factory=dict)
     soak: list[dict[str, Any]] = field(default_factory=list)   # one sample a cycle (0: before the first)
-    soak_limits: dict[str, float] = field(default_factory=dict)   # leak_kib, slowdown, mem_kib
     # a vendor's tool or a hook at work (apply.py): one entry a call, with what it printed
     tool_runs: list[dict[str, Any]] = field(default_factory=list)
     host_load: list[float] = field(default_factory=list)  # host 1-min load average, sampled per event

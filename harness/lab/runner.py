@@ -2,7 +2,9 @@
 
 prepare (kernel, image, modules) → boot → the steps (steps.py) under a
 heartbeat → collect → verdict. Data flows one way: the scenario's specs go
-in, the steps fill a ``RunRecord``, ``verdict.decide`` reads it, the outcome
+in, the plan (plans.py) makes the steps and what they are judged against
+(``Expect``), the steps fill a ``RunRecord`` with what they saw,
+``verdict.decide`` reads the two, the outcome
 and its artifacts come out. Trouble is classed where it arises (faults.py):
 the patch's makes a ``fail``, everything else an ``error`` with its
 evidence. The guest is always torn down (``session.boot``).
@@ -12,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -29,7 +30,7 @@ from .events import Timeline
 from .faults import Failed, host_cause, patch_is_to_blame
 from .forensics import HangEvidence
 from .outcome import Outcome
-from .plans import plan
+from .plans import expectations, plan
 from .record import TRANSITION, Reason, RunRecord, Window
 from .scenario import TRANSITION_TAIL
 from .setup import Collect, keep_console
@@ -55,9 +56,8 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     as ``Interrupted``."""
     started = time.monotonic()
     outcomes.clear(out_dir)
-    rec = RunRecord(service_enabled=sc.service.enabled, probe_expect=sc.probe.patterns,
-                    dmesg_expect=list(sc.dmesg_expect), thresholds=asdict(sc.thresholds),
-                    host_cpus=os.cpu_count() or 0)
+    rec = RunRecord(host_cpus=os.cpu_count() or 0)
+    expect = expectations(sc)   # the plan's, once the modules are known: a run can end before
     events = Timeline(rec)
     kernel_info = {"name": kernel_spec}
     events("start")
@@ -75,13 +75,15 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
         mods = modules.prepare(sc, kernel, settings)
         rec.patch_name = mods.patch
         modules_info = mods.describe()
+        planned = plan(sc, mods.patch, mods.old, mods.keys)
+        expect = planned.expect
         built = mods.by_name()
         events("built", patch=str(built[mods.patch].path), patch_source=sc.patch.label,
                modules={n: str(m.path) for n, m in built.items()},
                targets=[str(built[n].path) for n, p in mods.all.items() if not p.livepatch],
                target_sources=[t.label for t in sc.targets])
         with diskspace.guard(out_dir, "keeping the run's evidence", hint=diskspace.ARTIFACTS_HINT):
-            _in_guest(sc, kernel, image, mods, settings, out_dir, events, rec, debug.append)
+            _in_guest(sc, kernel, image, mods, planned.steps, settings, out_dir, events, rec, debug.append)
     except Failed as exc:            # build or compat: the patch's files themselves
         rec.early += exc.reasons
     except HarnessError as exc:      # the input, the lab, the host, or a guest that never came up
@@ -89,7 +91,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     except KeyboardInterrupt as exc:
         rec.error = f"interrupted ({str(exc) or 'Ctrl-C'}): the run was stopped before its verdict"
         interrupted = exc
-    verdict = decide(rec)
+    verdict = decide(expect, rec)
     events("verdict", verdict=verdict.verdict)
     result = Outcome(sc.name, kernel_spec, verdict, kernel_info, events.events, str(out_dir),
                      time.monotonic() - started, modules_info)
@@ -98,7 +100,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
             outcomes.write(out_dir, result, rec)
     except DiskFull as exc:   # a verdict whose evidence is not kept signs nothing off
         rec.error = rec.error or f"DiskFull: {exc}"
-        result.verdict = decide(rec)
+        result.verdict = decide(expect, rec)
         log.error("%s", exc)
         (out_dir / "verdict.json").unlink(missing_ok=True)   # it would claim the first verdict
     if interrupted is not None:
@@ -106,8 +108,8 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
     return result
 
 
-def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Settings, out_dir: Path,
-              events: Timeline, rec: RunRecord, debug_append: str = "") -> None:
+def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, steps: Sequence[Step], settings: Settings,
+              out_dir: Path, events: Timeline, rec: RunRecord, debug_append: str = "") -> None:
     ports = (sc.service.port,) if sc.service.enabled else ()
     append = " ".join(a for a in ("module.sig_enforce=1" if sc.security.sig_enforce else "", debug_append) if a)
     with session.boot(kernel, image, settings, forward_ports=ports, append=append,
@@ -125,7 +127,7 @@ def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, settings: Sett
                       {n: mods.params(n) for n in mods.all if mods.params(n)}, applier=apply.applier(sc.apply))
         try:
             with heartbeat.Heartbeat(guest.channel, t.heartbeat, on_lost=lambda _why: ctx.lost.set()):
-                execute(ctx, plan(sc, mods.patch, mods.old, mods.keys, rec))
+                execute(ctx, steps)
         except HarnessError as exc:
             trouble(ctx, exc)
 

@@ -1,21 +1,23 @@
 """Measurements of one run → ``pass`` / ``fail`` / ``error`` with reasons.
 
-Pure: everything here reads a ``RunRecord`` (record.py) and nothing else, so
-each check is unit-tested on synthetic records and shown failing on the patch
-that deserves it. ``error`` means the lab, the host or the guest before the
+Pure: everything here reads what the run was to show (``Expect``, expect.py)
+and what it saw (``RunRecord``, record.py) and nothing else, so each check is
+unit-tested on synthetic records and shown failing on the patch that deserves
+it. ``error`` means the lab, the host or the guest before the
 patch broke, never the patch (see faults.py).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from ..machine import kmsg
 from . import contention, overhead, toolcheck
 from .memcheck import check_leaks, check_unload
+from .expect import Expect
 from .livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, LOADING, taint_letters
-from .record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord
+from .record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord, Window
 from .workload.stats import window_stats
 
 # Kernel lines that are trouble beyond the generic classifier.
@@ -28,10 +30,13 @@ class Verdict:
     verdict: str
     reasons: list[Reason]
     measurements: dict[str, Any]
+    # the windows the service and the probe were judged in, as judged (the report draws these)
+    windows: list[Window] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "reasons": [asdict(r) for r in self.reasons],
-                "measurements": self.measurements}
+                "measurements": self.measurements,
+                "windows": [{**asdict(w), "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.windows]}
 
 
 # service ----------------------------------------------------------------------
@@ -44,14 +49,14 @@ def host_overloaded(rec: RunRecord) -> str:
     return ""
 
 
-def check_service(rec: RunRecord) -> tuple[list[Reason], dict, list[str]]:
+def check_service(expect: Expect, rec: RunRecord) -> tuple[list[Reason], dict, list[str]]:
     """Reasons, the windows' statistics, and, when the service failed, where the rest of the
     host took the guest's CPU in a judged window (contention.py: then the service could not be
     judged)."""
     base_w = next((w for w in rec.windows.values() if w.kind == BASELINE), None)
-    if not rec.service_enabled or base_w is None:
+    if not expect.service or base_w is None:
         return [], {}, []
-    t = rec.thresholds
+    t = expect.thresholds
     stats = {name: asdict(window_stats(rec.requests, w.start, w.end)) for name, w in rec.windows.items()}
     reasons: list[Reason] = []
     failed = [r for r in rec.requests if not (r.status is not None and 200 <= r.status < 400)]
@@ -64,9 +69,9 @@ def check_service(rec: RunRecord) -> tuple[list[Reason], dict, list[str]]:
         reasons.append(Reason("service", f"no successful request in the {base_w.name} window: "
                                          "nothing to compare with"))
         return reasons, stats, []
-    lat_limit = max(t["max_latency"], t["latency_factor"] * base["max_latency"])
-    gap_limit = max(t["max_gap"], t["latency_factor"] * (base["longest_gap"] or 0))
-    p50_limit = max(t["min_median"], t["median_factor"] * base["p50"])
+    lat_limit = max(t.max_latency, t.latency_factor * base["max_latency"])
+    gap_limit = max(t.max_gap, t.latency_factor * (base["longest_gap"] or 0))
+    p50_limit = max(t.min_median, t.median_factor * base["p50"])
     for name, w in rec.windows.items():
         s = stats[name]
         if w.kind not in (TRANSITION, HOLD) or not s["count"]:
@@ -125,10 +130,10 @@ def _lost_fix(rec: RunRecord, phase: str, output: str) -> str:
             f"again (an atomic replace reverts what the new patch does not carry)")
 
 
-def check_probe(rec: RunRecord) -> list[Reason]:
+def check_probe(expect: Expect, rec: RunRecord) -> list[Reason]:
     reasons = []
-    expect = {**rec.probe_expect, **{phase: None for phase in rec.probe_same}}
-    for phase, rx in expect.items():
+    wanted: dict[str, Optional[str]] = {**expect.probe, **{phase: None for phase in expect.probe_same}}
+    for phase, rx in wanted.items():
         samples = _samples(rec, phase)
         if samples is None:
             # the run ended before this phase (a failed load, a lost guest), or a conditional
@@ -140,13 +145,13 @@ def check_probe(rec: RunRecord) -> list[Reason]:
             reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
             continue
         if rx is None:   # must show what another phase showed
-            ref = _samples(rec, rec.probe_same[phase])
+            ref = _samples(rec, expect.probe_same[phase])
             if not ref:
                 continue
             bad = [s for s in samples if s.output != ref[-1].output or s.rc != ref[-1].rc]
             if bad:
                 reasons.append(Reason("probe", f"{phase}: {len(bad)} of {len(samples)} samples differ from "
-                                               f"the {rec.probe_same[phase]} phase: {bad[0].output.strip()[:120]!r}"
+                                               f"the {expect.probe_same[phase]} phase: {bad[0].output.strip()[:120]!r}"
                                                f" vs {ref[-1].output.strip()[:120]!r}"))
             continue
         bad = [s for s in samples if s.rc != 0 or not re.search(rx, s.output)]
@@ -157,7 +162,7 @@ def check_probe(rec: RunRecord) -> list[Reason]:
                                            + _lost_fix(rec, phase, bad[0].output)))
     # Reverted means the unpatched behaviour is back, even when no 'after' pattern was given:
     # what the probe showed before any patch (or, if unknown, in the baseline).
-    if "after" not in rec.probe_expect and rec.main.revert.get("module_gone"):
+    if "after" not in expect.probe and rec.main.revert.get("module_gone"):
         before, after = _samples(rec, "before"), _samples(rec, "after")
         want = rec.probe_unpatched if rec.probe_unpatched is not None else before[-1].output if before else None
         if want is not None and after:
@@ -188,7 +193,7 @@ def _load_line(text: list[str]) -> Optional[int]:
     return next((i for i, line in enumerate(text) if line.startswith(LOADING)), None)
 
 
-def check_dmesg(rec: RunRecord) -> tuple[list[Reason], list[Reason]]:
+def check_dmesg(expect: Expect, rec: RunRecord) -> tuple[list[Reason], list[Reason]]:
     """The patch's reasons, and trouble the kernel reported before the patch's module was loaded
     (that cannot be the patch's doing: the run is an ``error``)."""
     reasons, before = [], []
@@ -196,7 +201,7 @@ def check_dmesg(rec: RunRecord) -> tuple[list[Reason], list[Reason]]:
     # A guest lost mid-run has no readable dmesg: its console findings speak for it.
     lost = rec.guest_lost and not rec.dmesg
     # the kernel's livepatch lines for what the run did, and the scenario's own: each in order
-    for wanted in ([] if lost else expected_lines(rec), [] if lost else rec.dmesg_expect):
+    for wanted in ([] if lost else expected_lines(rec), [] if lost else expect.dmesg):
         pos = 0
         for want in wanted:
             found = next((i for i in range(pos, len(text)) if want in text[i]), None)
@@ -334,23 +339,24 @@ def _growth(samples: list[dict[str, Any]], key: str, limit: float,
     return (ys[-1] - ys[0], per_cycle, rising) if per_cycle > limit and rising >= rising_share else None
 
 
-def check_soak(rec: RunRecord) -> list[Reason]:
+def check_soak(expect: Expect, rec: RunRecord) -> list[Reason]:
     """Across the cycles of a soak: nothing left after a cycle, no steady growth of unreclaimable
     slab or vmalloc'ed memory and no steady fall of MemAvailable (a leak), no steady slow-down of
     the transitions."""
     cycles = [s for s in rec.soak if s["cycle"] > 0]
-    if not cycles:
+    if not cycles or expect.soak is None:
         return []
+    spec = expect.soak
     reasons = [Reason("soak", f"cycle {s['cycle']} left {', '.join(s['left'])} behind")
                for s in cycles if s["left"]][:3]
-    limit = rec.soak_limits.get("leak_kib", 256.0)
+    limit = spec.leak_kib
     for key, what in (("sunreclaim_kib", "unreclaimable slab"), ("vmalloc_kib", "vmalloc'ed memory")):
         grew = _growth(rec.soak, key, limit)
         if grew:
             reasons.append(Reason("soak", f"{what} grew {grew[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
                                           f"{grew[1]:.0f} KiB a cycle (> {limit:.0f} allowed), rising in "
                                           f"{grew[2]:.0%} of them: a leak on every apply/revert"))
-    mem_limit = rec.soak_limits.get("mem_kib", 4096.0)
+    mem_limit = spec.mem_kib
     fell = _growth([{**s, "neg": -s["mem_available_kib"]} for s in rec.soak
                     if s.get("mem_available_kib") is not None], "neg", mem_limit, rising_share=0.5)
     if fell:
@@ -358,7 +364,7 @@ def check_soak(rec: RunRecord) -> list[Reason]:
                                       f"{fell[1]:.0f} KiB a cycle (> {mem_limit:.0f} allowed): memory the patch "
                                       "takes on every apply/revert and never gives back"))
     times = [s["transition_s"] for s in cycles if s["transition_s"] is not None]
-    factor = rec.soak_limits.get("slowdown", 2.0)
+    factor = spec.slowdown
     if len(times) >= 6:
         first, last = _thirds(times)
         if last > factor * first and last - first > 1.0 and _slope(list(range(len(times))), times) > 0:
@@ -396,10 +402,10 @@ def cost_measurement(rec: RunRecord) -> Optional[dict[str, Any]]:
     return overhead.compare(rec.cost, rec.cost_repeat, rec.cost_workload) if rec.cost else None
 
 
-def check_overhead(rec: RunRecord, measured: Optional[dict[str, Any]]) -> list[Reason]:
+def check_overhead(expect: Expect, measured: Optional[dict[str, Any]]) -> list[Reason]:
     """Only with a threshold, and only when the whole 95 % interval of the ratio lies above it: a
     noisy host widens the interval, it cannot make a false alarm."""
-    limit = rec.thresholds.get("overhead_max_percent")
+    limit = expect.thresholds.overhead_max_percent
     if limit is None or not measured:
         return []
     low, high = measured["ratio"]["ci95"]
@@ -430,18 +436,19 @@ def service_difference(rec: RunRecord) -> Optional[dict[str, Any]]:
     return out or None
 
 
-def decide(rec: RunRecord) -> Verdict:
+def decide(expect: Expect, rec: RunRecord) -> Verdict:
+    windows = sorted(rec.windows.values(), key=lambda w: w.start)
     if rec.error:
-        return Verdict("error", [Reason("lab", rec.error)], {})
+        return Verdict("error", [Reason("lab", rec.error)], {}, windows)
     reasons = list(rec.early) + list(rec.lifecycle)
-    service_reasons, service_stats, by_host = check_service(rec)
-    dmesg_reasons, before_load = check_dmesg(rec)
+    service_reasons, service_stats, by_host = check_service(expect, rec)
+    dmesg_reasons, before_load = check_dmesg(expect, rec)
     costs = cost_measurement(rec)
     # a use after unload first: it names what the guest's death that follows it is about
     reasons = check_unload(rec) + reasons
-    for part in (check_transition(rec), check_probe(rec), service_reasons, dmesg_reasons,
-                 check_taint(rec), check_revert(rec), check_leaks(rec), check_soak(rec),
-                 check_overhead(rec, costs)):
+    for part in (check_transition(rec), check_probe(expect, rec), service_reasons, dmesg_reasons,
+                 check_taint(rec), check_revert(rec), check_leaks(expect.thresholds, rec), check_soak(expect, rec),
+                 check_overhead(expect, costs)):
         reasons += part
     main = rec.main
     measurements = {
@@ -460,7 +467,7 @@ def decide(rec: RunRecord) -> Verdict:
         measurements["debug"] = {**rec.debug, "cmdline": rec.cmdline}
     if costs:
         measurements["overhead"] = costs
-    latency = service_difference(rec) if rec.service_enabled else None
+    latency = service_difference(rec) if expect.service else None
     if latency:   # patched minus baseline, median ms, per held window
         measurements["service_difference_ms"] = latency
     if rec.memory:
@@ -478,12 +485,12 @@ def decide(rec: RunRecord) -> Verdict:
         # the kernel was in trouble before the patch's module was loaded: the patch cannot be judged
         return Verdict("error", [Reason("guest", "the kernel reported trouble before the patch's module was "
                                                  f"loaded, so it is not the patch's doing: {r.message}")
-                                 for r in before_load] + reasons, measurements)
+                                 for r in before_load] + reasons, measurements, windows)
     if by_host and reasons == service_reasons:
         # the service alone failed, and only while the host took the guest's CPU: the lab
         # cannot judge the patch from these windows (faults.py: the host's fault is an error)
         why = "; ".join(by_host)
         return Verdict("error", [Reason("host", f"the host took the guest's CPU while the service failed: {why}; "
                                         "the service could not be judged: re-run with fewer guests at once")]
-                       + reasons, measurements)
-    return Verdict("fail" if reasons else "pass", reasons, measurements)
+                       + reasons, measurements, windows)
+    return Verdict("fail" if reasons else "pass", reasons, measurements, windows)

@@ -101,24 +101,29 @@ def run(tmp_path, kernel, monkeypatch):
         model.install(monkeypatch)
         guest = LabGuest(TIMEOUTS, kernel, tmp_path)
         guests.append(guest)
-        rec = RunRecord(patch_name=PATCH, service_enabled=False)
+        rec = RunRecord(patch_name=PATCH)
         ctx = steps.Context(sc, guest, TIMEOUTS, rec, Timeline(rec), tmp_path, Evidence(),
                             {PATCH: module(tmp_path, PATCH)}, PATCH, applier=apply.applier(sc.apply))
         guest.lost = ctx.lost
-        runner.execute(ctx, plans.plan(sc, PATCH, None, {}, rec))
+        runner.execute(ctx, plans.plan(sc, PATCH, None, {}).steps)
         return ctx
     yield go
     for guest in guests:
         guest.machine.stop()
 
 
+def judge(ctx):
+    """The verdict on the run, against what its plan expected."""
+    return decide(plans.plan(ctx.scenario, PATCH, None, {}).expect, ctx.rec)
+
+
 def reasons(ctx) -> list[tuple[str, str]]:
-    return [(r.check, r.message) for r in decide(ctx.rec).reasons]
+    return [(r.check, r.message) for r in judge(ctx).reasons]
 
 
 def test_a_good_patch_through_the_tool_passes_with_every_call_recorded(run, kernel, tmp_path):
     ctx = run(KpatchModel(kernel))
-    assert decide(ctx.rec).verdict == "pass", reasons(ctx)
+    assert judge(ctx).verdict == "pass", reasons(ctx)
     assert names(ctx) == ["baseline", "load-patch", "tool-started", "loaded", "transition-complete", "tool-ended",
                           "livepatch-state", "patched", "disable", "tool-started", "livepatch-state",
                           "unpatch-complete", "tool-ended", "unloaded", "reverted", "grace-periods", "cooldown-end",
@@ -132,11 +137,11 @@ def test_a_good_patch_through_the_tool_passes_with_every_call_recorded(run, kern
     # one load, one disable, one rmmod: all the tool's (the lab did none of its own)
     assert [c for c in kernel.calls if not c.startswith("wait")] == [f"insmod {PATCH}", f"disable {PATCH}",
                                                                      f"rmmod {PATCH}"]
-    measured = decide(ctx.rec).measurements["tool_runs"]
+    measured = judge(ctx).measurements["tool_runs"]
     assert [m["op"] for m in measured] == ["load", "revert"] and "output" not in measured[0]
     out = tmp_path / "art"
     out.mkdir()
-    write(out, Outcome("kpatch-good", "debian-6.1", decide(ctx.rec)), ctx.rec)
+    write(out, Outcome("kpatch-good", "debian-6.1", judge(ctx)), ctx.rec)
     log = (out / "apply.log").read_text()
     assert log.startswith("== kpatch load lab_good: kpatch load /run/lab/modules/lab_good.ko\n"
                           "== rc 0 after 1.50 s\ntransition complete (1 seconds)\n")

@@ -5,10 +5,10 @@ import threading
 from pathlib import Path
 
 from harness.lab import contention
-from harness.lab import verdict as V
+
 from harness.lab.record import Window
 from harness.machine import hostcpu
-from tests.unit.test_verdict import Req, clean_record
+from tests.unit.test_verdict import Req, clean_record, judge
 
 
 def samples(per_window):
@@ -31,7 +31,7 @@ SLOWER_PATCHED = [Req(i * 0.1, i * 0.1 + (0.09 if 12 <= i * 0.1 < 20 else 0.02))
 
 def test_a_miss_while_other_processes_took_the_guests_cpu_is_an_error_naming_the_host():
     rec = clean_record(requests=SLOWER_PATCHED, host_cpu=samples([QUIET, QUIET, BUSY, QUIET, QUIET]))
-    result = V.decide(rec)
+    result = judge(rec)
     assert result.verdict == "error"
     assert result.reasons[0].check == "host"
     assert "other host processes used 1.40 cores against 0.30" in result.reasons[0].message
@@ -42,13 +42,13 @@ def test_a_miss_while_other_processes_took_the_guests_cpu_is_an_error_naming_the
 
 def test_the_same_miss_on_a_quiet_host_fails_the_patch():
     rec = clean_record(requests=SLOWER_PATCHED, host_cpu=samples([QUIET] * 5))
-    assert V.decide(rec).verdict == "fail"
+    assert judge(rec).verdict == "fail"
 
 
 def test_a_patch_that_burns_the_guests_cpu_is_not_excused_by_its_own_threads_waiting():
     own = (0.3, 2.0, 0.5)   # the guest's threads ran and waited more; the rest of the host did not
     rec = clean_record(requests=SLOWER_PATCHED, host_cpu=samples([QUIET, QUIET, own, QUIET, QUIET]))
-    assert V.decide(rec).verdict == "fail"
+    assert judge(rec).verdict == "fail"
 
 
 def test_timeouts_and_seconds_of_latency_on_a_busy_host_are_not_judged_either():
@@ -56,24 +56,24 @@ def test_timeouts_and_seconds_of_latency_on_a_busy_host_are_not_judged_either():
     stalled = [Req(i * 0.1, i * 0.1 + (1.1 if 12 <= i * 0.1 < 20 else 0.02)) for i in range(260)]
     stalled[150] = Req(15.0, None, None, "timeout")
     rec = clean_record(requests=stalled, host_cpu=samples([QUIET, QUIET, BUSY, QUIET, QUIET]))
-    assert V.decide(rec).verdict == "error"
+    assert judge(rec).verdict == "error"
 
 
 def test_another_failed_check_keeps_the_fail_and_the_host_note_is_not_a_reason_then():
     rec = clean_record(requests=SLOWER_PATCHED, host_cpu=samples([QUIET, QUIET, BUSY, QUIET, QUIET]),
                        taint_patched=0)
-    result = V.decide(rec)
+    result = judge(rec)
     assert result.verdict == "fail" and "host" not in {r.check for r in result.reasons}
 
 
 def test_a_busy_host_alone_fails_nothing():
-    assert V.decide(clean_record(host_cpu=samples([QUIET, QUIET, BUSY, QUIET, QUIET]))).verdict == "pass"
+    assert judge(clean_record(host_cpu=samples([QUIET, QUIET, BUSY, QUIET, QUIET]))).verdict == "pass"
 
 
 def test_without_samples_nothing_is_excused():
-    assert V.decide(clean_record(requests=SLOWER_PATCHED)).verdict == "fail"
+    assert judge(clean_record(requests=SLOWER_PATCHED)).verdict == "fail"
     rec = clean_record(requests=SLOWER_PATCHED, host_cpu=[(0.0, 0, 0, 0)])
-    assert contention.share(rec, rec.windows["patched"]) is None and V.decide(rec).verdict == "fail"
+    assert contention.share(rec, rec.windows["patched"]) is None and judge(rec).verdict == "fail"
 
 
 def test_a_sample_reads_the_hosts_busy_time_and_the_threads_schedstat(tmp_path: Path):

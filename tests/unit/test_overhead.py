@@ -5,6 +5,7 @@ import pytest
 
 from harness.lab import overhead
 from harness.lab import verdict as V
+from harness.lab.specs import Thresholds
 from harness.lab.workload import cost
 
 
@@ -50,30 +51,30 @@ def test_too_few_blocks_make_no_figure():
     assert overhead.compare({"before": [0.01] * 3, "patched": [0.02] * 3}, 10, "x") is None
 
 
-def record(measured_arms, limit):
-    from tests.unit.test_verdict import clean_record
+def judged(measured_arms, limit) -> V.Verdict:
+    """The verdict on a clean run whose cost workload timed ``measured_arms``, ``limit`` % allowed."""
+    from tests.unit.test_verdict import clean_record, judge
     rec = clean_record(cost=measured_arms, cost_repeat=10, cost_workload="x")
-    rec.thresholds["overhead_max_percent"] = limit
-    return rec
+    return judge(rec, thresholds=Thresholds(overhead_max_percent=limit))
 
 
 def test_without_a_threshold_the_cost_is_reported_never_judged():
-    v = V.decide(record(arms(0.5, 5.0, 0.5), None))
+    v = judged(arms(0.5, 5.0, 0.5), None)
     assert v.verdict == "pass" and v.measurements["overhead"]["ratio"]["estimate"] == pytest.approx(10, rel=0.05)
 
 
 def test_overhead_fails_only_when_the_whole_interval_is_above_the_limit():
-    fail = V.decide(record(arms(0.5, 0.6, 0.5, noise=0.01), 10))    # +20 %, tight
+    fail = judged(arms(0.5, 0.6, 0.5, noise=0.01), 10)    # +20 %, tight
     assert [r.check for r in fail.reasons] == ["overhead"]
     assert fail.reasons[0].message.startswith("the patch costs +20.")
-    noisy = V.decide(record(arms(0.5, 0.6, 0.5, noise=0.4), 10))     # +20 %, but the interval reaches below +10 %
+    noisy = judged(arms(0.5, 0.6, 0.5, noise=0.4), 10)     # +20 %, but the interval reaches below +10 %
     assert noisy.verdict == "pass", noisy.reasons
-    assert V.decide(record(arms(0.5, 0.52, 0.5, noise=0.01), 10)).verdict == "pass"
+    assert judged(arms(0.5, 0.52, 0.5, noise=0.01), 10).verdict == "pass"
 
 
 def test_the_service_latency_difference_while_patched_has_an_interval():
-    from tests.unit.test_verdict import clean_record
-    d = V.decide(clean_record()).measurements["service_difference_ms"]
+    from tests.unit.test_verdict import clean_record, judge
+    d = judge(clean_record()).measurements["service_difference_ms"]
     assert set(d) == {"patched"} and d["patched"]["ci95"][0] <= d["patched"]["estimate"] <= d["patched"]["ci95"][1]
 
 

@@ -27,7 +27,8 @@ from harness.lab.prepare import Modules, Prepared
 from harness.lab.record import BASELINE, COOLDOWN, HOLD, TRANSITION, RunRecord
 from harness.lab.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, StepSpec, StressSpec,
                                TimelineSpec, TransitionSpec)
-from harness.lab.verdict import decide
+from harness.lab.expect import Expect
+from harness.lab.verdict import Verdict, decide
 from harness.lab.workload import detached
 from harness.supply.modinfo import Module
 
@@ -73,8 +74,7 @@ def lab(tmp_path, kernel, monkeypatch):
     def make(sc: Scenario = QUIET, targets: tuple[str, ...] = (), patches: tuple[str, ...] = ()) -> context.Context:
         guest = LabGuest(TIMEOUTS, kernel, tmp_path)
         made.append(guest)
-        rec = RunRecord(patch_name=PATCH, service_enabled=sc.service.enabled, probe_expect=sc.probe.patterns,
-                        thresholds=dataclasses.asdict(sc.thresholds))
+        rec = RunRecord(patch_name=PATCH)
         mods = {m.name: m for m in (module(tmp_path, PATCH), *(module(tmp_path, p) for p in patches),
                                     *(module(tmp_path, t) for t in targets))}
         ctx = context.Context(sc, guest, TIMEOUTS, rec, Timeline(rec), tmp_path, Evidence(), mods, PATCH,
@@ -90,12 +90,17 @@ def names(ctx: context.Context) -> list[str]:
     return [e["event"] for e in ctx.events.events]
 
 
+# what each context's run was planned to show: ``judge`` reads it beside the record
+EXPECT: dict[int, Expect] = {}
+
+
 def run_steps(ctx: context.Context) -> None:
     """What runner._in_guest does inside the heartbeat: the steps, and trouble classed."""
-    try:
-        runner.execute(ctx, plans.plan(ctx.scenario, PATCH, None, {}, ctx.rec))
-    except HarnessError as exc:
-        runner.trouble(ctx, exc)
+    run_plan(ctx)
+
+
+def judge(ctx: context.Context) -> Verdict:
+    return decide(EXPECT.get(id(ctx), plans.expectations(ctx.scenario)), ctx.rec)
 
 
 # the good path ------------------------------------------------------------------------------
@@ -111,7 +116,7 @@ def test_a_good_run_goes_through_every_step_in_order_and_passes(lab, kernel):
                                "rmmod_err": "", "sysfs_gone": True, "module_gone": True}
     assert (rec.taint_before, rec.taint_patched, rec.taint_after) == (0, K, K)
     assert kernel.modules == set() and ctx.loaded == []     # the target too: Collect unloads it
-    assert decide(rec).verdict == "pass", decide(rec).reasons
+    assert judge(ctx).verdict == "pass", judge(ctx).reasons
 
 
 def test_the_steps_make_the_judged_windows(lab):
@@ -145,7 +150,7 @@ def test_a_refused_load_fails_on_load_and_goes_straight_to_collecting(lab, kerne
     ctx = lab()
     run_steps(ctx)
     assert names(ctx) == ["baseline", "load-patch", "collect", "collected"]
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert v.verdict == "fail" and [r.check for r in v.reasons] == ["load"]
     assert "Invalid parameters" in v.reasons[0].message
 
@@ -157,7 +162,7 @@ def test_a_stalled_transition_is_unwound_and_fails_on_transition(lab, kernel):
     assert "transition-stalled" in names(ctx) and "patched" not in names(ctx)
     assert kernel.calls[-3:] == [f"disable {PATCH}", f"wait {PATCH}", f"rmmod {PATCH}"]
     assert kernel.modules == set()
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert {r.check for r in v.reasons} == {"transition"}
     assert v.reasons[0].message == ("patching did not complete within 3 s; still unpatched: "
                                     "lab_sleeper (pid 77, tid 77) at lab_target_sleep+0x22/0x40")
@@ -171,7 +176,7 @@ def test_a_guest_that_stops_answering_after_the_patch_is_the_patchs_fault(lab, k
         ctx.lost.set()
     kernel.on_load = freeze
     run_steps(ctx)
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert v.verdict == "fail" and [r.check for r in v.reasons] == ["service"]
     assert v.reasons[0].message.startswith("the guest stopped answering (the guest did not answer a heartbeat "
                                            "for 30 s); its machine runs, and the host did not pause it or "
@@ -194,7 +199,7 @@ def test_a_guest_silenced_by_the_host_after_the_patch_is_an_error_not_a_fail(lab
         ctx.lost.set()
     kernel.on_load = silenced
     run_steps(ctx)
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert v.verdict == "error" and ctx.rec.patch_issued
     assert f"({trouble}, not the patch)" in v.reasons[0].message
 
@@ -208,7 +213,7 @@ def test_a_panic_after_the_patch_fails_on_what_the_console_said(lab, kernel):
         ctx.guest.channel.mark_lost("connection closed")
     kernel.on_load = panic
     run_steps(ctx)
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert v.verdict == "fail"
     assert [r.check for r in v.reasons][:1] == ["dmesg"] and "the machine ended: reset" in v.reasons[0].message
     assert any(r.message.startswith("panic (console): Kernel panic") for r in v.reasons)
@@ -223,7 +228,7 @@ def test_qemu_killed_by_the_host_after_the_patch_is_an_error_not_a_fail(lab, ker
         ctx.guest.channel.mark_lost("connection reset")
     kernel.on_load = killed
     run_steps(ctx)
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert v.verdict == "error" and ctx.rec.patch_issued
     assert "the host ended the guest's machine (QEMU was killed by signal 9 (SIGKILL)), not the patch" \
         in v.reasons[0].message
@@ -239,7 +244,7 @@ def test_a_service_that_never_answers_is_an_error_and_no_patch_is_loaded(lab, ke
     sc = dataclasses.replace(QUIET, service=ServiceSpec(port=free_port(), command="sleep 600"))
     ctx = lab(sc)
     run_steps(ctx)
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert v.verdict == "error" and not ctx.rec.patch_issued and kernel.calls == []
     assert v.reasons[0].message.startswith(f"DeadlineExceeded: service on guest port {sc.service.port} "
                                            "answering GET /")
@@ -251,7 +256,7 @@ def test_a_target_module_that_does_not_load_is_an_error(lab, kernel):
     kernel.refuse[TARGET] = "Unknown symbol in module"
     ctx = lab(targets=(TARGET,))
     run_steps(ctx)
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert v.verdict == "error" and "insmod" in v.reasons[0].message and kernel.calls == []
 
 
@@ -259,7 +264,7 @@ def test_a_guest_lost_during_set_up_is_an_error(lab, kernel):
     ctx = lab()
     ctx.guest.channel.mark_lost("ssh: connection reset")
     run_steps(ctx)
-    assert decide(ctx.rec).verdict == "error" and "GuestConnectionError" in ctx.rec.error
+    assert judge(ctx).verdict == "error" and "GuestConnectionError" in ctx.rec.error
 
 
 # the whole run --------------------------------------------------------------------------------
@@ -340,8 +345,10 @@ OLD = "lab_old"
 
 
 def run_plan(ctx: context.Context, old=None, keys=None) -> None:
+    planned = plans.plan(ctx.scenario, PATCH, old, keys or {})
+    EXPECT[id(ctx)] = planned.expect
     try:
-        runner.execute(ctx, plans.plan(ctx.scenario, PATCH, old, keys or {}, ctx.rec))
+        runner.execute(ctx, planned.steps)
     except HarnessError as exc:
         runner.trouble(ctx, exc)
 
@@ -355,7 +362,7 @@ def test_an_upgrade_by_atomic_replace_retires_the_old_patch_and_unloads_it(lab, 
     assert rec.patches[OLD].revert["module_gone"] and "disabled" not in rec.patches[OLD].revert
     assert "old again" not in rec.windows and "revert old" not in rec.windows
     assert [w for w in rec.windows] == ["baseline", "apply", "patched", "revert", "cooldown"]
-    assert rec.lifecycle == [] and decide(rec).verdict == "pass", decide(rec).reasons
+    assert rec.lifecycle == [] and judge(ctx).verdict == "pass", judge(ctx).reasons
     assert kernel.calls.index(f"rmmod {OLD}") < kernel.calls.index(f"disable {PATCH}")   # while NEW holds
 
 
@@ -367,7 +374,7 @@ def test_a_stacked_upgrade_holds_the_old_patch_alone_then_reverts_it(lab, kernel
     assert list(rec.windows) == ["baseline", "apply", "patched", "revert", "old again", "revert old", "cooldown"]
     assert rec.ops == [("enabled", OLD), ("patched", OLD), ("enabled", PATCH), ("patched", PATCH),
                        ("disabled", PATCH), ("unpatched", PATCH), ("disabled", OLD), ("unpatched", OLD)]
-    assert decide(rec).verdict == "pass", decide(rec).reasons
+    assert judge(ctx).verdict == "pass", judge(ctx).reasons
 
 
 def test_a_new_patch_the_kernel_refuses_fails_on_load_and_the_old_one_is_cleaned_up(lab, kernel):
@@ -375,7 +382,7 @@ def test_a_new_patch_the_kernel_refuses_fails_on_load_and_the_old_one_is_cleaned
                             "installed livepatches.")
     ctx = lab(patches=(OLD,))
     run_plan(ctx, old=OLD)
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert [r.check for r in v.reasons] == ["load"] and "not compatible" in v.reasons[0].message
     assert kernel.modules == set() and kernel.calls[-3:] == [f"disable {OLD}", f"wait {OLD}", f"rmmod {OLD}"]
 
@@ -395,7 +402,7 @@ def test_a_lifecycle_runs_its_steps_each_in_a_window_of_its_own_and_reverts_what
     assert [w.kind for w in rec.windows.values()] == [BASELINE, TRANSITION, HOLD, TRANSITION, HOLD, TRANSITION,
                                                        TRANSITION, TRANSITION, COOLDOWN]
     assert rec.taint_held == [("hold 1", K), ("hold 2", K)] and kernel.modules == set()
-    assert rec.lifecycle == [] and decide(rec).verdict == "pass", decide(rec).reasons
+    assert rec.lifecycle == [] and judge(ctx).verdict == "pass", judge(ctx).reasons
 
 
 def test_a_load_the_scenario_expects_refused_passes_when_the_kernel_refuses_it(lab, kernel):
@@ -406,11 +413,11 @@ def test_a_load_the_scenario_expects_refused_passes_when_the_kernel_refuses_it(l
     ctx = lab(sc, patches=(OLD,))
     run_plan(ctx, keys={"a": OLD, "b": PATCH})
     assert ctx.rec.patches[PATCH].refused.endswith("Invalid argument") and "refused" in names(ctx)
-    assert decide(ctx.rec).verdict == "pass", decide(ctx.rec).reasons
+    assert judge(ctx).verdict == "pass", judge(ctx).reasons
     kernel.refuse.clear()
     ctx = lab(sc, patches=(OLD,))
     run_plan(ctx, keys={"a": OLD, "b": PATCH})
-    assert [r.message for r in decide(ctx.rec).reasons] == [
+    assert [r.message for r in judge(ctx).reasons] == [
         "the kernel accepted lab_good, but the scenario expects it to refuse it"]
     assert kernel.modules == set()
 
@@ -421,7 +428,7 @@ def test_sysfs_not_as_the_lifecycle_implies_fails_on_lifecycle(lab, kernel, monk
     monkeypatch.setattr(livepatch_mod, "patches", lambda g, t: {n: s for n, s in real(g, t).items() if n != OLD}
                         if PATCH in kernel.enabled else real(g, t))   # a replaces b "by half"
     run_plan(ctx, keys={"a": OLD, "b": PATCH})
-    msgs = [r.message for r in decide(ctx.rec).reasons if r.check == "lifecycle"]
+    msgs = [r.message for r in judge(ctx).reasons if r.check == "lifecycle"]
     assert msgs == []   # one patch before: gone entirely reads as a replace
     assert ctx.rec.replaced == {OLD: PATCH}
 
@@ -431,14 +438,14 @@ def test_a_patch_refused_under_signature_enforcement_fails_on_signature_naming_i
     kernel.refuse[PATCH] = "ERROR: could not insert module lab_good.ko: Key was rejected by service"
     ctx = lab(dataclasses.replace(QUIET, security=SecuritySpec(sig_enforce=True)))
     run_steps(ctx)
-    v = decide(ctx.rec)
+    v = judge(ctx)
     assert [r.check for r in v.reasons] == ["signature"]
     assert v.reasons[0].message.startswith("the kernel, enforcing module signatures, refused lab_good (unsigned): "
                                            "a host with Secure Boot or lockdown would refuse this patch too")
     kernel.refuse[PATCH] = "ERROR: could not insert module lab_good.ko: Invalid parameters"
     ctx = lab(dataclasses.replace(QUIET, security=SecuritySpec(sig_enforce=True)))
     run_steps(ctx)
-    assert [r.check for r in decide(ctx.rec).reasons] == ["load"]   # another refusal stays a load failure
+    assert [r.check for r in judge(ctx).reasons] == ["load"]   # another refusal stays a load failure
 
 
 def test_a_full_artifact_folder_makes_the_run_an_error_naming_it(whole_run, tmp_path, monkeypatch):

@@ -125,7 +125,17 @@ def test_probe_outputs_are_grouped_by_phase(runs):
 
 def test_a_phase_that_never_ended_lasts_until_the_run_gave_up(tmp_path):
     run = collect.load(make_run(tmp_path / "art", verdict="fail", stop_after="loaded"))
-    assert [(name, done) for name, _, _, done in run.windows()] == [("baseline", True), ("apply", False)]
+    assert [(name, done) for name, _, _, _, done in run.windows()] == [("baseline", True), ("apply", False)]
+
+
+def test_the_report_draws_the_windows_the_verdict_judged(tmp_path):
+    folder = make_run(tmp_path / "art", verdict="pass")
+    data = json.loads((folder / "verdict.json").read_text())
+    data["windows"] = [{"name": "baseline", "kind": "baseline", "start": 100.0, "end": 103.0, "probe_phase": "before"},
+                       {"name": "load a", "kind": "transition", "start": 103.0, "end": 104.5, "probe_phase": None}]
+    (folder / "verdict.json").write_text(json.dumps(data))
+    assert collect.load(folder).windows() == [("baseline", "baseline", 100.0, 103.0, True),
+                                              ("load a", "transition", 103.0, 104.5, True)]
 
 
 def test_dmesg_lines_are_classified(runs):

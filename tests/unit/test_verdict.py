@@ -1,4 +1,5 @@
 """Each check of the verdict, passing on a clean record and failing on the evidence it is for."""
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -6,6 +7,8 @@ import pytest
 
 from harness.lab import memcheck
 from harness.lab import verdict as V
+from harness.lab.expect import Expect
+from harness.lab.specs import SoakSpec, Thresholds
 from harness.lab.record import BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Window
 from harness.machine.kmsg import Finding
 
@@ -66,27 +69,34 @@ def clean_record(**changes) -> V.RunRecord:
         patch_name=NAME, patch_issued=True, patches={NAME: patch},
         ops=[("enabled", NAME), ("patched", NAME), ("disabled", NAME), ("unpatched", NAME)],
         windows=windows, requests=requests, probe=probe,
-        probe_expect={"before": "console=", "patched": "^livepatch-lab: patched$", "after": "console="},
         dmesg=list(DMESG_OK), taint_before=0, taint_patched=(1 << 15) | (1 << 12) | (1 << 13),
-        taint_after=(1 << 15) | (1 << 12) | (1 << 13),
-        thresholds={"max_latency": 1.0, "latency_factor": 5.0, "max_gap": 1.0,
-                    "median_factor": 3.0, "min_median": 0.05})
+        taint_after=(1 << 15) | (1 << 12) | (1 << 13))
     for k, v in changes.items():
         setattr(patch if k in PATCH_FIELDS else rec, k, v)
     return rec
 
 
-def checks_of(rec) -> set[str]:
-    return {r.check for r in V.decide(rec).reasons}
+# what a good single-patch run is judged against: the default thresholds and the probe's patterns
+CLEAN = Expect(probe={"before": "console=", "patched": "^livepatch-lab: patched$", "after": "console="})
+SOAK = SoakSpec(cycles=20)
+
+
+def judge(rec, **expect) -> V.Verdict:
+    """The verdict on ``rec`` against the clean expectations with ``expect``'s changes."""
+    return V.decide(dataclasses.replace(CLEAN, **expect), rec)
+
+
+def checks_of(rec, **expect) -> set[str]:
+    return {r.check for r in judge(rec, **expect).reasons}
 
 
 def test_a_clean_run_passes():
-    result = V.decide(clean_record())
+    result = judge(clean_record())
     assert result.verdict == "pass", result.reasons
 
 
 def test_a_lab_error_is_an_error_not_a_fail():
-    assert V.decide(clean_record(error="qemu vanished")).verdict == "error"
+    assert judge(clean_record(error="qemu vanished")).verdict == "error"
 
 
 def test_a_failed_request_fails_the_service():
@@ -98,7 +108,7 @@ def test_a_failed_request_fails_the_service():
 def test_a_stall_in_the_apply_window_fails_the_service():
     rec = clean_record()
     rec.requests = [r if not 10 <= r.intended < 11.5 else Req(r.intended, 11.6) for r in rec.requests]
-    reasons = [r.message for r in V.decide(rec).reasons]
+    reasons = [r.message for r in judge(rec).reasons]
     assert any("apply window: max latency" in m for m in reasons)
     assert any("without a response" in m for m in reasons)
 
@@ -106,7 +116,7 @@ def test_a_stall_in_the_apply_window_fails_the_service():
 def test_added_latency_while_patched_fails_the_service_by_its_median():
     rec = clean_record()
     rec.requests = [Req(r.intended, r.done + (0.15 if 12 <= r.intended < 20 else 0)) for r in rec.requests]
-    msgs = [r.message for r in V.decide(rec).reasons if r.check == "service"]
+    msgs = [r.message for r in judge(rec).reasons if r.check == "service"]
     assert any("patched window: median latency" in m for m in msgs)
 
 
@@ -117,9 +127,9 @@ def test_a_probe_that_does_not_show_the_patch_fails_the_probe():
 
 
 def test_a_probe_not_back_to_the_old_output_fails_the_revert_when_no_after_pattern_is_given():
-    rec = clean_record(probe_expect={"patched": "patched"})
+    rec = clean_record()
     rec.probe[-1] = Sample(25, 0, "livepatch-lab: patched\n")
-    assert checks_of(rec) == {"revert"}
+    assert checks_of(rec, probe={"patched": "patched"}) == {"revert"}
 
 
 @pytest.mark.parametrize("line, kind", [
@@ -131,13 +141,13 @@ def test_a_probe_not_back_to_the_old_output_fails_the_revert_when_no_after_patte
 ])
 def test_an_alarming_kernel_line_fails_the_dmesg(line, kind):
     rec = clean_record(dmesg=DMESG_OK[:3] + [line] + DMESG_OK[3:])
-    reasons = [r for r in V.decide(rec).reasons if r.check == "dmesg"]
+    reasons = [r for r in judge(rec).reasons if r.check == "dmesg"]
     assert reasons and reasons[0].message.startswith(kind)
 
 
 def test_a_missing_or_reordered_livepatch_line_fails_the_dmesg():
     rec = clean_record(dmesg=[l for l in DMESG_OK if "patching complete" not in l])
-    assert any("patching complete" in r.message for r in V.decide(rec).reasons)
+    assert any("patching complete" in r.message for r in judge(rec).reasons)
     swapped = list(DMESG_OK)
     swapped[2], swapped[3] = swapped[3], swapped[2]
     assert "dmesg" in checks_of(clean_record(dmesg=swapped))
@@ -151,7 +161,7 @@ def test_a_console_oops_fails_the_dmesg_even_when_dmesg_never_saw_it():
 def test_taint_must_be_exactly_what_a_livepatch_implies():
     assert "taint" in checks_of(clean_record(taint_patched=(1 << 12)))          # no K
     rec = clean_record(taint_after=(1 << 15) | (1 << 9))                        # W appeared
-    msgs = [r.message for r in V.decide(rec).reasons if r.check == "taint"]
+    msgs = [r.message for r in judge(rec).reasons if r.check == "taint"]
     assert msgs == ["W: kernel issued a warning"]
     assert checks_of(clean_record(taint_before=1 << 9, taint_after=(1 << 15) | (1 << 9))) == set()
 
@@ -160,20 +170,20 @@ def test_a_stalled_transition_names_the_tasks():
     rec = clean_record(transition={"completed": False, "seconds": 9, "deadline": 9,
                                    "stragglers": ["lab_sleeper (pid 77, tid 77) at lab_target_sleep"]},
                        revert={"disabled": True, "rmmod_rc": 0})
-    msgs = [r.message for r in V.decide(rec).reasons if r.check == "transition"]
+    msgs = [r.message for r in judge(rec).reasons if r.check == "transition"]
     assert msgs and "lab_sleeper" in msgs[0]
 
 
 def test_a_forced_transition_is_flagged_as_unsafe_and_possibly_never_unloadable():
     rec = clean_record(transition={"completed": True, "forced": True, "seconds": 9, "deadline": 9})
-    msgs = [r.message for r in V.decide(rec).reasons if r.check == "transition"]
+    msgs = [r.message for r in judge(rec).reasons if r.check == "transition"]
     assert msgs and "forced" in msgs[0] and "never be unloadable" in msgs[0]
 
 
 def test_a_module_that_cannot_be_removed_fails_the_revert():
     rec = clean_record(revert={"disabled": True, "rmmod_rc": 1, "rmmod_err": "ERROR: Module lab_pinned is in use",
                                "sysfs_gone": True, "module_gone": False})
-    msgs = [r.message for r in V.decide(rec).reasons if r.check == "revert"]
+    msgs = [r.message for r in judge(rec).reasons if r.check == "revert"]
     assert any("rmmod failed" in m and "in use" in m for m in msgs)
     assert any("still in /proc/modules" in m for m in msgs)
 
@@ -182,20 +192,20 @@ def test_a_guest_lost_mid_run_fails_for_the_silence_not_for_a_dmesg_it_could_not
     lost = "the guest stopped answering (no heartbeat for 30 s); vCPU 0 at lab_hang_forever"
     rec = clean_record(dmesg=[], guest_lost=lost, early=[Reason("service", lost)],
                        revert={}, unpatch={}, taint_patched=None, taint_after=None)
-    reasons = V.decide(rec).reasons
+    reasons = judge(rec).reasons
     assert [(r.check, r.message) for r in reasons] == [("service", lost)]
 
 
 def test_a_guest_lost_with_a_panic_on_its_console_still_reports_the_panic():
     rec = clean_record(dmesg=[], guest_lost="gone", early=[Reason("dmesg", "gone")],
                        console_findings=[Finding("panic", True, "Kernel panic - not syncing: x", 9)])
-    assert any(r.message.startswith("panic (console)") for r in V.decide(rec).reasons)
+    assert any(r.message.startswith("panic (console)") for r in judge(rec).reasons)
 
 
 def test_a_stall_that_signalling_did_not_clear_says_so():
     rec = clean_record(transition={"completed": False, "signaled": True, "seconds": 22.4, "deadline": 9,
                                    "stragglers": ["lab_sleeper (pid 149, tid 149) at lab_target_sleep+0x22"]})
-    msg = next(r.message for r in V.decide(rec).reasons if r.check == "transition")
+    msg = next(r.message for r in judge(rec).reasons if r.check == "transition")
     assert "within 9 s, nor 22 s in after the stragglers were signalled" in msg and "lab_sleeper" in msg
 
 
@@ -215,11 +225,11 @@ def test_a_runs_wall_time_is_split_into_phases_that_happened():
 def test_a_service_failure_on_an_overloaded_host_says_the_host_may_be_to_blame():
     slow = [Req(i * 0.1, i * 0.1 + (0.02 if i < 100 else 0.4)) for i in range(260)]
     rec = clean_record(requests=slow, host_load=[1.2, 3.4, 2.0], host_cpus=2)
-    msgs = [r.message for r in V.decide(rec).reasons if r.check == "service"]
+    msgs = [r.message for r in judge(rec).reasons if r.check == "service"]
     assert msgs and all("host load average reached 3.4 on 2 cores" in m for m in msgs)
     calm = clean_record(requests=slow, host_load=[0.5, 1.1], host_cpus=2)
-    assert not any("host load" in r.message for r in V.decide(calm).reasons)
-    assert V.decide(clean_record(host_load=[9.0], host_cpus=2)).verdict == "pass"  # a note, never a reason
+    assert not any("host load" in r.message for r in judge(calm).reasons)
+    assert judge(clean_record(host_load=[9.0], host_cpus=2)).verdict == "pass"  # a note, never a reason
 
 
 def test_the_expected_kernel_lines_follow_the_operations_of_every_patch_in_order():
@@ -233,7 +243,7 @@ def test_the_expected_kernel_lines_follow_the_operations_of_every_patch_in_order
         "livepatch: 'v2': patching complete", "livepatch: 'v2': starting unpatching transition",
         "livepatch: 'v2': unpatching complete"]
     assert any("expected, in order, but missing: \"livepatch: enabling patch 'v1'\"" in r.message
-               for r in V.decide(rec).reasons)
+               for r in judge(rec).reasons)
 
 
 def test_transition_and_revert_are_judged_for_every_patch_of_the_run():
@@ -241,7 +251,7 @@ def test_transition_and_revert_are_judged_for_every_patch_of_the_run():
     rec.patches["v2"] = PatchRecord("v2", loaded=True,
                                     transition={"completed": False, "deadline": 9, "stragglers": ["kt"]},
                                     revert={"disabled": True, "rmmod_rc": 1, "rmmod_err": "in use"})
-    msgs = [(r.check, r.message) for r in V.decide(rec).reasons]
+    msgs = [(r.check, r.message) for r in judge(rec).reasons]
     assert ("transition", "patching did not complete within 9 s; still unpatched: kt") in msgs
     assert ("revert", "rmmod failed (rc 1): in use") in msgs
 
@@ -250,55 +260,55 @@ def test_service_windows_are_judged_by_their_kind_not_their_name():
     rec = clean_record()
     rec.windows["patched v2"] = Window("patched v2", 26, 30, HOLD)
     rec.requests += [Req(26 + i * 0.1, 26 + i * 0.1 + 0.3) for i in range(40)]   # slow while v2 holds
-    msgs = [r.message for r in V.decide(rec).reasons if r.check == "service"]
+    msgs = [r.message for r in judge(rec).reasons if r.check == "service"]
     assert any(m.startswith("patched v2 window: median latency 300 ms") for m in msgs)
     rec.windows["patched v2"].kind = COOLDOWN   # cool-down is not judged
-    assert not [r for r in V.decide(rec).reasons if r.check == "service"]
+    assert not [r for r in judge(rec).reasons if r.check == "service"]
 
 
 def test_a_probe_phase_whose_window_never_came_is_left_to_the_checks_that_say_why():
     rec = clean_record()
     del rec.windows["patched"], rec.windows["revert"], rec.windows["cooldown"]
-    assert not [r for r in V.decide(rec).reasons if r.check == "probe"]
+    assert not [r for r in judge(rec).reasons if r.check == "probe"]
     rec.windows["patched"] = Window("patched", 12, 12.1, HOLD, "patched")   # came, but empty
-    assert [r.message for r in V.decide(rec).reasons if r.check == "probe"] == \
+    assert [r.message for r in judge(rec).reasons if r.check == "probe"] == \
         ["no probe sample in the patched phase"]
 
 
 def test_the_old_patch_alone_again_must_show_what_it_showed_before_the_upgrade():
-    rec = clean_record(probe_same={"old again": "before"})
+    rec, same = clean_record(), {"old again": "before"}
     rec.windows["old again"] = Window("old again", 30, 34, HOLD, "old again")
     rec.probe += [Sample(31, 0, "console=ttyS0 root\n")]
-    assert V.decide(rec).verdict == "pass"
+    assert judge(rec, probe_same=same).verdict == "pass"
     rec.probe[-1] = Sample(31, 0, "livepatch-lab: patched\n")
-    assert [r.message for r in V.decide(rec).reasons] == [
+    assert [r.message for r in judge(rec, probe_same=same).reasons] == [
         "old again: 1 of 1 samples differ from the before phase: 'livepatch-lab: patched' vs 'console=ttyS0 root'"]
 
 
 def test_an_upgrade_that_brings_back_the_unpatched_output_says_a_fix_was_lost():
-    rec = clean_record(probe_unpatched="cmdline original\nversion original\n", replaced={"lab_v1": NAME},
-                       probe_expect={"before": "v1", "patched": "v2 cmdline\nv2 version"})
+    rec = clean_record(probe_unpatched="cmdline original\nversion original\n", replaced={"lab_v1": NAME})
+    upgrade = {"before": "v1", "patched": "v2 cmdline\nv2 version"}
     rec.probe = ([Sample(t, 0, "v1 cmdline\nv1 version\n") for t in (1, 5, 9)] +
                  [Sample(t, 0, "v2 cmdline\nversion original\n") for t in (13, 16, 19)])
-    msg = next(r.message for r in V.decide(rec).reasons if r.check == "probe")
+    msg = next(r.message for r in judge(rec, probe=upgrade).reasons if r.check == "probe")
     assert msg.startswith("patched: 3 of 3 samples do not match")
     assert msg.endswith("a fix was lost in the upgrade: 'version original' is the unpatched kernel's output "
                         "again (an atomic replace reverts what the new patch does not carry)")
 
 
 def test_the_revert_is_judged_against_the_kernel_before_any_patch():
-    rec = clean_record(probe_expect={"patched": "patched"}, probe_unpatched="console=ttyS0 root\n")
-    assert V.decide(rec).verdict == "pass"
+    rec, probe = clean_record(probe_unpatched="console=ttyS0 root\n"), {"patched": "patched"}
+    assert judge(rec, probe=probe).verdict == "pass"
     rec.probe_unpatched = "something else\n"
-    assert [r.check for r in V.decide(rec).reasons] == ["revert"]
+    assert [r.check for r in judge(rec, probe=probe).reasons] == ["revert"]
 
 
 def test_lines_the_scenario_expects_must_be_in_dmesg_in_their_order():
     callbacks = ["lab_callbacks: pre_patch vmlinux", "lab_callbacks: post_patch vmlinux"]
     dmesg = DMESG_OK[:2] + ["[ 10.15] " + callbacks[0], "[ 10.9] " + callbacks[1]] + DMESG_OK[2:]
-    assert V.decide(clean_record(dmesg=dmesg, dmesg_expect=callbacks)).verdict == "pass"
-    rec = clean_record(dmesg=dmesg, dmesg_expect=list(reversed(callbacks)))
-    assert [r.message for r in V.decide(rec).reasons] == [
+    assert judge(clean_record(dmesg=dmesg), dmesg=callbacks).verdict == "pass"
+    rec = clean_record(dmesg=dmesg)
+    assert [r.message for r in judge(rec, dmesg=list(reversed(callbacks))).reasons] == [
         "expected, in order, but missing: 'lab_callbacks: pre_patch vmlinux'"]
 
 
@@ -318,22 +328,21 @@ def soak_samples(slab_step: float, transition=lambda i: 0.5, left=lambda i: []):
 
 
 def test_a_soak_of_a_clean_patch_passes_and_its_cycles_are_in_the_measurements():
-    rec = clean_record(soak=soak_samples(0), soak_limits={"leak_kib": 256, "slowdown": 2})
-    v = V.decide(rec)
+    rec = clean_record(soak=soak_samples(0))
+    v = judge(rec, soak=SOAK)
     assert v.verdict == "pass", v.reasons
     assert len(v.measurements["soak"]) == 21
 
 
 def test_a_soak_fails_a_leak_a_leftover_and_a_steady_slow_down():
-    leak = clean_record(soak=soak_samples(1024), soak_limits={"leak_kib": 256, "slowdown": 2})
-    msgs = [r.message for r in V.decide(leak).reasons if r.check == "soak"]
+    leak = clean_record(soak=soak_samples(1024))
+    msgs = [r.message for r in judge(leak, soak=SOAK).reasons if r.check == "soak"]
     assert len(msgs) == 1 and msgs[0].startswith("unreclaimable slab grew 20.0 MiB over 20 cycles, 1024 KiB a "
                                                  "cycle (> 256 allowed)")
     left = clean_record(soak=soak_samples(0, left=lambda i: ["lab_good"] if i == 7 else []))
-    assert [r.message for r in V.decide(left).reasons] == ["cycle 7 left lab_good behind"]
-    slow = clean_record(soak=soak_samples(0, transition=lambda i: 0.5 + 0.3 * i),
-                        soak_limits={"leak_kib": 256, "slowdown": 2})
-    msgs = [r.message for r in V.decide(slow).reasons if r.check == "soak"]
+    assert [r.message for r in judge(left, soak=SOAK).reasons] == ["cycle 7 left lab_good behind"]
+    slow = clean_record(soak=soak_samples(0, transition=lambda i: 0.5 + 0.3 * i))
+    msgs = [r.message for r in judge(slow, soak=SOAK).reasons if r.check == "soak"]
     assert msgs and msgs[0].startswith("transitions slowed down steadily: 1.70 s in the first cycles, 5.90 s")
 
 
@@ -363,7 +372,7 @@ def stalled(with_tool):
      "then"),
 ])
 def test_a_stall_says_what_the_tool_did_about_it(said_by_tool, ending):
-    (check, message), = [(r.check, r.message) for r in V.decide(stalled(said_by_tool)).reasons]
+    (check, message), = [(r.check, r.message) for r in judge(stalled(said_by_tool)).reasons]
     assert check == "transition"
     assert message == ("patching did not complete within 9 s; still unpatched: lab_sleeper (pid 77, tid 77) at "
                        "lab_target_sleep" + ending)
@@ -374,7 +383,7 @@ def test_a_completed_transition_needs_the_tool_to_agree():
     assert checks_of(agreed) == set()
     gone = clean_record(transition={"completed": True, "seconds": 1, "deadline": 9,
                                     "tool": tool(1, "gone", "kpatch: error")})
-    assert [r.message for r in V.decide(gone).reasons if r.check == "transition"] == [
+    assert [r.message for r in judge(gone).reasons if r.check == "transition"] == [
         "the transition completed, but once kpatch load ended (failed (rc 1 after 80 s): 'kpatch: error') the "
         "patch was gone from the kernel"]
 
@@ -383,7 +392,7 @@ def test_a_revert_tool_must_agree_with_the_kernel():
     ok = {"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True}
     assert checks_of(clean_record(revert={**ok, "tool": tool(0, op="revert")})) == set()
     left = clean_record(revert={**ok, "module_gone": False, "tool": tool(0, op="revert")})
-    assert [r.message for r in V.decide(left).reasons if r.check == "revert"] == [
+    assert [r.message for r in judge(left).reasons if r.check == "revert"] == [
         f"module {NAME} still in /proc/modules although kpatch revert succeeded (rc 0 after 80 s)"]
 
 
@@ -405,7 +414,7 @@ def test_a_slub_report_after_the_load_fails_dmesg_quoting_it_and_the_function_it
     at = next(i for i, line in enumerate(report) if "Right Redzone" in line)
     rec = clean_record(dmesg=with_lines(report[at - 1:at + 40], "lab_overflow"), patch_name="lab_overflow",
                        patches={"lab_overflow": clean_record().patches[NAME]})
-    dmesg = [r.message for r in V.decide(rec).reasons if r.check == "dmesg"]
+    dmesg = [r.message for r in judge(rec).reasons if r.check == "dmesg"]
     assert dmesg[0] == ("slub: BUG lab_overflow (Tainted: G           OE K   ): Right Redzone overwritten "
                         "(in lab_overflow_cmdline_show+0x4b/0x62 [lab_overflow])")
 
@@ -414,7 +423,7 @@ def test_a_kfence_report_names_the_function_from_its_first_line():
     rec = clean_record(dmesg=with_lines([
         "[   12.0] ==================================================================",
         "[   12.0] BUG: KFENCE: use-after-free read in lab_uaf_cmdline_show+0x3a/0x80 [lab_uaf]"]))
-    assert [r.message for r in V.decide(rec).reasons] == [
+    assert [r.message for r in judge(rec).reasons] == [
         "kfence: BUG: KFENCE: use-after-free read in lab_uaf_cmdline_show+0x3a/0x80 [lab_uaf] "
         "(in lab_uaf_cmdline_show+0x3a/0x80 [lab_uaf])"]
 
@@ -422,7 +431,7 @@ def test_a_kfence_report_names_the_function_from_its_first_line():
 def test_trouble_the_kernel_reported_before_the_patchs_load_is_an_error_not_a_fail():
     early = DMESG_OK[:1] + ["[    9.0] BUG kmalloc-64 (Not tainted): Poison overwritten",
                             f"[   10.0] {LOADING}{NAME}"] + DMESG_OK[1:]
-    v = V.decide(clean_record(dmesg=early))
+    v = judge(clean_record(dmesg=early))
     assert v.verdict == "error"
     assert v.reasons[0].message.startswith("the kernel reported trouble before the patch's module was loaded, "
                                            "so it is not the patch's doing: slub: BUG kmalloc-64")
@@ -431,16 +440,16 @@ def test_trouble_the_kernel_reported_before_the_patchs_load_is_an_error_not_a_fa
 def test_without_the_load_mark_a_report_counts_as_the_patchs_once_its_load_was_sent():
     # a report storm can overrun the kernel's log and take the lab's mark with it
     rec = clean_record(dmesg=DMESG_OK + ["[   12.0] BUG kmalloc-64 (Not tainted): Object already free"])
-    assert V.decide(rec).verdict == "fail"
-    assert V.decide(clean_record(dmesg=rec.dmesg, patch_issued=False)).verdict == "error"
+    assert judge(rec).verdict == "fail"
+    assert judge(clean_record(dmesg=rec.dmesg, patch_issued=False)).verdict == "error"
 
 
 def test_a_console_report_before_the_load_is_an_error():
     f = Finding("slub", False, "BUG kmalloc-64 (Not tainted): Poison overwritten", 103)
     rec = clean_record(console_findings=[f], console_from=100, console_at_load=5, console=["x"] * 10)
-    assert V.decide(rec).verdict == "error"
+    assert judge(rec).verdict == "error"
     rec = clean_record(console_findings=[f], console_from=100, console_at_load=1, console=["x"] * 10)
-    assert V.decide(rec).verdict == "fail"
+    assert judge(rec).verdict == "fail"
 
 
 def unloaded_timer():
@@ -458,7 +467,7 @@ def test_a_fault_where_the_unloaded_module_lay_is_named_a_use_after_unload():
     patch, console = unloaded_timer()
     rec = clean_record(patch_name="lab_timer", patches={"lab_timer": patch}, console=console, dmesg=[],
                        guest_lost="the guest stopped answering", early=[Reason("dmesg", "the guest stopped")])
-    reasons = V.decide(rec).reasons
+    reasons = judge(rec).reasons
     assert reasons[0] == Reason("revert", (
         "use after unload: lab_timer's module was unloaded, then the kernel faulted at 0xffffffffc0275728, where "
         "the module lay (.bss+0x28): the patch left a timer, a work item or a callback armed after unload "
@@ -470,7 +479,7 @@ def test_a_fault_elsewhere_after_the_unload_is_not_blamed_on_the_modules_memory(
     moved = [line.replace("ffffffffc0275728", "ffffffffc0900028").replace("ffffffffc0275720", "ffffffffc0900020")
              for line in console]
     rec = clean_record(patch_name="lab_timer", patches={"lab_timer": patch}, console=moved, dmesg=[])
-    assert not [r for r in V.decide(rec).reasons if r.message.startswith("use after unload")]
+    assert not [r for r in judge(rec).reasons if r.message.startswith("use after unload")]
 
 
 def test_an_address_in_the_modules_text_is_named_by_its_function():
@@ -490,21 +499,20 @@ MEM = {"SUnreclaim": 9000, "Slab": 20000, "VmallocUsed": 7372, "MemAvailable": 8
     ({"modules": ["ext4", "virtio_net", "lab_helper"]}, "module(s) lab_helper came during the run and stayed"),
 ])
 def test_memory_kept_after_the_unload_fails_the_revert(after, message):
-    rec = clean_record(memory={"before": MEM, "after": {**MEM, **after}},
-                       thresholds={**clean_record().thresholds, "slab_growth_kib": 1024, "vmalloc_growth_kib": 1024})
-    reasons = V.decide(rec).reasons
+    rec = clean_record(memory={"before": MEM, "after": {**MEM, **after}})
+    reasons = judge(rec, thresholds=Thresholds(slab_growth_kib=1024, vmalloc_growth_kib=1024)).reasons
     assert [r.check for r in reasons] == ["revert"] and reasons[0].message.startswith(message)
 
 
 def test_memory_within_the_thresholds_or_with_the_patch_still_in_is_not_a_leak():
     small = {**MEM, "SUnreclaim": 9000 + 300, "VmallocUsed": 7372 + 100, "MemAvailable": 700000}
-    assert V.decide(clean_record(memory={"before": MEM, "after": small})).verdict == "pass"
+    assert judge(clean_record(memory={"before": MEM, "after": small})).verdict == "pass"
     grown = {**MEM, "VmallocUsed": 99999}
     rec = clean_record(memory={"before": MEM, "after": grown})
     rec.patches[NAME].revert["module_gone"] = False   # still loaded: the revert check says so, not a leak
-    assert not [r for r in V.decide(rec).reasons if "grew" in r.message]
+    assert not [r for r in judge(rec).reasons if "grew" in r.message]
     rec.patches[NAME].revert["module_gone"] = True
-    assert [r for r in V.decide(rec).reasons if "grew" in r.message]
+    assert [r for r in judge(rec).reasons if "grew" in r.message]
 
 
 def test_a_soak_fails_vmalloc_growth_and_a_steady_fall_of_memavailable():
@@ -512,7 +520,6 @@ def test_a_soak_fails_vmalloc_growth_and_a_steady_fall_of_memavailable():
     for s in samples:
         s["vmalloc_kib"] = 7000 + 8192 * s["cycle"]
         s["mem_available_kib"] = 800000 - 8192 * s["cycle"]
-    msgs = [r.message for r in V.decide(clean_record(soak=samples, soak_limits={"leak_kib": 256, "slowdown": 2,
-                                                                                 "mem_kib": 4096})).reasons]
+    msgs = [r.message for r in judge(clean_record(soak=samples), soak=SoakSpec(cycles=20, mem_kib=4096)).reasons]
     assert msgs[0].startswith("vmalloc'ed memory grew 160.0 MiB over 20 cycles, 8192 KiB a cycle (> 256 allowed)")
     assert msgs[1].startswith("MemAvailable fell 160.0 MiB over 20 cycles, 8192 KiB a cycle (> 4096 allowed)")

@@ -20,6 +20,8 @@ from ..livepatch import taint_letters
 WINDOWS = (("baseline", "baseline", "load-patch"), ("apply", "load-patch", "patched"),
            ("patched", "patched", "disable"), ("revert", "disable", "reverted"),
            ("cooldown", "reverted", "cooldown-end"))
+KINDS = {"baseline": "baseline", "apply": "transition", "patched": "hold", "revert": "transition",
+         "cooldown": "cooldown"}
 # Timeline events worth a line on the plot, with the words a reader knows them by.
 EVENT_LABELS = {"target-loaded": "target insmod", "load-patch": "insmod", "loaded": "insmod returned",
                 "transition-complete": "transition complete", "transition-stalled": "transition stalled",
@@ -82,9 +84,13 @@ class Run:
         e = self.event(name)
         return None if e is None else e["t"]
 
-    def windows(self) -> list[tuple[str, float, float, bool]]:
-        """(phase, start, end, finished) of the in-guest phases that began; one that never
-        ended (the guest froze, the run stopped) lasts until the run gave up on it."""
+    def windows(self) -> list[tuple[str, str, float, float, bool]]:
+        """(name, kind, start, end, finished): the windows the verdict judged, as it judged them
+        (verdict.json's ``windows``); for a run saved before they were kept, the in-guest phases
+        that began, from the timeline, one that never ended lasting until the run gave up on it."""
+        judged = self.verdict.get("windows")
+        if judged is not None:
+            return [(w["name"], w["kind"], w["start"], w["end"], True) for w in judged]
         out = []
         for name, a, b in WINDOWS:
             start, end = self.at(a), self.at(b)
@@ -93,9 +99,9 @@ class Run:
             if end is None:
                 end = next((t for t in map(self.at, ("guest-lost", "collected", "verdict")) if t), None)
                 if end is not None and end > start:
-                    out.append((name, start, end, False))
+                    out.append((name, KINDS[name], start, end, False))
                 break
-            out.append((name, start, end, True))
+            out.append((name, KINDS[name], start, end, True))
         return out
 
     def modules(self) -> list[tuple[str, str, Optional[str]]]:

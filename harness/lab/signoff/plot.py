@@ -16,8 +16,8 @@ from matplotlib.transforms import blended_transform_factory
 
 from .collect import EVENT_LABELS, Run
 
-PHASE_COLOURS = {"baseline": "#ececec", "apply": "#ffe3bf", "patched": "#d8f5dc", "revert": "#e6ddff",
-                 "cooldown": "#ececec"}
+# by the window's kind (record.py): how the verdict judged the service in it
+PHASE_COLOURS = {"baseline": "#ececec", "transition": "#ffe3bf", "hold": "#d8f5dc", "cooldown": "#ececec"}
 OK, FAILED, EVENT = "#1f5fa8", "#d1242f", "#444444"
 PROBE_ROWS = 5    # distinct probe outputs shown on their own row; the rest share one
 
@@ -59,8 +59,8 @@ def _requests(ax, run: Run, t0: float) -> None:
 
 def _phases_and_events(ax, run: Run, t0: float, label: bool) -> None:
     top = blended_transform_factory(ax.transData, ax.transAxes)
-    for name, start, end, finished in run.windows():
-        ax.axvspan(start - t0, end - t0, color=PHASE_COLOURS[name], zorder=0, linewidth=0)
+    for name, kind, start, end, finished in run.windows():
+        ax.axvspan(start - t0, end - t0, color=PHASE_COLOURS.get(kind, "#f4f4f4"), zorder=0, linewidth=0)
         if label:
             ax.text((start + end) / 2 - t0, 0.985, name if finished else f"{name} (never ended)",
                     transform=top, ha="center", va="top", fontsize=8, color="#555555")
