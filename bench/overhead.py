@@ -11,11 +11,12 @@ cost the lab can tell from zero on this host (a cost whose interval clears 0 mus
 the width or more). ``--command`` replaces the scenarios' cost workload (e.g. `cat /proc/cmdline`,
 whose fork and exec are much noisier than the builtin read). Numbers, not a pass/fail.
 
-The ground truth: the busy patch times itself (entry to return of the new function, summed, and
-written to the kernel log at unload: "N calls, T ns in the patched function"). Its per-call
-figure is printed beside the lab's as ``own``; ``in`` says whether the lab's interval holds it.
-What the patch cannot time is the redirection (ftrace, then the klp handler): the no-cost
-patch's figure is that part alone.
+The ground truth: the busy patch times itself (written to the kernel log at unload: "N calls,
+T ns in the patched function, B ns of it busy-waiting"). ``added`` is B/N, the work a call adds
+beyond what the old function did (the cost scenarios replay the old function's output, so the
+rest of the new function is the same work); ``fn`` is T/N, the whole new function; ``in`` says
+whether the lab's interval holds ``added``. What the patch cannot time is the redirection
+(ftrace, then the klp handler): the no-cost patch's figure is that part alone.
 """
 from __future__ import annotations
 
@@ -34,16 +35,19 @@ from harness.core.settings import Settings  # noqa: E402
 from harness.lab import runner, scenario  # noqa: E402
 
 DEFAULT = [ROOT / "scenarios" / f"overhead-{n}.yaml" for n in ("none", "1ms", "3ms")]
-OWN = re.compile(r"(\d+) calls, (\d+) ns in the patched function")
+OWN = re.compile(r"(\d+) calls, (\d+) ns in the patched function, (\d+) ns of it busy-waiting")
 
 
-def own_ms(run_dir: Path) -> tuple[float, int] | None:
-    """The patch's own per-call time (ms) and its calls, summed over every unload in the run's
-    kernel log; None for a patch that does not time itself."""
+def own_ms(run_dir: Path) -> tuple[float, float, int] | None:
+    """The patch's own per-call times (ms): busy-waiting (the added work) and the whole new
+    function, and its calls, summed over every unload in the run's kernel log; None for a patch
+    that does not time itself."""
     path = run_dir / "dmesg.txt"
     hits = OWN.findall(path.read_text()) if path.exists() else []
-    calls, ns = sum(int(c) for c, _ in hits), sum(int(t) for _, t in hits)
-    return (ns / calls / 1e6, calls) if calls else None
+    calls = sum(int(h[0]) for h in hits)
+    if not calls:
+        return None
+    return sum(int(h[2]) for h in hits) / calls / 1e6, sum(int(h[1]) for h in hits) / calls / 1e6, calls
 
 
 def main() -> int:
@@ -58,7 +62,7 @@ def main() -> int:
     settings = Settings.from_env()
     out = args.artifacts or Path(tempfile.mkdtemp(prefix="overhead-"))
     print(f"{'kernel':<12} {'scenario':<15} {'run':>3} {'difference ms/call [95% CI]':>34} {'ratio [95% CI]':>26} "
-          f"{'p':>8} {'own ms':>7} {'in':>3} {'calls/op':>8}  verdict")
+          f"{'p':>8} {'added':>7} {'fn':>7} {'in':>3} {'calls/op':>8}  verdict")
     for kernel in args.kernel or ["debian-6.1"]:
         for path in [Path(p) for p in args.scenario] or DEFAULT:
             sc = scenario.load(path)
@@ -79,10 +83,10 @@ def main() -> int:
                     # show() calls a timed call made: the patched blocks' calls against the
                     # patch's own count (the probe's reads while patched add a few)
                     held = "yes" if d["ci95"][0] <= own[0] <= d["ci95"][1] else "no"
-                    per_op = own[1] / (m["blocks"]["patched"] * m["repeat"])
-                    mine = f"{own[0]:>7.3f} {held:>3} {per_op:>8.2f}"
+                    per_op = own[2] / (m["blocks"]["patched"] * m["repeat"])
+                    mine = f"{own[0]:>7.3f} {own[1]:>7.3f} {held:>3} {per_op:>8.2f}"
                 else:
-                    mine = f"{'-':>7} {'-':>3} {'-':>8}"
+                    mine = f"{'-':>7} {'-':>7} {'-':>3} {'-':>8}"
                 print(f"{kernel:<12} {sc.name:<15} {i:>3} {d['estimate']:>+9.3f} [{d['ci95'][0]:+.3f} .. "
                       f"{d['ci95'][1]:+.3f}] {r['estimate']:>8.3f} [{r['ci95'][0]:.3f} .. {r['ci95'][1]:.3f}] "
                       f"{m['p_value']:>8.2g} {mine}  {o.verdict.verdict}", flush=True)
