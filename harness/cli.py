@@ -17,11 +17,10 @@ from typing import Optional, Sequence
 
 from .core.errors import BootError, ConfigError, HarnessError
 from .core.settings import ACCELS, BACKENDS, Settings
+from .lab.matrix import DEFAULT_KERNEL
 from .lab.specs import APPLY_TOOLS
 
 log = logging.getLogger("harness")
-
-DEFAULT_KERNEL = "debian-6.1"
 EXIT_LAB = 125
 
 
@@ -206,55 +205,71 @@ def cmd_boot(args: argparse.Namespace) -> int:
     return result.rc
 
 
-def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace) -> int:
-    from .lab import report, runner
+def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace, marks: bool = True) -> int:
+    """The cells of ``scenarios`` × the chosen kernels (lab/matrix.py: the plugin's rule), run
+    one by one, each explained as it ends; then the table, the document and the report.
+    ``marks``: the table marks a verdict the scenario does not expect (scenario files; a
+    ``check`` expects nothing)."""
+    from .core.errors import ConfigError
+    from .lab import matrix, report
     from .machine import session
     from .supply import kerneldefs
     settings = _settings(args)
     session.raise_on_sigterm()
     defined = sorted(kerneldefs.load_definitions())
+    for name in kernel_args:
+        if name != matrix.ALL:
+            kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
+    cells = matrix.expand(scenarios, kernel_args, defined)
+    for cell in cells:
+        kerneldefs.get_definition(cell.kernel)
+    if not cells:
+        raise ConfigError(f"no kernel to run on: the scenarios list "
+                          f"{', '.join(sorted({k for sc in scenarios for k in sc.kernels or ()}))}, "
+                          f"and --kernel chose {', '.join(kernel_args)}", field="--kernel")
     out_root = _writable_dir(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"),
                              "--artifacts")
-    if args.json:   # found unwritable now, not after the runs it would have recorded
+    if args.json and args.json != "-":   # found unwritable now, not after the runs it would have recorded
         _writable_dir(Path(args.json).parent, "--json")
     if args.report:
         from .lab import signoff
         signoff.check_destination(Path(args.report), out_root)   # before anything boots
-    outcomes = []
+    results = []
+    human = _human(args)
     try:
-        for sc in scenarios:
-            names = list(kernel_args) or list(sc.kernels or [DEFAULT_KERNEL])
-            if names == ["all"]:
-                names = defined
-            for name in names:
-                kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
-            for name in names:
-                log.info("scenario %s on %s", sc.name, name)
-                outcome = runner.run(sc, name, settings, out_root / sc.name / name.replace("@", "_"))
-                outcomes.append(outcome)
-                print(report.explain(outcome), flush=True)
+        for cell in cells:
+            log.info("scenario %s on %s", cell.scenario.name, cell.kernel)
+            results.append(matrix.run_cell(cell, settings, out_root))
+            print(report.explain(results[-1].outcome), file=human, flush=True)
     except KeyboardInterrupt as exc:   # what finished is kept, the interrupted run as an error
+        from .lab import runner
         if isinstance(exc, runner.Interrupted):
-            outcomes.append(exc.outcome)
-            print(report.explain(exc.outcome), flush=True)
-        if outcomes:
-            _record(outcomes, args, settings)
+            results.append(matrix.judge(cells[len(results)], exc.outcome))
+            print(report.explain(exc.outcome), file=human, flush=True)
+        if results:
+            _record(results, args, settings, marks)
         raise
-    return _record(outcomes, args, settings)
+    return _record(results, args, settings, marks)
 
 
-def _record(outcomes, args: argparse.Namespace, settings: Settings) -> int:
+def _human(args: argparse.Namespace):
+    """Where the words go: stderr when the JSON document takes stdout (``--json -``)."""
+    return sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
+
+
+def _record(results, args: argparse.Namespace, settings: Settings, marks: bool = True) -> int:
     """The matrix's table, JSON and report; the exit status its verdicts make."""
-    from .lab import report
-    print("\n" + report.table(outcomes))
+    from .lab import matrix, report
+    doc = matrix.document([r.as_dict() for r in results])
+    print("\n" + report.table(doc["results"], marks=marks), file=_human(args))
     if args.json:
-        report.write_json(Path(args.json), outcomes)
+        matrix.write(Path(args.json), doc)
     if args.report:
         from .lab import signoff
-        digest = signoff.write(Path(args.report), [Path(o.artifacts) for o in outcomes], settings)
-        print(f"report: {Path(args.report) / 'index.html'} (manifest sha256 {digest})")
-    verdicts = {o.verdict.verdict for o in outcomes}
-    return 2 if "error" in verdicts else 1 if "fail" in verdicts else 0
+        digest = signoff.write(Path(args.report), [Path(r.outcome.artifacts) for r in results], settings,
+                               expected={Path(r.outcome.artifacts): (r.expected, r.as_expected) for r in results})
+        print(f"report: {Path(args.report) / 'index.html'} (manifest sha256 {digest})", file=_human(args))
+    return matrix.exit_status(doc["results"])
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -265,7 +280,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                                upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None,
                                security=_security(args), apply_with=args.apply_with, debug=args.debug,
                                overhead=args.overhead, max_overhead=args.max_overhead)
-    return _run_matrix([sc], args.kernel, args)
+    return _run_matrix([sc], args.kernel or [DEFAULT_KERNEL], args, marks=False)
 
 
 def _security(args: argparse.Namespace) -> dict:
@@ -287,7 +302,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
                                expect_patched=args.expect_patched, params=args.param,
                                soak={"cycles": args.cycles, "hold": args.hold, "leak_kib": args.leak_kib},
                                security=_security(args), debug=args.debug)
-    return _run_matrix([sc], args.kernel, args)
+    return _run_matrix([sc], args.kernel or [DEFAULT_KERNEL], args, marks=False)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -411,10 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def matrix_options(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--kernel", action="append", default=[], metavar="K",
-                        help=f"kernel to run on (repeatable; 'all' = every defined kernel; "
-                             f"default: the scenario's list, else {DEFAULT_KERNEL})")
+                        help=f"kernel to run on (repeatable; 'all' = every defined kernel). check and soak: "
+                             f"default {DEFAULT_KERNEL}. run: narrows each scenario's own list; a scenario "
+                             f"without one runs on the chosen kernels, else on every defined kernel (as "
+                             f"the pytest plugin's --lab-kernel)")
         sp.add_argument("--accel", choices=ACCELS)
-        sp.add_argument("--json", metavar="FILE", help="write verdicts, reasons, timelines, artifact paths")
+        sp.add_argument("--json", metavar="FILE", help="write the results document (schema 1: verdicts, "
+                        "reasons, measurements, judged windows, timelines, artifact paths; README 'The "
+                        "results document'); - for stdout")
         sp.add_argument("--artifacts", metavar="DIR",
                         help="artifact folder (default lab-artifacts/<timestamp>)")
         sp.add_argument("--report", metavar="DIR",

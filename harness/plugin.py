@@ -6,7 +6,7 @@ fixtures that need them, so merely having the plugin installed costs nothing.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator, Optional
 
 import pytest
 
@@ -171,12 +171,8 @@ class ScenarioFile(pytest.File):
 
             from .lab.specs import DebugSpec
             sc = dataclasses.replace(sc, debug=DebugSpec(scenario.debug_facilities(debug)))
-        chosen = chosen_kernels(self.config)
-        names = list(sc.kernels or sorted(kerneldefs.load_definitions()))
-        if chosen:
-            names = [n for n in names if n in chosen or n.split("@")[0] in chosen] or (
-                list(chosen) if sc.kernels is None else [])
-        for name in names:
+        from .lab import matrix
+        for name in matrix.kernels_for(sc, chosen_kernels(self.config), sorted(kerneldefs.load_definitions())):
             item = mark_for_kernel(ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc,
                                                             kernel=name), name)
             for tag in sc.tags:   # `-m lifecycle` picks scenarios by what they exercise
@@ -199,26 +195,24 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         from pathlib import Path
 
-        from .lab import runner
-        settings = settings_for(self.config)
+        from .lab import matrix
         root = Path(self.config.getoption("--lab-artifacts") or
                     self.config.rootpath / "lab-artifacts")
-        out = root / self.scenario.name / self.kernel.replace("@", "_")
-        self.outcome = runner.run(self.scenario, self.kernel, settings, out)
+        result = matrix.run_cell(matrix.Cell(self.scenario, self.kernel), settings_for(self.config), root)
+        self.outcome = result.outcome
         v = self.outcome.verdict
-        want = self.scenario.expectation(self.kernel)
-        failing = {r.check for r in v.reasons}
-        met = v.verdict == want.verdict and set(want.checks) <= failing
-        # JUnit <properties>, and what the controller's summary is built from (xdist ships them)
+        # JUnit <properties>, and what the controller's summary is built from (xdist ships them;
+        # the document itself is read from the run's verdict.json on the controller)
         self.user_properties += [
             ("lab_scenario", self.scenario.name), ("lab_kernel", self.kernel),
             ("kernel_version", self.outcome.kernel_info.get("version", "?")),
             ("kernel_release", self.outcome.kernel_info.get("release", "?")),
-            ("verdict", v.verdict), ("expected", want.verdict), ("as_expected", met),
-            ("checks", ",".join(sorted(failing))), ("artifacts", self.outcome.artifacts),
+            ("verdict", v.verdict), ("expected", result.expected),
+            ("expected_checks", ",".join(result.expected_checks)), ("as_expected", result.as_expected),
+            ("checks", ",".join(sorted({r.check for r in v.reasons}))), ("artifacts", self.outcome.artifacts),
             ("seconds", round(self.outcome.seconds, 1))]
-        if not met:
-            raise ScenarioFailure(want)
+        if not result.as_expected:
+            raise ScenarioFailure(self.scenario.expectation(self.kernel))
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ScenarioFailure) and self.outcome is not None:
@@ -234,7 +228,8 @@ class ScenarioItem(pytest.Item):
 
 def item_name(scenario: str, kernel: str) -> str:
     """``good[debian-6.12]``: the item's name, its durations key and its summary label."""
-    return f"{scenario}[{kernel}]"
+    from .lab.matrix import cell_name
+    return cell_name(scenario, kernel)
 
 
 # longest first -------------------------------------------------------------------
@@ -324,13 +319,10 @@ class LabSummary:
             logging.getLogger(__name__).warning("durations not recorded: %s", exc)
         path = self.config.getoption("--lab-json")
         if path:
-            import json
             from pathlib import Path
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            doc = summary_document(self.rows)
-            if self.selftests:
-                doc["selftests"] = self.selftests
-            Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+            from .lab import matrix
+            matrix.write(Path(path), summary_document(self.rows, self.selftests))
         if self.config.getoption("--lab-report") and self.rows:
             self.report_line = write_report(self.config, self.rows)
 
@@ -367,18 +359,35 @@ def selftests_table(rows: list[dict]) -> str:
 
 def summary_table(rows: list[dict]) -> str:
     """Scenario rows x kernel columns; a cell not as the scenario expects is marked ``!``."""
-    from .lab.report import matrix
-    return matrix(sorted({r["lab_scenario"] for r in rows}),
-                  {r["lab_kernel"]: r["kernel_version"] for r in rows},
-                  {(r["lab_scenario"], r["lab_kernel"]):
-                   r["verdict"].upper() + ("" if r["as_expected"] else f" ! (expected {r['expected']})")
-                   for r in rows})
+    from .lab.report import table
+    return table(sorted((_entry(r) for r in rows), key=lambda e: e["scenario"]))
 
 
-def summary_document(rows: list[dict]) -> dict:
-    return {"results": rows,
-            "kernels": {r["lab_kernel"]: {"version": r["kernel_version"], "release": r["kernel_release"]}
-                        for r in rows},
-            "summary": {v: sum(1 for r in rows if r["verdict"] == v) for v in ("pass", "fail", "error")},
-            "not_as_expected": [item_name(r["lab_scenario"], r["lab_kernel"])
-                                for r in rows if not r["as_expected"]]}
+def _entry(row: dict) -> dict:
+    """A row's result as the matrix document holds it: its run's verdict.json (on this host:
+    xdist's workers are local) with the comparison; what the row itself says if that is gone
+    (a full disk refuses to keep a verdict whose evidence is missing)."""
+    import json
+    from pathlib import Path
+
+    from .lab import matrix
+    path = Path(row.get("artifacts") or "") / "verdict.json"
+    try:
+        outcome = json.loads(path.read_text()) if row.get("artifacts") else None
+    except (OSError, ValueError):
+        outcome = None
+    if outcome is None:
+        outcome = {"scenario": row["lab_scenario"], "kernel": row["lab_kernel"], "verdict": row["verdict"],
+                   "reasons": [{"check": c, "message": ""} for c in filter(None, row.get("checks", "").split(","))],
+                   "measurements": {}, "windows": [],
+                   "kernel_info": {"name": row["lab_kernel"], "version": row["kernel_version"],
+                                   "release": row["kernel_release"]},
+                   "artifacts": row.get("artifacts", "")}
+    checks = tuple(filter(None, str(row.get("expected_checks", "")).split(",")))
+    return matrix.entry(outcome, row["expected"], checks, bool(row["as_expected"]))
+
+
+def summary_document(rows: list[dict], selftests: Optional[list[dict]] = None) -> dict:
+    """The matrix document (lab/matrix.py, the one ``check`` and ``run`` write)."""
+    from .lab import matrix
+    return matrix.document([_entry(r) for r in rows], selftests or None)

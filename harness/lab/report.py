@@ -1,20 +1,8 @@
-"""Results of many runs: the JSON document and the kernel × scenario table."""
+"""Results presented: the kernel × scenario table and a run explained (the document they come
+from is lab/matrix.py's)."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Iterable, Sequence
-
-
-def document(outcomes: Sequence[Any]) -> dict[str, Any]:
-    return {"results": [o.as_dict() for o in outcomes],
-            "summary": {v: sum(1 for o in outcomes if o.verdict.verdict == v)
-                        for v in ("pass", "fail", "error")}}
-
-
-def write_json(path: Path, outcomes: Sequence[Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document(outcomes), indent=2, default=str) + "\n")
+from typing import Any, Sequence
 
 
 def columns(rows: Sequence[Sequence[Any]]) -> str:
@@ -31,12 +19,15 @@ def matrix(scenarios: Sequence[str], versions: dict[str, str], cells: dict[tuple
     return columns([head] + [[s] + [cells.get((s, k), "-") for k in kernels] for s in scenarios])
 
 
-def table(outcomes: Iterable[Any]) -> str:
-    """Scenario rows × kernel columns of verdicts, with each kernel's exact version."""
-    outcomes = list(outcomes)
-    return matrix(list(dict.fromkeys(o.scenario for o in outcomes)),
-                  {o.kernel: o.kernel_info.get("version", "?") for o in outcomes},
-                  {(o.scenario, o.kernel): o.verdict.verdict.upper() for o in outcomes})
+def table(results: Sequence[dict[str, Any]], marks: bool = True) -> str:
+    """Scenario rows × kernel columns of verdicts (the matrix document's ``results``), with each
+    kernel's exact version; with ``marks``, a verdict the scenario does not expect is marked ``!``."""
+    def cell(r: dict[str, Any]) -> str:
+        odd = marks and not r.get("as_expected", True)
+        return r["verdict"].upper() + (f" ! (expected {r['expected']})" if odd else "")
+    return matrix(list(dict.fromkeys(r["scenario"] for r in results)),
+                  {r["kernel"]: (r.get("kernel_info") or {}).get("version", "?") for r in results},
+                  {(r["scenario"], r["kernel"]): cell(r) for r in results})
 
 
 def explain(outcome: Any) -> str:

@@ -28,8 +28,11 @@ def test_a_good_patch_passes_with_exit_0_and_a_complete_json(tmp_path, lab_setti
     rc, doc, log = check(tmp_path, lab_settings, "good", "--probe", "cat /proc/cmdline",
                          "--expect-patched", "^livepatch-lab: patched$")
     assert rc == 0, log
+    from tests.results_schema import errors
+    assert errors(doc) == [] and doc["schema"] == 1
     (result,) = doc["results"]
     assert result["verdict"] == "pass" and result["reasons"] == []
+    assert [w["name"] for w in result["windows"]] == ["baseline", "apply", "patched", "revert", "cooldown"]
     assert re.fullmatch(r"6\.1\.0-\d+-amd64", result["kernel_info"]["release"]), result["kernel_info"]
     events = [e["event"] for e in result["timeline"]]
     for step in ("booted", "baseline", "load-patch", "transition-complete", "disable",

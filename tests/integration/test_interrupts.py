@@ -119,7 +119,7 @@ def test_an_interrupted_pytest_keeps_the_finished_verdicts_and_leaves_nothing(
             os.killpg(proc.pid, signal.SIGKILL)
     assert rc == pytest.ExitCode.INTERRUPTED, output
     lab = json.loads((tmp_path / "lab.json").read_text())
-    assert [(r["lab_scenario"], r["verdict"], r["as_expected"]) for r in lab["results"]] == [
+    assert [(r["scenario"], r["verdict"], r["as_expected"]) for r in lab["results"]] == [
         (name, "fail", True)]
     cases = ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")
     assert f"{name}[debian-6.1]" in [c.get("name") for c in cases]

@@ -62,11 +62,15 @@ def test_xdist_workers_report_to_one_summary_and_one_json(matrix):
     result.assert_outcomes(passed=6, failed=2)
     assert result.stdout.str().count("livepatch-lab: verdicts") == 1
     doc = json.loads(matrix.path.joinpath("out/v.json").read_text())
+    assert doc["schema"] == 1    # the document `check` and `run` write too (lab/matrix.py)
+    from tests.results_schema import errors
+    assert errors(doc) == []
     assert doc["summary"] == {"pass": 3, "fail": 3, "error": 2}
     assert doc["kernels"]["debian-6.12"] == {"version": "6.12.118-1", "release": "debian-6.12-amd64"}
     assert sorted(doc["not_as_expected"]) == ["bad[debian-7]", "good[debian-7]"]
-    row = next(r for r in doc["results"] if r["lab_scenario"] == "bad" and r["lab_kernel"] == "debian-6.1")
-    assert row["verdict"] == "fail" and row["checks"] == "dmesg" and row["as_expected"] is True
+    row = next(r for r in doc["results"] if r["scenario"] == "bad" and r["kernel"] == "debian-6.1")
+    assert row["verdict"] == "fail" and row["failing_checks"] == ["dmesg"] and row["as_expected"] is True
+    assert row["expected"] == "fail" and row["expected_checks"] == ["dmesg"]
 
 
 def test_junit_carries_the_verdict_and_kernel_version_as_properties(matrix):

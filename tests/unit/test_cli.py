@@ -115,7 +115,7 @@ def test_check_applies_with_the_tool_it_is_given(monkeypatch, tmp_path):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "Makefile").write_text("obj-m += p.o\n")
     seen = []
-    monkeypatch.setattr(cli, "_run_matrix", lambda scs, kernels, args: seen.extend(scs) or 0)
+    monkeypatch.setattr(cli, "_run_matrix", lambda scs, kernels, args, **_: seen.extend(scs) or 0)
     assert cli.main(["check", str(tmp_path / "p"), "--apply-with", "kpatch"]) == 0
     assert seen[0].apply.tool == "kpatch" and seen[0].image.name == "kpatch.yaml"
     with pytest.raises(SystemExit) as exit_:

@@ -16,6 +16,10 @@ from matplotlib.transforms import blended_transform_factory
 
 from .collect import EVENT_LABELS, Run
 
+# a horizontal boxplot: `orientation` from Matplotlib 3.10, which deprecates `vert`
+_HORIZONTAL = ({"orientation": "horizontal"} if tuple(matplotlib.__version_info__[:2]) >= (3, 10)
+               else {"vert": False})
+
 # by the window's kind (record.py): how the verdict judged the service in it
 PHASE_COLOURS = {"baseline": "#ececec", "transition": "#ffe3bf", "hold": "#d8f5dc", "cooldown": "#ececec"}
 OK, FAILED, EVENT = "#1f5fa8", "#d1242f", "#444444"
@@ -134,7 +138,7 @@ def overhead_svg(run: Run, salt: str) -> Optional[str]:
     data = [o["per_call_ms"][a] for a in arms]
     fig = Figure(figsize=(7, 2.6), layout="constrained")
     ax = fig.subplots(1, 1)
-    ax.boxplot(data, vert=False, widths=0.5, showfliers=False,
+    ax.boxplot(data, **_HORIZONTAL, widths=0.5, showfliers=False,
                medianprops={"color": "#b03030"}, boxprops={"color": "#555555"})
     for i, values in enumerate(data, start=1):
         jitter = [i + 0.18 * ((k * 0.618) % 1.0 - 0.5) for k in range(len(values))]   # spread, deterministic
