@@ -318,10 +318,10 @@ class CostArm(Step):
     def run(self, ctx: Context) -> bool:
         spec = ctx.scenario.overhead
         if ctx.load is not None:
-            # The service's judged windows are over and its requests are the evidence. Left
-            # running, the guest's share of serving them lands in every block in proportion to
-            # the block's length, so a patched arm's longer blocks absorb more of it: a 3 ms
-            # busy-wait, which the patch itself timed at 3.05 ms a call, measured +3.2 .. +3.5.
+            # The service's judged windows are over and its requests are the evidence; stopped,
+            # its guest-side work (accepting and serving) stays out of the blocks, as stress-ng's
+            # and the probe's do (paused). Measured: the busy-wait patches' figures were no nearer
+            # the patch's own time with it running or stopped (README: What a patch costs).
             ctx.rec.requests = ctx.load.stop(timeout=ctx.scenario.service.timeout + 2)
         ctx.events("cost", arm="before", blocks=spec.per_cycle)
         _cost_blocks(ctx, "before", spec.per_cycle)
