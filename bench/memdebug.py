@@ -5,7 +5,7 @@
                              [--repeat 2] [--artifacts DIR]
 
 For each kernel line, runs SCENARIO (default the good patch) REPEAT times with `debug: all`
-(what the line can do: lab/memdebug.py) and REPEAT times with `debug: none`, alternating so drift
+(what the line can do: lab/run/memdebug.py) and REPEAT times with `debug: none`, alternating so drift
 hits both alike, each from a real boot (snapshots off: a restored guest would hide the boot's
 cost). Prints per line and setting: the boot (to SSH), the whole item, and the service's
 latency in the baseline and patched windows (median and 99th percentile, over the runs), then
@@ -26,8 +26,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from harness.core.settings import Settings  # noqa: E402
-from harness.lab import runner, scenario  # noqa: E402
-from harness.lab.specs import DEBUG_FACILITIES, DebugSpec  # noqa: E402
+from harness.lab import runner
+from harness.lab.scenario import loader as scenario  # noqa: E402
+from harness.lab.scenario.specs import DEBUG_FACILITIES, DebugSpec  # noqa: E402
 
 SETTINGS = {"debug": DebugSpec(DEBUG_FACILITIES), "none": DebugSpec(())}
 

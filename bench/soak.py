@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from harness.core.errors import HarnessError  # noqa: E402
 from harness.core.settings import Settings  # noqa: E402
-from harness.lab import livepatch, prepare, scenario  # noqa: E402
-from harness.lab.workload import httpload, probe, service, stress  # noqa: E402
+from harness.lab.run import livepatch, prepare
+from harness.lab.scenario import loader as scenario  # noqa: E402
+from harness.lab.run.workload import httpload, probe, service, stress  # noqa: E402
 from harness.machine import kmsg, session  # noqa: E402
 from harness.supply import images, kerneldefs, kernelfetch, recipes  # noqa: E402
 

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 from .core.errors import BootError, ConfigError, HarnessError
 from .core.settings import ACCELS, BACKENDS, Settings
 from .lab.matrix import DEFAULT_KERNEL
-from .lab.specs import APPLY_TOOLS
+from .lab.scenario.specs import APPLY_TOOLS
 
 log = logging.getLogger("harness")
 EXIT_LAB = 125
@@ -211,7 +211,8 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace,
     ``marks``: the table marks a verdict the scenario does not expect (scenario files; a
     ``check`` expects nothing)."""
     from .core.errors import ConfigError
-    from .lab import matrix, report
+    from .lab import matrix
+    from .lab.report import summary as report
     from .machine import session
     from .supply import kerneldefs
     settings = _settings(args)
@@ -232,7 +233,7 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace,
     if args.json and args.json != "-":   # found unwritable now, not after the runs it would have recorded
         _writable_dir(Path(args.json).parent, "--json")
     if args.report:
-        from .lab import signoff
+        from .lab.report import signoff
         signoff.check_destination(Path(args.report), out_root)   # before anything boots
     results = []
     human = _human(args)
@@ -259,13 +260,14 @@ def _human(args: argparse.Namespace):
 
 def _record(results, args: argparse.Namespace, settings: Settings, marks: bool = True) -> int:
     """The matrix's table, JSON and report; the exit status its verdicts make."""
-    from .lab import matrix, report
+    from .lab import matrix
+    from .lab.report import summary as report
     doc = matrix.document([r.as_dict() for r in results])
     print("\n" + report.table(doc["results"], marks=marks), file=_human(args))
     if args.json:
         matrix.write(Path(args.json), doc)
     if args.report:
-        from .lab import signoff
+        from .lab.report import signoff
         digest = signoff.write(Path(args.report), [Path(r.outcome.artifacts) for r in results], settings,
                                expected={Path(r.outcome.artifacts): (r.expected, r.as_expected) for r in results})
         print(f"report: {Path(args.report) / 'index.html'} (manifest sha256 {digest})", file=_human(args))
@@ -273,7 +275,7 @@ def _record(results, args: argparse.Namespace, settings: Settings, marks: bool =
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .lab import scenario
+    from .lab.scenario import loader as scenario
     sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
                                expect_patched=args.expect_patched, duration=args.duration,
                                serve_file=args.serve_file, params=args.param,
@@ -297,7 +299,7 @@ def _security_options(sp: argparse.ArgumentParser) -> None:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from .lab import scenario
+    from .lab.scenario import loader as scenario
     sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
                                expect_patched=args.expect_patched, params=args.param,
                                soak={"cycles": args.cycles, "hold": args.hold, "leak_kib": args.leak_kib},
@@ -309,8 +311,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .core.errors import ConfigError
-    from .lab import scenario
-    from .lab.specs import DebugSpec
+    from .lab.scenario import loader as scenario
+    from .lab.scenario.specs import DebugSpec
     debug = None
     if args.debug is not None:   # refused before any scenario loads or anything boots
         try:
@@ -324,7 +326,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .lab import signoff
+    from .lab.report import signoff
     check = signoff.verify(Path(args.report))
     for line in check.problems():
         print(line)
@@ -371,7 +373,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    from .lab.report import columns
+    from .lab.report.summary import columns
     print(columns([header, *rows]))
 
 

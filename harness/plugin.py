@@ -51,7 +51,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--lab-debug", default=None) is not None:   # refused before anything is collected
-        from .lab.scenario import debug_facilities
+        from .lab.scenario.loader import debug_facilities
         try:
             debug_facilities(config.getoption("--lab-debug"))
         except ValueError as exc:
@@ -70,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
             from pathlib import Path
 
             from .core.errors import ConfigError
-            from .lab.signoff import check_destination
+            from .lab.report.signoff import check_destination
             try:
                 check_destination(Path(config.getoption("--lab-report")),
                                   Path(config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts"))
@@ -162,14 +162,14 @@ def pytest_collect_file(file_path, parent):
 
 class ScenarioFile(pytest.File):
     def collect(self):
-        from .lab import scenario
+        from .lab.scenario import loader as scenario
         from .supply import kerneldefs
         sc = load_or_collect_error(self, scenario.load)
         debug = self.config.getoption("--lab-debug")
         if debug is not None:
             import dataclasses
 
-            from .lab.specs import DebugSpec
+            from .lab.scenario.specs import DebugSpec
             sc = dataclasses.replace(sc, debug=DebugSpec(scenario.debug_facilities(debug)))
         from .lab import matrix
         for name in matrix.kernels_for(sc, chosen_kernels(self.config), sorted(kerneldefs.load_definitions())):
@@ -216,7 +216,7 @@ class ScenarioItem(pytest.Item):
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ScenarioFailure) and self.outcome is not None:
-            from .lab.report import explain
+            from .lab.report.summary import explain
             want = excinfo.value.args[0]
             expected = want.verdict + (f" with failing checks {', '.join(want.checks)}" if want.checks else "")
             return f"expected {expected}, got:\n{explain(self.outcome)}"
@@ -333,7 +333,7 @@ def write_report(config: pytest.Config, rows: list[dict]) -> str:
     from pathlib import Path
 
     from .core.errors import HarnessError
-    from .lab import signoff
+    from .lab.report import signoff
     dest = Path(config.getoption("--lab-report"))
     runs = {Path(r["artifacts"]): (r["expected"], bool(r["as_expected"])) for r in rows
             if r.get("artifacts") and (Path(r["artifacts"]) / "verdict.json").is_file()}
@@ -346,7 +346,7 @@ def write_report(config: pytest.Config, rows: list[dict]) -> str:
 
 def selftests_table(rows: list[dict]) -> str:
     """Per selftests file and kernel line: its version and how many cases ended how."""
-    from .lab.report import columns
+    from .lab.report.summary import columns
     from .lab.selftests.cases import OUTCOMES
     lines: dict[tuple[str, str], dict] = {}
     for r in rows:
@@ -359,7 +359,7 @@ def selftests_table(rows: list[dict]) -> str:
 
 def summary_table(rows: list[dict]) -> str:
     """Scenario rows x kernel columns; a cell not as the scenario expects is marked ``!``."""
-    from .lab.report import table
+    from .lab.report.summary import table
     return table(sorted((_entry(r) for r in rows), key=lambda e: e["scenario"]))
 
 

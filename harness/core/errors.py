@@ -1,6 +1,6 @@
 """The lab's error types, each knowing whose fault it is.
 
-``fault`` is where the trouble arose, and it decides the verdict (lab/faults.py):
+``fault`` is where the trouble arose, and it decides the verdict (lab/run/faults.py):
 ``patch`` is the livepatch's (a ``fail``); ``guest`` is the guest's: a ``fail``
 once the patch's module was loaded (the patch is then what changed), an
 ``error`` before; ``lab`` is the lab's or the host's (a tool missing, a download

@@ -15,8 +15,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from ..core import atomic
 from ..core.settings import Settings
-from .outcome import Outcome
-from .specs import Scenario
+from .report.outcome import Outcome
+from .scenario.specs import Scenario
 
 SCHEMA = 1
 SCHEMA_FILE = Path(__file__).with_name("results.schema.json")   # the document's JSON Schema

@@ -22,21 +22,21 @@ from ..core.errors import DiskFull, HarnessError
 from ..core.settings import Settings
 from ..machine import heartbeat, hostcpu, session
 from ..supply import images, kerneldefs, kernelfetch, recipes
-from . import apply, memdebug
-from . import outcome as outcomes
-from . import prepare as modules
-from .context import Context, Step
-from .events import Timeline
-from .faults import Failed, host_cause, patch_is_to_blame
-from .forensics import HangEvidence
-from .outcome import Outcome
-from .plans import expectations, plan
-from .record import TRANSITION, Reason, RunRecord, Window
-from .scenario import TRANSITION_TAIL
-from .setup import Collect, keep_console
-from .specs import Scenario
-from .steps import unwind
-from .verdict import decide
+from .run import apply, memdebug
+from .report import outcome as outcomes
+from .run import prepare as modules
+from .run.context import Context, Step
+from .run.events import Timeline
+from .run.faults import Failed, host_cause, patch_is_to_blame
+from .run.forensics import HangEvidence
+from .report.outcome import Outcome
+from .run.plans import expectations, plan
+from .run.record import TRANSITION, Reason, RunRecord, Window
+from .scenario.loader import TRANSITION_TAIL
+from .run.setup import Collect, keep_console
+from .scenario.specs import Scenario
+from .run.steps import unwind
+from .judge.verdict import decide
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ RULES: tuple[tuple[str, bool, re.Pattern[str]], ...] = tuple(
         ("lab-fatal", True, r"^livepatch-lab: FATAL:"),
         ("oops", False, r"\bOops:|general protection fault|Unable to handle kernel|"
                         r"BUG: unable to handle|BUG: kernel NULL pointer dereference|invalid opcode:"),
-        # The memory detectors a validation guest boots with (lab/memdebug.py), before "bug":
+        # The memory detectors a validation guest boots with (lab/run/memdebug.py), before "bug":
         # KFENCE's "BUG: KFENCE: use-after-free read in f+0x1/0x2"; SLUB's "BUG <cache> (Tainted:
         # ...): Right Redzone overwritten" (Poison overwritten, Object already free, Freepointer
         # corrupt, ...; its "INFO:" and "FIX <cache>:" lines follow); KASAN where a kernel has it;

@@ -22,8 +22,8 @@ from .kernel import Kernel
 from .kernelcache import cached, fetch_lock, kernel_from_manifest, version_dir, write_manifest
 from .kerneldefs import KernelDef
 from .kernelselect import Selection, select
-from .kerneltree import (bzimage_release, compiler_from_config, find_config, find_vmlinuz, module_compression,
-                         relink_absolute, rewrite_makefiles, unify_modules_dir)
+from .kerneltree import (bzimage_release, compiler_from_config, find_config, find_vmlinuz,
+                         module_compression, relink_absolute, rewrite_makefiles, unify_modules_dir)
 from .localkernel import local_kernel
 
 log = logging.getLogger(__name__)

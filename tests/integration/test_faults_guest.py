@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.lab import runner, scenario, steps
+from harness.lab import runner
+from harness.lab.scenario import loader as scenario
+from harness.lab.run import steps
 
 from .conftest import Output, qemu_pids_under, qemu_processes_under
 

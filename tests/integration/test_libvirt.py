@@ -83,7 +83,8 @@ def test_boot_through_libvirt_runs_the_kernel_and_leaves_nothing(
 
 def test_a_scenario_passes_through_libvirt(lab_settings, lab_kernel, lab_image, libvirtd,
                                            libvirt_clean, no_leftovers, tmp_path):
-    from harness.lab import runner, scenario
+    from harness.lab import runner
+    from harness.lab.scenario import loader as scenario
     sc = scenario.load(REPO / "scenarios" / "good.yaml")
     settings = dataclasses.replace(lab_settings, backend="libvirt", libvirt_uri=libvirtd)
     outcome = runner.run(sc, "debian-6.1", settings, tmp_path / "out")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.lab import runner, scenario
+from harness.lab import runner
+from harness.lab.scenario import loader as scenario
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 REPO = Path(__file__).resolve().parents[2]

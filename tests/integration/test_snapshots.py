@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.lab import runner, scenario
-from harness.lab.workload.clock import measure_clock
+from harness.lab import runner
+from harness.lab.scenario import loader as scenario
+from harness.lab.run.workload.clock import measure_clock
 from harness.machine import session
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]

@@ -12,8 +12,8 @@ import urllib.request
 import pytest
 
 from harness.core.errors import GuestCommandError
-from harness.lab import specs
-from harness.lab.workload import clock, httpload, probe, service, stats, stress
+from harness.lab.scenario import specs
+from harness.lab.run.workload import clock, httpload, probe, service, stats, stress
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 

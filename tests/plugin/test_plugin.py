@@ -113,8 +113,8 @@ def test_snapshots_follow_the_environment_unless_the_option_turns_them_off(pytes
 
 DEBUG_RUNNER = '''
 import harness.lab.runner as runner
-from harness.lab.outcome import Outcome
-from harness.lab.verdict import Verdict
+from harness.lab.report.outcome import Outcome
+from harness.lab.judge.verdict import Verdict
 
 def fake_run(sc, kernel, settings, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)

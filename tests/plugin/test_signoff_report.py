@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from harness.lab import signoff
+from harness.lab.report import signoff
 
 from .fake_runner import use_fake_runner
 
@@ -17,9 +17,9 @@ pytest_plugins = ["pytester"]
 FAKE_RUNNER = '''
 import json
 import harness.lab.runner as runner
-from harness.lab.outcome import Outcome
-from harness.lab.record import Reason
-from harness.lab.verdict import Verdict
+from harness.lab.report.outcome import Outcome
+from harness.lab.run.record import Reason
+from harness.lab.judge.verdict import Verdict
 
 def fake_run(sc, kernel, settings, out_dir):
     if sc.name == "bad":

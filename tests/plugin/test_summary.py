@@ -15,9 +15,9 @@ pytest_plugins = ["pytester"]
 
 FAKE_RUNNER = '''
 import harness.lab.runner as runner
-from harness.lab.outcome import Outcome
-from harness.lab.record import Reason
-from harness.lab.verdict import Verdict
+from harness.lab.report.outcome import Outcome
+from harness.lab.run.record import Reason
+from harness.lab.judge.verdict import Verdict
 
 VERSIONS = {"debian-5.10": "5.10.262-1", "debian-6.1": "6.1.192-2",
             "debian-6.12": "6.12.118-1", "debian-7": "7.2.13-1"}

@@ -16,11 +16,12 @@ import pytest
 
 from harness.core.errors import LivepatchError
 from harness.core.settings import Timeouts
-from harness.lab import apply, hookcmd, livepatch
-from harness.lab.events import Timeline
-from harness.lab.record import RunRecord
-from harness.lab.specs import ApplySpec
-from harness.lab.workload import detached
+from harness.lab.run import apply, livepatch
+from harness.lab.scenario import hookcmd
+from harness.lab.run.events import Timeline
+from harness.lab.run.record import RunRecord
+from harness.lab.scenario.specs import ApplySpec
+from harness.lab.run.workload import detached
 
 from .fakes.local_guest import LocalGuest
 

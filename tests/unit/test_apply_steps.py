@@ -13,13 +13,14 @@ import json
 import pytest
 
 from harness.core.errors import LivepatchError
-from harness.lab import apply, plans, runner, steps
-from harness.lab.events import Timeline
-from harness.lab.outcome import Outcome, write
-from harness.lab.record import RunRecord
-from harness.lab.specs import ApplySpec, TransitionSpec
-from harness.lab.verdict import decide
-from harness.lab.workload import detached
+from harness.lab.run import apply, plans, steps
+from harness.lab import runner
+from harness.lab.run.events import Timeline
+from harness.lab.report.outcome import Outcome, write
+from harness.lab.run.record import RunRecord
+from harness.lab.scenario.specs import ApplySpec, TransitionSpec
+from harness.lab.judge.verdict import decide
+from harness.lab.run.workload import detached
 
 from .fakes.lab_guest import FakeKernel, LabGuest
 from .test_runner import PATCH, QUIET, TIMEOUTS, Evidence, module, names

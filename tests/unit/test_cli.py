@@ -79,9 +79,9 @@ def test_an_unusable_cache_directory_is_one_line_naming_the_option(capsys, tmp_p
 
 
 def _outcome(kernel: str, verdict: str, tmp_path):
-    from harness.lab.outcome import Outcome
-    from harness.lab.record import Reason
-    from harness.lab.verdict import Verdict
+    from harness.lab.report.outcome import Outcome
+    from harness.lab.run.record import Reason
+    from harness.lab.judge.verdict import Verdict
     reasons = [Reason("error", "interrupted (signal 15): the run was stopped before its verdict")] \
         if verdict == "error" else []
     return Outcome("good", kernel, Verdict(verdict, reasons, {}), {"name": kernel}, [],

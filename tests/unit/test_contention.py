@@ -4,9 +4,9 @@ import os
 import threading
 from pathlib import Path
 
-from harness.lab import contention
+from harness.lab.judge import contention
 
-from harness.lab.record import Window
+from harness.lab.run.record import Window
 from harness.machine import hostcpu
 from tests.unit.test_verdict import Req, clean_record, judge
 

@@ -2,7 +2,7 @@
 import pytest
 
 from harness.core.errors import FAULTS, GUEST, INPUT, LAB, PATCH
-from harness.lab.faults import host_cause, patch_is_to_blame
+from harness.lab.run.faults import host_cause, patch_is_to_blame
 from harness.machine.backends import base
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.lab import prepare, scenario
+from harness.lab.run import prepare
+from harness.lab.scenario import loader as scenario
 from harness.supply import kbuild, kernelsource, modinfo
 from tests.unit.fakes.kernels import fake_kernel
 

@@ -75,7 +75,7 @@ def test_lines_that_are_not_trouble(line):
     ("BUG: unable to handle page fault for address: ffffffffc0a01000", "oops", False),
     ("BUG: kernel NULL pointer dereference, address: 0000000000000000", "oops", False),
     ("BUG: KASAN: use-after-free in klp_free_patch+0x10/0x20", "kasan", False),
-    # the memory detectors a validation guest boots with (lab/memdebug.py); SLUB's object reports
+    # the memory detectors a validation guest boots with (lab/run/memdebug.py); SLUB's object reports
     # name the cache before the parenthesis, without "BUG:"'s colon
     ("BUG lab_overflow (Tainted: G           OE K   ): Right Redzone overwritten", "slub", False),
     ("BUG kmalloc-64 (Not tainted): Poison overwritten", "slub", False),

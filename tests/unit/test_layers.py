@@ -1,9 +1,12 @@
 """The package's shape, as the README's Architecture section promises it.
 
 Layers, bottom to top: core < supply < machine < lab < the entry points (cli,
-plugin, doctor). A module imports only from its own layer or below, lazy
-imports inside functions included, and no two modules import each other, even
-through others. No module grows past 600 lines.
+plugin, doctor). Inside lab/, by job: scenario (what a run is asked) < run (the
+run as it happens, and its record) < judge (the verdict) < report (presented),
+with the drivers on top (runner, matrix, selftests). A module imports only from
+its own layer or below, lazy imports inside functions and importlib's imports by
+name included, and no two modules import each other, even through others. No
+module grows past 600 lines.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import harness
 
 PKG = Path(harness.__file__).resolve().parent
 LAYERS = ("core", "supply", "machine", "lab")
+LAB_LAYERS = ("scenario", "run", "judge", "report")   # then lab's drivers: runner, matrix, selftests
 MAX_LINES = 600
 
 
@@ -40,7 +44,9 @@ def imports(mod: str, path: Path, known: set[str]) -> set[str]:
     package = mod.split(".") if is_pkg else mod.split(".")[:-1]
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and _imports_by_name(node):
+            names = [node.args[0].value]    # importlib.import_module("harness...") / __import__
+        elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -59,6 +65,24 @@ def imports(mod: str, path: Path, known: set[str]) -> set[str]:
             if parts and ".".join(parts) != mod:
                 found.add(".".join(parts))
     return found
+
+
+def _imports_by_name(call: ast.Call) -> bool:
+    """``importlib.import_module("harness.x")``, ``import_module(...)`` or ``__import__(...)``
+    with a literal name: an import the statements above would not see."""
+    f = call.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    return (name in ("import_module", "__import__") and bool(call.args)
+            and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)
+            and call.args[0].value.startswith("harness"))
+
+
+def lab_layer(mod: str) -> int:
+    """A lab module's place inside lab/ (None outside lab): its subpackage's, the drivers on top."""
+    parts = mod.split(".")
+    if len(parts) > 2 and parts[2] in LAB_LAYERS:
+        return LAB_LAYERS.index(parts[2])
+    return len(LAB_LAYERS)
 
 
 def graph() -> dict[str, set[str]]:
@@ -80,6 +104,28 @@ def test_every_import_points_down_or_sideways():
     upward = [f"{m} ({LAYERS[layer(m)] if layer(m) < len(LAYERS) else 'top'}) imports {d}"
               for m, deps in graph().items() for d in deps if layer(d) > layer(m)]
     assert upward == []
+
+
+def test_inside_lab_every_import_points_down_or_sideways_by_job():
+    def where(m: str) -> str:
+        return LAB_LAYERS[lab_layer(m)] if lab_layer(m) < len(LAB_LAYERS) else "lab's drivers"
+    lab = [m for m in graph() if m.startswith("harness.lab.")]
+    upward = [f"{m} ({where(m)}) imports {d} ({where(d)})"
+              for m in lab for d in graph()[m] if d.startswith("harness.lab.") and lab_layer(d) > lab_layer(m)]
+    assert upward == []
+
+
+def test_lab_is_in_subpackages_by_job():
+    for name in LAB_LAYERS:
+        assert (PKG / "lab" / name / "__init__.py").is_file(), name
+    flat = sorted(p.stem for p in (PKG / "lab").glob("*.py") if p.stem != "__init__")
+    assert flat == ["matrix", "runner"]
+
+
+def test_an_import_by_name_counts_as_an_import():
+    tree = ast.parse('import importlib\nimportlib.import_module("harness.cli")\n__import__("harness.plugin")\n')
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _imports_by_name(n)]
+    assert [c.args[0].value for c in calls] == ["harness.cli", "harness.plugin"]
 
 
 def test_no_import_cycle_lazy_imports_included():

@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 from harness.lab import matrix
-from harness.lab.outcome import Outcome
-from harness.lab.record import Reason, Window
-from harness.lab.specs import Expectation, ModuleSpec, Scenario
-from harness.lab.verdict import Verdict
+from harness.lab.report.outcome import Outcome
+from harness.lab.run.record import Reason, Window
+from harness.lab.scenario.specs import Expectation, ModuleSpec, Scenario
+from harness.lab.judge.verdict import Verdict
 
 DEFINED = ["debian-5.10", "debian-6.1", "debian-6.12", "debian-7"]
 ANY = Scenario(name="any", patch=ModuleSpec(source=Path("/nowhere")))

@@ -1,8 +1,9 @@
 """Which of the kernel's memory detectors a guest boots with, by what its kernel was built with."""
 import pytest
 
-from harness.lab import memdebug, scenario
-from harness.lab.specs import DEBUG_FACILITIES, DebugSpec
+from harness.lab.run import memdebug
+from harness.lab.scenario import loader as scenario
+from harness.lab.scenario.specs import DEBUG_FACILITIES, DebugSpec
 from harness.supply import kerneltree
 
 # each Debian line's config, as far as the facilities go (DESIGN.md: "Kernel facilities per line")

@@ -19,17 +19,18 @@ import pytest
 
 from harness.core.errors import ConfigError, GuestConnectionError, HarnessError
 from harness.core.settings import Settings, Timeouts
-from harness.lab import context
-from harness.lab import livepatch as livepatch_mod
-from harness.lab import plans, runner
-from harness.lab.events import Timeline
-from harness.lab.prepare import Modules, Prepared
-from harness.lab.record import BASELINE, COOLDOWN, HOLD, TRANSITION, RunRecord
-from harness.lab.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, StepSpec, StressSpec,
-                               TimelineSpec, TransitionSpec)
-from harness.lab.expect import Expect
-from harness.lab.verdict import Verdict, decide
-from harness.lab.workload import detached
+from harness.lab.run import context
+from harness.lab.run import livepatch as livepatch_mod
+from harness.lab.run import plans
+from harness.lab import runner
+from harness.lab.run.events import Timeline
+from harness.lab.run.prepare import Modules, Prepared
+from harness.lab.run.record import BASELINE, COOLDOWN, HOLD, TRANSITION, RunRecord
+from harness.lab.scenario.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, StepSpec, StressSpec,
+                                        TimelineSpec, TransitionSpec)
+from harness.lab.scenario.expect import Expect
+from harness.lab.judge.verdict import Verdict, decide
+from harness.lab.run.workload import detached
 from harness.supply.modinfo import Module
 
 from .fakes.lab_guest import FakeKernel, K, LabGuest
@@ -271,7 +272,7 @@ def test_a_guest_lost_during_set_up_is_an_error(lab, kernel):
 @pytest.fixture
 def whole_run(tmp_path, kernel, monkeypatch):
     """runner.run with the supply and the boot stood in for: ``whole_run(sc)`` -> Outcome."""
-    from harness.lab import prepare as prep
+    from harness.lab.run import prepare as prep
     from harness.machine import heartbeat, session
     from harness.supply import images, kerneldefs, kernelfetch
     fake_kernel = type("K", (), {"name": "debian-6.1", "release": "6.1.0-1-amd64", "version": "6.1.1-1", "config": None,
@@ -434,7 +435,7 @@ def test_sysfs_not_as_the_lifecycle_implies_fails_on_lifecycle(lab, kernel, monk
 
 
 def test_a_patch_refused_under_signature_enforcement_fails_on_signature_naming_its_signature(lab, kernel):
-    from harness.lab.specs import SecuritySpec
+    from harness.lab.scenario.specs import SecuritySpec
     kernel.refuse[PATCH] = "ERROR: could not insert module lab_good.ko: Key was rejected by service"
     ctx = lab(dataclasses.replace(QUIET, security=SecuritySpec(sig_enforce=True)))
     run_steps(ctx)
@@ -449,7 +450,7 @@ def test_a_patch_refused_under_signature_enforcement_fails_on_signature_naming_i
 
 
 def test_a_full_artifact_folder_makes_the_run_an_error_naming_it(whole_run, tmp_path, monkeypatch):
-    from harness.lab import outcome as outcomes
+    from harness.lab.report import outcome as outcomes
 
     def write(out_dir, result, rec):
         (out_dir / "verdict.json").write_text("{}")

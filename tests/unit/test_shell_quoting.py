@@ -19,11 +19,12 @@ from types import SimpleNamespace
 import pytest
 
 from harness.core.settings import Settings, Timeouts
-from harness.lab import hookcmd, livepatch
-from harness.lab.forensics import HangEvidence
+from harness.lab.scenario import hookcmd
+from harness.lab.run import livepatch
+from harness.lab.run.forensics import HangEvidence
 from harness.lab.selftests import suite
-from harness.lab.specs import ServiceSpec
-from harness.lab.workload import detached, service
+from harness.lab.scenario.specs import ServiceSpec
+from harness.lab.run.workload import detached, service
 from harness.machine.backends.qemu.command import incoming_uri, migrate_uri
 from harness.machine.channel import Result
 from harness.supply import buildroot

@@ -12,8 +12,8 @@ import pytest
 from harness import cli
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.lab import signoff
-from harness.lab.signoff import collect, inputs, plot
+from harness.lab.report import signoff
+from harness.lab.report.signoff import collect, inputs, plot
 from harness.supply.apt import sha256_file
 
 from .signoff_runs import OOPS, RELEASE, VERSION, make_module, make_run
@@ -285,6 +285,6 @@ def test_the_check_and_run_commands_take_report(tmp_path):
 
 def test_the_templates_are_package_data():
     toml = (Path(cli.__file__).parents[1] / "pyproject.toml").read_text()
-    assert '"harness.lab.signoff" = ["templates/*"]' in toml
+    assert '"harness.lab.report.signoff" = ["templates/*"]' in toml
     assert {p.name for p in (Path(signoff.__file__).parent / "templates").iterdir()} == {"index.html.j2",
                                                                                       "style.css"}

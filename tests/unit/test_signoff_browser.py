@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness.core.settings import Settings
-from harness.lab import signoff
+from harness.lab.report import signoff
 from tests.browser import open_page, require_chromium, screenshot_dir
 
 from .signoff_runs import VERSION, make_module, make_run

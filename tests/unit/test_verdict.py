@@ -5,11 +5,11 @@ from typing import Optional
 
 import pytest
 
-from harness.lab import memcheck
-from harness.lab import verdict as V
-from harness.lab.expect import Expect
-from harness.lab.specs import SoakSpec, Thresholds
-from harness.lab.record import BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Window
+from harness.lab.judge import memcheck
+from harness.lab.judge import verdict as V
+from harness.lab.scenario.expect import Expect
+from harness.lab.scenario.specs import SoakSpec, Thresholds
+from harness.lab.run.record import BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Window
 from harness.machine.kmsg import Finding
 
 
@@ -210,7 +210,7 @@ def test_a_stall_that_signalling_did_not_clear_says_so():
 
 
 def test_a_runs_wall_time_is_split_into_phases_that_happened():
-    from harness.lab.events import phase_seconds
+    from harness.lab.run.events import phase_seconds
     names = ["start", "build", "built", "booted", "baseline", "load-patch", "loaded", "transition-complete",
              "patched", "disable", "unpatch-complete", "reverted", "cooldown-end", "collect", "collected", "verdict"]
     timeline = [{"t": 100.0 + i, "event": n} for i, n in enumerate(names)]
@@ -313,7 +313,7 @@ def test_lines_the_scenario_expects_must_be_in_dmesg_in_their_order():
 
 
 def test_phases_of_an_upgrade_count_from_the_baseline_not_from_the_old_patchs_load():
-    from harness.lab.events import phase_seconds
+    from harness.lab.run.events import phase_seconds
     names = ["start", "built", "booted", "load-patch", "patched", "baseline", "load-patch", "patched", "disable",
              "reverted", "cooldown-end", "collect", "collected", "verdict"]
     phases = phase_seconds([{"t": 100.0 + i, "event": n} for i, n in enumerate(names)])
@@ -399,7 +399,7 @@ def test_a_revert_tool_must_agree_with_the_kernel():
 # the kernel's memory detectors, a use after unload, leaks in one run ---------------------------
 from pathlib import Path  # noqa: E402
 
-from harness.lab.livepatch import LOADING  # noqa: E402
+from harness.lab.run.livepatch import LOADING  # noqa: E402
 
 CONSOLE = Path(__file__).parent / "data" / "console"
 

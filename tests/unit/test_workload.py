@@ -26,8 +26,8 @@ import pytest
 
 from harness.core.errors import ConfigError, DeadlineExceeded, GuestCommandError
 from harness.core.settings import Timeouts
-from harness.lab import specs
-from harness.lab.workload import clock, detached, httpload, probe, service, stats, stress
+from harness.lab.scenario import specs
+from harness.lab.run.workload import clock, detached, httpload, probe, service, stats, stress
 from harness.machine.channel import Result
 from harness.supply import guestfs
 

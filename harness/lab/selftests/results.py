@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..report import columns
+from ..report.summary import columns
 from .cases import ERROR, FAIL, OUTCOMES, PASS, SKIP, Case, CaseResult
 
 

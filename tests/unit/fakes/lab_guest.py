@@ -2,7 +2,7 @@
 workload the real guest-side scripts run on this host (``LocalGuest``), its console a real
 ``ConsoleFollower`` on a file, its machine one the test can kill or panic.
 
-``FakeKernel`` stands in for the functions of ``harness.lab.livepatch`` (install it with
+``FakeKernel`` stands in for the functions of ``harness.lab.run.livepatch`` (install it with
 ``kernel.install(monkeypatch)``): insmod, the transition, disable, rmmod, taint and the
 kernel log follow the kernel's rules as far as the runner needs them; a test scripts the
 trouble (a refused load, a stalled transition, a module that will not unload).
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from harness.core.errors import GuestConnectionError, LivepatchError
-from harness.lab import livepatch
+from harness.lab.run import livepatch
 from harness.machine.backends.base import MachineExit, StillRunning
 from harness.machine.channel import Result
 from harness.machine.console import ConsoleFollower
@@ -48,7 +48,7 @@ class FakeKernel:
     def _print(self, line: str) -> None:
         self.log.append(f"[{len(self.log) + 1:6d}.000000] {line}")
 
-    # harness.lab.livepatch, faked
+    # harness.lab.run.livepatch, faked
     def load(self, guest, remote_ko, timeout, report_text_of="", params=()):
         self._reach(guest)
         name = Path(remote_ko).stem
@@ -170,7 +170,7 @@ class FakeKernel:
                 "modules": sorted(self.modules), "patches": sorted(self.enabled)}
 
     def install(self, monkeypatch) -> "FakeKernel":
-        from harness.lab import steps
+        from harness.lab.run import steps
         monkeypatch.setattr(steps, "read_memory", self.read_memory)
         for name in ("load", "patches", "state", "wait_transition", "stragglers", "signal_stragglers", "force",
                      "disable", "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since", "begin", "finish",

@@ -1,0 +1,1 @@
+"""From what a run saw and what it was to show, the verdict: pure functions."""

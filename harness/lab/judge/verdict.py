@@ -1,0 +1,496 @@
+"""Measurements of one run → ``pass`` / ``fail`` / ``error`` with reasons.
+
+Pure: everything here reads what the run was to show (``Expect``, expect.py)
+and what it saw (``RunRecord``, record.py) and nothing else, so each check is
+unit-tested on synthetic records and shown failing on the patch that deserves
+it. ``error`` means the lab, the host or the guest before the
+patch broke, never the patch (see faults.py).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+from ...machine import kmsg
+from . import contention, overhead, toolcheck
+from .memcheck import check_leaks, check_unload
+from ..scenario.expect import Expect
+from ..run.livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, LOADING, taint_letters
+from ..run.record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord, Window
+from ..run.workload.stats import window_stats
+
+# Kernel lines that are trouble beyond the generic classifier.
+_LIVEPATCH_TROUBLE = re.compile(r"failed to enable patch|forcing remaining tasks to the (?:un)?patched state")
+_CALL_TRACE = re.compile(r"^Call Trace:")
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    reasons: list[Reason]
+    measurements: dict[str, Any]
+    # the windows the service and the probe were judged in, as judged (the report draws these)
+    windows: list[Window] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "reasons": [asdict(r) for r in self.reasons],
+                "measurements": self.measurements,
+                "windows": [{**asdict(w), "start": round(w.start, 3), "end": round(w.end, 3)} for w in self.windows]}
+
+
+# service ----------------------------------------------------------------------
+def host_overloaded(rec: RunRecord) -> str:
+    """A note when the host ran more than one runnable task per core during the run: under
+    TCG an overloaded host slows the guest's service exactly like a slow patch does."""
+    if rec.host_cpus and rec.host_load and max(rec.host_load) > rec.host_cpus:
+        return (f" (note: host load average reached {max(rec.host_load):.1f} on {rec.host_cpus} cores; "
+                "an overloaded host also looks like this: re-run with fewer guests at once)")
+    return ""
+
+
+def check_service(expect: Expect, rec: RunRecord) -> tuple[list[Reason], dict, list[str]]:
+    """Reasons, the windows' statistics, and, when the service failed, where the rest of the
+    host took the guest's CPU in a judged window (contention.py: then the service could not be
+    judged)."""
+    base_w = next((w for w in rec.windows.values() if w.kind == BASELINE), None)
+    if not expect.service or base_w is None:
+        return [], {}, []
+    t = expect.thresholds
+    stats = {name: asdict(window_stats(rec.requests, w.start, w.end)) for name, w in rec.windows.items()}
+    reasons: list[Reason] = []
+    failed = [r for r in rec.requests if not (r.status is not None and 200 <= r.status < 400)]
+    if failed:
+        first = failed[0]
+        reasons.append(Reason("service", f"{len(failed)} of {len(rec.requests)} requests failed "
+                                         f"(first: {first.error or first.status})"))
+    base = stats[base_w.name]
+    if not base["count"] or base["max_latency"] is None:
+        reasons.append(Reason("service", f"no successful request in the {base_w.name} window: "
+                                         "nothing to compare with"))
+        return reasons, stats, []
+    lat_limit = max(t.max_latency, t.latency_factor * base["max_latency"])
+    gap_limit = max(t.max_gap, t.latency_factor * (base["longest_gap"] or 0))
+    p50_limit = max(t.min_median, t.median_factor * base["p50"])
+    for name, w in rec.windows.items():
+        s = stats[name]
+        if w.kind not in (TRANSITION, HOLD) or not s["count"]:
+            continue
+        if s["max_latency"] is not None and s["max_latency"] > lat_limit:
+            reasons.append(Reason("service", f"{name} window: max latency {s['max_latency']*1000:.0f} ms "
+                                             f"> {lat_limit*1000:.0f} ms allowed (baseline max "
+                                             f"{base['max_latency']*1000:.0f} ms)"))
+        if s["longest_gap"] is not None and s["longest_gap"] > gap_limit:
+            reasons.append(Reason("service", f"{name} window: {s['longest_gap']:.2f} s without a response "
+                                             f"> {gap_limit:.2f} s allowed (baseline "
+                                             f"{base['longest_gap']:.2f} s)"))
+        # A sustained slow-down shows while patched; transition windows include the
+        # module load and the transition itself, judged by their worst case above.
+        if w.kind == HOLD and s["p50"] is not None and s["p50"] > p50_limit:
+            reasons.append(Reason("service", f"{name} window: median latency {s['p50']*1000:.0f} ms "
+                                             f"> {p50_limit*1000:.0f} ms allowed (baseline median "
+                                             f"{base['p50']*1000:.0f} ms)"))
+    note = host_overloaded(rec)
+    if note and reasons:
+        reasons = [Reason(r.check, r.message + note) for r in reasons]
+    by_host = [why for w in rec.windows.values() if w.kind in (TRANSITION, HOLD)
+               for why in [contention.host_took(rec, base_w, w)] if why] if reasons else []
+    return reasons, stats, by_host
+
+
+# probe ------------------------------------------------------------------------
+def _samples(rec: RunRecord, phase: str) -> Optional[list]:
+    """The probe runs wholly inside the window judged as ``phase``; None without such a window."""
+    w = next((w for w in rec.windows.values() if w.probe_phase == phase), None)
+    if w is None:
+        return None
+    return [s for s in rec.probe if w.start <= s.t and (getattr(s, "t_end", None) or s.t) < w.end]
+
+
+def _lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _lost_fix(rec: RunRecord, phase: str, output: str) -> str:
+    """Why a sample may not match after an upgrade: lines that are the unpatched kernel's output
+    again, though the patch before showed otherwise (an atomic replace reverted a function the
+    new patch no longer carries)."""
+    if rec.probe_unpatched is None or not rec.replaced:
+        return ""
+    w = next(w for w in rec.windows.values() if w.probe_phase == phase)
+    earlier = [x for x in rec.windows.values() if x.probe_phase and x.end <= w.start and _samples(rec, x.probe_phase)]
+    if not earlier:
+        return ""
+    before = set(_lines(_samples(rec, earlier[-1].probe_phase)[-1].output))
+    unpatched = set(_lines(rec.probe_unpatched))
+    lost = [line for line in _lines(output) if line in unpatched and line not in before]
+    if not lost:
+        return ""
+    return (f"; a fix was lost in the upgrade: {lost[0].strip()[:80]!r} is the unpatched kernel's output "
+            f"again (an atomic replace reverts what the new patch does not carry)")
+
+
+def check_probe(expect: Expect, rec: RunRecord) -> list[Reason]:
+    reasons = []
+    wanted: dict[str, Optional[str]] = {**expect.probe, **{phase: None for phase in expect.probe_same}}
+    for phase, rx in wanted.items():
+        samples = _samples(rec, phase)
+        if samples is None:
+            # the run ended before this phase (a failed load, a lost guest), or a conditional
+            # hold did not happen: others say why, if anything is wrong
+            if phase == "before":
+                reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
+            continue
+        if not samples:
+            reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
+            continue
+        if rx is None:   # must show what another phase showed
+            ref = _samples(rec, expect.probe_same[phase])
+            if not ref:
+                continue
+            bad = [s for s in samples if s.output != ref[-1].output or s.rc != ref[-1].rc]
+            if bad:
+                reasons.append(Reason("probe", f"{phase}: {len(bad)} of {len(samples)} samples differ from "
+                                               f"the {expect.probe_same[phase]} phase: {bad[0].output.strip()[:120]!r}"
+                                               f" vs {ref[-1].output.strip()[:120]!r}"))
+            continue
+        bad = [s for s in samples if s.rc != 0 or not re.search(rx, s.output)]
+        if bad:
+            out = bad[0].output.strip().splitlines()[:2]
+            reasons.append(Reason("probe", f"{phase}: {len(bad)} of {len(samples)} samples do not match "
+                                           f"/{rx}/ (e.g. rc {bad[0].rc}: {' | '.join(out) or '(empty)'})"
+                                           + _lost_fix(rec, phase, bad[0].output)))
+    # Reverted means the unpatched behaviour is back, even when no 'after' pattern was given:
+    # what the probe showed before any patch (or, if unknown, in the baseline).
+    if "after" not in expect.probe and rec.main.revert.get("module_gone"):
+        before, after = _samples(rec, "before"), _samples(rec, "after")
+        want = rec.probe_unpatched if rec.probe_unpatched is not None else before[-1].output if before else None
+        if want is not None and after:
+            differ = [s for s in after if s.output != want or s.rc != 0]
+            if differ:
+                reasons.append(Reason("revert", f"probe output after revert differs from before the "
+                                                f"patch: {differ[0].output.strip()[:120]!r} vs "
+                                                f"{want.strip()[:120]!r}"))
+    return reasons
+
+
+# dmesg ------------------------------------------------------------------------
+# What the kernel logs for each livepatch operation (kernel/livepatch/{core,transition}.c).
+_KMSG = {"enabled": ["livepatch: enabling patch '{}'", "livepatch: '{}': starting patching transition"],
+         "patched": ["livepatch: '{}': patching complete"],
+         "disabled": ["livepatch: '{}': starting unpatching transition"],
+         "unpatched": ["livepatch: '{}': unpatching complete"]}
+
+
+def expected_lines(rec: RunRecord) -> list[str]:
+    """The livepatch lines the run's operations imply, in the order they happened."""
+    return [line.format(name) for op, name in rec.ops for line in _KMSG[op]]
+
+
+def _load_line(text: list[str]) -> Optional[int]:
+    """Index of the lab's mark before the first patch load in the run's log (livepatch.LOADING); None
+    when it is not there (no load, or a report storm overran the log: then ``patch_issued`` says)."""
+    return next((i for i, line in enumerate(text) if line.startswith(LOADING)), None)
+
+
+def check_dmesg(expect: Expect, rec: RunRecord) -> tuple[list[Reason], list[Reason]]:
+    """The patch's reasons, and trouble the kernel reported before the patch's module was loaded
+    (that cannot be the patch's doing: the run is an ``error``)."""
+    reasons, before = [], []
+    text = [kmsg.strip_prefix(line) for line in rec.dmesg]
+    # A guest lost mid-run has no readable dmesg: its console findings speak for it.
+    lost = rec.guest_lost and not rec.dmesg
+    # the kernel's livepatch lines for what the run did, and the scenario's own: each in order
+    for wanted in ([] if lost else expected_lines(rec), [] if lost else expect.dmesg):
+        pos = 0
+        for want in wanted:
+            found = next((i for i in range(pos, len(text)) if want in text[i]), None)
+            if found is None:
+                reasons.append(Reason("dmesg", f"expected, in order, but missing: {want!r}"))
+                break
+            pos = found + 1
+    seen = set()
+    # a load the scenario expects the kernel to refuse makes the kernel say so: not trouble
+    excused = [f"'{p.name}'" for p in rec.patches.values() if p.refused]
+    loaded_at = _load_line(text)
+    modules = list(rec.patches)
+    for i, line in enumerate(text):
+        if any(name in line for name in excused):
+            continue
+        hit = kmsg.classify(line)
+        kind = hit[0] if hit else ("livepatch-trouble" if _LIVEPATCH_TROUBLE.search(line) else
+                                   "call-trace" if _CALL_TRACE.search(line) else None)
+        if kind and kind not in seen:
+            seen.add(kind)
+            where = kmsg.report_function(text, i, modules) if hit else None
+            message = f"{kind}: {line.strip()[:200]}" + (f" (in {where})" if where else "")
+            pre = i < loaded_at if loaded_at is not None else not rec.patch_issued
+            (before if pre else reasons).append(Reason("dmesg", message))
+    for f in rec.console_findings:
+        if f.kind not in seen:
+            seen.add(f.kind)
+            at = f.lineno - rec.console_from - 1    # its index in rec.console
+            where = kmsg.report_function(rec.console, at, modules) if 0 <= at < len(rec.console) else None
+            message = f"{f.kind} (console): {f.line.strip()[:200]}" + (f" (in {where})" if where else "")
+            pre = at < rec.console_at_load if rec.console_at_load is not None else not rec.patch_issued
+            (before if pre else reasons).append(Reason("dmesg", message))
+    return reasons, before
+
+
+# taint ------------------------------------------------------------------------
+def check_taint(rec: RunRecord) -> list[Reason]:
+    if rec.taint_patched is None or rec.taint_before is None:
+        return []
+    reasons = []
+    unmarked = [hold for hold, value in rec.taint_held or [("patched", rec.taint_patched)]
+                if not value & LIVEPATCH_TAINT]
+    if unmarked:
+        reasons.append(Reason("taint", "K (kernel has been live patched) is not set while patched"
+                                       + (f" (in {', '.join(unmarked)})" if rec.taint_held else "")))
+    seen = rec.taint_patched | (rec.taint_after or 0)
+    for _hold, value in rec.taint_held:
+        seen |= value
+    extra = seen & ~rec.taint_before & ~ALLOWED_TAINT
+    for letter, meaning in taint_letters(extra):
+        reasons.append(Reason("taint", f"{letter}: {meaning}"))
+    return reasons
+
+
+# transition / revert ------------------------------------------------------------
+def check_transition(rec: RunRecord) -> list[Reason]:
+    return [r for p in rec.patches.values() for r in _transition(p)]
+
+
+def _transition(p: PatchRecord) -> list[Reason]:
+    tr = p.transition
+    if not p.loaded or "completed" not in tr:   # never waited for (e.g. an unexpected load)
+        return []
+    reasons = []
+    who = "; ".join(tr.get("stragglers", [])[:5])
+    if tr.get("forced"):
+        # Since 5.1 a forced *patching* transition no longer pins the new patch's module
+        # (only patches forced while unpatching, and older kernels, stay loaded for good);
+        # the revert check reports what this kernel did.
+        reasons.append(Reason("transition", "the transition was forced: tasks were switched without a "
+                                            "safe point, so the patch's consistency is not guaranteed, and "
+                                            "a forced module may never be unloadable (stragglers: "
+                                            f"{who or 'none named'})"))
+    elif not tr.get("completed"):
+        signaled = (f", nor {tr.get('seconds', 0):.0f} s in after the stragglers were signalled"
+                    if tr.get("signaled") else "")
+        reasons.append(Reason("transition", f"patching did not complete within {tr.get('deadline', 0):.0f} s"
+                                            f"{signaled}; still unpatched: {who or 'none named'}"
+                                            + toolcheck.after_stall(tr.get("tool"))))
+    elif tr.get("tool"):
+        reasons += toolcheck.after_transition(tr["tool"])
+    return reasons
+
+
+def check_revert(rec: RunRecord) -> list[Reason]:
+    return [r for p in rec.patches.values() for r in _revert(p, p.name in rec.replaced)]
+
+
+def _revert(p: PatchRecord, replaced: bool) -> list[Reason]:
+    rv = p.revert
+    if not p.loaded or not rv:
+        return []
+    reasons = []
+    if not rv.get("disabled") and not replaced:   # an atomic replace disabled it: nothing to disable
+        reasons.append(Reason("revert", f"could not disable the patch: {rv.get('disable_err', '')}"))
+    if rv.get("disabled") and p.unpatch and not p.unpatch.get("completed"):
+        who = "; ".join(p.unpatch.get("stragglers", [])[:5])
+        reasons.append(Reason("revert", f"unpatching did not complete within "
+                                        f"{p.unpatch.get('deadline', 0):.0f} s; still patched: {who}"))
+    if rv.get("rmmod_rc") not in (0, None):
+        reasons.append(Reason("revert", f"rmmod failed (rc {rv['rmmod_rc']}): {rv.get('rmmod_err', '').strip()}"))
+    but = toolcheck.but_it_said(rv.get("tool"))   # a revert tool that claimed success
+    if rv.get("sysfs_gone") is False:
+        reasons.append(Reason("revert", f"/sys/kernel/livepatch/{p.name} still exists{but}"))
+    if rv.get("module_gone") is False:
+        reasons.append(Reason("revert", f"module {p.name} still in /proc/modules{but}"))
+    return reasons + toolcheck.after_revert(rv)
+
+
+# soak -------------------------------------------------------------------------------
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
+
+
+def _thirds(values: list[float]) -> tuple[float, float]:
+    """Medians of the first and the last third."""
+    k = max(1, len(values) // 3)
+    first, last = sorted(values[:k]), sorted(values[-k:])
+    return first[len(first) // 2], last[len(last) // 2]
+
+
+def _growth(samples: list[dict[str, Any]], key: str, limit: float,
+            rising_share: float = 0.6) -> Optional[tuple[float, float, float]]:
+    """(total growth, least-squares growth a cycle, share of cycles it rose in) of ``key`` when it
+    grows by more than ``limit`` a cycle, steadily; else None."""
+    points = [(float(s["cycle"]), float(s[key])) for s in samples if s.get(key) is not None]
+    if len(points) < 3:
+        return None
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    per_cycle = _slope(xs, ys)
+    rising = sum(1 for a, b in zip(ys, ys[1:]) if b > a) / (len(ys) - 1)
+    return (ys[-1] - ys[0], per_cycle, rising) if per_cycle > limit and rising >= rising_share else None
+
+
+def check_soak(expect: Expect, rec: RunRecord) -> list[Reason]:
+    """Across the cycles of a soak: nothing left after a cycle, no steady growth of unreclaimable
+    slab or vmalloc'ed memory and no steady fall of MemAvailable (a leak), no steady slow-down of
+    the transitions."""
+    cycles = [s for s in rec.soak if s["cycle"] > 0]
+    if not cycles or expect.soak is None:
+        return []
+    spec = expect.soak
+    reasons = [Reason("soak", f"cycle {s['cycle']} left {', '.join(s['left'])} behind")
+               for s in cycles if s["left"]][:3]
+    limit = spec.leak_kib
+    for key, what in (("sunreclaim_kib", "unreclaimable slab"), ("vmalloc_kib", "vmalloc'ed memory")):
+        grew = _growth(rec.soak, key, limit)
+        if grew:
+            reasons.append(Reason("soak", f"{what} grew {grew[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
+                                          f"{grew[1]:.0f} KiB a cycle (> {limit:.0f} allowed), rising in "
+                                          f"{grew[2]:.0%} of them: a leak on every apply/revert"))
+    mem_limit = spec.mem_kib
+    fell = _growth([{**s, "neg": -s["mem_available_kib"]} for s in rec.soak
+                    if s.get("mem_available_kib") is not None], "neg", mem_limit, rising_share=0.5)
+    if fell:
+        reasons.append(Reason("soak", f"MemAvailable fell {fell[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
+                                      f"{fell[1]:.0f} KiB a cycle (> {mem_limit:.0f} allowed): memory the patch "
+                                      "takes on every apply/revert and never gives back"))
+    times = [s["transition_s"] for s in cycles if s["transition_s"] is not None]
+    factor = spec.slowdown
+    if len(times) >= 6:
+        first, last = _thirds(times)
+        if last > factor * first and last - first > 1.0 and _slope(list(range(len(times))), times) > 0:
+            reasons.append(Reason("soak", f"transitions slowed down steadily: {first:.2f} s in the first "
+                                          f"cycles, {last:.2f} s in the last (> {factor:g}x)"))
+    return reasons
+
+
+_KTIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
+
+
+def kernel_durations(name: str, dmesg: list[str]) -> dict[str, float]:
+    """Transition durations by the kernel's own clock, from dmesg timestamps."""
+    at: dict[str, float] = {}
+    for line in dmesg:
+        m = _KTIME.match(line)
+        if not m:
+            continue
+        for key, needle in (("patch_start", "starting patching transition"),
+                            ("patch_end", "patching complete"),
+                            ("unpatch_start", "starting unpatching transition"),
+                            ("unpatch_end", "unpatching complete")):
+            if f"'{name}': {needle}" in line:
+                at.setdefault(key, float(m.group(1)))
+    out = {}
+    if {"patch_start", "patch_end"} <= at.keys():
+        out["patching_s"] = round(at["patch_end"] - at["patch_start"], 3)
+    if {"unpatch_start", "unpatch_end"} <= at.keys():
+        out["unpatching_s"] = round(at["unpatch_end"] - at["unpatch_start"], 3)
+    return out
+
+
+# cost -------------------------------------------------------------------------------
+def cost_measurement(rec: RunRecord) -> Optional[dict[str, Any]]:
+    return overhead.compare(rec.cost, rec.cost_repeat, rec.cost_workload) if rec.cost else None
+
+
+def check_overhead(expect: Expect, measured: Optional[dict[str, Any]]) -> list[Reason]:
+    """Only with a threshold, and only when the whole 95 % interval of the ratio lies above it: a
+    noisy host widens the interval, it cannot make a false alarm."""
+    limit = expect.thresholds.overhead_max_percent
+    if limit is None or not measured:
+        return []
+    low, high = measured["ratio"]["ci95"]
+    if (low - 1.0) * 100.0 <= limit:
+        return []
+    d = measured["difference_ms"]
+    return [Reason("overhead", f"the patch costs {(measured['ratio']['estimate'] - 1) * 100:+.1f} % a call of "
+                               f"{measured['workload']!r} (95% CI {(low - 1) * 100:+.1f} .. {(high - 1) * 100:+.1f} %, "
+                               f"{d['estimate']:+.3f} ms a call), more than the {limit:g} % allowed "
+                               f"(p={measured['p_value']:.2g})")]
+
+
+def service_difference(rec: RunRecord) -> Optional[dict[str, Any]]:
+    """The service's median latency in each held window against the baseline's, in ms, with its
+    interval: what the patch costs the service (reported, judged by check_service's limits)."""
+    base = next((w for w in rec.windows.values() if w.kind == BASELINE), None)
+    if base is None:
+        return None
+    def lat(w):
+        return [1000.0 * r.latency for r in rec.requests
+                if r.ok and r.latency is not None and w.start <= r.intended < w.end]
+    a = lat(base)
+    out = {}
+    for name, w in rec.windows.items():
+        b = lat(w) if w.kind == HOLD else []
+        if len(a) >= overhead.MIN_BLOCKS and len(b) >= overhead.MIN_BLOCKS:
+            out[name] = overhead.difference(a, b).as_dict(digits=2)
+    return out or None
+
+
+def decide(expect: Expect, rec: RunRecord) -> Verdict:
+    windows = sorted(rec.windows.values(), key=lambda w: w.start)
+    if rec.error:
+        return Verdict("error", [Reason("lab", rec.error)], {}, windows)
+    reasons = list(rec.early) + list(rec.lifecycle)
+    service_reasons, service_stats, by_host = check_service(expect, rec)
+    dmesg_reasons, before_load = check_dmesg(expect, rec)
+    costs = cost_measurement(rec)
+    # a use after unload first: it names what the guest's death that follows it is about
+    reasons = check_unload(rec) + reasons
+    for part in (check_transition(rec), check_probe(expect, rec), service_reasons, dmesg_reasons,
+                 check_taint(rec), check_revert(rec), check_leaks(expect.thresholds, rec), check_soak(expect, rec),
+                 check_overhead(expect, costs)):
+        reasons += part
+    main = rec.main
+    measurements = {
+        "service": service_stats,
+        # insmod / the disable write return only after the kernel's first transition attempt,
+        # which on PREEMPT_DYNAMIC kernels rewrites static calls (slow under TCG)
+        "load_s": main.transition.get("load_seconds"), "disable_s": main.revert.get("disable_seconds"),
+        "transition_s": main.transition.get("seconds"), "unpatch_s": main.unpatch.get("seconds"),
+        "kernel_clock": kernel_durations(rec.patch_name, rec.dmesg),
+        "taint": {"before": rec.taint_before, "patched": rec.taint_patched, "after": rec.taint_after},
+        "requests": len(rec.requests), "probe_samples": len(rec.probe),
+        "host_load": {"max": max(rec.host_load) if rec.host_load else None, "cpus": rec.host_cpus},
+        "host_cpu": contention.describe(rec),
+    }
+    if rec.debug:
+        measurements["debug"] = {**rec.debug, "cmdline": rec.cmdline}
+    if costs:
+        measurements["overhead"] = costs
+    latency = service_difference(rec) if expect.service else None
+    if latency:   # patched minus baseline, median ms, per held window
+        measurements["service_difference_ms"] = latency
+    if rec.memory:
+        measurements["memory"] = rec.memory
+    layout = {p.name: {"core": [f"{p.core[0]:#x}", p.core[1]] if p.core else None,
+                       "sections": {k: f"{v:#x}" for k, v in sorted(p.sections.items())}}
+              for p in rec.patches.values() if p.sections or p.core}
+    if layout:   # where each patch's module lay: what a use after unload is judged by
+        measurements["module_layout"] = layout
+    if rec.soak:
+        measurements["soak"] = rec.soak
+    if rec.tool_runs:   # each call of the tool or hook; what it printed is in apply.log
+        measurements["tool_runs"] = [{k: v for k, v in r.items() if k != "output"} for r in rec.tool_runs]
+    if before_load:
+        # the kernel was in trouble before the patch's module was loaded: the patch cannot be judged
+        return Verdict("error", [Reason("guest", "the kernel reported trouble before the patch's module was "
+                                                 f"loaded, so it is not the patch's doing: {r.message}")
+                                 for r in before_load] + reasons, measurements, windows)
+    if by_host and reasons == service_reasons:
+        # the service alone failed, and only while the host took the guest's CPU: the lab
+        # cannot judge the patch from these windows (faults.py: the host's fault is an error)
+        why = "; ".join(by_host)
+        return Verdict("error", [Reason("host", f"the host took the guest's CPU while the service failed: {why}; "
+                                        "the service could not be judged: re-run with fewer guests at once")]
+                       + reasons, measurements, windows)
+    return Verdict("fail" if reasons else "pass", reasons, measurements, windows)

@@ -1,0 +1,104 @@
+"""The run's modules, ready for one kernel: built against its headers, or prebuilt and
+checked. A patch that does not build, or was built for another kernel, fails here, before
+anything boots; a module that is not a livepatch at all is the user's input error."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ...core.errors import ConfigError
+from ...core.settings import Settings
+from ...supply import kbuild, kerneldefs, kernelfetch, kernelsource, modinfo, signing
+from ...supply.kernel import Kernel
+from .faults import Failed
+from .record import Reason
+from ..scenario.specs import ModuleSpec, Scenario
+
+
+@dataclass(frozen=True)
+class Prepared:
+    module: modinfo.Module
+    spec: ModuleSpec
+    livepatch: bool
+
+
+@dataclass(frozen=True)
+class Modules:
+    """Every module of a run by module name (the candidate first), and the names the scenario
+    calls them by."""
+    patch: str                                            # the patch under test
+    all: dict[str, Prepared]
+    keys: dict[str, str] = field(default_factory=dict)    # scenario key -> module name
+    old: Optional[str] = None                             # the patch upgraded from
+
+    @property
+    def targets(self) -> list[str]:
+        """Target modules loaded before the run (a late one is loaded by a step)."""
+        return [n for n, p in self.all.items() if not p.livepatch and not p.spec.late]
+
+    def by_name(self) -> dict[str, modinfo.Module]:
+        return {n: p.module for n, p in self.all.items()}
+
+    def params(self, name: str) -> tuple[tuple[str, str], ...]:
+        return self.all[name].spec.params
+
+    def describe(self) -> list[dict[str, str]]:
+        """Each module of the run: its role, name, file and signature (for the JSON and the text)."""
+        return [{"role": "patch" if n == self.patch else "upgraded from" if n == self.old else
+                 "patch" if p.livepatch else "target", "name": n, "path": str(p.module.path),
+                 "signature": p.module.describe_signature()} for n, p in self.all.items()]
+
+
+def _module(spec: ModuleSpec, kernel: Kernel, settings: Settings) -> modinfo.Module:
+    if spec.ko is not None:
+        return modinfo.inspect(spec.ko, settings)
+    target = kernel
+    if spec.build_for:
+        target = kernelfetch.fetch(kerneldefs.get_definition(spec.build_for), settings)
+    # a kernel sample: the target kernel's own, from its linux-source package
+    source = kernelsource.fetch(target, settings).sample(spec.sample) if spec.sample else spec.source
+    try:
+        return kbuild.build(source, target, settings)
+    except kbuild.BuildError as exc:
+        raise Failed(Reason("build", f"{spec.label} does not build for {target.name} "
+                                     f"({target.release}):\n{exc.output[-3000:]}")) from None
+
+
+def _compatible(module: modinfo.Module, kernel: Kernel, what: str = "") -> None:
+    try:
+        modinfo.check_compatible(module, kernel)
+    except modinfo.CompatError as exc:
+        raise Failed(Reason("compat", f"{what}{exc}")) from None
+
+
+def prepare(sc: Scenario, kernel: Kernel, settings: Settings) -> Modules:
+    source = str(sc.path) if sc.path else None
+    done: dict[int, str] = {}      # id(spec) -> module name: a spec named twice is built once
+    out: dict[str, Prepared] = {}
+    keys: dict[str, str] = {}
+
+    def add(spec: ModuleSpec, livepatch: bool, where: str) -> str:
+        if id(spec) in done:
+            return done[id(spec)]
+        mod = _module(spec, kernel, settings)
+        if sc.security.sign_key:   # every module of the run, as the vendor's build would sign them
+            mod = signing.sign(mod, kernel, sc.security.sign_key, sc.security.sign_cert, settings)
+        if livepatch:
+            modinfo.require_livepatch(mod, source, where)
+        _compatible(mod, kernel, "" if livepatch else "target module: ")
+        if mod.name in out:
+            raise ConfigError(f"{spec.label} is module {mod.name}, like {out[mod.name].spec.label}: "
+                              "one run loads a module once", source=source, field=where)
+        out[mod.name] = Prepared(mod, spec, livepatch)
+        done[id(spec)] = mod.name
+        if spec.key:
+            keys[spec.key] = mod.name
+        return mod.name
+
+    patch = add(sc.patch, True, "patch")
+    old = add(sc.upgrade_from, True, "upgrade_from") if sc.upgrade_from else None
+    for key, spec in sc.patches.items():
+        add(spec, True, f"patches.{key}")
+    for i, spec in enumerate(sc.targets):
+        add(spec, False, f"target_modules[{i}]")
+    return Modules(patch, out, keys, old)
