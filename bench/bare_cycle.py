@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from harness.core.settings import Settings  # noqa: E402
 from harness.machine.backends.base import MachineSpec  # noqa: E402
 from harness.machine.backends.qemu.command import QemuConfig, build_command  # noqa: E402
-from harness.supply import bootfiles, kbuild, kerneldefs, kernelfetch, vmlinux  # noqa: E402
+from harness.supply import bootfiles, kbuild, vmlinux
+from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
 from harness.supply.cpio import Cpio  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness.core.settings import Settings  # noqa: E402
 from harness.machine import session  # noqa: E402
-from harness.supply import cache, images, kerneldefs, kernelfetch, recipes  # noqa: E402
+from harness.supply import cache, images, recipes
+from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
 
 
 def _line_time(guest, needle: str) -> float:

@@ -33,7 +33,8 @@ from harness.lab.run import livepatch, prepare
 from harness.lab.scenario import loader as scenario  # noqa: E402
 from harness.lab.run.workload import httpload, probe, service, stress  # noqa: E402
 from harness.machine import kmsg, session  # noqa: E402
-from harness.supply import images, kerneldefs, kernelfetch, recipes  # noqa: E402
+from harness.supply import images, recipes
+from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
 
 MARK = "livepatch-lab: soak start"
 

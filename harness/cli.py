@@ -104,7 +104,7 @@ def _backend_options(sp: argparse.ArgumentParser) -> None:
 
 # commands -----------------------------------------------------------------
 def cmd_kernels(args: argparse.Namespace) -> int:
-    from .supply import kernelcache, kerneldefs, kernelfetch
+    from .supply.kernels import cache as kernelcache, defs as kerneldefs, fetch as kernelfetch
     settings = _settings(args)
     defs = kerneldefs.load_definitions()
     rows = []
@@ -129,7 +129,7 @@ def cmd_kernels(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from .supply import kerneldefs, kernelfetch
+    from .supply.kernels import defs as kerneldefs, fetch as kernelfetch
     settings = _settings(args)
     for spec in args.kernel:
         k = kernelfetch.fetch(kerneldefs.get_definition(spec), settings, refresh=args.refresh)
@@ -138,7 +138,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from .supply import cache, kerneldefs
+    from .supply import cache
+    from .supply.kernels import defs as kerneldefs
     from .supply.recipes import DEFAULT_RECIPE, load_recipe
     settings = _settings(args)
     recipes = [load_recipe(p) for p in sorted(DEFAULT_RECIPE.parent.glob("*.yaml"))]
@@ -180,7 +181,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from .machine import session
-    from .supply import images, kerneldefs, kernelfetch, recipes
+    from .supply import images, recipes
+    from .supply.kernels import defs as kerneldefs, fetch as kernelfetch
     settings = _settings(args)
     session.raise_on_sigterm()
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
@@ -214,7 +216,7 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace,
     from .lab import matrix
     from .lab.report import summary as report
     from .machine import session
-    from .supply import kerneldefs
+    from .supply.kernels import defs as kerneldefs
     settings = _settings(args)
     session.raise_on_sigterm()
     defined = sorted(kerneldefs.load_definitions())
@@ -341,7 +343,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_selftests(args: argparse.Namespace) -> int:
     from .lab.selftests import results, suite
     from .machine import session
-    from .supply import kerneldefs
+    from .supply.kernels import defs as kerneldefs
     settings = _settings(args)
     session.raise_on_sigterm()
     names = list(args.kernel) or [DEFAULT_KERNEL]

@@ -21,7 +21,8 @@ from ..core import diskspace
 from ..core.errors import DiskFull, HarnessError
 from ..core.settings import Settings
 from ..machine import heartbeat, hostcpu, session
-from ..supply import images, kerneldefs, kernelfetch, recipes
+from ..supply import images, recipes
+from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
 from .run import apply, memdebug
 from .report import outcome as outcomes
 from .run import prepare as modules

@@ -37,7 +37,7 @@ from ..core.errors import BootError, DeadlineExceeded, DiskFull, GuestConnection
 from ..core.net import free_port
 from ..core.settings import Settings, Timeouts
 from ..supply import bootfiles, images, vmlinux
-from ..supply.kernel import Kernel
+from ..supply.kernels.kernel import Kernel
 from . import accel as accel_mod
 from . import backends, snapshots
 from .backends.base import Backend, Disk, Forward, Machine, MachineSpec

@@ -25,7 +25,7 @@ from ..core import cacheentry, hostcmd
 from ..core.errors import InfraError
 from ..core.settings import Settings
 from . import apt, mmdebstrap
-from .kernel import Kernel
+from .kernels.kernel import Kernel
 from .mirror import debian_mirrors
 from .toolchains import Toolchain
 

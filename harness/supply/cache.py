@@ -30,11 +30,12 @@ from typing import Iterable, Mapping, Optional, Sequence
 from ..core import cacheentry, diskspace
 from ..core.locks import file_lock
 from ..core.settings import Settings
-from . import apt, kernelcache, vmlinux
+from . import apt, vmlinux
+from .kernels import cache as kernelcache
 from .images import image_dir
-from .kernel import Kernel
-from .kernelcache import MANIFEST
-from .kerneldefs import KernelDef
+from .kernels.kernel import Kernel
+from .kernels.cache import MANIFEST
+from .kernels.defs import KernelDef
 from .recipes import Recipe
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from ..core.errors import ConfigError, HarnessError, HostCommandError
 from ..core.settings import Settings
 from . import buildroot
 from .apt import sha256_file
-from .kernel import Kernel
+from .kernels.kernel import Kernel
 from .modinfo import Module, inspect
 from .toolchains import Toolchain, host_compiler_version, toolchain_for
 

@@ -13,7 +13,7 @@ from typing import Optional
 from ..core import hostcmd
 from ..core.errors import ConfigError, HarnessError, HostCommandError
 from ..core.settings import Settings
-from .kernel import Kernel
+from .kernels.kernel import Kernel
 
 
 class CompatError(HarnessError):

@@ -17,7 +17,7 @@ from ..core import atomic, diskspace, hostcmd
 from ..core.errors import ConfigError, HostCommandError, InfraError
 from ..core.settings import Settings
 from . import modinfo
-from .kernel import Kernel
+from .kernels.kernel import Kernel
 
 
 def _digest(*paths: Path) -> str:

@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Optional
 
 from ..core import hostcmd
 from ..core.errors import ConfigError, HostCommandError, InfraError
-from .kernel import Kernel
+from .kernels.kernel import Kernel
 
 log = logging.getLogger(__name__)
 

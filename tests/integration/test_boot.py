@@ -14,7 +14,7 @@ import pytest
 from harness.core.errors import BootError
 from harness.machine import session
 from harness.machine.backends.base import GUEST, HOST, MachineExit
-from harness.supply.kerneldefs import load_definitions
+from harness.supply.kernels.defs import load_definitions
 
 from .conftest import kernel_params, qemu_processes_under
 
@@ -164,7 +164,7 @@ def test_a_killed_host_process_takes_its_qemu_along_and_the_next_run_reaps_its_d
 def test_a_local_kernel_boots_from_its_own_files(tmp_path, lab_settings, lab_kernel, lab_image,
                                                  no_leftovers):
     """A vendor's own build: vmlinuz + modules + build dir named in a kind: local file."""
-    from harness.supply import kerneldefs, kernelfetch
+    from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
     debian = lab_kernel("debian-6.1")
     (tmp_path / "my-6.1.yaml").write_text(
         f"name: my-6.1\nkind: local\ndescription: a vendor build\n"

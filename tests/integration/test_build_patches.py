@@ -16,7 +16,8 @@ import pytest
 
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.supply import kbuild, kerneldefs, kernelfetch, modinfo, toolchains
+from harness.supply import kbuild, modinfo, toolchains
+from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
 
 from .conftest import kernel_params
 

@@ -21,7 +21,8 @@ import pytest
 
 from harness.core.errors import DiskFull
 from harness.core.settings import Settings
-from harness.supply import apt, images, kbuild, kernelcache, kerneldefs, kernelfetch, modinfo, recipes
+from harness.supply import apt, images, kbuild, modinfo, recipes
+from harness.supply.kernels import cache as kernelcache, defs as kerneldefs, fetch as kernelfetch
 
 pytestmark = pytest.mark.network
 REPO = Path(__file__).resolve().parents[2]

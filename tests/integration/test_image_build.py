@@ -88,7 +88,7 @@ def test_overlays_leave_the_base_untouched(built, tmp_path):
 
 
 def test_boot_files_for_a_real_kernel(lab_settings, lab_kernel):
-    pytest.importorskip("harness.supply.kernelfetch")
+    pytest.importorskip("harness.supply.kernels.fetch")
     kernel = lab_kernel("debian-6.1")
     files = bootfiles.prepare(kernel, lab_settings)
     assert files.release == kernel.release

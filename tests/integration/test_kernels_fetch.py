@@ -10,7 +10,8 @@ import pytest
 from harness.core import hostcmd
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.supply import apt, kerneldefs, kernelfetch, kerneltree
+from harness.supply import apt
+from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch, tree as kerneltree
 
 pytestmark = pytest.mark.network
 

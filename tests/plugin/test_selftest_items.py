@@ -17,8 +17,8 @@ from pathlib import Path
 import harness.lab.selftests.suite as suite
 from harness.lab.selftests import cases as C
 from harness.lab.selftests.results import LineResult
-from harness.supply import kernelfetch, kernelsource
-from harness.supply.kernelsource import KernelSource
+from harness.supply.kernels import fetch as kernelfetch, source as kernelsource
+from harness.supply.kernels.source import KernelSource
 
 HERE = Path(__file__).parent
 RUNS = HERE / "runs.log"

@@ -195,7 +195,8 @@ def test_a_revert_the_tool_fails_although_the_kernel_reverted_is_contradicted(ru
 
 def test_a_scenario_with_an_image_boots_that_image(tmp_path, monkeypatch):
     """runner.run builds the scenario's recipe (the tool's, here), not the default one."""
-    from harness.supply import images, kerneldefs, kernelfetch, recipes
+    from harness.supply import images, recipes
+    from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
     built = []
     monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
     monkeypatch.setattr(kernelfetch, "fetch", lambda defn, settings: type(

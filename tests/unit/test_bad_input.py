@@ -19,7 +19,8 @@ def nothing_runs(monkeypatch):
     """Fetching, building or booting anything is a test failure here."""
     from harness.lab import runner
     from harness.machine import session
-    from harness.supply import images, kbuild, kernelfetch
+    from harness.supply import images, kbuild
+    from harness.supply.kernels import fetch as kernelfetch
 
     def forbidden(*args, **kwargs):
         raise AssertionError("bad input must be refused before anything is fetched, built or booted")

@@ -6,7 +6,7 @@ import pytest
 
 from harness.core.errors import InfraError
 from harness.supply import buildroot
-from harness.supply.kernel import PackageRef
+from harness.supply.kernels.kernel import PackageRef
 from harness.supply.toolchains import Toolchain
 from tests.unit.fakes.kernels import fake_kernel as kernel
 

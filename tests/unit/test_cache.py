@@ -108,7 +108,7 @@ def test_sizes_count_blocks_once_per_hard_link(tmp_path):
 
 def test_the_cli_lists_then_prunes(tmp_path, capsys, monkeypatch):
     s, defs, recipe = populated(tmp_path)
-    monkeypatch.setattr("harness.supply.kerneldefs.load_definitions", lambda *a, **k: defs)
+    monkeypatch.setattr("harness.supply.kernels.defs.load_definitions", lambda *a, **k: defs)
     monkeypatch.setattr("harness.supply.recipes.load_recipe", lambda p: recipe)
     assert main(["--cache-dir", str(s.cache_dir), "cache"]) == 0
     out = capsys.readouterr().out

@@ -8,7 +8,8 @@ from harness.core.errors import ConfigError
 from harness.core.settings import Settings
 from harness.lab.run import prepare
 from harness.lab.scenario import loader as scenario
-from harness.supply import kbuild, kernelsource, modinfo
+from harness.supply import kbuild, modinfo
+from harness.supply.kernels import source as kernelsource
 from tests.unit.fakes.kernels import fake_kernel
 
 REPO = Path(__file__).resolve().parents[2]

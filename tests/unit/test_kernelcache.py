@@ -7,8 +7,9 @@ import pytest
 
 from harness.core import hostcmd
 from harness.core.settings import Settings
-from harness.supply import apt, kernelcache, kernelfetch
-from harness.supply.kernel import PackageRef
+from harness.supply import apt
+from harness.supply.kernels import cache as kernelcache, fetch as kernelfetch
+from harness.supply.kernels.kernel import PackageRef
 from tests.unit.fakes.kernels import build_deb, defn, fake_cached
 
 
@@ -88,7 +89,7 @@ def old_entry(s: Settings, tmp_path, with_debs: bool):
 def test_an_old_entry_gets_its_depends_from_its_debs_once(tmp_path, monkeypatch, caplog):
     s = Settings(cache_dir=tmp_path / "cache")
     d, vdir = old_entry(s, tmp_path, with_debs=True)
-    with caplog.at_level(logging.INFO, logger="harness.supply.kernelcache"):
+    with caplog.at_level(logging.INFO, logger="harness.supply.kernels.cache"):
         k = kernelcache.cached(d, s)
     assert k.kbuild_depends == ("linux-kbuild-6.1 (>= 6.1.192-2), gcc-12", "libc6 (>= 2.34)")
     assert "predates recorded package Depends" in caplog.text
@@ -106,7 +107,7 @@ def test_an_old_entry_whose_debs_are_gone_still_serves_but_says_so(tmp_path, cap
     s = Settings(cache_dir=tmp_path / "cache")
     d, vdir = old_entry(s, tmp_path, with_debs=False)
     before = (vdir / "manifest.json").read_text()
-    with caplog.at_level(logging.WARNING, logger="harness.supply.kernelcache"):
+    with caplog.at_level(logging.WARNING, logger="harness.supply.kernels.cache"):
         k = kernelcache.cached(d, s)
     assert k is not None and k.release == "6.1.0-56-amd64"     # boots as before
     assert k.kbuild_depends is None                             # a new build root would refuse it

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from harness.core.errors import ConfigError
-from harness.supply import kerneldefs
-from harness.supply.kerneldefs import KernelDef
+from harness.supply.kernels import defs as kerneldefs
+from harness.supply.kernels.defs import KernelDef
 
 REPO_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 

@@ -9,7 +9,8 @@ import pytest
 from harness.core import hostcmd
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.supply import apt, kernelfetch, kerneltree
+from harness.supply import apt
+from harness.supply.kernels import fetch as kernelfetch, tree as kerneltree
 from harness.supply.apt import PackageRecord
 from tests.unit.fakes.kernels import bookworm_archive, build_deb, defn, fake_bzimage
 

@@ -2,7 +2,7 @@
 import pytest
 
 from harness.core.errors import ConfigError
-from harness.supply import kernelselect
+from harness.supply.kernels import select as kernelselect
 from tests.unit.fakes.kernels import bookworm_archive, debian_kernel, defn, rec
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.supply import apt, kernelsource
+from harness.supply import apt
+from harness.supply.kernels import source as kernelsource
 from harness.supply.apt import PackageRecord
 from tests.unit.fakes.kernels import build_deb, fake_kernel, rec
 

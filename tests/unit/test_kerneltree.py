@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.supply import kerneltree
+from harness.supply.kernels import tree as kerneltree
 
 
 @pytest.mark.parametrize("text,want", [

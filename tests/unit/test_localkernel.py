@@ -5,8 +5,8 @@ import pytest
 
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
-from harness.supply import kernelcache, kernelfetch, localkernel
-from harness.supply.kerneldefs import KernelDef
+from harness.supply.kernels import cache as kernelcache, fetch as kernelfetch, local as localkernel
+from harness.supply.kernels.defs import KernelDef
 from tests.unit.fakes.kernels import fake_bzimage
 
 

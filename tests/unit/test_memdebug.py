@@ -4,7 +4,7 @@ import pytest
 from harness.lab.run import memdebug
 from harness.lab.scenario import loader as scenario
 from harness.lab.scenario.specs import DEBUG_FACILITIES, DebugSpec
-from harness.supply import kerneltree
+from harness.supply.kernels import tree as kerneltree
 
 # each Debian line's config, as far as the facilities go (DESIGN.md: "Kernel facilities per line")
 LINE_6_1 = {"CONFIG_SLUB_DEBUG": "y", "CONFIG_KFENCE": "n", "CONFIG_PAGE_POISONING": "y"}

@@ -274,7 +274,8 @@ def whole_run(tmp_path, kernel, monkeypatch):
     """runner.run with the supply and the boot stood in for: ``whole_run(sc)`` -> Outcome."""
     from harness.lab.run import prepare as prep
     from harness.machine import heartbeat, session
-    from harness.supply import images, kerneldefs, kernelfetch
+    from harness.supply import images
+    from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
     fake_kernel = type("K", (), {"name": "debian-6.1", "release": "6.1.0-1-amd64", "version": "6.1.1-1", "config": None,
                                  "describe": lambda self: {"name": "debian-6.1", "version": "6.1.1-1"}})()
     monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
@@ -315,7 +316,7 @@ def test_a_whole_run_writes_its_verdict_and_timeline(whole_run, tmp_path):
 
 
 def test_bad_input_found_late_is_an_error(whole_run, monkeypatch):
-    from harness.supply import kerneldefs
+    from harness.supply.kernels import defs as kerneldefs
 
     def unknown(spec):
         raise ConfigError("unknown kernel 'debian-9' (known: debian-6.1)", source=spec, field="kernel")

@@ -187,7 +187,7 @@ def test_the_report_shows_a_failing_case_with_its_diff():
 
 
 def source_with(tmp_path, scripts):
-    from harness.supply.kernelsource import SELFTESTS, KernelSource
+    from harness.supply.kernels.source import SELFTESTS, KernelSource
     d = tmp_path / "src/tree" / SELFTESTS
     d.mkdir(parents=True)
     (d / "Makefile").write_text("TEST_PROGS := " + " ".join(scripts) + "\n")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ...supply import kerneltree
+from ...supply.kernels import tree as kerneltree
 from ..scenario.specs import DEBUG_FACILITIES, DebugSpec
 
 # KFENCE's sample interval in ms: short, so a hot path's allocation is sampled within a run of a

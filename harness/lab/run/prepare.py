@@ -8,8 +8,9 @@ from typing import Optional
 
 from ...core.errors import ConfigError
 from ...core.settings import Settings
-from ...supply import kbuild, kerneldefs, kernelfetch, kernelsource, modinfo, signing
-from ...supply.kernel import Kernel
+from ...supply import kbuild, modinfo, signing
+from ...supply.kernels import defs as kerneldefs, fetch as kernelfetch, source as kernelsource
+from ...supply.kernels.kernel import Kernel
 from .faults import Failed
 from .record import Reason
 from ..scenario.specs import ModuleSpec, Scenario

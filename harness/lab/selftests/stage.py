@@ -29,8 +29,8 @@ from ...core import hostcmd
 from ...core.errors import ConfigError
 from ...core.settings import Settings
 from ...supply import kbuild
-from ...supply.kernel import Kernel
-from ...supply.kernelsource import KernelSource
+from ...supply.kernels.kernel import Kernel
+from ...supply.kernels.source import KernelSource
 from .cases import Case, cases_of, script_order
 
 log = logging.getLogger(__name__)

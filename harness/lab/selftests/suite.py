@@ -29,8 +29,9 @@ from typing import Optional, Sequence
 from ...core.errors import HarnessError
 from ...core.settings import Settings
 from ...machine import heartbeat, session
-from ...supply import images, kerneldefs, kernelfetch, kernelsource, recipes
-from ...supply.kernel import Kernel
+from ...supply import images, recipes
+from ...supply.kernels import defs as kerneldefs, fetch as kernelfetch, source as kernelsource
+from ...supply.kernels.kernel import Kernel
 from . import cases as C
 from .results import LineResult
 from .stage import Staged, plan, stage, tarball

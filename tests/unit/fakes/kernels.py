@@ -7,10 +7,11 @@ import subprocess
 from pathlib import Path
 
 from harness.core.settings import Settings
-from harness.supply import apt, kernelcache
+from harness.supply import apt
+from harness.supply.kernels import cache as kernelcache
 from harness.supply.apt import PackageRecord
-from harness.supply.kernel import Kernel
-from harness.supply.kerneldefs import KernelDef
+from harness.supply.kernels.kernel import Kernel
+from harness.supply.kernels.defs import KernelDef
 
 
 def rec(package, version, depends="", size=1000):

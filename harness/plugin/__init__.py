@@ -10,9 +10,8 @@ from typing import Callable, ContextManager, Iterator, Optional
 
 import pytest
 
-from .core.settings import ACCELS, BACKENDS
-from .plugin_settings import (chosen_kernels, load_or_collect_error, mark_for_kernel, register_marker,
-                              settings_for)
+from ..core.settings import ACCELS, BACKENDS
+from .settings import chosen_kernels, load_or_collect_error, mark_for_kernel, register_marker, settings_for
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--lab-debug", default=None) is not None:   # refused before anything is collected
-        from .lab.scenario.loader import debug_facilities
+        from ..lab.scenario.loader import debug_facilities
         try:
             debug_facilities(config.getoption("--lab-debug"))
         except ValueError as exc:
@@ -63,14 +62,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # SSH attempts to a booting guest fail by design; keep paramiko's tracebacks out of reports.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    from .machine.session import raise_on_sigterm
+    from ..machine.session import raise_on_sigterm
     raise_on_sigterm()  # so a SIGTERM'd test run still tears its guests down
     if not hasattr(config, "workerinput"):   # xdist workers report to the controller
         if config.getoption("--lab-report"):
             from pathlib import Path
 
-            from .core.errors import ConfigError
-            from .lab.report.signoff import check_destination
+            from ..core.errors import ConfigError
+            from ..lab.report.signoff import check_destination
             try:
                 check_destination(Path(config.getoption("--lab-report")),
                                   Path(config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts"))
@@ -87,7 +86,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         return
     import logging
 
-    from .machine.runs import reap_stale
+    from ..machine.runs import reap_stale
     try:
         reap_stale(settings_for(config).runs_dir)
     except Exception as exc:  # noqa: BLE001 - never fail a session's end; the next boot reaps too
@@ -102,7 +101,7 @@ def lab_settings(pytestconfig: pytest.Config):
 
 @pytest.fixture(scope="session")
 def lab_kernel_names(pytestconfig: pytest.Config) -> list[str]:
-    from .supply import kerneldefs
+    from ..supply.kernels import defs as kerneldefs
     names = pytestconfig.getoption("--lab-kernel") or pytestconfig.getini("lab_kernels")
     return list(names) or sorted(kerneldefs.load_definitions())
 
@@ -110,14 +109,14 @@ def lab_kernel_names(pytestconfig: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session")
 def lab_image(lab_settings):
     """The default guest image, built once (file-locked across xdist workers)."""
-    from .supply import images, recipes
+    from ..supply import images, recipes
     return images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), lab_settings)
 
 
 @pytest.fixture(scope="session")
 def lab_kernel(lab_settings) -> Callable:
     """``lab_kernel("debian-6.1")`` -> a fetched ``Kernel`` (cached, file-locked)."""
-    from .supply import kerneldefs, kernelfetch
+    from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
     seen: dict = {}
 
     def get(spec: str):
@@ -130,7 +129,7 @@ def lab_kernel(lab_settings) -> Callable:
 @pytest.fixture
 def lab_boot(lab_settings, lab_image, lab_kernel) -> Callable[..., ContextManager]:
     """``with lab_boot("debian-6.1") as guest:`` — a booted guest, always torn down."""
-    from .machine import session
+    from ..machine import session
 
     @contextlib.contextmanager
     def boot(spec: str, **kwargs) -> Iterator:
@@ -145,7 +144,7 @@ _SCENARIO_HINTS = ("patch:", "patches:")
 
 def pytest_collect_file(file_path, parent):
     """Collect YAML files that are scenarios (a top-level ``patch:``, or ``patches:`` for a
-    lifecycle) or selftests files (a top-level ``selftests:``, see selftest_items.py)."""
+    lifecycle) or selftests files (a top-level ``selftests:``, see plugin/selftest_items.py)."""
     if file_path.suffix not in (".yaml", ".yml"):
         return None
     try:
@@ -162,16 +161,16 @@ def pytest_collect_file(file_path, parent):
 
 class ScenarioFile(pytest.File):
     def collect(self):
-        from .lab.scenario import loader as scenario
-        from .supply import kerneldefs
+        from ..lab.scenario import loader as scenario
+        from ..supply.kernels import defs as kerneldefs
         sc = load_or_collect_error(self, scenario.load)
         debug = self.config.getoption("--lab-debug")
         if debug is not None:
             import dataclasses
 
-            from .lab.scenario.specs import DebugSpec
+            from ..lab.scenario.specs import DebugSpec
             sc = dataclasses.replace(sc, debug=DebugSpec(scenario.debug_facilities(debug)))
-        from .lab import matrix
+        from ..lab import matrix
         for name in matrix.kernels_for(sc, chosen_kernels(self.config), sorted(kerneldefs.load_definitions())):
             item = mark_for_kernel(ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc,
                                                             kernel=name), name)
@@ -195,7 +194,7 @@ class ScenarioItem(pytest.Item):
     def runtest(self) -> None:
         from pathlib import Path
 
-        from .lab import matrix
+        from ..lab import matrix
         root = Path(self.config.getoption("--lab-artifacts") or
                     self.config.rootpath / "lab-artifacts")
         result = matrix.run_cell(matrix.Cell(self.scenario, self.kernel), settings_for(self.config), root)
@@ -216,7 +215,7 @@ class ScenarioItem(pytest.Item):
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ScenarioFailure) and self.outcome is not None:
-            from .lab.report.summary import explain
+            from ..lab.report.summary import explain
             want = excinfo.value.args[0]
             expected = want.verdict + (f" with failing checks {', '.join(want.checks)}" if want.checks else "")
             return f"expected {expected}, got:\n{explain(self.outcome)}"
@@ -228,7 +227,7 @@ class ScenarioItem(pytest.Item):
 
 def item_name(scenario: str, kernel: str) -> str:
     """``good[debian-6.12]``: the item's name, its durations key and its summary label."""
-    from .lab.matrix import cell_name
+    from ..lab.matrix import cell_name
     return cell_name(scenario, kernel)
 
 
@@ -271,7 +270,7 @@ def record_durations(path, rows: list[dict]) -> None:
     """Merge this run's scenario seconds into the durations file (atomically)."""
     import json
 
-    from .core import atomic
+    from ..core import atomic
     if path is None or not rows:
         return
     data = load_durations(path)
@@ -288,7 +287,7 @@ class LabSummary:
         self.config = config
         self.rows: list[dict] = []
         self.report_line = ""
-        self.selftests: list[dict] = []     # one per selftest case (selftest_items.py)
+        self.selftests: list[dict] = []     # one per selftest case (plugin/selftest_items.py)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
@@ -321,7 +320,7 @@ class LabSummary:
         if path:
             from pathlib import Path
 
-            from .lab import matrix
+            from ..lab import matrix
             matrix.write(Path(path), summary_document(self.rows, self.selftests))
         if self.config.getoption("--lab-report") and self.rows:
             self.report_line = write_report(self.config, self.rows)
@@ -332,8 +331,8 @@ def write_report(config: pytest.Config, rows: list[dict]) -> str:
     folders the workers name); the line the summary prints about it."""
     from pathlib import Path
 
-    from .core.errors import HarnessError
-    from .lab.report import signoff
+    from ..core.errors import HarnessError
+    from ..lab.report import signoff
     dest = Path(config.getoption("--lab-report"))
     runs = {Path(r["artifacts"]): (r["expected"], bool(r["as_expected"])) for r in rows
             if r.get("artifacts") and (Path(r["artifacts"]) / "verdict.json").is_file()}
@@ -346,8 +345,8 @@ def write_report(config: pytest.Config, rows: list[dict]) -> str:
 
 def selftests_table(rows: list[dict]) -> str:
     """Per selftests file and kernel line: its version and how many cases ended how."""
-    from .lab.report.summary import columns
-    from .lab.selftests.cases import OUTCOMES
+    from ..lab.report.summary import columns
+    from ..lab.selftests.cases import OUTCOMES
     lines: dict[tuple[str, str], dict] = {}
     for r in rows:
         line = lines.setdefault((r["lab_selftests"], r["lab_kernel"]), {"version": r["kernel_version"]})
@@ -359,7 +358,7 @@ def selftests_table(rows: list[dict]) -> str:
 
 def summary_table(rows: list[dict]) -> str:
     """Scenario rows x kernel columns; a cell not as the scenario expects is marked ``!``."""
-    from .lab.report.summary import table
+    from ..lab.report.summary import table
     return table(sorted((_entry(r) for r in rows), key=lambda e: e["scenario"]))
 
 
@@ -370,7 +369,7 @@ def _entry(row: dict) -> dict:
     import json
     from pathlib import Path
 
-    from .lab import matrix
+    from ..lab import matrix
     path = Path(row.get("artifacts") or "") / "verdict.json"
     try:
         outcome = json.loads(path.read_text()) if row.get("artifacts") else None
@@ -389,5 +388,5 @@ def _entry(row: dict) -> dict:
 
 def summary_document(rows: list[dict], selftests: Optional[list[dict]] = None) -> dict:
     """The matrix document (lab/matrix.py, the one ``check`` and ``run`` write)."""
-    from .lab import matrix
+    from ..lab import matrix
     return matrix.document([_entry(r) for r in rows], selftests or None)

@@ -14,17 +14,17 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..core import cacheentry, hostcmd
-from ..core.errors import InfraError
-from ..core.settings import Settings
-from . import apt
+from ...core import cacheentry, hostcmd
+from ...core.errors import InfraError
+from ...core.settings import Settings
+from .. import apt
 from .kernel import Kernel
-from .kernelcache import cached, fetch_lock, kernel_from_manifest, version_dir, write_manifest
-from .kerneldefs import KernelDef
-from .kernelselect import Selection, select
-from .kerneltree import (bzimage_release, compiler_from_config, find_config, find_vmlinuz,
-                         module_compression, relink_absolute, rewrite_makefiles, unify_modules_dir)
-from .localkernel import local_kernel
+from .cache import cached, fetch_lock, kernel_from_manifest, version_dir, write_manifest
+from .defs import KernelDef
+from .select import Selection, select
+from .tree import (bzimage_release, compiler_from_config, find_config, find_vmlinuz, module_compression,
+                   relink_absolute, rewrite_makefiles, unify_modules_dir)
+from .local import local_kernel
 
 log = logging.getLogger(__name__)
 

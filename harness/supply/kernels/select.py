@@ -15,8 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
-from . import apt, debversion
-from .kerneldefs import KernelDef
+from .. import apt, debversion
+from .defs import KernelDef
 
 EXCLUDED_ABI_TOKENS = frozenset({"cloud", "rt"})   # other kernel variants, not the generic one
 # Depends followed when collecting the headers' closure ("linux-base" alone is a tools package)

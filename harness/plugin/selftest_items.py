@@ -20,18 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from .plugin_settings import (chosen_kernels, kernel_marker, load_or_collect_error, mark_for_kernel,
-                              settings_for)
+from .settings import chosen_kernels, kernel_marker, load_or_collect_error, mark_for_kernel, settings_for
 
 _LINES = pytest.StashKey[dict]()
 
 
 class SelftestsFile(pytest.File):
     def collect(self):
-        from .core.errors import HarnessError
-        from .lab.selftests import spec as specs
-        from .lab.selftests import stage
-        from .supply import kerneldefs, kernelfetch, kernelsource
+        from ..core.errors import HarnessError
+        from ..lab.selftests import spec as specs
+        from ..lab.selftests import stage
+        from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch, source as kernelsource
         sp = load_or_collect_error(self, specs.load)
         chosen = chosen_kernels(self.config)
         # the file's kernels are a default (a CI cost choice): a line named on the command line wins
@@ -79,7 +78,7 @@ class SelftestItem(pytest.Item):
         self.result = None
 
     def runtest(self) -> None:
-        from .lab.selftests import results
+        from ..lab.selftests import results
         line = line_result(self.config, self.spec, self.kernel, self.planned)
         res = line.case(self.case)
         self.user_properties += [("lab_selftests", self.spec.name), ("lab_kernel", self.kernel),
@@ -105,8 +104,8 @@ class SelftestItem(pytest.Item):
 
 def line_result(config: pytest.Config, sp, kernel: str, planned: int):
     """The line's result: run once per test session, whichever item (or worker) asks first."""
-    from .core.locks import file_lock
-    from .lab.selftests import suite
+    from ..core.locks import file_lock
+    from ..lab.selftests import suite
     memo = config.stash.setdefault(_LINES, {})
     key = (str(sp.path), kernel)
     if key in memo:
@@ -136,7 +135,7 @@ def line_result(config: pytest.Config, sp, kernel: str, planned: int):
 
 def _shared(out: Path, session: str):
     """This session's result of the line, if another worker already ran it."""
-    from .lab.selftests import results
+    from ..lab.selftests import results
     try:
         if (out / "session").read_text() != session:
             return None
@@ -146,6 +145,6 @@ def _shared(out: Path, session: str):
 
 
 def is_selftests_file(text: str) -> bool:
-    from .lab.selftests.spec import KEY
+    from ..lab.selftests.spec import KEY
     return any(line.startswith(f"{KEY}:") for line in text.splitlines())
 

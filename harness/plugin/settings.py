@@ -12,7 +12,7 @@ def _opt(config: pytest.Config, name: str) -> Optional[str]:
 
 def settings_for(config: pytest.Config):
     """The lab's ``Settings`` from options > ini > environment > defaults."""
-    from .core.settings import Settings
+    from ..core.settings import Settings
     uris = list(_opt(config, "libvirt_uri") or [])
     extra = {}
     if len(uris) == 1:
@@ -60,7 +60,7 @@ def mark_for_kernel(item: pytest.Item, kernel: str) -> pytest.Item:
 def load_or_collect_error(file: pytest.File, load):
     """``load(path)``, a bad file being a collection error that quotes the loader's message
     (file, line, field) and nothing else."""
-    from .core.errors import ConfigError
+    from ..core.errors import ConfigError
     try:
         return load(file.path)
     except ConfigError as exc:

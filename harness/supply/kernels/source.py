@@ -30,12 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Optional, Sequence
 
-from ..core import cacheentry, hostcmd
-from ..core.errors import ConfigError, InfraError
-from ..core.settings import Settings
-from . import apt, debversion
+from ...core import cacheentry, hostcmd
+from ...core.errors import ConfigError, InfraError
+from ...core.settings import Settings
+from .. import apt, debversion
 from .kernel import Kernel
-from .kernelcache import version_dir
+from .cache import version_dir
 
 log = logging.getLogger(__name__)
 

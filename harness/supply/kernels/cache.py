@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ..core import atomic, hostcmd
-from ..core.errors import ConfigError, InfraError
-from ..core.settings import Settings
-from . import apt, debversion
+from ...core import atomic, hostcmd
+from ...core.errors import ConfigError, InfraError
+from ...core.settings import Settings
+from .. import apt, debversion
 from .kernel import Kernel, PackageRef
-from .kerneldefs import KernelDef
-from .kernelselect import Selection
-from .localkernel import local_kernel
+from .defs import KernelDef
+from .select import Selection
+from .local import local_kernel
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ..core.errors import InfraError
+from ...core.errors import InfraError
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import logging
 from pathlib import Path
 
 from .kernel import Kernel
-from .kerneldefs import KernelDef
-from .kerneltree import bzimage_release, compiler_from_config, first_file, module_compression
+from .defs import KernelDef
+from .tree import bzimage_release, compiler_from_config, first_file, module_compression
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..core import paths, yamlconf
-from ..core.errors import ConfigError
-from ..core.yamlconf import Field, matches
-from . import debversion
+from ...core import paths, yamlconf
+from ...core.errors import ConfigError
+from ...core.yamlconf import Field, matches
+from .. import debversion
 
 DEFAULT_KERNELS_DIR = paths.KERNELS_DIR
 ENV_KERNELS = "LIVEPATCH_LAB_KERNELS"
