@@ -95,7 +95,8 @@ def test_how_a_machine_ended_says_whether_the_guest_or_the_host_ended_it(lab_boo
 BOOT_SCRIPT = textwrap.dedent("""
     import sys, time
     from harness.machine import session
-    from harness.supply import images, kerneldefs, kernelfetch, recipes
+    from harness.supply import images, recipes
+    from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
     from harness.core.settings import Settings
     s = Settings.from_env()
     session.raise_on_sigterm()
