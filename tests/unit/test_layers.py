@@ -169,3 +169,21 @@ def test_the_entry_points_sit_on_top_and_nothing_imports_them():
 def test_no_module_passes_600_lines():
     sizes = {m: len(p.read_text().splitlines()) for m, p in modules().items()}
     assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_every_harness_import_the_tests_write_resolves_code_in_strings_included():
+    """A script a test hands to a subprocess or a pytester conftest imports harness modules in a
+    string, where neither the interpreter nor a refactoring sees it until the test runs."""
+    import re
+    import subprocess
+    import sys
+    root = PKG.parent
+    found = set()
+    for d in ("tests", "bench"):
+        for path in (root / d).rglob("*.py"):
+            for m in re.finditer(r"^[ \t]*(from harness[\w.]* import [\w, ]+|import harness[\w.]*)[ \t]*$",
+                                 path.read_text(), re.M):
+                found.add(m.group(1).rstrip(", "))
+    script = "\n".join(f"try:\n    {s}\nexcept ImportError as e:\n    print({s!r}, '->', e)" for s in sorted(found))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120)
+    assert len(found) > 100 and out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
