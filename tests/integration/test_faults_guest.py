@@ -55,8 +55,8 @@ def run_with_fault(monkeypatch, lab_settings, tmp_path):
 
         def plan(*args, **kwargs):
             out = real(*args, **kwargs)
-            at = next(i for i, s in enumerate(out) if isinstance(s, steps.Hold))
-            return [*out[:at], Inject(fault), *out[at:]]
+            at = next(i for i, s in enumerate(out.steps) if isinstance(s, steps.Hold))
+            return dataclasses.replace(out, steps=(*out.steps[:at], Inject(fault), *out.steps[at:]))
         monkeypatch.setattr(runner, "plan", plan)
         sc = scenario.load(REPO / "scenarios/good.yaml")
         return runner.run(sc, "debian-6.1", settings or lab_settings, tmp_path / "art")
