@@ -232,6 +232,7 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace,
                           f"and --kernel chose {', '.join(kernel_args)}", field="--kernel")
     out_root = _writable_dir(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"),
                              "--artifacts")
+    assert out_root is not None   # given a path, never None
     if args.json and args.json != "-":   # found unwritable now, not after the runs it would have recorded
         _writable_dir(Path(args.json).parent, "--json")
     if args.report:

@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 from .errors import ConfigError
 
@@ -265,6 +265,7 @@ class Settings:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         from_env: dict[str, str] = {}   # setting name -> the variable it came from
+        conv: dict[str, tuple[str, Callable[[str], Any]]]   # suffix -> (setting, its conversion)
         conv = {"CACHE": ("cache_dir", Path), "ACCEL": ("accel", str),
                 "MEMORY_MIB": ("memory_mib", int), "CPUS": ("cpus", int),
                 "QEMU": ("qemu_binary", str), "MIRROR": ("debian_mirror", str),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union, cast
 
 import yaml
 from yaml.constructor import SafeConstructor
@@ -244,4 +244,5 @@ def load_data(data: Mapping[str, Any], schema: Schema, *, source: str,
     defaults and error shape as a file, with each field named as ``names`` says (an option)."""
     root = yaml.compose(yaml.safe_dump(dict(data), sort_keys=False), Loader=yaml.SafeLoader)
     v = _Validator(source, Path.cwd(), names=names or {})
-    return Loaded(v.mapping(root, schema, ""), {}, source, names or {})
+    # a dumped dict composes to a mapping node: never None (which only an empty stream gives)
+    return Loaded(v.mapping(cast(yaml.Node, root), schema, ""), {}, source, names or {})

@@ -171,7 +171,7 @@ class GuestChannel:
             while True:
                 while pending and not chan.closed and chan.send_ready():
                     try:
-                        pending = pending[chan.send(pending[:1 << 15]):]
+                        pending = pending[chan.send(pending[:1 << 15]):]  # type: ignore[arg-type]  # paramiko's stub says bytes; send takes any bytes-like
                     except socket.timeout:  # the window closed again meanwhile
                         break
                     except OSError:

@@ -13,7 +13,7 @@ import logging
 import select
 import threading
 import time
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from ..core.errors import HarnessError
 
@@ -32,7 +32,7 @@ class Heartbeat:
         self.beats = 0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._chan = None
+        self._chan: Any = None   # the echo shell's channel once entered (paramiko's, or a test's stand-in)
 
     def __enter__(self) -> "Heartbeat":
         self._chan = self.channel.open_stream(_ECHO, self.timeout)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Union
 
 import pytest
 
@@ -49,7 +50,7 @@ class SelftestsFile(pytest.File):
                                                      kernel=kernel, case=case.name, planned=len(cases)))
 
 
-def _mark(item: pytest.Item) -> pytest.Item:
+def _mark(item: Union[LineErrorItem, SelftestItem]) -> pytest.Item:
     mark_for_kernel(item, item.kernel)
     item.add_marker(pytest.mark.xdist_group(f"selftests-{kernel_marker(item.kernel)}"))
     return item

@@ -1,7 +1,7 @@
 """What the plugin's parts share: the lab's settings from pytest's options, marker names."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -14,7 +14,7 @@ def settings_for(config: pytest.Config):
     """The lab's ``Settings`` from options > ini > environment > defaults."""
     from ..core.settings import Settings
     uris = list(_opt(config, "libvirt_uri") or [])
-    extra = {}
+    extra: dict[str, Any] = {}   # a URI, URIs or a switch
     if len(uris) == 1:
         extra["libvirt_uri"] = uris[0]
     elif uris:

@@ -51,9 +51,13 @@ BLOCK = 4096
 
 
 class KernelLike(Protocol):
-    name: str
-    release: str
-    modules_dir: Path
+    # read-only, so that a frozen dataclass (Kernel) matches
+    @property
+    def name(self) -> str: ...
+    @property
+    def release(self) -> str: ...
+    @property
+    def modules_dir(self) -> Path: ...
 
 
 @dataclass(frozen=True)

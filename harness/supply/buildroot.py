@@ -139,6 +139,7 @@ def _make(tc: Toolchain, packages: list[str], work: Path, settings: Settings) ->
     log.info("making build root %s (once): mmdebstrap %s minbase with %s", tc.id,
              tc.suite, ", ".join(packages))
     t0 = time.monotonic()
+    assert tc.suite is not None   # ensure_buildroot, the only caller, checked it
     # in a private mount namespace: whatever mmdebstrap mounts in the tree (proc, dev...)
     # vanishes with it, even when it is killed half-way
     cmd = [*_UNSHARE, *mmdebstrap.command(tc.suite, tree,

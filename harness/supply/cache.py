@@ -167,12 +167,12 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
             add("sources", vdir, current, f"{line.name} {vdir.name}: the kernel's selftests and samples"
                 + ("" if current else ", of no kernel in use"))
 
-    current = {image_dir(r, settings).name for r in recipes}
+    current_images = {image_dir(r, settings).name for r in recipes}
     known = {r.name for r in recipes}
     for d in _children(settings.images_dir):
         recipe = d.name.rsplit("-", 1)[0]
-        keep = d.name in current or recipe not in known
-        add("images", d, keep, "the current build of its recipe" if d.name in current else
+        keep = d.name in current_images or recipe not in known
+        add("images", d, keep, "the current build of its recipe" if d.name in current_images else
             "an older build of its recipe" if not keep else "a recipe not shown here")
 
     builds = {r.name: image_dir(r, settings).name for r in recipes}

@@ -35,9 +35,9 @@ def _entries(text: str, deb822: bool) -> Iterator[tuple[str, list[str]]]:
     """Yield (uri, suites) from a sources.list or a deb822 .sources file."""
     if not deb822:
         for line in text.splitlines():
-            line = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
-            if len(line) >= 3 and line[0] == "deb":
-                yield line[1], [line[2]]
+            words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+            if len(words) >= 3 and words[0] == "deb":
+                yield words[1], [words[2]]
         return
     for stanza in re.split(r"\n\s*\n", text):
         fields: dict[str, str] = {}

@@ -11,7 +11,7 @@ the two samples differ at all. Pure: numbers in, numbers out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import stats
@@ -70,7 +70,7 @@ def bracketed(before: Sequence[float], after: Sequence[float], patched: Sequence
     return Interval(pooled.estimate, min(p.low for p in parts), max(p.high for p in parts))
 
 
-def compare(arms: dict[str, Sequence[float]], repeat: int, workload: str) -> Optional[dict[str, Any]]:
+def compare(arms: Mapping[str, Sequence[float]], repeat: int, workload: str) -> Optional[dict[str, Any]]:
     """The JSON's ``measurements.overhead`` from the arms' block times (seconds a block of
     ``repeat`` calls): per-call milliseconds; None when an arm has too few blocks."""
     per_call = {arm: [1000.0 * s / repeat for s in blocks] for arm, blocks in arms.items()}

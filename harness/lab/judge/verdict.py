@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from ...machine import kmsg
 from . import contention, overhead, toolcheck
@@ -121,7 +121,9 @@ def _lost_fix(rec: RunRecord, phase: str, output: str) -> str:
     earlier = [x for x in rec.windows.values() if x.probe_phase and x.end <= w.start and _samples(rec, x.probe_phase)]
     if not earlier:
         return ""
-    before = set(_lines(_samples(rec, earlier[-1].probe_phase)[-1].output))
+    # earlier holds only windows with a phase and samples in it
+    samples = cast(list, _samples(rec, cast(str, earlier[-1].probe_phase)))
+    before = set(_lines(samples[-1].output))
     unpatched = set(_lines(rec.probe_unpatched))
     lost = [line for line in _lines(output) if line in unpatched and line not in before]
     if not lost:
@@ -196,7 +198,8 @@ def _load_line(text: list[str]) -> Optional[int]:
 def check_dmesg(expect: Expect, rec: RunRecord) -> tuple[list[Reason], list[Reason]]:
     """The patch's reasons, and trouble the kernel reported before the patch's module was loaded
     (that cannot be the patch's doing: the run is an ``error``)."""
-    reasons, before = [], []
+    reasons: list[Reason] = []
+    before: list[Reason] = []
     text = [kmsg.strip_prefix(line) for line in rec.dmesg]
     # A guest lost mid-run has no readable dmesg: its console findings speak for it.
     lost = rec.guest_lost and not rec.dmesg

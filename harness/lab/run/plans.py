@@ -75,7 +75,8 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str]) -> 
     """The steps of ``sc`` and what they are judged against; ``patch``/``old`` are module names,
     ``keys`` maps the scenario's names to module names."""
     base = expectations(sc)
-    probe, same = dict(base.probe), {}
+    probe = dict(base.probe)
+    same: dict[str, str] = {}
     tl = sc.timeline
     # the memory before the first load and after the cool-down: what the patches kept (a leak)
     before, after = MemSample("before"), MemSample("after")

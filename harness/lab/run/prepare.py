@@ -4,7 +4,8 @@ anything boots; a module that is not a livepatch at all is the user's input erro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from pathlib import Path
+from typing import Optional, cast
 
 from ...core.errors import ConfigError
 from ...core.settings import Settings
@@ -59,7 +60,8 @@ def _module(spec: ModuleSpec, kernel: Kernel, settings: Settings) -> modinfo.Mod
     # a kernel sample: the target kernel's own, from its linux-source package
     source = kernelsource.fetch(target, settings).sample(spec.sample) if spec.sample else spec.source
     try:
-        return kbuild.build(source, target, settings)
+        # not None: a spec is a .ko, a kernel sample or a source directory (the loader's check)
+        return kbuild.build(cast(Path, source), target, settings)
     except kbuild.BuildError as exc:
         raise Failed(Reason("build", f"{spec.label} does not build for {target.name} "
                                      f"({target.release}):\n{exc.output[-3000:]}")) from None
@@ -83,7 +85,8 @@ def prepare(sc: Scenario, kernel: Kernel, settings: Settings) -> Modules:
             return done[id(spec)]
         mod = _module(spec, kernel, settings)
         if sc.security.sign_key:   # every module of the run, as the vendor's build would sign them
-            mod = signing.sign(mod, kernel, sc.security.sign_key, sc.security.sign_cert, settings)
+            # the loader takes sign_key only with sign_cert
+            mod = signing.sign(mod, kernel, sc.security.sign_key, cast(Path, sc.security.sign_cert), settings)
         if livepatch:
             modinfo.require_livepatch(mod, source, where)
         _compatible(mod, kernel, "" if livepatch else "target module: ")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, cast
 
 from ...core import paths, yamlconf
 from ...core.errors import ConfigError
@@ -212,7 +212,7 @@ def _module(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path, key: Opti
         if _key(sample):
             raise loaded.error(f"not a sample name: {sample!r}", f"{name}.source")
         return ModuleSpec(sample=sample, params=params, key=key or raw.get("name"), late=late)
-    path = (base / (src or ko)).resolve()
+    path = (base / cast(str, src or ko)).resolve()   # one of them is given: checked above
     if src and not path.is_dir():
         raise loaded.error(f"source directory {path} does not exist", f"{name}.source")
     if src and not any((path / f).is_file() for f in ("Kbuild", "Makefile")):
@@ -331,7 +331,7 @@ def _steps(v: dict, loaded: yamlconf.Loaded, base: Path,
     if not v["patches"]:
         raise loaded.error("steps need `patches`: name -> kbuild directory or .ko", "steps")
     patches = {k: _module(m, loaded, f"patches.{k}", base, key=k) for k, m in v["patches"].items()}
-    names = {t.get("name") for t in targets if t.get("name")}
+    names = cast("set[str]", {t.get("name") for t in targets if t.get("name")})   # only those with a name
     steps, late = [], set()
     for i, raw in enumerate(v["steps"]):
         where = f"steps[{i}]"
@@ -348,7 +348,7 @@ def _steps(v: dict, loaded: yamlconf.Loaded, base: Path,
         if raw["expect"] != "ok" and action != "load":
             raise loaded.error("only a load can be expected to be refused", f"{where}.expect")
         if action == "load_target":
-            late.add(subject)
+            late.add(cast(str, subject))   # not a hold: the step's value, not None
         steps.append(StepSpec(action, subject, float(raw["hold"] or 0), raw["probe"], raw["expect"]))
     for i, step in enumerate(steps):
         if step.probe and step.action != "hold" and (i + 1 == len(steps) or steps[i + 1].action != "hold"):
@@ -382,7 +382,7 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         loads = [s.subject for s in steps if s.action == "load"]
         if not loads:
             raise loaded.error("a lifecycle loads at least one patch", "steps")
-        patch = patches[loads[-1]]    # the candidate: the last patch the steps load
+        patch = patches[cast(str, loads[-1])]    # the candidate: the last patch the steps load (a load names it)
     elif not single:
         raise loaded.error("required field is missing (or give `patches` and `steps`)", "patch")
     else:

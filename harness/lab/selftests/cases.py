@@ -140,7 +140,7 @@ def judge_script(script: str, cases: Sequence[Case], output: str, rc: Optional[i
     return results
 
 
-def _in_order(cases: Sequence[Case], ran: Sequence[str]) -> list[Optional[int]]:
+def _in_order(cases: Sequence[Case], ran: Sequence[Optional[str]]) -> list[Optional[int]]:
     """Per case, the index of the run (a description as it appeared, in order) that was it:
     a description that comes twice in a script is its first case, then its second."""
     used: set[int] = set()

@@ -6,7 +6,7 @@ libvirt-python, an optional dependency.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 from ...core.errors import ConfigError
 from ...core.settings import BACKENDS, Settings
@@ -47,7 +47,7 @@ def reap(record: dict, run_path: Path, same_boot: bool) -> bool:
     loader = REGISTRY.get(name)
     if loader is None:
         return False
-    loader().reap(record, run_path, same_boot)
+    cast("type[Backend]", loader()).reap(record, run_path, same_boot)   # a Backend class: reap is static
     return True
 
 

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, cast
 
 from ...core import atomic, hostcmd
 from ...core.errors import ConfigError, InfraError
@@ -59,7 +59,7 @@ def write_manifest(defn: KernelDef, sel: Selection, debs: Sequence[apt.Deb], tmp
         "version": sel.version, "abi": sel.abi, "release": sel.release, "compiler": compiler,
         "module_compression": module_compression,
         "location": str(final.absolute()),
-        "paths": {k: str(paths[k].relative_to(tmp)) if paths.get(k) else None for k in PATH_KEYS},
+        "paths": {k: str(cast(Path, paths[k]).relative_to(tmp)) if paths.get(k) else None for k in PATH_KEYS},
         "packages": [{"name": d.package, "version": d.version, "sha256": d.sha256,
                       "size": d.size, "file": d.path.name, "depends": depends.get(d.package, "")}
                      for d in debs],
@@ -116,14 +116,15 @@ def kernel_from_manifest(defn: KernelDef, vdir: Path, settings: Settings) -> Opt
                  m.get("location"))
         return None
     paths = {k: vdir / v if v else None for k, v in m.get("paths", {}).items()}
-    if not all(paths.get(k) and paths[k].exists() for k in ("vmlinuz", "modules_dir", "build_dir")):
+    if not all(paths.get(k) and cast(Path, paths[k]).exists() for k in ("vmlinuz", "modules_dir", "build_dir")):
         return None
-    if not (paths["modules_dir"] / "modules.dep").is_file():
+    found = cast("dict[str, Path]", paths)   # the three read below are set: checked just above
+    if not (found["modules_dir"] / "modules.dep").is_file():
         return None
     m = _with_depends(m, vdir, settings)
     return Kernel(name=defn.name, release=m["release"], version=m["version"],
-                  vmlinuz=paths["vmlinuz"], modules_dir=paths["modules_dir"],
-                  build_dir=paths["build_dir"], config=paths.get("config"),
+                  vmlinuz=found["vmlinuz"], modules_dir=found["modules_dir"],
+                  build_dir=found["build_dir"], config=paths.get("config"),
                   compiler=m.get("compiler"),
                   packages=tuple(PackageRef(p["name"], p["version"], p["sha256"], p.get("depends"))
                                  for p in m.get("packages", [])),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from ....core.errors import ConfigError
 from ....machine import kmsg
@@ -41,7 +41,7 @@ class DmesgLine:
 class ProbeOutput:
     output: str
     runs: int
-    exit_codes: list[int]
+    exit_codes: list[Optional[int]]   # None: a record without its rc
 
 
 @dataclass
@@ -126,7 +126,8 @@ class Run:
             seen: dict[str, ProbeOutput] = {}
             for s in self.probe:
                 t0, t1 = s.get("t"), s.get("t_end") or s.get("t")
-                if t0 is None or (start is not None and t0 < start) or (end is not None and t1 > end):
+                # t1 falls back on t0: not None past the first test
+                if t0 is None or (start is not None and t0 < start) or (end is not None and cast(float, t1) > end):
                     continue
                 o = seen.setdefault(s.get("output", ""), ProbeOutput(s.get("output", ""), 0, []))
                 o.runs += 1

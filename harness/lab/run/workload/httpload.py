@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TextIO
 
 from ....core import retry
 from ....core.errors import ConfigError, ConnectStalled
@@ -195,7 +195,7 @@ class HttpLoad:
         self._inflight: set[asyncio.Task] = set()   # requests under way (the loop's thread only)
         self._ready = threading.Event()
         self._epoch0 = self._mono0 = 0.0
-        self._log = None
+        self._log: Optional[TextIO] = None
         self.cpu_seconds: Optional[float] = None   # CPU time the load's thread used, once it ended
 
     # clocks: host epoch seconds, derived from the monotonic clock (no jumps mid-run)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, cast
 
 from .httpload import Request
 
@@ -36,12 +36,14 @@ def window_stats(requests: Iterable[Request], start: float, end: float) -> Windo
     inside = [r for r in requests if start <= r.intended < end]
     if not inside:
         return WindowStats(0, 0, None, None, None, None)
-    ok = sorted((r for r in inside if r.ok), key=lambda r: r.done)  # type: ignore[arg-type,return-value]
-    lat = sorted(r.latency for r in ok)  # type: ignore[misc]
+    # a request that got a response was sent and ended: its done (so its latency) is set
+    ok = sorted((r for r in inside if r.ok), key=lambda r: cast(float, r.done))
+    lat = sorted(cast(float, r.latency) for r in ok)
     prev, gap = start, 0.0
     for r in ok:
-        gap = max(gap, r.done - prev)  # type: ignore[operator]
-        prev = max(prev, r.done)       # type: ignore[type-var]
+        done = cast(float, r.done)
+        gap = max(gap, done - prev)
+        prev = max(prev, done)
     gap = max(gap, end - prev)
     return WindowStats(count=len(inside), failed=len(inside) - len(ok),
                        max_latency=lat[-1] if lat else None,

@@ -65,8 +65,8 @@ def from_events(events: Sequence[tuple[int, int]], destroyed_by_lab: bool) -> Op
         return MachineExit(HOST, "the domain shut down without saying who asked")
     if stopped == STOPPED_DESTROYED and destroyed_by_lab:
         return MachineExit(HOST, "stopped by the lab")
-    kind, detail = _STOPPED.get(stopped, (HOST, f"the domain stopped (detail {stopped})"))
-    return MachineExit(kind, detail)
+    kind, what = _STOPPED.get(stopped, (HOST, f"the domain stopped (detail {stopped})"))
+    return MachineExit(kind, what)
 
 
 def from_state(state: int, reason: int) -> Optional[MachineExit]:

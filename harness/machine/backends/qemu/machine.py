@@ -69,6 +69,7 @@ class QemuMachine:
             raise
 
     def _connect_qmp(self) -> None:
+        assert self.proc is not None   # start() made it before calling this
         deadline = time.monotonic() + self.timeouts.qmp
         while not self.cfg.qmp_socket.exists():
             if self.proc.poll() is not None:
@@ -82,6 +83,7 @@ class QemuMachine:
     def _wait_incoming(self) -> None:
         """Until QEMU has read the saved state and the guest runs again. A guest saved stopped
         (``save`` stops it first) is resumed "paused": then it is continued here."""
+        assert self.proc is not None   # start() made it before calling this
         deadline = time.monotonic() + self.timeouts.snapshot
         while True:
             try:
@@ -123,6 +125,7 @@ class QemuMachine:
             qmp.execute("cont", timeout=t.qmp)   # after a migration, also takes the disks back
 
     def _raise_early_exit(self) -> None:
+        assert self.proc is not None   # only _connect_qmp calls this, after start() made it
         out = self.qemu_output()
         if "Could not set up host forwarding rule" in out:
             raise PortInUse(f"QEMU could not bind its loopback forwards:\n{out}")
@@ -186,6 +189,7 @@ class QemuMachine:
             self.console.stop()
 
     def _signal(self, sig: int) -> None:
+        assert self.proc is not None   # only destroy() calls this, on a running QEMU
         try:
             os.killpg(self.proc.pid, sig)
         except ProcessLookupError:
