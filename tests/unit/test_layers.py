@@ -187,3 +187,16 @@ def test_every_harness_import_the_tests_write_resolves_code_in_strings_included(
     script = "\n".join(f"try:\n    {s}\nexcept ImportError as e:\n    print({s!r}, '->', e)" for s in sorted(found))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root, timeout=120)
     assert len(found) > 100 and out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
+
+
+def test_no_test_asserts_a_value_against_itself():
+    """``assert f(x) == f(x)`` reads as a tautology whatever it means: compute once, then compare
+    (a determinism or freshness check names both values)."""
+    same = []
+    for path in (PKG.parent / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
+                sides = [ast.dump(x) for x in [node.test.left, *node.test.comparators]]
+                if len(set(sides)) < len(sides):
+                    same.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
+    assert same == []

@@ -97,7 +97,8 @@ def test_ssh_ready_returns_once_sshd_answers():
 
 def test_each_call_makes_a_fresh_policy():
     # a policy object carries state per use; the lab asks for a new one each time
-    assert retry.download_policy() is not retry.download_policy()
+    first, second = retry.download_policy(), retry.download_policy()
+    assert second is not first
 
 
 def test_the_iterating_form_the_session_uses_behaves_the_same():
