@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+# Imported here, at collection, not first inside a test: a pytester run restores sys.modules
+# when it ends, so a module first imported inside one is dropped, and numpy's C extension
+# (harness.lab.runner -> judge.overhead) refuses to load a second time in the process.
+import harness.lab.runner
+
 SWAP = '''
 _real_run = runner.run
 runner.run = fake_run
@@ -17,7 +22,6 @@ def pytest_unconfigure(config):   # in-process runs share our harness.lab.runner
 def use_fake_runner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake_run_source: str) -> None:
     """``fake_run_source`` imports ``harness.lab.runner as runner`` and defines ``fake_run``; a
     ``patch/`` directory is made for the scenarios' ``source: patch``."""
-    import harness.lab.runner
     monkeypatch.setattr(harness.lab.runner, "run", harness.lab.runner.run)   # restored whatever happens
     pytester.makeconftest(fake_run_source + SWAP)
     pytester.mkdir("patch").joinpath("Makefile").write_text("obj-m += p.o\n")
