@@ -220,12 +220,10 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace,
     settings = _settings(args)
     session.raise_on_sigterm()
     defined = sorted(kerneldefs.load_definitions())
-    for name in kernel_args:
-        if name != matrix.ALL:
-            kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
     cells = matrix.expand(scenarios, kernel_args, defined)
-    for cell in cells:
-        kerneldefs.get_definition(cell.kernel)
+    # a typo, chosen or in a scenario's list, is a usage error before anything boots
+    for name in dict.fromkeys([*(n for n in kernel_args if n != matrix.ALL), *(c.kernel for c in cells)]):
+        kerneldefs.get_definition(name)
     if not cells:
         raise ConfigError(f"no kernel to run on: the scenarios list "
                           f"{', '.join(sorted({k for sc in scenarios for k in sc.kernels or ()}))}, "

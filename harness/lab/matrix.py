@@ -9,6 +9,7 @@ results document"). They only present it.
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -111,7 +112,6 @@ def write(path: Path, doc: dict[str, Any]) -> None:
     """The document to ``path``, or to stdout for ``-``."""
     text = json.dumps(doc, indent=2, default=str) + "\n"
     if str(path) == "-":
-        import sys
         sys.stdout.write(text)
         return
     path.parent.mkdir(parents=True, exist_ok=True)

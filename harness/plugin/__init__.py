@@ -211,13 +211,14 @@ class ScenarioItem(pytest.Item):
             ("checks", ",".join(sorted({r.check for r in v.reasons}))), ("artifacts", self.outcome.artifacts),
             ("seconds", round(self.outcome.seconds, 1))]
         if not result.as_expected:
-            raise ScenarioFailure(self.scenario.expectation(self.kernel))
+            raise ScenarioFailure(result)
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, ScenarioFailure) and self.outcome is not None:
             from ..lab.report.summary import explain
-            want = excinfo.value.args[0]
-            expected = want.verdict + (f" with failing checks {', '.join(want.checks)}" if want.checks else "")
+            want = excinfo.value.args[0]   # the matrix's Result
+            expected = want.expected + (f" with failing checks {', '.join(want.expected_checks)}"
+                                        if want.expected_checks else "")
             return f"expected {expected}, got:\n{explain(self.outcome)}"
         return super().repr_failure(excinfo)
 
@@ -359,22 +360,24 @@ def selftests_table(rows: list[dict]) -> str:
 def summary_table(rows: list[dict]) -> str:
     """Scenario rows x kernel columns; a cell not as the scenario expects is marked ``!``."""
     from ..lab.report.summary import table
-    return table(sorted((_entry(r) for r in rows), key=lambda e: e["scenario"]))
+    # what the table shows, the rows carry: no run's verdict.json need be read for it
+    return table(sorted((_entry(r, read=False) for r in rows), key=lambda e: e["scenario"]))
 
 
-def _entry(row: dict) -> dict:
+def _entry(row: dict, read: bool = True) -> dict:
     """A row's result as the matrix document holds it: its run's verdict.json (on this host:
-    xdist's workers are local) with the comparison; what the row itself says if that is gone
-    (a full disk refuses to keep a verdict whose evidence is missing)."""
+    xdist's workers are local) with the comparison; what the row itself says when not ``read``
+    or when that file is gone (a full disk refuses to keep a verdict whose evidence is missing)."""
     import json
     from pathlib import Path
 
     from ..lab import matrix
-    path = Path(row.get("artifacts") or "") / "verdict.json"
-    try:
-        outcome = json.loads(path.read_text()) if row.get("artifacts") else None
-    except (OSError, ValueError):
-        outcome = None
+    outcome = None
+    if read and row.get("artifacts"):
+        try:
+            outcome = json.loads((Path(row["artifacts"]) / "verdict.json").read_text())
+        except (OSError, ValueError):
+            pass
     if outcome is None:
         outcome = {"scenario": row["lab_scenario"], "kernel": row["lab_kernel"], "verdict": row["verdict"],
                    "reasons": [{"check": c, "message": ""} for c in filter(None, row.get("checks", "").split(","))],

@@ -55,6 +55,8 @@ def test_the_summary_is_a_kernel_by_scenario_table_with_exact_versions(matrix):
         "good      PASS                      PASS                    PASS                      ERROR ! (expected pass)",
         "8 runs, 2 not as expected (marked !)",
     ])
+    # a failed item says what its scenario expected, and what the run found instead
+    result.stdout.fnmatch_lines(["expected fail with failing checks dmesg, got:", "bad on debian-7 *: ERROR"])
 
 
 def test_xdist_workers_report_to_one_summary_and_one_json(matrix):

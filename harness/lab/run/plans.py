@@ -18,7 +18,7 @@ probe patterns, and those its steps imply (each soak cycle's hold, each lifecycl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 from .context import Step
@@ -88,8 +88,7 @@ def plan(sc: Scenario, patch: str, old: Optional[str], keys: dict[str, str]) -> 
                   Cooldown(tl.cooldown), after]
     else:
         steps += _single(sc, patch, old, same, before, after)
-    return Plan(tuple(steps), Expect(thresholds=base.thresholds, service=base.service, probe=probe,
-                                     probe_same=same, dmesg=base.dmesg, soak=base.soak))
+    return Plan(tuple(steps), replace(base, probe=probe, probe_same=same))
 
 
 def _single(sc: Scenario, patch: str, old: Optional[str], same: dict[str, str], before: Step,
