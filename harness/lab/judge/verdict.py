@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, cast
+from typing import Any, Optional
 
 from ...machine import kmsg
 from . import contention, overhead, toolcheck
@@ -118,12 +118,12 @@ def _lost_fix(rec: RunRecord, phase: str, output: str) -> str:
     if rec.probe_unpatched is None or not rec.replaced:
         return ""
     w = next(w for w in rec.windows.values() if w.probe_phase == phase)
-    earlier = [x for x in rec.windows.values() if x.probe_phase and x.end <= w.start and _samples(rec, x.probe_phase)]
+    # the samples of each earlier window judged with a phase, those that have any
+    earlier = [found for x in rec.windows.values() if x.probe_phase and x.end <= w.start
+               for found in [_samples(rec, x.probe_phase)] if found]
     if not earlier:
         return ""
-    # earlier holds only windows with a phase and samples in it
-    samples = cast(list, _samples(rec, cast(str, earlier[-1].probe_phase)))
-    before = set(_lines(samples[-1].output))
+    before = set(_lines(earlier[-1][-1].output))
     unpatched = set(_lines(rec.probe_unpatched))
     lost = [line for line in _lines(output) if line in unpatched and line not in before]
     if not lost:
