@@ -15,13 +15,12 @@ from ....core.errors import ConfigError
 from ....machine import kmsg
 from ...run.livepatch import taint_letters
 
-# The in-guest phases, each from the event that opens it to the one that opens the next
-# (the event names are part of verdict.json's format).
-WINDOWS = (("baseline", "baseline", "load-patch"), ("apply", "load-patch", "patched"),
-           ("patched", "patched", "disable"), ("revert", "disable", "reverted"),
-           ("cooldown", "reverted", "cooldown-end"))
-KINDS = {"baseline": "baseline", "apply": "transition", "patched": "hold", "revert": "transition",
-         "cooldown": "cooldown"}
+# For runs saved before verdict.json kept its judged windows: the in-guest phases, each with
+# its kind, from the event that opens it to the one that opens the next (the event names are
+# part of verdict.json's format).
+WINDOWS = (("baseline", "baseline", "baseline", "load-patch"), ("apply", "transition", "load-patch", "patched"),
+           ("patched", "hold", "patched", "disable"), ("revert", "transition", "disable", "reverted"),
+           ("cooldown", "cooldown", "reverted", "cooldown-end"))
 # Timeline events worth a line on the plot, with the words a reader knows them by.
 EVENT_LABELS = {"target-loaded": "target insmod", "load-patch": "insmod", "loaded": "insmod returned",
                 "transition-complete": "transition complete", "transition-stalled": "transition stalled",
@@ -92,16 +91,16 @@ class Run:
         if judged is not None:
             return [(w["name"], w["kind"], w["start"], w["end"], True) for w in judged]
         out = []
-        for name, a, b in WINDOWS:
+        for name, kind, a, b in WINDOWS:
             start, end = self.at(a), self.at(b)
             if start is None:
                 continue
             if end is None:
                 end = next((t for t in map(self.at, ("guest-lost", "collected", "verdict")) if t), None)
                 if end is not None and end > start:
-                    out.append((name, KINDS[name], start, end, False))
+                    out.append((name, kind, start, end, False))
                 break
-            out.append((name, KINDS[name], start, end, True))
+            out.append((name, kind, start, end, True))
         return out
 
     def modules(self) -> list[tuple[str, str, Optional[str]]]:
