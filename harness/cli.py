@@ -181,10 +181,11 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 def cmd_boot(args: argparse.Namespace) -> int:
     from .machine import session
+    from .machine.signals import raise_on_sigterm
     from .supply import images, recipes
     from .supply.kernels import defs as kerneldefs, fetch as kernelfetch
     settings = _settings(args)
-    session.raise_on_sigterm()
+    raise_on_sigterm()
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
         raise ConfigError(f"must be positive and finite, not {args.timeout!r}", field="--timeout")
     artifacts = _writable_dir(args.artifacts, "--artifacts")
@@ -215,10 +216,10 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace,
     from .core.errors import ConfigError
     from .lab import matrix
     from .lab.report import summary as report
-    from .machine import session
+    from .machine.signals import raise_on_sigterm
     from .supply.kernels import defs as kerneldefs
     settings = _settings(args)
-    session.raise_on_sigterm()
+    raise_on_sigterm()
     defined = sorted(kerneldefs.load_definitions())
     cells = matrix.expand(scenarios, kernel_args, defined)
     # a typo, chosen or in a scenario's list, is a usage error before anything boots
@@ -341,10 +342,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_selftests(args: argparse.Namespace) -> int:
     from .lab.selftests import results, suite
-    from .machine import session
+    from .machine.signals import raise_on_sigterm
     from .supply.kernels import defs as kerneldefs
     settings = _settings(args)
-    session.raise_on_sigterm()
+    raise_on_sigterm()
     names = list(args.kernel) or [DEFAULT_KERNEL]
     if names == ["all"]:
         names = sorted(kerneldefs.load_definitions())

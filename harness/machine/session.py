@@ -17,6 +17,9 @@ guest as soon as it answers, and later runs resume their own copy of it (their
 own overlay on its disk, their own ports) instead of booting, then step its
 clock and reseed its randomness (``resync``). A copy that fails to resume is
 discarded and the run boots; a run never fails for a snapshot.
+
+What it yields, and how that waits for SSH and stops, is ``guest``; the signal
+handling around the teardown is ``signals``.
 """
 from __future__ import annotations
 
@@ -24,16 +27,14 @@ import contextlib
 import dataclasses
 import logging
 import shutil
-import signal
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from ..core import cpuslots, diskspace, retry
-from ..core.errors import BootError, DeadlineExceeded, DiskFull, GuestConnectionError, HarnessError
+from ..core.errors import DiskFull, HarnessError
 from ..core.net import free_port
 from ..core.settings import Settings, Timeouts
 from ..supply import bootfiles, images, vmlinux
@@ -41,51 +42,19 @@ from ..supply.kernels.kernel import Kernel
 from . import accel as accel_mod
 from . import backends, snapshots
 from .backends.base import Backend, Disk, Forward, Machine, MachineSpec
-from .channel import GuestChannel, Result
+from .channel import GuestChannel
+from .guest import Guest, shutdown, wait_ready
 from .resync import resync
 from .runs import RunDir, reap_stale
+from .signals import signals_held
 
 log = logging.getLogger(__name__)
 
 SSH_PORT = 22
-READY_MARKER = "livepatch-lab: ready"   # printed by images/guest/ready once sshd listens
 RESTORED_MARKER = "livepatch-lab: restored from"   # the lab's line in a restored guest's console
 # pci=noacpi: on -M pc each virtio device costs ~100 ms of ACPI IRQ-routing evaluation under TCG.
 BASE_APPEND = ("console=ttyS0,115200 panic=-1 net.ifnames=0 random.trust_cpu=on pci=noacpi "
                "lab.root=/dev/vda lab.modules=/dev/vdb")
-
-
-@dataclass
-class Guest:
-    """A running guest. Use it inside ``boot()``; it is dead after."""
-    kernel: Kernel
-    image: images.Image
-    machine: Machine
-    channel: GuestChannel
-    run_dir: RunDir
-    timeouts: Timeouts
-    forwards: dict[int, int]              # guest port -> host port (127.0.0.1)
-    timings: dict[str, float] = field(default_factory=dict)
-    restored_from: Optional[str] = None   # the snapshot it is a copy of; None: it booted
-
-    @property
-    def accel(self) -> str:
-        return self.machine.accel
-
-    def run(self, command: str, timeout: Optional[float] = None, *, check: bool = False,
-            stdin: Optional[bytes] = None) -> Result:
-        return self.channel.run(command, timeout, check=check, stdin=stdin)
-
-    def upload(self, local: Path, remote: str, mode: int = 0o644) -> None:
-        self.channel.upload(local, remote, mode)
-
-    def host_port(self, guest_port: int) -> int:
-        return self.forwards[guest_port]
-
-    def describe(self) -> dict:
-        return {"kernel": self.kernel.describe(), "image": self.image.digest,
-                "accel": self.accel, "timings": dict(self.timings),
-                "restored_from": self.restored_from, "machine": self.machine.describe()}
 
 
 def _start_machine(backend: Backend, spec_for: Callable[[], MachineSpec], run: RunDir,
@@ -97,62 +66,6 @@ def _start_machine(backend: Backend, spec_for: Callable[[], MachineSpec], run: R
             machine.start()
             return machine
     raise AssertionError("unreachable")
-
-
-def _wait_ready(guest: Guest, deadline: float, command: Optional[str] = "true") -> None:
-    """Until a real command answers over SSH; a dead or panicked guest ends the wait at once.
-    ``command`` None: until SSH logs in (the caller's next command is the real one).
-
-    The guest announces on the console when sshd listens. Until then an SSH
-    attempt would sit in QEMU's user networking until its own timeout, so
-    attempts before the announcement are short, and the wait is for the console.
-    """
-    machine, t = guest.machine, guest.timeouts
-
-    def attempt_once() -> None:
-        finding = machine.console.fatal()
-        if finding:
-            raise BootError(f"guest {finding.kind} during boot: {finding.line}",
-                            machine.console.tail(), str(machine.spec.console_log))
-        if not machine.is_running():
-            machine.console.stop()   # drains what the machine printed last, for the tail
-            raise BootError(f"QEMU ended during boot ({machine.exit_reason()})",
-                            machine.console.tail(), str(machine.spec.console_log))
-        left = deadline - time.monotonic()
-        announced = machine.console.wait_for(
-            lambda c: c.contains(READY_MARKER) or c.fatal() is not None, min(1.0, max(0.0, left)))
-        if machine.console.fatal():
-            return attempt_once()  # report the finding
-        per_try = max(0.5, min(t.ssh_connect if announced else 1.0, left))
-        guest.channel.connect(timeout=per_try)
-        if command is not None:
-            guest.channel.run(command, timeout=per_try, check=True)
-
-    try:
-        for attempt in retry.ssh_ready_policy(max(0.0, deadline - time.monotonic())):
-            with attempt:
-                attempt_once()
-    except (GuestConnectionError, DeadlineExceeded) as exc:
-        raise BootError(f"SSH did not answer within {t.boot:.0f}s (last: {exc})",
-                        machine.console.tail(), str(machine.spec.console_log)) from None
-
-
-def _shutdown(guest: Optional[Guest], machine: Optional[Machine], timeouts: Timeouts, *,
-              graceful: bool = True) -> None:
-    """poweroff (if ``graceful``) → QMP quit → kill. Never raises."""
-    if (graceful and guest is not None and guest.channel.connected and machine is not None
-            and machine.is_running()):
-        try:
-            guest.channel.run("poweroff", timeout=min(5.0, timeouts.poweroff))
-        except HarnessError as exc:
-            log.debug("poweroff: %s", exc)
-        guest.channel.close()
-        if not machine.wait_exit(timeouts.poweroff):
-            log.info("guest did not power off within %.0fs; stopping QEMU", timeouts.poweroff)
-    if guest is not None:
-        guest.channel.close()
-    if machine is not None:
-        machine.destroy()
 
 
 def _kernel_image(kernel: Kernel, settings: Settings) -> Path:
@@ -242,7 +155,7 @@ class _Attempt:
                                    timings, snapshot.path.name if snapshot else None)
         # From the machine's start: a libvirt start may include first-time uploads. A restored
         # guest's first command is the resync: a real one, so no `true` before it.
-        _wait_ready(guest, time.monotonic() + p.timeouts.boot, None if snapshot else "true")
+        wait_ready(guest, time.monotonic() + p.timeouts.boot, None if snapshot else "true")
         if snapshot is not None:
             self.resync()
         timings["ssh_ready"] = time.monotonic() - t1
@@ -288,7 +201,7 @@ class _Attempt:
         except (HarnessError, OSError) as exc:
             log.warning("could not save the guest for later runs (they boot): %s", exc)
         if paused:   # it stood still meanwhile, without its connection
-            _wait_ready(guest, time.monotonic() + p.timeouts.boot, None)
+            wait_ready(guest, time.monotonic() + p.timeouts.boot, None)
             self.resync()
             self.timings["snapshot"] = time.monotonic() - t0
 
@@ -299,7 +212,7 @@ class _Attempt:
         self._done = True
         with signals_held():
             t0 = time.monotonic()
-            _shutdown(self.guest, self.machine, self.plan.timeouts,
+            shutdown(self.guest, self.machine, self.plan.timeouts,
                       graceful=not isinstance(sys.exc_info()[1], KeyboardInterrupt))
             self.timings["shutdown"] = time.monotonic() - t0
             try:
@@ -384,34 +297,3 @@ def _keep_console(run: RunDir, artifacts_dir: Optional[Path]) -> None:
         if pending is None:
             raise
         log.error("%s", exc)
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Inside: SIGINT and SIGTERM wait. A teardown cut short by a second Ctrl-C leaves what it
-    had not yet removed; the teardown is bounded by its own deadlines, so the signal waits
-    until it is done and is raised then, unless an interrupt is already on its way."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-    held = (signal.SIGINT, signal.SIGTERM)
-    old = {s: signal.signal(s, lambda signum, _frame: got.append(signum)) for s in held}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-    if got and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
-        raise KeyboardInterrupt(f"signal {got[0]}")
-
-
-def raise_on_sigterm() -> None:
-    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks (teardown) run."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)

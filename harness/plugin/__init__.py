@@ -62,7 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     # SSH attempts to a booting guest fail by design; keep paramiko's tracebacks out of reports.
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    from ..machine.session import raise_on_sigterm
+    from ..machine.signals import raise_on_sigterm
     raise_on_sigterm()  # so a SIGTERM'd test run still tears its guests down
     if not hasattr(config, "workerinput"):   # xdist workers report to the controller
         if config.getoption("--lab-report"):

@@ -94,12 +94,12 @@ def test_how_a_machine_ended_says_whether_the_guest_or_the_host_ended_it(lab_boo
 
 BOOT_SCRIPT = textwrap.dedent("""
     import sys, time
-    from harness.machine import session
+    from harness.machine import session, signals
     from harness.supply import images, recipes
     from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
     from harness.core.settings import Settings
     s = Settings.from_env()
-    session.raise_on_sigterm()
+    signals.raise_on_sigterm()
     k = kernelfetch.fetch(kerneldefs.get_definition("debian-6.1"), s)
     img = images.build(recipes.load_recipe(recipes.DEFAULT_RECIPE), s)
     print("booting", flush=True)

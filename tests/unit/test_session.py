@@ -23,6 +23,7 @@ from harness.core.settings import Settings
 from harness.machine import accel, backends, runs, session
 from harness.machine.backends.base import GUEST, HOST, Disk, MachineExit, StillRunning
 from harness.machine.console import ConsoleFollower
+from harness.machine.guest import READY_MARKER
 from harness.machine.resync import Resync
 
 from .fakes.sshd import FakeSSHServer
@@ -64,7 +65,7 @@ class FakeMachine:
                 raise InfraError("QEMU could not resume the saved guest: load of migration failed")
             self.console.start()
             return
-        lines = {"ready": session.READY_MARKER.encode() + b"\r\n",
+        lines = {"ready": READY_MARKER.encode() + b"\r\n",
                  "panic": b"[    1.000000] Kernel panic - not syncing: VFS: Unable to mount root fs\r\n",
                  "dies": b""}[self.backend.behaviour]
         self.spec.console_log.write_bytes(LINUX + lines)
@@ -320,7 +321,7 @@ def test_the_first_boot_saves_the_guest_once_it_answers_and_it_runs_on_in_step(l
     assert meta["kernel"] == {"name": "debian-6.1", "release": "6.1.0-18-amd64", "version": "6.1.76-1"}
     assert (meta["image"], meta["accel"], meta["backend"]) == ({"name": "default", "digest": "d1"}, "tcg", "fake")
     assert (snap / "disk.qcow2").stat().st_mode & 0o777 == 0o444
-    assert session.READY_MARKER in (snap / "console.log").read_text()
+    assert READY_MARKER in (snap / "console.log").read_text()
     assert left_behind(lab, backend) == []
 
 
@@ -340,7 +341,7 @@ def test_a_later_boot_resumes_its_own_copy_of_the_saved_guest_instead_of_booting
         assert guest.run("echo hello", check=True).stdout == "hello\n"
         assert {"restore", "ssh_ready", "resync", "clock_step"} <= set(guest.timings)
     console = (lab.settings.cache_dir / "art" / "console.log").read_text()
-    assert console.startswith(LINUX.decode().strip()) and session.READY_MARKER in console
+    assert console.startswith(LINUX.decode().strip()) and READY_MARKER in console
     assert f"{session.RESTORED_MARKER} {snap.name}" in console.splitlines()[-1]
     assert backend.log[-2:] == ["poweroff", "destroy"] and left_behind(lab, backend) == []
     assert saved(lab) == [snap]
