@@ -19,7 +19,7 @@ from harness.core.settings import Timeouts
 from harness.lab.run import apply, livepatch
 from harness.lab.scenario import hookcmd
 from harness.lab.run.events import Timeline
-from harness.lab.run.record import RunRecord
+from harness.lab.run.record import Revert, RunRecord
 from harness.lab.scenario.specs import ApplySpec
 from harness.lab.run.workload import detached
 
@@ -107,11 +107,11 @@ def test_a_load_returns_once_the_kernel_lists_the_patch_and_the_tool_is_heard_ou
     assert ("load", "lab_good") in tool.calls and ctx.rec.tool_runs == []
     finish_transition(sys_dir)
     said = tool.settle(ctx, "lab_good")
-    assert (said["rc"], said["kernel"], said["said"]) == (0, "patched", "transition complete (0 seconds)")
-    assert said["seconds"] is not None and 0 <= said["seconds"] < 5
-    assert ctx.rec.patch("lab_good").transition["tool"] is said
+    assert (said.rc, said.kernel, said.said) == (0, "patched", "transition complete (0 seconds)")
+    assert said.seconds is not None and 0 <= said.seconds < 5
+    assert ctx.rec.patch("lab_good").transition.tool is said
     run, = ctx.rec.tool_runs
-    assert run["command"].endswith("load /run/lab/modules/lab_good.ko") and "loading patch module" in run["output"]
+    assert run.command.endswith("load /run/lab/modules/lab_good.ko") and "loading patch module" in run.output
     assert [e for e, _ in events(ctx)] == ["tool-started", "tool-ended"]
     assert tool.calls == {}
 
@@ -123,7 +123,7 @@ def test_a_tool_that_ends_without_loading_the_patch_failed_the_load_in_its_own_w
         tool.load(ctx, "lab_good")
     assert "kpatch load /run/lab/modules/lab_good.ko failed (rc 1)" in str(err.value)
     assert "could not insert module" in str(err.value)
-    assert ctx.rec.tool_runs[0]["rc"] == 1 and tool.calls == {}
+    assert ctx.rec.tool_runs[0].rc == 1 and tool.calls == {}
 
 
 def test_a_tool_that_gives_up_and_removes_the_patch_leaves_nothing_for_the_lab_to_unload(world):
@@ -132,11 +132,11 @@ def test_a_tool_that_gives_up_and_removes_the_patch_leaves_nothing_for_the_lab_t
     ctx.loaded.append("lab_good")
     (sys_dir / "giveup").write_text("")
     said = tool.settle(ctx, "lab_good")
-    assert (said["rc"], said["kernel"]) == (1, "gone")
-    assert said["said"] == "kpatch: error: failed to load module lab_good (transition stalled)"
+    assert (said.rc, said.kernel) == (1, "gone")
+    assert said.said == "kpatch: error: failed to load module lab_good (transition stalled)"
     assert ctx.loaded == []
-    assert ctx.rec.patch("lab_good").revert == {"disabled": True, "by": "kpatch load", "sysfs_gone": True,
-                                                "module_gone": True}
+    assert ctx.rec.patch("lab_good").revert == Revert(disabled=True, by="kpatch load", sysfs_gone=True,
+                                                      module_gone=True)
 
 
 def test_a_tool_that_never_ends_is_killed_at_its_deadline(world):
@@ -144,7 +144,7 @@ def test_a_tool_that_never_ends_is_killed_at_its_deadline(world):
     (sys_dir / "hang").write_text("")
     tool.load(ctx, "lab_good")
     said = tool.settle(ctx, "lab_good")
-    assert said["rc"] is None and said["kernel"] == "in transition"
+    assert said.rc is None and said.kernel == "in transition"
     assert detached.ended(ctx.guest, "tool-load-lab_good") is not None   # nothing of it runs on
 
 
@@ -159,9 +159,9 @@ def test_a_revert_returns_once_the_patch_reads_disabled_and_the_unload_hears_the
     finish_transition(sys_dir)     # the kernel completes the unpatching; the tool rmmods
     unloaded = tool.unload(ctx, "lab_good")
     assert unloaded.rc == 0 and unloaded.sysfs_gone and not (sys_dir / "lab_good").exists()
-    said = ctx.rec.patch("lab_good").revert["tool"]
-    assert (said["op"], said["rc"], said["said"]) == ("revert", 0, "unloading patch module: lab_good")
-    assert [r["op"] for r in ctx.rec.tool_runs] == ["load", "revert"]
+    said = ctx.rec.patch("lab_good").revert.tool
+    assert said and (said.op, said.rc, said.said) == ("revert", 0, "unloading patch module: lab_good")
+    assert [r.op for r in ctx.rec.tool_runs] == ["load", "revert"]
 
 
 def test_a_revert_that_fails_before_disabling_says_so(world):

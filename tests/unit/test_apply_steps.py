@@ -17,7 +17,7 @@ from harness.lab.run import apply, plans, steps
 from harness.lab import runner
 from harness.lab.run.events import Timeline
 from harness.lab.report.outcome import Outcome, write
-from harness.lab.run.record import RunRecord
+from harness.lab.run.record import Revert, RunRecord
 from harness.lab.scenario.specs import ApplySpec, TransitionSpec
 from harness.lab.judge.verdict import decide
 from harness.lab.run.workload import detached
@@ -130,11 +130,11 @@ def test_a_good_patch_through_the_tool_passes_with_every_call_recorded(run, kern
                           "unpatch-complete", "tool-ended", "unloaded", "reverted", "grace-periods", "cooldown-end",
                           "collect", "collected"]
     load, revert = ctx.rec.tool_runs
-    assert (load["op"], load["command"], load["rc"], load["seconds"]) == (
-        "load", "kpatch load /run/lab/modules/lab_good.ko", 0, 1.5)
-    assert (revert["op"], revert["command"], revert["rc"]) == ("revert", "kpatch unload lab_good", 0)
-    assert ctx.rec.main.transition["tool"]["kernel"] == "patched"
-    assert ctx.rec.main.revert["module_gone"] and kernel.modules == set()
+    assert (load.op, load.command, load.rc, load.seconds) == ("load", "kpatch load /run/lab/modules/lab_good.ko", 0, 1.5)
+    assert (revert.op, revert.command, revert.rc) == ("revert", "kpatch unload lab_good", 0)
+    said = ctx.rec.main.transition.tool
+    assert said and said.kernel == "patched"
+    assert ctx.rec.main.revert.module_gone and kernel.modules == set()
     # one load, one disable, one rmmod: all the tool's (the lab did none of its own)
     assert [c for c in kernel.calls if not c.startswith("wait")] == [f"insmod {PATCH}", f"disable {PATCH}",
                                                                      f"rmmod {PATCH}"]
@@ -156,7 +156,7 @@ def test_a_stall_the_tool_gives_up_on_fails_on_transition_and_leaves_nothing_to_
                                            "(pid 77, tid 77) at lab_target_sleep+0x22/0x40; kpatch load failed "
                                            "(rc 1 after 2 s): 'kpatch: error: failed to load module lab_good "
                                            "(transition stalled)'; after it the patch is gone from the kernel")]
-    assert ctx.rec.main.revert == {"disabled": True, "by": "kpatch load", "sysfs_gone": True, "module_gone": True}
+    assert ctx.rec.main.revert == Revert(disabled=True, by="kpatch load", sysfs_gone=True, module_gone=True)
     assert ctx.loaded == [] and kernel.modules == set()
     assert "disable" not in names(ctx)     # the lab had nothing left to revert
 

@@ -25,7 +25,7 @@ from harness.lab.run import plans
 from harness.lab import runner
 from harness.lab.run.events import Timeline
 from harness.lab.run.prepare import Modules, Prepared
-from harness.lab.run.record import BASELINE, COOLDOWN, HOLD, TRANSITION, RunRecord
+from harness.lab.run.record import BASELINE, COOLDOWN, HOLD, TRANSITION, Revert, RunRecord
 from harness.lab.scenario.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, StepSpec, StressSpec,
                                         TimelineSpec, TransitionSpec)
 from harness.lab.scenario.expect import Expect
@@ -113,8 +113,8 @@ def test_a_good_run_goes_through_every_step_in_order_and_passes(lab, kernel):
                           "unloaded", "reverted", "grace-periods", "cooldown-end", "collect", "collected"]
     rec = ctx.rec
     assert rec.ops == [("enabled", PATCH), ("patched", PATCH), ("disabled", PATCH), ("unpatched", PATCH)]
-    assert rec.main.revert == {"disabled": True, "disable_err": "", "disable_seconds": 0.01, "rmmod_rc": 0,
-                               "rmmod_err": "", "sysfs_gone": True, "module_gone": True}
+    assert rec.main.revert == Revert(disabled=True, disable_err="", disable_seconds=0.01, rmmod_rc=0, rmmod_err="",
+                                     sysfs_gone=True, module_gone=True)
     assert (rec.taint_before, rec.taint_patched, rec.taint_after) == (0, K, K)
     assert kernel.modules == set() and ctx.loaded == []     # the target too: Collect unloads it
     assert judge(ctx).verdict == "pass", judge(ctx).reasons
@@ -361,7 +361,7 @@ def test_an_upgrade_by_atomic_replace_retires_the_old_patch_and_unloads_it(lab, 
     run_plan(ctx, old=OLD)
     rec = ctx.rec
     assert rec.replaced == {OLD: PATCH} and kernel.modules == set()
-    assert rec.patches[OLD].revert["module_gone"] and "disabled" not in rec.patches[OLD].revert
+    assert rec.patches[OLD].revert.module_gone and rec.patches[OLD].revert.disabled is None
     assert "old again" not in rec.windows and "revert old" not in rec.windows
     assert [w for w in rec.windows] == ["baseline", "apply", "patched", "revert", "cooldown"]
     assert rec.lifecycle == [] and judge(ctx).verdict == "pass", judge(ctx).reasons

@@ -9,7 +9,8 @@ from harness.lab.judge import memcheck
 from harness.lab.judge import verdict as V
 from harness.lab.scenario.expect import Expect
 from harness.lab.scenario.specs import SoakSpec, Thresholds
-from harness.lab.run.record import BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Window
+from harness.lab.run.record import (BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Revert, SoakSample,
+                                    ToolRun, Transition, Window)
 from harness.machine.kmsg import Finding
 
 
@@ -62,9 +63,9 @@ def clean_record(**changes) -> V.RunRecord:
     probe = ([Sample(t, 0, "console=ttyS0 root\n") for t in (1, 5, 9)] +
              [Sample(t, 0, "livepatch-lab: patched\n") for t in (13, 16, 19)] +
              [Sample(t, 0, "console=ttyS0 root\n") for t in (23, 25)])
-    patch = PatchRecord(NAME, loaded=True, transition={"completed": True, "seconds": 0.8, "deadline": 60},
-                        unpatch={"completed": True, "seconds": 0.5, "deadline": 60},
-                        revert={"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True})
+    patch = PatchRecord(NAME, loaded=True, transition=Transition(completed=True, seconds=0.8, deadline=60),
+                        unpatch=Transition(completed=True, seconds=0.5, deadline=60),
+                        revert=Revert(disabled=True, rmmod_rc=0, sysfs_gone=True, module_gone=True))
     rec = V.RunRecord(
         patch_name=NAME, patch_issued=True, patches={NAME: patch},
         ops=[("enabled", NAME), ("patched", NAME), ("disabled", NAME), ("unpatched", NAME)],
@@ -167,22 +168,22 @@ def test_taint_must_be_exactly_what_a_livepatch_implies():
 
 
 def test_a_stalled_transition_names_the_tasks():
-    rec = clean_record(transition={"completed": False, "seconds": 9, "deadline": 9,
-                                   "stragglers": ["lab_sleeper (pid 77, tid 77) at lab_target_sleep"]},
-                       revert={"disabled": True, "rmmod_rc": 0})
+    rec = clean_record(transition=Transition(completed=False, seconds=9, deadline=9,
+                                   stragglers=["lab_sleeper (pid 77, tid 77) at lab_target_sleep"]),
+                       revert=Revert(disabled=True, rmmod_rc=0))
     msgs = [r.message for r in judge(rec).reasons if r.check == "transition"]
     assert msgs and "lab_sleeper" in msgs[0]
 
 
 def test_a_forced_transition_is_flagged_as_unsafe_and_possibly_never_unloadable():
-    rec = clean_record(transition={"completed": True, "forced": True, "seconds": 9, "deadline": 9})
+    rec = clean_record(transition=Transition(completed=True, forced=True, seconds=9, deadline=9))
     msgs = [r.message for r in judge(rec).reasons if r.check == "transition"]
     assert msgs and "forced" in msgs[0] and "never be unloadable" in msgs[0]
 
 
 def test_a_module_that_cannot_be_removed_fails_the_revert():
-    rec = clean_record(revert={"disabled": True, "rmmod_rc": 1, "rmmod_err": "ERROR: Module lab_pinned is in use",
-                               "sysfs_gone": True, "module_gone": False})
+    rec = clean_record(revert=Revert(disabled=True, rmmod_rc=1, rmmod_err="ERROR: Module lab_pinned is in use",
+                               sysfs_gone=True, module_gone=False))
     msgs = [r.message for r in judge(rec).reasons if r.check == "revert"]
     assert any("rmmod failed" in m and "in use" in m for m in msgs)
     assert any("still in /proc/modules" in m for m in msgs)
@@ -191,7 +192,7 @@ def test_a_module_that_cannot_be_removed_fails_the_revert():
 def test_a_guest_lost_mid_run_fails_for_the_silence_not_for_a_dmesg_it_could_not_read():
     lost = "the guest stopped answering (no heartbeat for 30 s); vCPU 0 at lab_hang_forever"
     rec = clean_record(dmesg=[], guest_lost=lost, early=[Reason("service", lost)],
-                       revert={}, unpatch={}, taint_patched=None, taint_after=None)
+                       revert=Revert(), unpatch=None, taint_patched=None, taint_after=None)
     reasons = judge(rec).reasons
     assert [(r.check, r.message) for r in reasons] == [("service", lost)]
 
@@ -203,8 +204,8 @@ def test_a_guest_lost_with_a_panic_on_its_console_still_reports_the_panic():
 
 
 def test_a_stall_that_signalling_did_not_clear_says_so():
-    rec = clean_record(transition={"completed": False, "signaled": True, "seconds": 22.4, "deadline": 9,
-                                   "stragglers": ["lab_sleeper (pid 149, tid 149) at lab_target_sleep+0x22"]})
+    rec = clean_record(transition=Transition(completed=False, signaled=True, seconds=22.4, deadline=9,
+                                   stragglers=["lab_sleeper (pid 149, tid 149) at lab_target_sleep+0x22"]))
     msg = next(r.message for r in judge(rec).reasons if r.check == "transition")
     assert "within 9 s, nor 22 s in after the stragglers were signalled" in msg and "lab_sleeper" in msg
 
@@ -249,8 +250,8 @@ def test_the_expected_kernel_lines_follow_the_operations_of_every_patch_in_order
 def test_transition_and_revert_are_judged_for_every_patch_of_the_run():
     rec = clean_record()
     rec.patches["v2"] = PatchRecord("v2", loaded=True,
-                                    transition={"completed": False, "deadline": 9, "stragglers": ["kt"]},
-                                    revert={"disabled": True, "rmmod_rc": 1, "rmmod_err": "in use"})
+                                    transition=Transition(completed=False, deadline=9, stragglers=["kt"]),
+                                    revert=Revert(disabled=True, rmmod_rc=1, rmmod_err="in use"))
     msgs = [(r.check, r.message) for r in judge(rec).reasons]
     assert ("transition", "patching did not complete within 9 s; still unpatched: kt") in msgs
     assert ("revert", "rmmod failed (rc 1): in use") in msgs
@@ -322,9 +323,10 @@ def test_phases_of_an_upgrade_count_from_the_baseline_not_from_the_old_patchs_lo
 
 
 def soak_samples(slab_step: float, transition=lambda i: 0.5, left=lambda i: []):
-    return [{"cycle": i, "load_s": 1.0, "transition_s": transition(i) if i else None, "unpatch_s": 0.4,
-             "mem_available_kib": 800_000, "slab_kib": 40_000, "sunreclaim_kib": 20_000 + int(i * slab_step)
-             + (37 if i % 2 else -41), "modules": 40, "left": left(i)} for i in range(0, 21)]
+    return [SoakSample(i, load_s=1.0, transition_s=transition(i) if i else None, unpatch_s=0.4,
+                       mem_available_kib=800_000, slab_kib=40_000,
+                       sunreclaim_kib=20_000 + int(i * slab_step) + (37 if i % 2 else -41), vmalloc_kib=7000,
+                       modules=40, left=left(i)) for i in range(0, 21)]
 
 
 def test_a_soak_of_a_clean_patch_passes_and_its_cycles_are_in_the_measurements():
@@ -348,14 +350,14 @@ def test_a_soak_fails_a_leak_a_leftover_and_a_steady_slow_down():
 
 # a vendor's tool against the kernel ----------------------------------------------------------
 def tool(rc, kernel="patched", said="transition complete (1 seconds)", op="load"):
-    return {"tool": "kpatch", "op": op, "patch": NAME, "command": "kpatch load x.ko", "rc": rc, "seconds": 80.4,
-            "deadline": 600.0, "said": said, "kernel": kernel}
+    return ToolRun("kpatch", op, NAME, "kpatch load x.ko", rc=rc, seconds=80.4, deadline=600.0, said=said,
+                   kernel=kernel)
 
 
 def stalled(with_tool):
-    return clean_record(transition={"completed": False, "seconds": 9, "deadline": 9, "tool": with_tool,
-                                    "stragglers": ["lab_sleeper (pid 77, tid 77) at lab_target_sleep"]},
-                        revert={"disabled": True, "by": "kpatch load", "sysfs_gone": True, "module_gone": True})
+    return clean_record(transition=Transition(completed=False, seconds=9, deadline=9, tool=with_tool,
+                                    stragglers=["lab_sleeper (pid 77, tid 77) at lab_target_sleep"]),
+                        revert=Revert(disabled=True, by="kpatch load", sysfs_gone=True, module_gone=True))
 
 
 @pytest.mark.parametrize("said_by_tool,ending", [
@@ -379,19 +381,19 @@ def test_a_stall_says_what_the_tool_did_about_it(said_by_tool, ending):
 
 
 def test_a_completed_transition_needs_the_tool_to_agree():
-    agreed = clean_record(transition={"completed": True, "seconds": 1, "deadline": 9, "tool": tool(0)})
+    agreed = clean_record(transition=Transition(completed=True, seconds=1, deadline=9, tool=tool(0)))
     assert checks_of(agreed) == set()
-    gone = clean_record(transition={"completed": True, "seconds": 1, "deadline": 9,
-                                    "tool": tool(1, "gone", "kpatch: error")})
+    gone = clean_record(transition=Transition(completed=True, seconds=1, deadline=9,
+                                    tool=tool(1, "gone", "kpatch: error")))
     assert [r.message for r in judge(gone).reasons if r.check == "transition"] == [
         "the transition completed, but once kpatch load ended (failed (rc 1 after 80 s): 'kpatch: error') the "
         "patch was gone from the kernel"]
 
 
 def test_a_revert_tool_must_agree_with_the_kernel():
-    ok = {"disabled": True, "rmmod_rc": 0, "sysfs_gone": True, "module_gone": True}
-    assert checks_of(clean_record(revert={**ok, "tool": tool(0, op="revert")})) == set()
-    left = clean_record(revert={**ok, "module_gone": False, "tool": tool(0, op="revert")})
+    ok = Revert(disabled=True, rmmod_rc=0, sysfs_gone=True, module_gone=True)
+    assert checks_of(clean_record(revert=dataclasses.replace(ok, tool=tool(0, op="revert")))) == set()
+    left = clean_record(revert=dataclasses.replace(ok, module_gone=False, tool=tool(0, op="revert")))
     assert [r.message for r in judge(left).reasons if r.check == "revert"] == [
         f"module {NAME} still in /proc/modules although kpatch revert succeeded (rc 0 after 80 s)"]
 
@@ -454,7 +456,7 @@ def test_a_console_report_before_the_load_is_an_error():
 
 def unloaded_timer():
     """The lab_timer run of the golden console: where its module lay, and the console after."""
-    patch = PatchRecord("lab_timer", loaded=True, revert={"disabled": True, "rmmod_rc": 0, "module_gone": True},
+    patch = PatchRecord("lab_timer", loaded=True, revert=Revert(disabled=True, rmmod_rc=0, module_gone=True),
                         sections={".text": 0xffffffffc0273000, ".data": 0xffffffffc0275000,
                                   ".bss": 0xffffffffc0275700, ".gnu.linkonce.this_module": 0xffffffffc0275380},
                         core=(0xffffffffc0273000, 16384),
@@ -509,17 +511,17 @@ def test_memory_within_the_thresholds_or_with_the_patch_still_in_is_not_a_leak()
     assert judge(clean_record(memory={"before": MEM, "after": small})).verdict == "pass"
     grown = {**MEM, "VmallocUsed": 99999}
     rec = clean_record(memory={"before": MEM, "after": grown})
-    rec.patches[NAME].revert["module_gone"] = False   # still loaded: the revert check says so, not a leak
+    rec.patches[NAME].revert.module_gone = False   # still loaded: the revert check says so, not a leak
     assert not [r for r in judge(rec).reasons if "grew" in r.message]
-    rec.patches[NAME].revert["module_gone"] = True
+    rec.patches[NAME].revert.module_gone = True
     assert [r for r in judge(rec).reasons if "grew" in r.message]
 
 
 def test_a_soak_fails_vmalloc_growth_and_a_steady_fall_of_memavailable():
     samples = soak_samples(0)
     for s in samples:
-        s["vmalloc_kib"] = 7000 + 8192 * s["cycle"]
-        s["mem_available_kib"] = 800000 - 8192 * s["cycle"]
+        s.vmalloc_kib = 7000 + 8192 * s.cycle
+        s.mem_available_kib = 800000 - 8192 * s.cycle
     msgs = [r.message for r in judge(clean_record(soak=samples), soak=SoakSpec(cycles=20, mem_kib=4096)).reasons]
     assert msgs[0].startswith("vmalloc'ed memory grew 160.0 MiB over 20 cycles, 8192 KiB a cycle (> 256 allowed)")
     assert msgs[1].startswith("MemAvailable fell 160.0 MiB over 20 cycles, 8192 KiB a cycle (> 4096 allowed)")

@@ -93,7 +93,7 @@ def check_leaks(limits: Thresholds, rec: RunRecord) -> list[Reason]:
     and modules that came and stayed."""
     before, after = rec.memory.get("before"), rec.memory.get("after")
     loaded = [p for p in rec.patches.values() if p.loaded]
-    if not before or not after or not loaded or not all(p.revert.get("module_gone") for p in loaded):
+    if not before or not after or not loaded or not all(p.revert.module_gone for p in loaded):
         return []   # a patch still in (its revert says why), or no readings
     reasons = []
     for key, allowed, what in (("SUnreclaim", limits.slab_growth_kib, "unreclaimable slab"),

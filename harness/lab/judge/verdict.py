@@ -164,7 +164,7 @@ def check_probe(expect: Expect, rec: RunRecord) -> list[Reason]:
                                            + _lost_fix(rec, phase, bad[0].output)))
     # Reverted means the unpatched behaviour is back, even when no 'after' pattern was given:
     # what the probe showed before any patch (or, if unknown, in the baseline).
-    if "after" not in expect.probe and rec.main.revert.get("module_gone"):
+    if "after" not in expect.probe and rec.main.revert.module_gone:
         before, after = _samples(rec, "before"), _samples(rec, "after")
         want = rec.probe_unpatched if rec.probe_unpatched is not None else before[-1].output if before else None
         if want is not None and after:
@@ -266,11 +266,11 @@ def check_transition(rec: RunRecord) -> list[Reason]:
 
 def _transition(p: PatchRecord) -> list[Reason]:
     tr = p.transition
-    if not p.loaded or "completed" not in tr:   # never waited for (e.g. an unexpected load)
+    if not p.loaded or tr.completed is None:   # never waited for (e.g. an unexpected load)
         return []
     reasons = []
-    who = "; ".join(tr.get("stragglers", [])[:5])
-    if tr.get("forced"):
+    who = "; ".join(tr.stragglers[:5])
+    if tr.forced:
         # Since 5.1 a forced *patching* transition no longer pins the new patch's module
         # (only patches forced while unpatching, and older kernels, stay loaded for good);
         # the revert check reports what this kernel did.
@@ -278,14 +278,13 @@ def _transition(p: PatchRecord) -> list[Reason]:
                                             "safe point, so the patch's consistency is not guaranteed, and "
                                             "a forced module may never be unloadable (stragglers: "
                                             f"{who or 'none named'})"))
-    elif not tr.get("completed"):
-        signaled = (f", nor {tr.get('seconds', 0):.0f} s in after the stragglers were signalled"
-                    if tr.get("signaled") else "")
-        reasons.append(Reason("transition", f"patching did not complete within {tr.get('deadline', 0):.0f} s"
+    elif not tr.completed:
+        signaled = f", nor {tr.seconds or 0:.0f} s in after the stragglers were signalled" if tr.signaled else ""
+        reasons.append(Reason("transition", f"patching did not complete within {tr.deadline or 0:.0f} s"
                                             f"{signaled}; still unpatched: {who or 'none named'}"
-                                            + toolcheck.after_stall(tr.get("tool"))))
-    elif tr.get("tool"):
-        reasons += toolcheck.after_transition(tr["tool"])
+                                            + toolcheck.after_stall(tr.tool)))
+    elif tr.tool:
+        reasons += toolcheck.after_transition(tr.tool)
     return reasons
 
 
@@ -295,21 +294,21 @@ def check_revert(rec: RunRecord) -> list[Reason]:
 
 def _revert(p: PatchRecord, replaced: bool) -> list[Reason]:
     rv = p.revert
-    if not p.loaded or not rv:
+    if not p.loaded or not rv.attempted:
         return []
     reasons = []
-    if not rv.get("disabled") and not replaced:   # an atomic replace disabled it: nothing to disable
-        reasons.append(Reason("revert", f"could not disable the patch: {rv.get('disable_err', '')}"))
-    if rv.get("disabled") and p.unpatch and not p.unpatch.get("completed"):
-        who = "; ".join(p.unpatch.get("stragglers", [])[:5])
+    if not rv.disabled and not replaced:   # an atomic replace disabled it: nothing to disable
+        reasons.append(Reason("revert", f"could not disable the patch: {rv.disable_err}"))
+    if rv.disabled and p.unpatch and not p.unpatch.completed:
+        who = "; ".join(p.unpatch.stragglers[:5])
         reasons.append(Reason("revert", f"unpatching did not complete within "
-                                        f"{p.unpatch.get('deadline', 0):.0f} s; still patched: {who}"))
-    if rv.get("rmmod_rc") not in (0, None):
-        reasons.append(Reason("revert", f"rmmod failed (rc {rv['rmmod_rc']}): {rv.get('rmmod_err', '').strip()}"))
-    but = toolcheck.but_it_said(rv.get("tool"))   # a revert tool that claimed success
-    if rv.get("sysfs_gone") is False:
+                                        f"{p.unpatch.deadline or 0:.0f} s; still patched: {who}"))
+    if rv.rmmod_rc not in (0, None):
+        reasons.append(Reason("revert", f"rmmod failed (rc {rv.rmmod_rc}): {rv.rmmod_err.strip()}"))
+    but = toolcheck.but_it_said(rv.tool)   # a revert tool that claimed success
+    if rv.sysfs_gone is False:
         reasons.append(Reason("revert", f"/sys/kernel/livepatch/{p.name} still exists{but}"))
-    if rv.get("module_gone") is False:
+    if rv.module_gone is False:
         reasons.append(Reason("revert", f"module {p.name} still in /proc/modules{but}"))
     return reasons + toolcheck.after_revert(rv)
 
@@ -329,11 +328,10 @@ def _thirds(values: list[float]) -> tuple[float, float]:
     return first[len(first) // 2], last[len(last) // 2]
 
 
-def _growth(samples: list[dict[str, Any]], key: str, limit: float,
+def _growth(points: list[tuple[float, float]], limit: float,
             rising_share: float = 0.6) -> Optional[tuple[float, float, float]]:
-    """(total growth, least-squares growth a cycle, share of cycles it rose in) of ``key`` when it
-    grows by more than ``limit`` a cycle, steadily; else None."""
-    points = [(float(s["cycle"]), float(s[key])) for s in samples if s.get(key) is not None]
+    """(total growth, least-squares growth a cycle, share of cycles it rose in) of the (cycle,
+    value) points when the value grows by more than ``limit`` a cycle, steadily; else None."""
     if len(points) < 3:
         return None
     xs, ys = [x for x, _ in points], [y for _, y in points]
@@ -346,27 +344,25 @@ def check_soak(expect: Expect, rec: RunRecord) -> list[Reason]:
     """Across the cycles of a soak: nothing left after a cycle, no steady growth of unreclaimable
     slab or vmalloc'ed memory and no steady fall of MemAvailable (a leak), no steady slow-down of
     the transitions."""
-    cycles = [s for s in rec.soak if s["cycle"] > 0]
+    cycles = [s for s in rec.soak if s.cycle > 0]
     if not cycles or expect.soak is None:
         return []
     spec = expect.soak
-    reasons = [Reason("soak", f"cycle {s['cycle']} left {', '.join(s['left'])} behind")
-               for s in cycles if s["left"]][:3]
+    reasons = [Reason("soak", f"cycle {s.cycle} left {', '.join(s.left)} behind") for s in cycles if s.left][:3]
     limit = spec.leak_kib
     for key, what in (("sunreclaim_kib", "unreclaimable slab"), ("vmalloc_kib", "vmalloc'ed memory")):
-        grew = _growth(rec.soak, key, limit)
+        grew = _growth([(s.cycle, getattr(s, key)) for s in rec.soak], limit)
         if grew:
             reasons.append(Reason("soak", f"{what} grew {grew[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
                                           f"{grew[1]:.0f} KiB a cycle (> {limit:.0f} allowed), rising in "
                                           f"{grew[2]:.0%} of them: a leak on every apply/revert"))
     mem_limit = spec.mem_kib
-    fell = _growth([{**s, "neg": -s["mem_available_kib"]} for s in rec.soak
-                    if s.get("mem_available_kib") is not None], "neg", mem_limit, rising_share=0.5)
+    fell = _growth([(s.cycle, -s.mem_available_kib) for s in rec.soak], mem_limit, rising_share=0.5)
     if fell:
         reasons.append(Reason("soak", f"MemAvailable fell {fell[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
                                       f"{fell[1]:.0f} KiB a cycle (> {mem_limit:.0f} allowed): memory the patch "
                                       "takes on every apply/revert and never gives back"))
-    times = [s["transition_s"] for s in cycles if s["transition_s"] is not None]
+    times = [s.transition_s for s in cycles if s.transition_s is not None]
     factor = spec.slowdown
     if len(times) >= 6:
         first, last = _thirds(times)
@@ -454,12 +450,12 @@ def decide(expect: Expect, rec: RunRecord) -> Verdict:
                  check_overhead(expect, costs)):
         reasons += part
     main = rec.main
-    measurements = {
+    measurements: dict[str, Any] = {
         "service": service_stats,
         # insmod / the disable write return only after the kernel's first transition attempt,
         # which on PREEMPT_DYNAMIC kernels rewrites static calls (slow under TCG)
-        "load_s": main.transition.get("load_seconds"), "disable_s": main.revert.get("disable_seconds"),
-        "transition_s": main.transition.get("seconds"), "unpatch_s": main.unpatch.get("seconds"),
+        "load_s": main.transition.load_seconds, "disable_s": main.revert.disable_seconds,
+        "transition_s": main.transition.seconds, "unpatch_s": main.unpatch.seconds if main.unpatch else None,
         "kernel_clock": kernel_durations(rec.patch_name, rec.dmesg),
         "taint": {"before": rec.taint_before, "patched": rec.taint_patched, "after": rec.taint_after},
         "requests": len(rec.requests), "probe_samples": len(rec.probe),
@@ -481,9 +477,9 @@ def decide(expect: Expect, rec: RunRecord) -> Verdict:
     if layout:   # where each patch's module lay: what a use after unload is judged by
         measurements["module_layout"] = layout
     if rec.soak:
-        measurements["soak"] = rec.soak
+        measurements["soak"] = [asdict(s) for s in rec.soak]
     if rec.tool_runs:   # each call of the tool or hook; what it printed is in apply.log
-        measurements["tool_runs"] = [{k: v for k, v in r.items() if k != "output"} for r in rec.tool_runs]
+        measurements["tool_runs"] = [r.as_dict() for r in rec.tool_runs]
     if before_load:
         # the kernel was in trouble before the patch's module was loaded: the patch cannot be judged
         return Verdict("error", [Reason("guest", "the kernel reported trouble before the patch's module was "

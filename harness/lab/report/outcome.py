@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..run.events import phase_seconds
-from ..run.record import RunRecord
+from ..run.record import RunRecord, ToolRun
 from ..judge.verdict import Verdict
 
 # What a run writes into its artifact folder; an earlier run's copies are removed first,
@@ -56,8 +56,8 @@ def write(out_dir: Path, outcome: Outcome, rec: RunRecord) -> None:
             fh.write(json.dumps(asdict(s) if hasattr(s, "__dataclass_fields__") else s) + "\n")
 
 
-def _tool_run(r: dict[str, Any]) -> str:
-    ended = (f"rc {r['rc']}" if r["rc"] is not None else "did not end in time: killed") + (
-        f" after {r['seconds']:.2f} s" if r["seconds"] is not None else "")
-    out = r["output"] if not r["output"] or r["output"].endswith("\n") else r["output"] + "\n"
-    return f"== {r['tool']} {r['op']} {r['patch']}: {r['command']}\n== {ended}\n{out}\n"
+def _tool_run(r: ToolRun) -> str:
+    ended = (f"rc {r.rc}" if r.rc is not None else "did not end in time: killed") + (
+        f" after {r.seconds:.2f} s" if r.seconds is not None else "")
+    out = r.output if not r.output or r.output.endswith("\n") else r.output + "\n"
+    return f"== {r.tool} {r.op} {r.patch}: {r.command}\n== {ended}\n{out}\n"

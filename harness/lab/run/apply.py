@@ -19,7 +19,7 @@ lab judges what the kernel shows whichever it is (its own transition wait,
   waits on the kernel, the unload step hears the tool out and the lab then
   confirms the module is gone. What a tool said, its exit status and how long
   it took go into the record (``RunRecord.tool_runs``, the patch's
-  ``transition['tool']`` / ``revert['tool']``), onto the timeline and into the
+  ``transition.tool`` / ``revert.tool``), onto the timeline and into the
   artifact ``apply.log``; the verdict says where the tool and the kernel
   disagree.
 """
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional
 
 from ...core.errors import LivepatchError
@@ -35,6 +35,7 @@ from ...machine.channel import Result
 from ..scenario import hookcmd
 from . import livepatch
 from ..scenario.specs import ApplySpec
+from .record import ToolRun
 from .workload import detached
 from .workload.detached import q
 
@@ -55,7 +56,7 @@ class Insmod:
         return livepatch.load(ctx.guest, ctx.remote(name), ctx.timeouts.command, report_text_of=name,
                               params=ctx.params.get(name, ()))
 
-    def settle(self, ctx: Context, name: str) -> Optional[dict[str, Any]]:
+    def settle(self, ctx: Context, name: str) -> Optional[ToolRun]:
         return None
 
     def disable(self, ctx: Context, name: str) -> Result:
@@ -108,16 +109,16 @@ class Tool:
             return Result(call.command, 0, seen.text, "", seen.seconds or 0.0)
         run = self._hear(ctx, call)
         tail = ctx.guest.run("dmesg | tail -n 6", ctx.timeouts.command).stdout
-        if run["rc"] is None:
+        if run.rc is None:
             why = (f"neither got {name} into the kernel nor ended within {ctx.timeouts.apply_tool:.0f} s "
                    "(killed)")
-        elif run["rc"] == 0:
+        elif run.rc == 0:
             why = f"reported success (rc 0), but the kernel has no patch {name}: the tool and the kernel disagree"
         else:
-            why = f"failed (rc {run['rc']})"
-        raise LivepatchError(f"{self.name} load {ctx.remote(name)} {why}: {run['output'].strip()[-2000:]}\n{tail}")
+            why = f"failed (rc {run.rc})"
+        raise LivepatchError(f"{self.name} load {ctx.remote(name)} {why}: {run.output.strip()[-2000:]}\n{tail}")
 
-    def settle(self, ctx: Context, name: str) -> Optional[dict[str, Any]]:
+    def settle(self, ctx: Context, name: str) -> Optional[ToolRun]:
         """Hear the load out (the tool may still wait for the transition, or be reverting a
         stalled one); record what it said and what the kernel shows after it. A patch the tool
         removed is recorded as reverted by it, and is no longer the lab's to unload."""
@@ -126,13 +127,14 @@ class Tool:
             return None
         tool = self._hear(ctx, call)
         st = livepatch.state(ctx.guest, name, ctx.timeouts.command)
-        tool["kernel"] = ("gone" if st["enabled"] is None else "in transition" if st["transition"] else
+        tool.kernel = ("gone" if st["enabled"] is None else "in transition" if st["transition"] else
                           "patched" if st["enabled"] else "disabled")
         prec = ctx.rec.patch(name)
-        prec.transition["tool"] = tool
-        if tool["kernel"] == "gone":
+        prec.transition.tool = tool
+        if tool.kernel == "gone":
             gone = not livepatch.module_loaded(ctx.guest, name, ctx.timeouts.command)
-            prec.revert.update(disabled=True, by=f"{self.name} load", sysfs_gone=True, module_gone=gone)
+            prec.revert = replace(prec.revert, disabled=True, by=f"{self.name} load", sysfs_gone=True,
+                                  module_gone=gone)
             if gone and name in ctx.loaded:
                 ctx.loaded.remove(name)
         return tool
@@ -146,8 +148,8 @@ class Tool:
         if seen.what == "disabled":
             return Result(call.command, 0, "", "", seen.seconds or 0.0)
         run = self._hear(ctx, call)
-        return Result(call.command, run["rc"] or 1, "", f"{self.name} revert {why(run)} without disabling the "
-                      f"patch: {run['output'].strip()[-2000:]}", run["seconds"] or 0.0)
+        return Result(call.command, run.rc or 1, "", f"{self.name} revert {why(run)} without disabling the "
+                      f"patch: {run.output.strip()[-2000:]}", run.seconds or 0.0)
 
     def unload(self, ctx: Context, name: str) -> livepatch.Removal:
         """Hear the tool's revert out (started now if no step did: an atomic replace, an unwind),
@@ -156,7 +158,7 @@ class Tool:
             return livepatch.remove(ctx.guest, name, ctx.timeouts.command)
         call = self.calls.get(("revert", name)) or self._start(ctx, "revert", name, self.revert_cmd)
         run = self._hear(ctx, call)
-        ctx.rec.patch(name).revert["tool"] = run
+        ctx.rec.patch(name).revert.tool = run
         return livepatch.remove(ctx.guest, name, ctx.timeouts.command, rmmod=False)
 
     def finish(self, ctx: Context) -> None:
@@ -165,7 +167,7 @@ class Tool:
             if op == "load":
                 self.settle(ctx, name)
             else:
-                ctx.rec.patch(name).revert["tool"] = self._hear(ctx, self.calls[(op, name)])
+                ctx.rec.patch(name).revert.tool = self._hear(ctx, self.calls[(op, name)])
 
     # calls --------------------------------------------------------------------------------
     def _start(self, ctx: Context, op: str, name: str, template: str) -> Call:
@@ -182,7 +184,7 @@ class Tool:
         ctx.events("tool-started", tool=self.name, op=op, patch=name, command=command)
         return call
 
-    def _hear(self, ctx: Context, call: Call) -> dict[str, Any]:
+    def _hear(self, ctx: Context, call: Call) -> ToolRun:
         """Wait for the call to end (killed at its deadline); its record, also kept in the run's."""
         g = ctx.guest
         base = q(detached.path(call.key))
@@ -195,21 +197,21 @@ class Tool:
         out = g.run(f"for f in rc t0 t1; do v=; read -r v <{base}.$f 2>/dev/null; echo \"$v\"; done; "
                     f"tail -c {OUTPUT_LIMIT} {base}.log 2>/dev/null", ctx.timeouts.command).stdout
         rc, t0, t1, output = (out.split("\n", 3) + ["", "", "", ""])[:4]
-        run = {"tool": self.name, "op": call.op, "patch": call.patch, "command": call.command,
-               "rc": int(rc) if rc.strip().lstrip("-").isdigit() else None,
-               "seconds": _seconds(t0, t1), "deadline": ctx.timeouts.apply_tool, "output": output,
-               "said": next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "")}
+        run = ToolRun(self.name, call.op, call.patch, call.command,
+                      rc=int(rc) if rc.strip().lstrip("-").isdigit() else None,
+                      seconds=_seconds(t0, t1), deadline=ctx.timeouts.apply_tool, output=output,
+                      said=next((line.strip() for line in reversed(output.splitlines()) if line.strip()), ""))
         self.calls.pop((call.op, call.patch), None)
         ctx.rec.tool_runs.append(run)
-        ctx.events("tool-ended", tool=self.name, op=call.op, patch=call.patch, rc=run["rc"], seconds=run["seconds"])
+        ctx.events("tool-ended", tool=self.name, op=call.op, patch=call.patch, rc=run.rc, seconds=run.seconds)
         return run
 
 
-def why(run: dict[str, Any]) -> str:
+def why(run: ToolRun) -> str:
     """How a call ended, in words: ``failed (rc 1)``, ``did not end within 360 s (killed)``."""
-    if run["rc"] is None:
-        return f"did not end within {run['deadline']:.0f} s (killed)"
-    return "succeeded (rc 0)" if run["rc"] == 0 else f"failed (rc {run['rc']})"
+    if run.rc is None:
+        return f"did not end within {run.deadline:.0f} s (killed)"
+    return "succeeded (rc 0)" if run.rc == 0 else f"failed (rc {run.rc})"
 
 
 def _seconds(t0: str, t1: str) -> Optional[float]:

@@ -96,7 +96,7 @@ def left_behind(ctx: Context, end: livepatch.EndState) -> None:
     """The end of the run (``end``: what the kernel shows once the targets are unloaded): no patch
     listed, no module of the run loaded."""
     reported = {n for n, p in ctx.rec.patches.items()   # the revert check names these already
-                if p.revert.get("module_gone") is False or p.revert.get("rmmod_rc") not in (0, None)}
+                if p.revert.module_gone is False or p.revert.rmmod_rc not in (0, None)}
     mods = [n for n in ctx.modules if n not in reported and n in end.modules]
     if end.listed or mods:
         ctx.rec.lifecycle.append(Reason("revert", "left behind at the end of the run: " + "; ".join(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+from dataclasses import replace
 from typing import Optional
 
 from ...core.errors import LivepatchError
@@ -24,7 +25,7 @@ from ...core.settings import Timeouts
 from . import lifecycle, livepatch
 from .context import Context, Step, Window, console_index, hold, load_target
 from .faults import Failed
-from .record import BASELINE, COOLDOWN, HOLD, TRANSITION, Reason
+from .record import BASELINE, COOLDOWN, HOLD, TRANSITION, Reason, SoakSample, Transition
 from .workload import cost
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class LoadPatch(Step):
             lifecycle.check(ctx, f"the refused load of {self.name}", gone=[self.name])
             return
         prec.loaded = True
-        prec.transition["load_seconds"] = round(loaded.seconds, 3)
+        prec.transition.load_seconds = round(loaded.seconds, 3)
         ctx.loaded.append(self.name)
         ctx.rec.ops.append(("enabled", self.name))
         ctx.events("loaded", seconds=round(loaded.seconds, 3))
@@ -107,12 +108,13 @@ class WaitTransition(Step):
         g, t, on_stall = ctx.guest, ctx.timeouts, ctx.scenario.transition.on_stall
         deadline = self.deadline(ctx)
         done, secs = livepatch.wait_transition(g, self.name, deadline)
-        prec.transition.update(completed=done, seconds=round(secs, 3), deadline=deadline)
+        tr = prec.transition
+        tr.completed, tr.seconds, tr.deadline = done, round(secs, 3), deadline
         if done:
             ctx.events("transition-complete", seconds=round(secs, 3))
         else:
             stuck = [s.describe() for s in livepatch.stragglers(g, True, t.command)]
-            prec.transition["stragglers"] = stuck
+            tr.stragglers = stuck
             ctx.events("transition-stalled", seconds=round(secs, 3), stragglers=stuck)
             if on_stall == "signal":
                 extra = deadline
@@ -122,16 +124,16 @@ class WaitTransition(Step):
                     extra = max(deadline, livepatch.KERNEL_SIGNALS_AFTER + 5.0 - secs)
                     log.info("this kernel signals stragglers itself; waiting %.0f s more", extra)
                 done, more = livepatch.wait_transition(g, self.name, extra)
-                prec.transition.update(completed=done, signaled=True, seconds=round(secs + more, 3))
+                tr.completed, tr.signaled, tr.seconds = done, True, round(secs + more, 3)
                 ctx.events("signaled", completed=done)
             elif on_stall == "force":
                 livepatch.force(g, self.name, t.command)
                 done, more = livepatch.wait_transition(g, self.name, deadline)
-                prec.transition.update(completed=done, forced=True, seconds=round(secs + more, 3))
+                tr.completed, tr.forced, tr.seconds = done, True, round(secs + more, 3)
                 ctx.events("forced", completed=done)
         # a tool at work is heard out: what it said, and what the kernel shows once it is done
         tool = ctx.applier.settle(ctx, self.name)
-        if tool is not None and tool["kernel"] != "patched":
+        if tool is not None and tool.kernel != "patched":
             done = False
         if not done:
             raise Failed()   # check_transition says why; the runner unwinds the patch
@@ -180,8 +182,8 @@ class Disable(Step):
             return False
         ctx.events("disable", module=self.name)
         res = ctx.applier.disable(ctx, self.name)
-        ctx.rec.patch(self.name).revert.update(disabled=res.ok, disable_err=res.stderr.strip(),
-                                               disable_seconds=round(res.seconds, 3))
+        rv = ctx.rec.patch(self.name).revert
+        rv.disabled, rv.disable_err, rv.disable_seconds = res.ok, res.stderr.strip(), round(res.seconds, 3)
         if res.ok:
             ctx.rec.ops.append(("disabled", self.name))
         return None
@@ -193,13 +195,13 @@ class WaitUnpatch(Step):
 
     def run(self, ctx: Context) -> Optional[bool]:
         prec = ctx.rec.patch(self.name)
-        if not prec.revert.get("disabled") or self.name not in ctx.loaded:
+        if not prec.revert.disabled or self.name not in ctx.loaded:
             return False
         t = ctx.timeouts
         done, secs = livepatch.wait_transition(ctx.guest, self.name, t.transition)
-        prec.unpatch = {"completed": done, "seconds": round(secs, 3), "deadline": t.transition}
+        prec.unpatch = Transition(completed=done, seconds=round(secs, 3), deadline=t.transition)
         if not done:
-            prec.unpatch["stragglers"] = [s.describe() for s in livepatch.stragglers(ctx.guest, False, t.command)]
+            prec.unpatch.stragglers = [s.describe() for s in livepatch.stragglers(ctx.guest, False, t.command)]
             ctx.events("unpatch-stalled", seconds=round(secs, 3))
             return None
         ctx.rec.ops.append(("unpatched", self.name))
@@ -212,8 +214,8 @@ def _rmmod(ctx: Context, name: str) -> None:
     """Unload a patch's module (rmmod, or hear the tool's revert out), then what is gone."""
     prec = ctx.rec.patch(name)
     gone = ctx.applier.unload(ctx, name)
-    prec.revert.update(rmmod_rc=gone.rc, rmmod_err=gone.err, sysfs_gone=gone.sysfs_gone,
-                       module_gone=gone.module_gone)
+    prec.revert = replace(prec.revert, rmmod_rc=gone.rc, rmmod_err=gone.err, sysfs_gone=gone.sysfs_gone,
+                          module_gone=gone.module_gone)
     if gone.module_gone and name in ctx.loaded:
         ctx.loaded.remove(name)
     ctx.events("unloaded", module=name, rc=gone.rc)
@@ -227,7 +229,8 @@ class Unload(Step):
 
     def run(self, ctx: Context) -> Optional[bool]:
         prec = ctx.rec.patch(self.name)
-        ready = self.name in ctx.loaded and (prec.unpatch.get("completed") or self.name in ctx.state.replaced)
+        ready = self.name in ctx.loaded and ((prec.unpatch and prec.unpatch.completed)
+                                             or self.name in ctx.state.replaced)
         if ready:
             _rmmod(ctx, self.name)
         if self.last:
@@ -280,7 +283,7 @@ class Cooldown(Step):
         self.seconds = seconds
 
     def run(self, ctx: Context) -> None:
-        if any(p.revert.get("module_gone") for p in ctx.rec.patches.values()):
+        if any(p.revert.module_gone for p in ctx.rec.patches.values()):
             ctx.guest.run(_GRACE_PERIODS, ctx.timeouts.command)
             ctx.events("grace-periods")
         hold(ctx, self.seconds)
@@ -391,12 +394,12 @@ class Sample(Step):
         mem = read_memory(ctx)
         loaded = set(mem["modules"])
         prec = ctx.rec.main
-        ctx.rec.soak.append({
-            "cycle": self.cycle, "load_s": prec.transition.get("load_seconds"),
-            "transition_s": prec.transition.get("seconds"), "unpatch_s": prec.unpatch.get("seconds"),
-            "mem_available_kib": mem["MemAvailable"], "slab_kib": mem["Slab"],
-            "sunreclaim_kib": mem["SUnreclaim"], "vmalloc_kib": mem["VmallocUsed"], "modules": len(loaded),
-            "left": sorted({n for n in ctx.modules if n in loaded and n not in ctx.targets} | set(mem["patches"]))})
+        ctx.rec.soak.append(SoakSample(
+            self.cycle, prec.transition.load_seconds, prec.transition.seconds,
+            prec.unpatch.seconds if prec.unpatch else None,
+            mem_available_kib=mem["MemAvailable"], slab_kib=mem["Slab"], sunreclaim_kib=mem["SUnreclaim"],
+            vmalloc_kib=mem["VmallocUsed"], modules=len(loaded),
+            left=sorted({n for n in ctx.modules if n in loaded and n not in ctx.targets} | set(mem["patches"]))))
         ctx.events("soak-sample", cycle=self.cycle, sunreclaim_kib=mem["SUnreclaim"], vmalloc_kib=mem["VmallocUsed"])
         return False
 
@@ -410,12 +413,12 @@ def unwind(ctx: Context) -> None:
     ctx.applier.finish(ctx)
     for name in reversed(list(ctx.loaded)):
         prec = ctx.rec.patch(name)
-        if prec.revert.get("disabled") is None and name not in ctx.state.replaced:
+        if prec.revert.disabled is None and name not in ctx.state.replaced:
             ctx.applier.disable(ctx, name)
-            prec.revert["disabled"] = True
+            prec.revert.disabled = True
         livepatch.wait_transition(g, name, t.transition)
         gone = ctx.applier.unload(ctx, name)
-        prec.revert.update(rmmod_rc=gone.rc, rmmod_err=gone.err)
+        prec.revert.rmmod_rc, prec.revert.rmmod_err = gone.rc, gone.err
         ctx.loaded.remove(name)
 
 
