@@ -314,11 +314,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .core.errors import ConfigError
     from .lab.scenario import loader as scenario
+    from .lab.scenario.schema import debug_facilities
     from .lab.scenario.specs import DebugSpec
     debug = None
     if args.debug is not None:   # refused before any scenario loads or anything boots
         try:
-            debug = DebugSpec(scenario.debug_facilities(args.debug))
+            debug = DebugSpec(debug_facilities(args.debug))
         except ValueError as exc:
             raise ConfigError(str(exc), source="livepatch-lab run", field="--debug") from None
     scenarios = [scenario.load(Path(p)) for p in args.scenario]

@@ -33,7 +33,7 @@ from .run.forensics import HangEvidence
 from .report.outcome import Outcome
 from .run.plans import expectations, plan
 from .run.record import TRANSITION, Reason, RunRecord, Window
-from .scenario.loader import TRANSITION_TAIL
+from .scenario.judgeable import TRANSITION_TAIL
 from .run.setup import Collect, keep_console
 from .scenario.specs import Scenario
 from .run.steps import unwind

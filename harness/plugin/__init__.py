@@ -50,7 +50,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--lab-debug", default=None) is not None:   # refused before anything is collected
-        from ..lab.scenario.loader import debug_facilities
+        from ..lab.scenario.schema import debug_facilities
         try:
             debug_facilities(config.getoption("--lab-debug"))
         except ValueError as exc:
@@ -168,8 +168,9 @@ class ScenarioFile(pytest.File):
         if debug is not None:
             import dataclasses
 
+            from ..lab.scenario.schema import debug_facilities
             from ..lab.scenario.specs import DebugSpec
-            sc = dataclasses.replace(sc, debug=DebugSpec(scenario.debug_facilities(debug)))
+            sc = dataclasses.replace(sc, debug=DebugSpec(debug_facilities(debug)))
         from ..lab import matrix
         for name in matrix.kernels_for(sc, chosen_kernels(self.config), sorted(kerneldefs.load_definitions())):
             item = mark_for_kernel(ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc,

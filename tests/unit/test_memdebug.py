@@ -2,7 +2,7 @@
 import pytest
 
 from harness.lab.run import memdebug
-from harness.lab.scenario import loader as scenario
+from harness.lab.scenario.schema import debug_facilities
 from harness.lab.scenario.specs import DEBUG_FACILITIES, DebugSpec
 from harness.supply.kernels import tree as kerneltree
 
@@ -47,13 +47,13 @@ def test_a_kernel_config_is_read_with_unset_options_as_n(tmp_path):
     (["slub"], ("slub",)), (["poison", "slub"], ("slub", "poison")), ("none", ()), ([], ()),
     ("all", DEBUG_FACILITIES), ("kfence,slub", ("slub", "kfence"))])
 def test_the_debug_field_and_option_name_facilities(given, facilities):
-    assert scenario.debug_facilities(given) == facilities
+    assert debug_facilities(given) == facilities
 
 
 @pytest.mark.parametrize("given", [["kasan"], "slub,bogus", ["slub", "pagealloc"]])
 def test_an_unknown_facility_is_refused_naming_it(given):
     with pytest.raises(ValueError, match="unknown debug facility"):
-        scenario.debug_facilities(given)
+        debug_facilities(given)
 
 
 def test_a_facility_built_blind_is_absent_saying_why():
