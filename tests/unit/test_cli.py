@@ -4,13 +4,15 @@ import json
 import pytest
 
 from harness import cli
+from harness.cli import commands, parser as cliparser, runs
+from harness.cli.settings import settings_for
 
 
 def test_boot_takes_everything_after_a_double_dash_as_the_guest_command(monkeypatch):
     seen = {}
-    monkeypatch.setattr(cli, "cmd_boot", lambda args: seen.update(vars(args)) or 0)
+    monkeypatch.setattr(commands, "cmd_boot", lambda args: seen.update(vars(args)) or 0)
     parser = cli.build_parser
-    monkeypatch.setattr(cli, "build_parser", lambda: _with_boot(parser(), cli.cmd_boot))
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_boot(parser(), commands.cmd_boot))
     assert cli.main(["boot", "debian-6.1", "--artifacts", "/tmp/a", "--", "ls", "-l", "--", "x"]) == 0
     assert seen["kernel"] == "debian-6.1" and seen["artifacts"] == "/tmp/a"
     assert seen["command"] == ["ls", "-l", "--", "x"]
@@ -21,8 +23,8 @@ def test_boot_takes_everything_after_a_double_dash_as_the_guest_command(monkeypa
                                       (["run", "--no-snapshots", "s.yaml"], False),
                                       (["check", "--no-snapshots", "p.ko"], False)])
 def test_no_snapshots_makes_every_guest_boot(argv, on, tmp_path):
-    args = cli.build_parser().parse_args(["--cache-dir", str(tmp_path), *argv])
-    assert cli._settings(args).snapshots is on
+    args = cliparser.build_parser().parse_args(["--cache-dir", str(tmp_path), *argv])
+    assert settings_for(args).snapshots is on
 
 
 def _with_boot(parser, func):
@@ -115,7 +117,7 @@ def test_check_applies_with_the_tool_it_is_given(monkeypatch, tmp_path):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "Makefile").write_text("obj-m += p.o\n")
     seen = []
-    monkeypatch.setattr(cli, "_run_matrix", lambda scs, kernels, args, **_: seen.extend(scs) or 0)
+    monkeypatch.setattr(runs, "_run_matrix", lambda scs, kernels, args, **_: seen.extend(scs) or 0)
     assert cli.main(["check", str(tmp_path / "p"), "--apply-with", "kpatch"]) == 0
     assert seen[0].apply.tool == "kpatch" and seen[0].image.name == "kpatch.yaml"
     with pytest.raises(SystemExit) as exit_:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
+from harness.cli.parser import build_parser
 from harness.core.errors import ConfigError
 from harness.core.settings import Settings
 from harness.lab.report import signoff
@@ -278,13 +279,13 @@ def test_the_report_never_holds_the_artifacts_it_would_replace(tmp_path, report,
 
 
 def test_the_check_and_run_commands_take_report(tmp_path):
-    parser = cli.build_parser()
+    parser = build_parser()
     assert parser.parse_args(["check", "p", "--report", "r"]).report == "r"
     assert parser.parse_args(["run", "s.yaml", "--report", "r"]).report == "r"
 
 
 def test_the_templates_are_package_data():
-    toml = (Path(cli.__file__).parents[1] / "pyproject.toml").read_text()
+    toml = (Path(cli.__file__).parents[2] / "pyproject.toml").read_text()
     assert '"harness.lab.report.signoff" = ["templates/*"]' in toml
     assert {p.name for p in (Path(signoff.__file__).parent / "templates").iterdir()} == {"index.html.j2",
                                                                                       "style.css"}

@@ -1,0 +1,6 @@
+"""``python -m harness.cli``, as the ``livepatch-lab`` script."""
+import sys
+
+from . import main
+
+sys.exit(main())

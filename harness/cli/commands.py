@@ -1,0 +1,151 @@
+"""The commands that each do one thing: list and fetch kernels, survey and prune the cache, build
+the image, boot a guest for one command, verify a sign-off report, check the host. The commands
+that run and judge patches are ``runs``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from ..core.errors import BootError, ConfigError, HarnessError
+from .settings import settings_for, writable_dir
+
+log = logging.getLogger("harness")
+EXIT_LAB = 125   # boot: the lab could not boot the guest or run the command
+
+
+def cmd_kernels(args: argparse.Namespace) -> int:
+    from ..supply.kernels import cache as kernelcache, defs as kerneldefs, fetch as kernelfetch
+    settings = settings_for(args)
+    defs = kerneldefs.load_definitions()
+    rows = []
+    for name, d in sorted(defs.items()):
+        cached = kernelcache.cached(d, settings)
+        have = f"{cached.version} ({cached.release})" if cached else "-"
+        latest = "-"
+        if d.kind == "debian" and not args.offline:
+            try:
+                release, version = kernelfetch.resolve(d, settings, refresh=args.refresh)
+                latest = f"{version} ({release})"
+            except HarnessError as exc:
+                latest = f"unresolved: {str(exc).splitlines()[0]}"
+        where = ",".join(d.suites) if d.kind == "debian" else str(d.vmlinuz)
+        rows.append((name, d.kind, where + (f" pin={d.pin}" if d.pin else ""), latest, have))
+    if args.json:
+        print(json.dumps([dict(zip(("name", "kind", "source", "archive", "cached"), r)) for r in rows],
+                         indent=2))
+        return 0
+    _table(("KERNEL", "KIND", "SOURCE", "ARCHIVE VERSION", "CACHED"), rows)
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    settings = settings_for(args)
+    for spec in args.kernel:
+        k = kernelfetch.fetch(kerneldefs.get_definition(spec), settings, refresh=args.refresh)
+        print(f"{k.name}\t{k.version}\t{k.release}\t{k.vmlinuz}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from ..supply import cache
+    from ..supply.kernels import defs as kerneldefs
+    from ..supply.recipes import DEFAULT_RECIPE, load_recipe
+    settings = settings_for(args)
+    recipes = [load_recipe(p) for p in sorted(DEFAULT_RECIPE.parent.glob("*.yaml"))]
+    entries = cache.survey(settings, kerneldefs.load_definitions(), recipes)
+    removable = [e for e in entries if not e.keep]
+    if args.json:
+        print(json.dumps({"cache_dir": str(settings.cache_dir),
+                          "stores": [dict(zip(("store", "entries", "bytes", "prunable_bytes"), r))
+                                     for r in cache.totals(entries)],
+                          "prunable": [{"store": e.store, "path": str(e.path), "bytes": e.size,
+                                        "why": e.why} for e in removable]}, indent=2))
+    else:
+        print(f"cache: {settings.cache_dir}")
+        rows = [(store, str(n), cache.human(size), cache.human(free) if free else "-")
+                for store, n, size, free in cache.totals(entries)]
+        total = sum(e.size for e in entries)
+        _table(("STORE", "ENTRIES", "SIZE", "PRUNABLE"),
+               [*rows, ("total", str(len(entries)), cache.human(total),
+                        cache.human(sum(e.size for e in removable)) if removable else "-")])
+        for e in removable:
+            print(f"{'removing' if args.prune else 'prunable'}: {e.path} "
+                  f"({cache.human(e.size)}; {e.why})")
+    if args.prune:
+        count, size = cache.prune(removable, settings)
+        if not args.json:
+            print(f"removed {count} entries, {cache.human(size)}")
+    elif removable and not args.json:
+        print("run `livepatch-lab cache --prune` to remove them")
+    return 0
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from ..supply import images, recipes
+    settings = settings_for(args)
+    image = images.build(recipes.load_recipe(Path(args.recipe)), settings, force=args.force)
+    print(f"{image.name}\t{image.digest[:12]}\t{image.path}")
+    return 0
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    from ..machine import session
+    from ..machine.signals import raise_on_sigterm
+    from ..supply import images, recipes
+    from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    settings = settings_for(args)
+    raise_on_sigterm()
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise ConfigError(f"must be positive and finite, not {args.timeout!r}", field="--timeout")
+    artifacts = writable_dir(args.artifacts, "--artifacts")
+    defn = kerneldefs.get_definition(args.kernel)
+    recipe = recipes.load_recipe(Path(args.recipe))
+    command = " ".join(args.command) if args.command else "uname -a"
+    kernel = kernelfetch.fetch(defn, settings)
+    image = images.build(recipe, settings)
+    try:
+        with session.boot(kernel, image, settings, artifacts_dir=artifacts) as guest:
+            result = guest.run(command, timeout=args.timeout)
+    except BootError as exc:
+        log.error("%s", exc)
+        return EXIT_LAB
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    log.info("%s %s on %s: exit %d (%s %.1fs, command %.2fs, shutdown %.1fs)", kernel.name,
+             kernel.version, guest.accel.upper(), result.rc, "restore" if guest.restored_from else "boot",
+             guest.timings.get("ssh_ready", 0), result.seconds, guest.timings.get("shutdown", 0))
+    return result.rc
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ..lab.report import signoff
+    check = signoff.verify(Path(args.report))
+    for line in check.problems():
+        print(line)
+    if check.ok:
+        print(f"{args.report}: all {check.matched} files match its manifest "
+              f"(manifest sha256 {check.manifest_sha256})")
+        return 0
+    print(f"{args.report}: {len(check.problems())} file(s) do not match its manifest")
+    return 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from ..doctor import run_checks
+    settings = settings_for(args, check_cache=False)
+    failed = 0
+    for check in run_checks(settings):
+        failed += check.status == "FAIL"
+        print(f"{check.status:<5} {check.name:<18} {check.detail}")
+    return 1 if failed else 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    from ..lab.report.summary import columns
+    print(columns([header, *rows]))

@@ -1,0 +1,153 @@
+"""The commands that run patches and judge them: ``check``, ``soak`` and ``run`` go through the
+matrix (scenarios x kernels), each cell explained as it ends, then its table, results document
+and sign-off report; ``selftests`` runs the kernel's own livepatch selftests.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..core.errors import ConfigError
+from ..core.settings import Settings
+from ..lab.matrix import DEFAULT_KERNEL
+from .settings import settings_for, writable_dir
+
+log = logging.getLogger("harness")
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..lab.scenario import loader as scenario
+    sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
+                               expect_patched=args.expect_patched, duration=args.duration,
+                               serve_file=args.serve_file, params=args.param,
+                               upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None,
+                               security=_security(args), apply_with=args.apply_with, debug=args.debug,
+                               overhead=args.overhead, max_overhead=args.max_overhead)
+    return _run_matrix([sc], args.kernel or [DEFAULT_KERNEL], args, marks=False)
+
+
+def _security(args: argparse.Namespace) -> dict:
+    return {"sig_enforce": args.sig_enforce, "sign_key": args.sign_key, "sign_cert": args.sign_cert}
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from ..lab.scenario import loader as scenario
+    sc = scenario.from_options(Path(args.patch), targets=args.target_module, probe=args.probe,
+                               expect_patched=args.expect_patched, params=args.param,
+                               soak={"cycles": args.cycles, "hold": args.hold, "leak_kib": args.leak_kib},
+                               security=_security(args), debug=args.debug)
+    return _run_matrix([sc], args.kernel or [DEFAULT_KERNEL], args, marks=False)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from ..lab.scenario import loader as scenario
+    from ..lab.scenario.schema import debug_facilities
+    from ..lab.scenario.specs import DebugSpec
+    debug = None
+    if args.debug is not None:   # refused before any scenario loads or anything boots
+        try:
+            debug = DebugSpec(debug_facilities(args.debug))
+        except ValueError as exc:
+            raise ConfigError(str(exc), source="livepatch-lab run", field="--debug") from None
+    scenarios = [scenario.load(Path(p)) for p in args.scenario]
+    if debug is not None:
+        scenarios = [dataclasses.replace(sc, debug=debug) for sc in scenarios]
+    return _run_matrix(scenarios, args.kernel, args)
+
+
+def cmd_selftests(args: argparse.Namespace) -> int:
+    from ..lab.selftests import results, suite
+    from ..machine.signals import raise_on_sigterm
+    from ..supply.kernels import defs as kerneldefs
+    settings = settings_for(args)
+    raise_on_sigterm()
+    names = list(args.kernel) or [DEFAULT_KERNEL]
+    if names == ["all"]:
+        names = sorted(kerneldefs.load_definitions())
+    for name in names:
+        kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
+    out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
+    lines = []
+    for name in names:
+        log.info("the kernel's livepatch selftests on %s", name)
+        lines.append(suite.run_line(name, settings, out_root / "selftests" / name.replace("@", "_"),
+                                    scripts=args.script or None,
+                                    extra_scripts=[Path(p) for p in args.extra_script]))
+        print(results.report(lines[-1]) + "\n", flush=True)
+    if args.json:
+        results.write_json(Path(args.json), lines)
+    return results.exit_status(lines)
+
+
+def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace, marks: bool = True) -> int:
+    """The cells of ``scenarios`` × the chosen kernels (lab/matrix.py: the plugin's rule), run
+    one by one, each explained as it ends; then the table, the document and the report.
+    ``marks``: the table marks a verdict the scenario does not expect (scenario files; a
+    ``check`` expects nothing)."""
+    from ..lab import matrix
+    from ..lab.report import summary as report
+    from ..machine.signals import raise_on_sigterm
+    from ..supply.kernels import defs as kerneldefs
+    settings = settings_for(args)
+    raise_on_sigterm()
+    defined = sorted(kerneldefs.load_definitions())
+    cells = matrix.expand(scenarios, kernel_args, defined)
+    # a typo, chosen or in a scenario's list, is a usage error before anything boots
+    for name in dict.fromkeys([*(n for n in kernel_args if n != matrix.ALL), *(c.kernel for c in cells)]):
+        kerneldefs.get_definition(name)
+    if not cells:
+        raise ConfigError(f"no kernel to run on: the scenarios list "
+                          f"{', '.join(sorted({k for sc in scenarios for k in sc.kernels or ()}))}, "
+                          f"and --kernel chose {', '.join(kernel_args)}", field="--kernel")
+    out_root = writable_dir(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"),
+                            "--artifacts")
+    assert out_root is not None   # given a path, never None
+    if args.json and args.json != "-":   # found unwritable now, not after the runs it would have recorded
+        writable_dir(Path(args.json).parent, "--json")
+    if args.report:
+        from ..lab.report import signoff
+        signoff.check_destination(Path(args.report), out_root)   # before anything boots
+    results = []
+    human = _human(args)
+    try:
+        for cell in cells:
+            log.info("scenario %s on %s", cell.scenario.name, cell.kernel)
+            results.append(matrix.run_cell(cell, settings, out_root))
+            print(report.explain(results[-1].outcome), file=human, flush=True)
+    except KeyboardInterrupt as exc:   # what finished is kept, the interrupted run as an error
+        from ..lab import runner
+        if isinstance(exc, runner.Interrupted):
+            results.append(matrix.judge(cells[len(results)], exc.outcome))
+            print(report.explain(exc.outcome), file=human, flush=True)
+        if results:
+            _record(results, args, settings, marks)
+        raise
+    return _record(results, args, settings, marks)
+
+
+def _human(args: argparse.Namespace):
+    """Where the words go: stderr when the JSON document takes stdout (``--json -``)."""
+    return sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
+
+
+def _record(results, args: argparse.Namespace, settings: Settings, marks: bool = True) -> int:
+    """The matrix's table, JSON and report; the exit status its verdicts make."""
+    from ..lab import matrix
+    from ..lab.report import summary as report
+    doc = matrix.document([r.as_dict() for r in results])
+    print("\n" + report.table(doc["results"], marks=marks), file=_human(args))
+    if args.json:
+        matrix.write(Path(args.json), doc)
+    if args.report:
+        from ..lab.report import signoff
+        digest = signoff.write(Path(args.report), [Path(r.outcome.artifacts) for r in results], settings,
+                               expected={Path(r.outcome.artifacts): (r.expected, r.as_expected) for r in results})
+        print(f"report: {Path(args.report) / 'index.html'} (manifest sha256 {digest})", file=_human(args))
+    return matrix.exit_status(doc["results"])
+
