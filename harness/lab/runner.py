@@ -23,7 +23,7 @@ from ..core.settings import Settings
 from ..machine import heartbeat, hostcpu, session
 from ..supply import images, recipes
 from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
-from .run import apply, memdebug
+from .run import apply, livepatch, memdebug
 from .report import outcome as outcomes
 from .run import prepare as modules
 from .run.context import Context, Step
@@ -32,6 +32,7 @@ from .run.faults import Failed, host_cause, patch_is_to_blame
 from .run.forensics import HangEvidence
 from .report.outcome import Outcome
 from .run.plans import expectations, plan
+from .run.ports import Kernel
 from .run.record import TRANSITION, Reason, RunRecord, Window
 from .scenario.judgeable import TRANSITION_TAIL
 from .run.setup import Collect, keep_console
@@ -51,10 +52,11 @@ class Interrupted(KeyboardInterrupt):
         self.outcome = outcome
 
 
-def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Outcome:
+def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path,
+        interface: Kernel = livepatch) -> Outcome:
     """Run ``sc`` on one kernel. Never raises for the patch's, the guest's or the host's
     faults (they are the verdict); an interrupt is recorded as an ``error``, then re-raised
-    as ``Interrupted``."""
+    as ``Interrupted``. ``interface``: the kernel's livepatch interface (a model in unit tests)."""
     started = time.monotonic()
     outcomes.clear(out_dir)
     rec = RunRecord(host_cpus=os.cpu_count() or 0)
@@ -84,7 +86,8 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
                targets=[str(built[n].path) for n, p in mods.all.items() if not p.livepatch],
                target_sources=[t.label for t in sc.targets])
         with diskspace.guard(out_dir, "keeping the run's evidence", hint=diskspace.ARTIFACTS_HINT):
-            _in_guest(sc, kernel, image, mods, planned.steps, settings, out_dir, events, rec, debug.append)
+            _in_guest(sc, kernel, image, mods, planned.steps, settings, out_dir, events, rec, debug.append,
+                      interface)
     except Failed as exc:            # build or compat: the patch's files themselves
         rec.early += exc.reasons
     except HarnessError as exc:      # the input, the lab, the host, or a guest that never came up
@@ -110,7 +113,8 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path) -> Ou
 
 
 def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, steps: Sequence[Step], settings: Settings,
-              out_dir: Path, events: Timeline, rec: RunRecord, debug_append: str = "") -> None:
+              out_dir: Path, events: Timeline, rec: RunRecord, debug_append: str = "",
+              interface: Kernel = livepatch) -> None:
     ports = (sc.service.port,) if sc.service.enabled else ()
     append = " ".join(a for a in ("module.sig_enforce=1" if sc.security.sig_enforce else "", debug_append) if a)
     with session.boot(kernel, image, settings, forward_ports=ports, append=append,
@@ -125,7 +129,8 @@ def _in_guest(sc: Scenario, kernel, image, mods: modules.Modules, steps: Sequenc
         t = guest.timeouts
         ctx = Context(sc, guest, t, rec, events, out_dir, HangEvidence(guest, settings, t.command),
                       mods.by_name(), mods.patch, mods.targets,
-                      {n: mods.params(n) for n in mods.all if mods.params(n)}, applier=apply.applier(sc.apply))
+                      {n: mods.params(n) for n in mods.all if mods.params(n)}, applier=apply.applier(sc.apply),
+                      kernel=interface)
         try:
             with heartbeat.Heartbeat(guest.channel, t.heartbeat, on_lost=lambda _why: ctx.lost.set()):
                 execute(ctx, steps)
@@ -137,7 +142,7 @@ def execute(ctx: Context, steps: Sequence[Step]) -> None:
     """Run ``steps`` in order, then ``Collect``. A step that fails the patch ends the list early
     and the patches it left loaded are unwound; any other exception propagates, once the
     host-side load is stopped (its requests are evidence)."""
-    pid = getattr(ctx.guest.machine, "host_pid", lambda: None)()
+    pid = ctx.guest.machine.host_pid()
     keep = ctx.rec.host_cpu.append
     try:
         try:

@@ -13,7 +13,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Protocol, Union
 
 import paramiko
 
@@ -53,6 +53,12 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.rc == 0
+
+
+class Shell(Protocol):
+    """Somewhere commands run: a guest's channel, the guest, or a test's stand-in."""
+    def run(self, command: str, timeout: Optional[float] = None, *, check: bool = False,
+            stdin: Optional[bytes] = None) -> Result: ...
 
 
 class GuestChannel:

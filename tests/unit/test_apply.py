@@ -79,12 +79,14 @@ def world(tmp_path, monkeypatch):
     monkeypatch.setattr(livepatch, "SYSFS", str(sys_dir))
     monkeypatch.setattr(apply, "MODULES", str(mods))
     monkeypatch.setattr(detached, "GUEST_DIR", str(tmp_path / "run"))
-    monkeypatch.setattr(livepatch, "module_loaded", lambda g, name, t: (mods / name).exists())
     monkeypatch.setenv("SYS", str(sys_dir))
     monkeypatch.setenv("MODS", str(mods))
     rec = RunRecord(patch_name="lab_good")
+    # the kernel's real livepatch interface on the pretend sysfs, a module listed where the tool put it
+    kernel = SimpleNamespace(**{n: getattr(livepatch, n) for n in dir(livepatch) if not n.startswith("_")})
+    kernel.module_loaded = lambda g, name, t: (mods / name).exists()
     ctx = SimpleNamespace(guest=LocalGuest(TIMEOUTS), timeouts=TIMEOUTS, rec=rec, events=Timeline(rec),
-                          loaded=[], params={}, remote=lambda name: f"/run/lab/modules/{name}.ko")
+                          loaded=[], params={}, remote=lambda name: f"/run/lab/modules/{name}.ko", kernel=kernel)
     tool = apply.Tool("kpatch", f"{script} load {{module}}", f"{script} unload {{name}}")
     return ctx, tool, sys_dir
 
@@ -177,11 +179,11 @@ def test_a_revert_that_fails_before_disabling_says_so(world):
     assert (sys_dir / "lab_good" / "enabled").read_text().strip() == "1"
 
 
-def test_without_a_revert_hook_the_lab_reverts_the_patch_itself(world, monkeypatch):
+def test_without_a_revert_hook_the_lab_reverts_the_patch_itself(world):
     ctx, _, _ = world
     done = []
-    monkeypatch.setattr(livepatch, "disable", lambda g, name, t: done.append(("disable", name)))
-    monkeypatch.setattr(livepatch, "remove", lambda g, name, t, rmmod=True: done.append(("rmmod", name)))
+    ctx.kernel.disable = lambda g, name, t: done.append(("disable", name))
+    ctx.kernel.remove = lambda g, name, t, rmmod=True: done.append(("rmmod", name))
     hook = apply.applier(ApplySpec("command", "insmod {module}"))
     hook.disable(ctx, "lab_good")
     hook.unload(ctx, "lab_good")

@@ -87,8 +87,8 @@ class KpatchModel:
 
 
 @pytest.fixture
-def kernel(monkeypatch):
-    return FakeKernel().install(monkeypatch)
+def kernel():
+    return FakeKernel()
 
 
 @pytest.fixture
@@ -104,7 +104,8 @@ def run(tmp_path, kernel, monkeypatch):
         guests.append(guest)
         rec = RunRecord(patch_name=PATCH)
         ctx = steps.Context(sc, guest, TIMEOUTS, rec, Timeline(rec), tmp_path, Evidence(),
-                            {PATCH: module(tmp_path, PATCH)}, PATCH, applier=apply.applier(sc.apply))
+                            {PATCH: module(tmp_path, PATCH)}, PATCH, applier=apply.applier(sc.apply),
+                            kernel=kernel)
         guest.lost = ctx.lost
         runner.execute(ctx, plans.plan(sc, PATCH, None, {}).steps)
         return ctx

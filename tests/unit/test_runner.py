@@ -20,7 +20,6 @@ import pytest
 from harness.core.errors import ConfigError, GuestConnectionError, HarnessError
 from harness.core.settings import Settings, Timeouts
 from harness.lab.run import context
-from harness.lab.run import livepatch as livepatch_mod
 from harness.lab.run import plans
 from harness.lab import runner
 from harness.lab.run.events import Timeline
@@ -62,8 +61,8 @@ def module(tmp_path: Path, name: str) -> Module:
 
 
 @pytest.fixture
-def kernel(monkeypatch):
-    return FakeKernel().install(monkeypatch)
+def kernel():
+    return FakeKernel()
 
 
 @pytest.fixture
@@ -79,7 +78,7 @@ def lab(tmp_path, kernel, monkeypatch):
         mods = {m.name: m for m in (module(tmp_path, PATCH), *(module(tmp_path, p) for p in patches),
                                     *(module(tmp_path, t) for t in targets))}
         ctx = context.Context(sc, guest, TIMEOUTS, rec, Timeline(rec), tmp_path, Evidence(), mods, PATCH,
-                            list(targets))
+                              list(targets), kernel=kernel)
         guest.lost = ctx.lost
         return ctx
     yield make
@@ -303,7 +302,7 @@ def whole_run(tmp_path, kernel, monkeypatch):
             guest.machine.stop()
     monkeypatch.setattr(session, "boot", boot)
     return lambda sc=QUIET: runner.run(sc, "debian-6.1", Settings(cache_dir=tmp_path / "cache"),
-                                       tmp_path / "out")
+                                       tmp_path / "out", interface=kernel)
 
 
 def test_a_whole_run_writes_its_verdict_and_timeline(whole_run, tmp_path):
@@ -427,7 +426,7 @@ def test_a_load_the_scenario_expects_refused_passes_when_the_kernel_refuses_it(l
 def test_sysfs_not_as_the_lifecycle_implies_fails_on_lifecycle(lab, kernel, monkeypatch):
     ctx = lab(lifecycle_scenario(StepSpec("load", "a"), StepSpec("load", "b")), patches=(OLD,))
     real = kernel.patches
-    monkeypatch.setattr(livepatch_mod, "patches", lambda g, t: {n: s for n, s in real(g, t).items() if n != OLD}
+    monkeypatch.setattr(kernel, "patches", lambda g, t: {n: s for n, s in real(g, t).items() if n != OLD}
                         if PATCH in kernel.enabled else real(g, t))   # a replaces b "by half"
     run_plan(ctx, keys={"a": OLD, "b": PATCH})
     msgs = [r.message for r in judge(ctx).reasons if r.check == "lifecycle"]

@@ -11,7 +11,7 @@ that spins in the guest raises neither the first nor, on its own, the second.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from ..run.record import RunRecord, Window
 
@@ -59,7 +59,7 @@ def host_took(rec: RunRecord, base: Window, w: Window) -> Optional[str]:
     return None
 
 
-def describe(rec: RunRecord) -> dict:
+def describe(rec: RunRecord) -> dict[str, Any]:
     """Each window's share, for the verdict's measurements."""
     out = {}
     for name, w in rec.windows.items():

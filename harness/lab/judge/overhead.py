@@ -11,10 +11,13 @@ the two samples differ at all. Pure: numbers in, numbers out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import stats
+
+# (patched median(s), unpatched median(s)) -> the figure: a difference or a ratio, on arrays too
+Statistic = Callable[[Any, Any], Any]
 
 RESAMPLES = 10_000
 SEED = 20261207        # a fixed seed: the same blocks give the same interval, run after run
@@ -31,7 +34,7 @@ class Interval:
         return {"estimate": round(self.estimate, digits), "ci95": [round(self.low, digits), round(self.high, digits)]}
 
 
-def bootstrap(a: Sequence[float], b: Sequence[float], statistic, resamples: int = RESAMPLES,
+def bootstrap(a: Sequence[float], b: Sequence[float], statistic: Statistic, resamples: int = RESAMPLES,
               seed: int = SEED) -> Interval:
     """``statistic(median of b, median of a)`` with its 95 % percentile-bootstrap interval
     (each sample resampled with replacement on its own)."""
@@ -60,7 +63,7 @@ def p_value(a: Sequence[float], b: Sequence[float]) -> float:
     return float(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 
-def bracketed(before: Sequence[float], after: Sequence[float], patched: Sequence[float], measure) -> Interval:
+def bracketed(before: Sequence[float], after: Sequence[float], patched: Sequence[float], measure: Statistic) -> Interval:
     """``measure`` of the patched arm against the two unpatched arms pooled (the estimate), with
     an interval that also holds against each arm alone: the hull of the three intervals. A host
     that drifted between the arms widens the interval instead of moving it (the good patch's arms

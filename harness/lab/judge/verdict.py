@@ -18,6 +18,7 @@ from .memcheck import check_leaks, check_unload
 from ..scenario.expect import Expect
 from ..run.livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, LOADING, taint_letters
 from ..run.record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord, Window
+from ..run.workload.probe import ProbeSample
 from ..run.workload.stats import window_stats
 
 # Kernel lines that are trouble beyond the generic classifier.
@@ -49,7 +50,7 @@ def host_overloaded(rec: RunRecord) -> str:
     return ""
 
 
-def check_service(expect: Expect, rec: RunRecord) -> tuple[list[Reason], dict, list[str]]:
+def check_service(expect: Expect, rec: RunRecord) -> tuple[list[Reason], dict[str, Any], list[str]]:
     """Reasons, the windows' statistics, and, when the service failed, where the rest of the
     host took the guest's CPU in a judged window (contention.py: then the service could not be
     judged)."""
@@ -99,7 +100,7 @@ def check_service(expect: Expect, rec: RunRecord) -> tuple[list[Reason], dict, l
 
 
 # probe ------------------------------------------------------------------------
-def _samples(rec: RunRecord, phase: str) -> Optional[list]:
+def _samples(rec: RunRecord, phase: str) -> Optional[list[ProbeSample]]:
     """The probe runs wholly inside the window judged as ``phase``; None without such a window."""
     w = next((w for w in rec.windows.values() if w.probe_phase == phase), None)
     if w is None:
@@ -423,7 +424,7 @@ def service_difference(rec: RunRecord) -> Optional[dict[str, Any]]:
     base = next((w for w in rec.windows.values() if w.kind == BASELINE), None)
     if base is None:
         return None
-    def lat(w):
+    def lat(w: Window) -> list[float]:
         return [1000.0 * r.latency for r in rec.requests
                 if r.ok and r.latency is not None and w.start <= r.intended < w.end]
     a = lat(base)

@@ -53,17 +53,17 @@ class Insmod:
     name = "insmod"
 
     def load(self, ctx: Context, name: str) -> Result:
-        return livepatch.load(ctx.guest, ctx.remote(name), ctx.timeouts.command, report_text_of=name,
+        return ctx.kernel.load(ctx.guest, ctx.remote(name), ctx.timeouts.command, report_text_of=name,
                               params=ctx.params.get(name, ()))
 
     def settle(self, ctx: Context, name: str) -> Optional[ToolRun]:
         return None
 
     def disable(self, ctx: Context, name: str) -> Result:
-        return livepatch.disable(ctx.guest, name, ctx.timeouts.command)
+        return ctx.kernel.disable(ctx.guest, name, ctx.timeouts.command)
 
     def unload(self, ctx: Context, name: str) -> livepatch.Removal:
-        return livepatch.remove(ctx.guest, name, ctx.timeouts.command)
+        return ctx.kernel.remove(ctx.guest, name, ctx.timeouts.command)
 
     def finish(self, ctx: Context) -> None:
         pass
@@ -126,13 +126,13 @@ class Tool:
         if call is None:
             return None
         tool = self._hear(ctx, call)
-        st = livepatch.state(ctx.guest, name, ctx.timeouts.command)
+        st = ctx.kernel.state(ctx.guest, name, ctx.timeouts.command)
         tool.kernel = ("gone" if st["enabled"] is None else "in transition" if st["transition"] else
                           "patched" if st["enabled"] else "disabled")
         prec = ctx.rec.patch(name)
         prec.transition.tool = tool
         if tool.kernel == "gone":
-            gone = not livepatch.module_loaded(ctx.guest, name, ctx.timeouts.command)
+            gone = not ctx.kernel.module_loaded(ctx.guest, name, ctx.timeouts.command)
             prec.revert = replace(prec.revert, disabled=True, by=f"{self.name} load", sysfs_gone=True,
                                   module_gone=gone)
             if gone and name in ctx.loaded:
@@ -142,7 +142,7 @@ class Tool:
     def disable(self, ctx: Context, name: str) -> Result:
         """Start the tool's revert; return once the patch reads disabled (or is gone)."""
         if self.revert_cmd is None:
-            return livepatch.disable(ctx.guest, name, ctx.timeouts.command)
+            return ctx.kernel.disable(ctx.guest, name, ctx.timeouts.command)
         call = self.calls.get(("revert", name)) or self._start(ctx, "revert", name, self.revert_cmd)
         seen = _await(ctx.guest, call, "disabled", ctx.timeouts.command)
         if seen.what == "disabled":
@@ -155,11 +155,11 @@ class Tool:
         """Hear the tool's revert out (started now if no step did: an atomic replace, an unwind),
         then what is gone (the revert check judges it, and the verdict what the tool said)."""
         if self.revert_cmd is None:
-            return livepatch.remove(ctx.guest, name, ctx.timeouts.command)
+            return ctx.kernel.remove(ctx.guest, name, ctx.timeouts.command)
         call = self.calls.get(("revert", name)) or self._start(ctx, "revert", name, self.revert_cmd)
         run = self._hear(ctx, call)
         ctx.rec.patch(name).revert.tool = run
-        return livepatch.remove(ctx.guest, name, ctx.timeouts.command, rmmod=False)
+        return ctx.kernel.remove(ctx.guest, name, ctx.timeouts.command, rmmod=False)
 
     def finish(self, ctx: Context) -> None:
         """Hear out every call still running (after a failed step, and before collecting)."""
@@ -251,7 +251,7 @@ def _await(guest, call: Call, until: str, slack: float) -> Seen:
     return Seen(parts[0][1:], _seconds(parts[2], parts[1]) if len(parts) == 3 else None, text)
 
 
-def applier(spec: ApplySpec):
+def applier(spec: ApplySpec) -> Insmod | Tool:
     """The applier a scenario's ``apply`` asks for."""
     if spec.tool == "command":
         assert spec.command

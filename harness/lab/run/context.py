@@ -4,14 +4,16 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol
 
 from ...core.errors import GuestCommandError, GuestConnectionError
 from ...core.settings import Timeouts
+from ...machine.channel import Result
 from . import apply, lifecycle, livepatch
 from .events import Timeline
 from .forensics import HangEvidence
-from .record import RunRecord
+from .ports import Guest, Kernel
+from .record import RunRecord, ToolRun
 from ..scenario.specs import Scenario
 from .workload import httpload
 
@@ -19,11 +21,26 @@ REMOTE_DIR = "/run/lab/modules"
 Window = Optional[tuple[str, str, Optional[str]]]   # (name, kind, probe phase)
 
 
+class Applier(Protocol):
+    """How patches get in and out: the lab's insmod, or a vendor's tool (apply.py)."""
+    name: str
+
+    def load(self, ctx: Context, name: str) -> Result: ...
+
+    def settle(self, ctx: Context, name: str) -> Optional[ToolRun]: ...
+
+    def disable(self, ctx: Context, name: str) -> Result: ...
+
+    def unload(self, ctx: Context, name: str) -> livepatch.Removal: ...
+
+    def finish(self, ctx: Context) -> None: ...
+
+
 @dataclass
 class Context:
     """What the steps of one run share."""
     scenario: Scenario
-    guest: Any                       # machine.session.Guest
+    guest: Guest
     timeouts: Timeouts
     rec: RunRecord
     events: Timeline
@@ -42,7 +59,8 @@ class Context:
     late_loaded: list[str] = field(default_factory=list)     # target modules a step loaded
     state: lifecycle.State = field(default_factory=lifecycle.State)   # what /sys/kernel/livepatch must hold
     done: list[tuple["Step", float, float]] = field(default_factory=list)  # steps that ran: (step, start, end)
-    applier: Any = field(default_factory=apply.Insmod)   # how patches get in and out (apply.py)
+    applier: Applier = field(default_factory=apply.Insmod)   # how patches get in and out (apply.py)
+    kernel: Kernel = livepatch   # the kernel's livepatch interface (a model in unit tests)
 
     def remote(self, name: str) -> str:
         return f"{REMOTE_DIR}/{self.modules[name].path.name}"

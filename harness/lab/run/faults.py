@@ -23,6 +23,7 @@ from typing import Optional
 
 from ...core.errors import GUEST, PATCH
 from ...machine.backends.base import HOST
+from .ports import Machine
 from .record import Reason
 
 
@@ -43,7 +44,7 @@ def patch_is_to_blame(fault: str, patch_issued: bool, by_host: Optional[str]) ->
     return fault == PATCH or (fault == GUEST and patch_issued)
 
 
-def host_cause(machine) -> Optional[str]:
+def host_cause(machine: Machine) -> Optional[str]:
     """What the host did to the guest's machine, in words for the reason: ended it (QEMU killed
     or crashed, the domain destroyed from outside), paused it on a host I/O error, or cut its
     network; None when it did none of these (the guest ended or went silent by itself)."""

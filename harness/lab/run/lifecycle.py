@@ -36,7 +36,7 @@ def _problem(ctx: Context, message: str) -> None:
 
 
 def _listed(ctx: Context) -> dict[str, dict]:
-    return livepatch.patches(ctx.guest, ctx.timeouts.command)
+    return ctx.kernel.patches(ctx.guest, ctx.timeouts.command)
 
 
 def patched(ctx: Context, name: str) -> None:
@@ -77,7 +77,7 @@ def check(ctx: Context, after: str, gone: list[str]) -> None:
     """After ``after``: the patches in ``gone`` are neither listed nor loaded."""
     listed = _listed(ctx)
     for name in gone:
-        if name in listed or livepatch.module_loaded(ctx.guest, name, ctx.timeouts.command):
+        if name in listed or ctx.kernel.module_loaded(ctx.guest, name, ctx.timeouts.command):
             _problem(ctx, f"after {after}, {name} is still "
                           f"{'in /sys/kernel/livepatch' if name in listed else 'loaded'}")
     _compare(ctx, after, {n: s for n, s in listed.items() if n not in gone})

@@ -11,10 +11,10 @@ import re
 import shlex
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ...core.errors import LivepatchError
-from ...machine.channel import Result
+from ...machine.channel import Result, Shell
 
 SYSFS = "/sys/kernel/livepatch"
 PROC_MODULES = "/proc/modules"
@@ -68,7 +68,7 @@ def insmod(remote_ko: str, params: Sequence[tuple[str, str]] = ()) -> str:
     return " ".join(["insmod", _q(remote_ko), *(_q(f"{k}={v}") for k, v in params)])
 
 
-def load(guest, remote_ko: str, timeout: float, report_text_of: str = "",
+def load(guest: Shell, remote_ko: str, timeout: float, report_text_of: str = "",
          params: Sequence[tuple[str, str]] = ()) -> Result:
     """insmod; raise ``LivepatchError`` with the kernel's complaint if it refuses.
 
@@ -112,12 +112,12 @@ def parse_sections(text: str) -> tuple[dict[str, int], Optional[tuple[int, int]]
     return sections, core
 
 
-def module_sections(guest, module: str, timeout: float) -> tuple[dict[str, int], Optional[tuple[int, int]]]:
+def module_sections(guest: Shell, module: str, timeout: float) -> tuple[dict[str, int], Optional[tuple[int, int]]]:
     """A loaded module's sections and core (for a patch a tool loaded: insmod reads them itself)."""
     return parse_sections(guest.run(_sections(module), timeout).stdout)
 
 
-def state(guest, name: str, timeout: float) -> dict[str, Optional[int]]:
+def state(guest: Shell, name: str, timeout: float) -> dict[str, Optional[int]]:
     """``enabled`` / ``transition`` / ``force`` of a patch; all None if it is gone."""
     out = guest.run(f"cd {SYSFS}/{_q(name)} 2>/dev/null && for f in enabled transition; do "
                     f"read -r v < $f; echo $f=$v; done", timeout).stdout
@@ -131,7 +131,7 @@ _PATCHES = (f"for d in {SYSFS}/*/; do [ -d \"$d\" ] || continue; n=${{d%/}}; n=$
             "[ -e \"$d/replace\" ] && read -r r < \"$d/replace\"; echo \"$n $e $t $r\"; done")
 
 
-def patches(guest, timeout: float) -> dict[str, dict[str, Optional[int]]]:
+def patches(guest: Shell, timeout: float) -> dict[str, dict[str, Optional[int]]]:
     """Every patch in /sys/kernel/livepatch: name -> enabled, transition, replace (None where the
     kernel has no such attribute: ``replace`` appeared in 6.11)."""
     out = {}
@@ -143,7 +143,7 @@ def patches(guest, timeout: float) -> dict[str, dict[str, Optional[int]]]:
     return out
 
 
-def wait_transition(guest, name: str, deadline_s: float) -> tuple[bool, float]:
+def wait_transition(guest: Shell, name: str, deadline_s: float) -> tuple[bool, float]:
     """Wait in the guest until the patch leaves transition; (completed, seconds waited)."""
     # bash's SECONDS, and a slow poll: under TCG each `sleep` is a fork+exec that loads the
     # very guest whose service is being measured
@@ -169,7 +169,7 @@ done
 """
 
 
-def stragglers(guest, patching: bool, timeout: float) -> list[Straggler]:
+def stragglers(guest: Shell, patching: bool, timeout: float) -> list[Straggler]:
     """Tasks not yet in the transition's target state, with their stacks."""
     out = guest.run(_STRAGGLERS % (1 if patching else 0), timeout).stdout
     tasks: list[Straggler] = []
@@ -187,21 +187,21 @@ def stragglers(guest, patching: bool, timeout: float) -> list[Straggler]:
 KERNEL_SIGNALS_AFTER = 17.0
 
 
-def signal_stragglers(guest, name: str, timeout: float) -> bool:
+def signal_stragglers(guest: Shell, name: str, timeout: float) -> bool:
     """Ask the kernel to signal/wake stragglers; False where it does that by itself."""
     return guest.run(f"test -e {SYSFS}/{_q(name)}/signal && echo 1 > {SYSFS}/{_q(name)}/signal",
                      timeout).ok
 
 
-def force(guest, name: str, timeout: float) -> Result:
+def force(guest: Shell, name: str, timeout: float) -> Result:
     return guest.run(f"echo 1 > {SYSFS}/{_q(name)}/force", timeout)
 
 
-def disable(guest, name: str, timeout: float) -> Result:
+def disable(guest: Shell, name: str, timeout: float) -> Result:
     return guest.run(f"echo 0 > {SYSFS}/{_q(name)}/enabled", timeout)
 
 
-def unload(guest, module: str, timeout: float) -> Result:
+def unload(guest: Shell, module: str, timeout: float) -> Result:
     return guest.run(f"rmmod {_q(module)}", timeout)
 
 
@@ -213,7 +213,7 @@ class Removal:
     module_gone: bool      # the module is out of /proc/modules
 
 
-def remove(guest, module: str, timeout: float, rmmod: bool = True) -> Removal:
+def remove(guest: Shell, module: str, timeout: float, rmmod: bool = True) -> Removal:
     """rmmod (unless a tool already unloaded it), then whether its livepatch entry and the module
     are gone: one round trip."""
     m = _q(module)
@@ -233,15 +233,15 @@ def _listed(module: str) -> str:
             f"[ \"$n\" = {_q(module)} ]; }}")
 
 
-def module_loaded(guest, module: str, timeout: float) -> bool:
+def module_loaded(guest: Shell, module: str, timeout: float) -> bool:
     return guest.run(_listed(module), timeout).ok
 
 
-def taint(guest, timeout: float) -> int:
+def taint(guest: Shell, timeout: float) -> int:
     return int(guest.run("cat /proc/sys/kernel/tainted", timeout, check=True).stdout.strip())
 
 
-def begin(guest, marker: str, timeout: float) -> tuple[int, str]:
+def begin(guest: Shell, marker: str, timeout: float) -> tuple[int, str]:
     """Mark the kernel log (the run's dmesg starts after the marker); read the taint and the kernel's
     command line: one round trip."""
     out = guest.run(f"echo {_q(marker)} > /dev/kmsg && cat /proc/sys/kernel/tainted /proc/cmdline", timeout,
@@ -258,29 +258,41 @@ class EndState:
     listed: list[str]           # /sys/kernel/livepatch
 
 
-def finish(guest, marker: str, unload: Sequence[str], timeout: float) -> EndState:
+def finish(guest: Shell, marker: str, unload: Sequence[str], timeout: float) -> EndState:
     """Unload ``unload`` (the run's target modules, newest first), then read taint, modules, the
     livepatch list and the log since ``marker``: one round trip."""
     script = "".join(f"rmmod {_q(n)} 2>/dev/null\n" for n in unload) + (
         f"echo @@taint; cat /proc/sys/kernel/tainted; echo @@modules; cut -d' ' -f1 /proc/modules; "
         f"echo @@listed; ls {SYSFS}; echo @@dmesg; dmesg")
     out = guest.run(script, timeout, check=True).stdout
-    parts = dict(section.split("\n", 1) if "\n" in section else (section, "")
-                 for section in out.split("@@")[1:])
+    parts = dict(section.partition("\n")[::2] for section in out.split("@@")[1:])
     lines = parts.get("dmesg", "").splitlines()
     at = next((i for i in range(len(lines) - 1, -1, -1) if marker in lines[i]), -1)
     return EndState(lines[at + 1:], int(parts["taint"].split()[0]), set(parts.get("modules", "").split()),
                     sorted(parts.get("listed", "").split()))
 
 
-def mark_kmsg(guest, text: str, timeout: float) -> None:
+def mark_kmsg(guest: Shell, text: str, timeout: float) -> None:
     """Write a marker into the kernel log, to scope dmesg checks to this run."""
     guest.run(f"echo {_q(text)} > /dev/kmsg", timeout, check=True)
 
 
-def dmesg_since(guest, marker: str, timeout: float) -> list[str]:
+def dmesg_since(guest: Shell, marker: str, timeout: float) -> list[str]:
     lines = guest.run("dmesg", timeout, check=True).stdout.splitlines()
     for i in range(len(lines) - 1, -1, -1):
         if marker in lines[i]:
             return lines[i + 1:]
     return lines
+
+
+_MEMINFO = ("SUnreclaim", "Slab", "VmallocUsed", "MemAvailable", "Percpu")
+_MEMORY = f"cat /proc/meminfo; echo @@; cut -d' ' -f1 {PROC_MODULES}; echo @@; ls {SYSFS} 2>/dev/null; true"
+
+
+def memory(guest: Shell, timeout: float) -> dict[str, Any]:
+    """/proc/meminfo's fields of ``_MEMINFO`` (KiB), the modules and the livepatches: one round trip."""
+    meminfo, modules, patches = (guest.run(_MEMORY, timeout, check=True).stdout.split("@@\n") + ["", ""])[:3]
+    mem = {k.strip(): int(v.split()[0]) for k, v in (line.split(":", 1) for line in meminfo.splitlines()
+                                                      if ":" in line) if v.split() and v.split()[0].isdigit()}
+    return {**{k: mem.get(k) for k in _MEMINFO}, "modules": sorted(set(modules.split())),
+            "patches": sorted(patches.split())}

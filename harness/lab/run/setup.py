@@ -27,7 +27,7 @@ class Setup(Step):
             load_target(ctx, name)
         ctx.marker = f"livepatch-lab: run {uuid.uuid4().hex[:8]} start"
         ctx.console_from = rec.console_from = len(g.machine.console.lines)
-        rec.taint_before, rec.cmdline = livepatch.begin(g, ctx.marker, t.command)
+        rec.taint_before, rec.cmdline = ctx.kernel.begin(g, ctx.marker, t.command)
         ctx.offset = clock.clock_offset(g, samples=3)   # before the load: quicker and steadier round trips
         scripts = []
         if sc.probe.command:
@@ -89,7 +89,7 @@ class Collect(Step):
             rec.probe = [probe.ProbeSample(s.t - ctx.offset, s.rc, s.output,
                                            None if s.t_end is None else s.t_end - ctx.offset)
                          for s in probe.parse_log(out)] if sc.probe.command else []
-        end = livepatch.finish(g, ctx.marker, list(reversed(ctx.late_loaded + ctx.targets)), t.command)
+        end = ctx.kernel.finish(g, ctx.marker, list(reversed(ctx.late_loaded + ctx.targets)), t.command)
         rec.dmesg, rec.taint_after = end.dmesg, end.taint
         keep_console(ctx)
         lifecycle.left_behind(ctx, end)

@@ -60,7 +60,7 @@ class LoadPatch(Step):
             ctx.rec.console_at_load = console_index(ctx)
         prec = ctx.rec.patch(self.name)
         if ctx.applier.name != "insmod":   # the lab's insmod marks the log in the same breath
-            livepatch.mark_kmsg(ctx.guest, livepatch.LOADING + self.name, ctx.timeouts.command)
+            ctx.kernel.mark_kmsg(ctx.guest, livepatch.LOADING + self.name, ctx.timeouts.command)
         try:
             loaded = ctx.applier.load(ctx, self.name)
         except LivepatchError as exc:
@@ -81,7 +81,7 @@ class LoadPatch(Step):
         ctx.rec.ops.append(("enabled", self.name))
         ctx.events("loaded", seconds=round(loaded.seconds, 3))
         prec.sections, prec.core = (livepatch.parse_sections(loaded.stdout) if ctx.applier.name == "insmod" else
-                                    livepatch.module_sections(ctx.guest, self.name, ctx.timeouts.command))
+                                    ctx.kernel.module_sections(ctx.guest, self.name, ctx.timeouts.command))
         text = f"{prec.sections['.text']:#x}" if ".text" in prec.sections else ""
         prec.functions = ctx.evidence.add_module(self.name, ctx.modules[self.name].path, text)
         if self.refused:
@@ -107,28 +107,28 @@ class WaitTransition(Step):
             return False
         g, t, on_stall = ctx.guest, ctx.timeouts, ctx.scenario.transition.on_stall
         deadline = self.deadline(ctx)
-        done, secs = livepatch.wait_transition(g, self.name, deadline)
+        done, secs = ctx.kernel.wait_transition(g, self.name, deadline)
         tr = prec.transition
         tr.completed, tr.seconds, tr.deadline = done, round(secs, 3), deadline
         if done:
             ctx.events("transition-complete", seconds=round(secs, 3))
         else:
-            stuck = [s.describe() for s in livepatch.stragglers(g, True, t.command)]
+            stuck = [s.describe() for s in ctx.kernel.stragglers(g, True, t.command)]
             tr.stragglers = stuck
             ctx.events("transition-stalled", seconds=round(secs, 3), stragglers=stuck)
             if on_stall == "signal":
                 extra = deadline
-                if not livepatch.signal_stragglers(g, self.name, t.command):
+                if not ctx.kernel.signal_stragglers(g, self.name, t.command):
                     # The kernel's retries run on the guest's clock, which keeps wall time even
                     # under TCG: wait until its signal round plus a grace, not a scaled figure.
                     extra = max(deadline, livepatch.KERNEL_SIGNALS_AFTER + 5.0 - secs)
                     log.info("this kernel signals stragglers itself; waiting %.0f s more", extra)
-                done, more = livepatch.wait_transition(g, self.name, extra)
+                done, more = ctx.kernel.wait_transition(g, self.name, extra)
                 tr.completed, tr.signaled, tr.seconds = done, True, round(secs + more, 3)
                 ctx.events("signaled", completed=done)
             elif on_stall == "force":
-                livepatch.force(g, self.name, t.command)
-                done, more = livepatch.wait_transition(g, self.name, deadline)
+                ctx.kernel.force(g, self.name, t.command)
+                done, more = ctx.kernel.wait_transition(g, self.name, deadline)
                 tr.completed, tr.forced, tr.seconds = done, True, round(secs + more, 3)
                 ctx.events("forced", completed=done)
         # a tool at work is heard out: what it said, and what the kernel shows once it is done
@@ -166,7 +166,7 @@ class Hold(Step):
     def run(self, ctx: Context) -> None:
         hold(ctx, self.seconds)
         if ctx.loaded:
-            value = livepatch.taint(ctx.guest, ctx.timeouts.command)
+            value = ctx.kernel.taint(ctx.guest, ctx.timeouts.command)
             ctx.rec.taint_held.append((self.window[0] if self.window else "hold", value))
             if ctx.rec.taint_patched is None:
                 ctx.rec.taint_patched = value
@@ -198,10 +198,10 @@ class WaitUnpatch(Step):
         if not prec.revert.disabled or self.name not in ctx.loaded:
             return False
         t = ctx.timeouts
-        done, secs = livepatch.wait_transition(ctx.guest, self.name, t.transition)
+        done, secs = ctx.kernel.wait_transition(ctx.guest, self.name, t.transition)
         prec.unpatch = Transition(completed=done, seconds=round(secs, 3), deadline=t.transition)
         if not done:
-            prec.unpatch.stragglers = [s.describe() for s in livepatch.stragglers(ctx.guest, False, t.command)]
+            prec.unpatch.stragglers = [s.describe() for s in ctx.kernel.stragglers(ctx.guest, False, t.command)]
             ctx.events("unpatch-stalled", seconds=round(secs, 3))
             return None
         ctx.rec.ops.append(("unpatched", self.name))
@@ -290,19 +290,6 @@ class Cooldown(Step):
         ctx.events("cooldown-end")
 
 
-_MEMINFO = ("SUnreclaim", "Slab", "VmallocUsed", "MemAvailable", "Percpu")
-
-
-def read_memory(ctx: Context) -> dict:
-    """/proc/meminfo's fields of ``_MEMINFO`` (KiB), the modules and the livepatches: one round trip."""
-    meminfo, modules, patches = (ctx.guest.run(Sample.READ, ctx.timeouts.command, check=True).stdout
-                                 .split("@@\n") + ["", ""])[:3]
-    mem = {k.strip(): int(v.split()[0]) for k, v in (line.split(":", 1) for line in meminfo.splitlines()
-                                                      if ":" in line) if v.split() and v.split()[0].isdigit()}
-    return {**{k: mem.get(k) for k in _MEMINFO}, "modules": sorted(set(modules.split())),
-            "patches": sorted(patches.split())}
-
-
 def _cost_blocks(ctx: Context, arm: str, blocks: int) -> None:
     """``blocks`` blocks of the cost workload, added to ``arm``'s (stress and probe paused meanwhile)."""
     spec, t = ctx.scenario.overhead, ctx.timeouts
@@ -350,13 +337,13 @@ class CostCycle(Step):
         except LivepatchError as exc:
             raise failed(f"the patch did not load again: {exc}") from None
         ctx.loaded.append(self.name)
-        if not livepatch.wait_transition(g, self.name, t.transition)[0]:
+        if not ctx.kernel.wait_transition(g, self.name, t.transition)[0]:
             raise failed(f"the patching transition did not complete within {t.transition:.0f} s")
         ctx.events("cost", arm="patched", cycle=self.cycle, blocks=spec.per_cycle)
         _cost_blocks(ctx, "patched", spec.per_cycle)
         if not ctx.applier.disable(ctx, self.name).ok:
             raise failed("the patch did not disable")
-        if not livepatch.wait_transition(g, self.name, t.transition)[0]:
+        if not ctx.kernel.wait_transition(g, self.name, t.transition)[0]:
             raise failed(f"the unpatching transition did not complete within {t.transition:.0f} s")
         gone = ctx.applier.unload(ctx, self.name)
         if not gone.module_gone:
@@ -376,7 +363,7 @@ class MemSample(Step):
         self.label = label
 
     def run(self, ctx: Context) -> bool:
-        mem = read_memory(ctx)
+        mem = ctx.kernel.memory(ctx.guest, ctx.timeouts.command)
         # the run's own modules (patches, targets a step loads) come and go by the scenario's steps
         mem["modules"] = [m for m in mem["modules"] if m not in ctx.modules]
         ctx.rec.memory[self.label] = mem
@@ -385,13 +372,12 @@ class MemSample(Step):
 
 class Sample(Step):
     """A soak's sample after a cycle: memory, slab, vmalloc, the modules and patches still there."""
-    READ = "cat /proc/meminfo; echo @@; cut -d' ' -f1 /proc/modules; echo @@; ls /sys/kernel/livepatch 2>/dev/null; true"
 
     def __init__(self, cycle: int):
         self.cycle = cycle
 
     def run(self, ctx: Context) -> bool:
-        mem = read_memory(ctx)
+        mem = ctx.kernel.memory(ctx.guest, ctx.timeouts.command)
         loaded = set(mem["modules"])
         prec = ctx.rec.main
         ctx.rec.soak.append(SoakSample(
@@ -416,7 +402,7 @@ def unwind(ctx: Context) -> None:
         if prec.revert.disabled is None and name not in ctx.state.replaced:
             ctx.applier.disable(ctx, name)
             prec.revert.disabled = True
-        livepatch.wait_transition(g, name, t.transition)
+        ctx.kernel.wait_transition(g, name, t.transition)
         gone = ctx.applier.unload(ctx, name)
         prec.revert.rmmod_rc, prec.revert.rmmod_err = gone.rc, gone.err
         ctx.loaded.remove(name)

@@ -2,8 +2,9 @@
 workload the real guest-side scripts run on this host (``LocalGuest``), its console a real
 ``ConsoleFollower`` on a file, its machine one the test can kill or panic.
 
-``FakeKernel`` stands in for the functions of ``harness.lab.run.livepatch`` (install it with
-``kernel.install(monkeypatch)``): insmod, the transition, disable, rmmod, taint and the
+``FakeKernel`` implements ``ports.Kernel`` as ``harness.lab.run.livepatch`` does (a run's
+``Context(kernel=...)`` takes it; conformance.py has mypy check it): insmod, the transition,
+disable, rmmod, taint and the
 kernel log follow the kernel's rules as far as the runner needs them; a test scripts the
 trouble (a refused load, a stalled transition, a module that will not unload).
 """
@@ -164,19 +165,10 @@ class FakeKernel:
         return livepatch.EndState(self.dmesg_since(guest, marker, timeout), self.taint_mask, set(self.modules),
                                   sorted(self.enabled))
 
-    def read_memory(self, ctx):
+    def memory(self, guest, timeout):
         """The guest's memory, steady (the host's own /proc/meminfo moves with whatever else runs)."""
         return {"SUnreclaim": 9000, "Slab": 20000, "VmallocUsed": 7000, "MemAvailable": 800000, "Percpu": 1000,
                 "modules": sorted(self.modules), "patches": sorted(self.enabled)}
-
-    def install(self, monkeypatch) -> "FakeKernel":
-        from harness.lab.run import steps
-        monkeypatch.setattr(steps, "read_memory", self.read_memory)
-        for name in ("load", "patches", "state", "wait_transition", "stragglers", "signal_stragglers", "force",
-                     "disable", "unload", "module_loaded", "taint", "mark_kmsg", "dmesg_since", "begin", "finish",
-                     "remove", "module_sections"):
-            monkeypatch.setattr(livepatch, name, getattr(self, name))
-        return self
 
 
 class FakeMachine:
@@ -212,6 +204,9 @@ class FakeMachine:
 
     def cpu_registers(self) -> str:
         return "CPU#0\nRIP=ffffffff81000000 RFL=00000246\n"
+
+    def host_pid(self) -> Optional[int]:
+        return None     # no QEMU process: nothing for the host's CPU accounting to watch
 
     def host_trouble(self) -> str:
         return self.trouble if self.is_running() else ""
