@@ -13,12 +13,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 from ...machine import kmsg
-from . import contention, overhead, toolcheck
+from . import contention, toolcheck
+from .costcheck import check_overhead, cost_measurement, service_difference
+from .probecheck import check_probe
+from .soakcheck import check_soak
 from .memcheck import check_leaks, check_unload
 from ..scenario.expect import Expect
 from ..run.livepatch import ALLOWED_TAINT, LIVEPATCH_TAINT, LOADING, taint_letters
 from ..run.record import BASELINE, HOLD, TRANSITION, PatchRecord, Reason, RunRecord, Window
-from ..run.workload.probe import ProbeSample
 from ..run.workload.stats import window_stats
 
 # Kernel lines that are trouble beyond the generic classifier.
@@ -97,84 +99,6 @@ def check_service(expect: Expect, rec: RunRecord) -> tuple[list[Reason], dict[st
     by_host = [why for w in rec.windows.values() if w.kind in (TRANSITION, HOLD)
                for why in [contention.host_took(rec, base_w, w)] if why] if reasons else []
     return reasons, stats, by_host
-
-
-# probe ------------------------------------------------------------------------
-def _samples(rec: RunRecord, phase: str) -> Optional[list[ProbeSample]]:
-    """The probe runs wholly inside the window judged as ``phase``; None without such a window."""
-    w = next((w for w in rec.windows.values() if w.probe_phase == phase), None)
-    if w is None:
-        return None
-    return [s for s in rec.probe if w.start <= s.t and (getattr(s, "t_end", None) or s.t) < w.end]
-
-
-def _lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def _lost_fix(rec: RunRecord, phase: str, output: str) -> str:
-    """Why a sample may not match after an upgrade: lines that are the unpatched kernel's output
-    again, though the patch before showed otherwise (an atomic replace reverted a function the
-    new patch no longer carries)."""
-    if rec.probe_unpatched is None or not rec.replaced:
-        return ""
-    w = next(w for w in rec.windows.values() if w.probe_phase == phase)
-    # the samples of each earlier window judged with a phase, those that have any
-    earlier = [found for x in rec.windows.values() if x.probe_phase and x.end <= w.start
-               for found in [_samples(rec, x.probe_phase)] if found]
-    if not earlier:
-        return ""
-    before = set(_lines(earlier[-1][-1].output))
-    unpatched = set(_lines(rec.probe_unpatched))
-    lost = [line for line in _lines(output) if line in unpatched and line not in before]
-    if not lost:
-        return ""
-    return (f"; a fix was lost in the upgrade: {lost[0].strip()[:80]!r} is the unpatched kernel's output "
-            f"again (an atomic replace reverts what the new patch does not carry)")
-
-
-def check_probe(expect: Expect, rec: RunRecord) -> list[Reason]:
-    reasons = []
-    wanted: dict[str, Optional[str]] = {**expect.probe, **{phase: None for phase in expect.probe_same}}
-    for phase, rx in wanted.items():
-        samples = _samples(rec, phase)
-        if samples is None:
-            # the run ended before this phase (a failed load, a lost guest), or a conditional
-            # hold did not happen: others say why, if anything is wrong
-            if phase == "before":
-                reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
-            continue
-        if not samples:
-            reasons.append(Reason("probe", f"no probe sample in the {phase} phase"))
-            continue
-        if rx is None:   # must show what another phase showed
-            ref = _samples(rec, expect.probe_same[phase])
-            if not ref:
-                continue
-            bad = [s for s in samples if s.output != ref[-1].output or s.rc != ref[-1].rc]
-            if bad:
-                reasons.append(Reason("probe", f"{phase}: {len(bad)} of {len(samples)} samples differ from "
-                                               f"the {expect.probe_same[phase]} phase: {bad[0].output.strip()[:120]!r}"
-                                               f" vs {ref[-1].output.strip()[:120]!r}"))
-            continue
-        bad = [s for s in samples if s.rc != 0 or not re.search(rx, s.output)]
-        if bad:
-            out = bad[0].output.strip().splitlines()[:2]
-            reasons.append(Reason("probe", f"{phase}: {len(bad)} of {len(samples)} samples do not match "
-                                           f"/{rx}/ (e.g. rc {bad[0].rc}: {' | '.join(out) or '(empty)'})"
-                                           + _lost_fix(rec, phase, bad[0].output)))
-    # Reverted means the unpatched behaviour is back, even when no 'after' pattern was given:
-    # what the probe showed before any patch (or, if unknown, in the baseline).
-    if "after" not in expect.probe and rec.main.revert.module_gone:
-        before, after = _samples(rec, "before"), _samples(rec, "after")
-        want = rec.probe_unpatched if rec.probe_unpatched is not None else before[-1].output if before else None
-        if want is not None and after:
-            differ = [s for s in after if s.output != want or s.rc != 0]
-            if differ:
-                reasons.append(Reason("revert", f"probe output after revert differs from before the "
-                                                f"patch: {differ[0].output.strip()[:120]!r} vs "
-                                                f"{want.strip()[:120]!r}"))
-    return reasons
 
 
 # dmesg ------------------------------------------------------------------------
@@ -314,65 +238,6 @@ def _revert(p: PatchRecord, replaced: bool) -> list[Reason]:
     return reasons + toolcheck.after_revert(rv)
 
 
-# soak -------------------------------------------------------------------------------
-def _slope(xs: list[float], ys: list[float]) -> float:
-    """Least-squares slope of ys over xs."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    den = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else 0.0
-
-
-def _thirds(values: list[float]) -> tuple[float, float]:
-    """Medians of the first and the last third."""
-    k = max(1, len(values) // 3)
-    first, last = sorted(values[:k]), sorted(values[-k:])
-    return first[len(first) // 2], last[len(last) // 2]
-
-
-def _growth(points: list[tuple[float, float]], limit: float,
-            rising_share: float = 0.6) -> Optional[tuple[float, float, float]]:
-    """(total growth, least-squares growth a cycle, share of cycles it rose in) of the (cycle,
-    value) points when the value grows by more than ``limit`` a cycle, steadily; else None."""
-    if len(points) < 3:
-        return None
-    xs, ys = [x for x, _ in points], [y for _, y in points]
-    per_cycle = _slope(xs, ys)
-    rising = sum(1 for a, b in zip(ys, ys[1:]) if b > a) / (len(ys) - 1)
-    return (ys[-1] - ys[0], per_cycle, rising) if per_cycle > limit and rising >= rising_share else None
-
-
-def check_soak(expect: Expect, rec: RunRecord) -> list[Reason]:
-    """Across the cycles of a soak: nothing left after a cycle, no steady growth of unreclaimable
-    slab or vmalloc'ed memory and no steady fall of MemAvailable (a leak), no steady slow-down of
-    the transitions."""
-    cycles = [s for s in rec.soak if s.cycle > 0]
-    if not cycles or expect.soak is None:
-        return []
-    spec = expect.soak
-    reasons = [Reason("soak", f"cycle {s.cycle} left {', '.join(s.left)} behind") for s in cycles if s.left][:3]
-    limit = spec.leak_kib
-    for key, what in (("sunreclaim_kib", "unreclaimable slab"), ("vmalloc_kib", "vmalloc'ed memory")):
-        grew = _growth([(s.cycle, getattr(s, key)) for s in rec.soak], limit)
-        if grew:
-            reasons.append(Reason("soak", f"{what} grew {grew[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
-                                          f"{grew[1]:.0f} KiB a cycle (> {limit:.0f} allowed), rising in "
-                                          f"{grew[2]:.0%} of them: a leak on every apply/revert"))
-    mem_limit = spec.mem_kib
-    fell = _growth([(s.cycle, -s.mem_available_kib) for s in rec.soak], mem_limit, rising_share=0.5)
-    if fell:
-        reasons.append(Reason("soak", f"MemAvailable fell {fell[0] / 1024:.1f} MiB over {len(cycles)} cycles, "
-                                      f"{fell[1]:.0f} KiB a cycle (> {mem_limit:.0f} allowed): memory the patch "
-                                      "takes on every apply/revert and never gives back"))
-    times = [s.transition_s for s in cycles if s.transition_s is not None]
-    factor = spec.slowdown
-    if len(times) >= 6:
-        first, last = _thirds(times)
-        if last > factor * first and last - first > 1.0 and _slope(list(range(len(times))), times) > 0:
-            reasons.append(Reason("soak", f"transitions slowed down steadily: {first:.2f} s in the first "
-                                          f"cycles, {last:.2f} s in the last (> {factor:g}x)"))
-    return reasons
-
-
 _KTIME = re.compile(r"^\[\s*(\d+\.\d+)\]")
 
 
@@ -395,45 +260,6 @@ def kernel_durations(name: str, dmesg: list[str]) -> dict[str, float]:
     if {"unpatch_start", "unpatch_end"} <= at.keys():
         out["unpatching_s"] = round(at["unpatch_end"] - at["unpatch_start"], 3)
     return out
-
-
-# cost -------------------------------------------------------------------------------
-def cost_measurement(rec: RunRecord) -> Optional[dict[str, Any]]:
-    return overhead.compare(rec.cost, rec.cost_repeat, rec.cost_workload) if rec.cost else None
-
-
-def check_overhead(expect: Expect, measured: Optional[dict[str, Any]]) -> list[Reason]:
-    """Only with a threshold, and only when the whole 95 % interval of the ratio lies above it: a
-    noisy host widens the interval, it cannot make a false alarm."""
-    limit = expect.thresholds.overhead_max_percent
-    if limit is None or not measured:
-        return []
-    low, high = measured["ratio"]["ci95"]
-    if (low - 1.0) * 100.0 <= limit:
-        return []
-    d = measured["difference_ms"]
-    return [Reason("overhead", f"the patch costs {(measured['ratio']['estimate'] - 1) * 100:+.1f} % a call of "
-                               f"{measured['workload']!r} (95% CI {(low - 1) * 100:+.1f} .. {(high - 1) * 100:+.1f} %, "
-                               f"{d['estimate']:+.3f} ms a call), more than the {limit:g} % allowed "
-                               f"(p={measured['p_value']:.2g})")]
-
-
-def service_difference(rec: RunRecord) -> Optional[dict[str, Any]]:
-    """The service's median latency in each held window against the baseline's, in ms, with its
-    interval: what the patch costs the service (reported, judged by check_service's limits)."""
-    base = next((w for w in rec.windows.values() if w.kind == BASELINE), None)
-    if base is None:
-        return None
-    def lat(w: Window) -> list[float]:
-        return [1000.0 * r.latency for r in rec.requests
-                if r.ok and r.latency is not None and w.start <= r.intended < w.end]
-    a = lat(base)
-    out = {}
-    for name, w in rec.windows.items():
-        b = lat(w) if w.kind == HOLD else []
-        if len(a) >= overhead.MIN_BLOCKS and len(b) >= overhead.MIN_BLOCKS:
-            out[name] = overhead.difference(a, b).as_dict(digits=2)
-    return out or None
 
 
 def decide(expect: Expect, rec: RunRecord) -> Verdict:

@@ -26,7 +26,8 @@ from ..scenario.expect import Expect
 from .record import HOLD, TRANSITION
 from .setup import Setup
 from ..scenario.specs import Scenario, StepSpec
-from .steps import (Baseline, Cooldown, CostArm, CostCycle, Disable, Hold, LoadPatch, LoadTarget, MemSample,
+from .coststeps import CostArm, CostCycle
+from .steps import (Baseline, Cooldown, Disable, Hold, LoadPatch, LoadTarget, MemSample,
                     RetireReplaced, Sample, Unload, UnloadTarget, WaitTransition, WaitUnpatch)
 
 

@@ -8,7 +8,7 @@ import tarfile
 import uuid
 from pathlib import Path
 
-from . import lifecycle, livepatch
+from . import lifecycle
 from .context import REMOTE_DIR, Context, Step, load_target
 from .workload import clock, detached, httpload, probe, service, stress
 
