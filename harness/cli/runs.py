@@ -73,16 +73,23 @@ def cmd_selftests(args: argparse.Namespace) -> int:
     for name in names:
         kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
     out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
+    if args.json and args.json != "-":   # found unwritable now, not after the runs it would have recorded
+        writable_dir(Path(args.json).parent, "--json")
     lines = []
     for name in names:
         log.info("the kernel's livepatch selftests on %s", name)
         lines.append(suite.run_line(name, settings, out_root / "selftests" / name.replace("@", "_"),
                                     scripts=args.script or None,
                                     extra_scripts=[Path(p) for p in args.extra_script]))
-        print(results.report(lines[-1]) + "\n", flush=True)
-    if args.json:
-        results.write_json(Path(args.json), lines)
+        print(results.report(lines[-1]) + "\n", file=_human(args), flush=True)
+    if args.json:   # the one results document (lab/matrix.py), its cases under ``selftests``
+        from ..lab import matrix
+        matrix.write(Path(args.json), matrix.document(
+            [], [e for line in lines for e in results.entries(SELFTESTS, line)]))
     return results.exit_status(lines)
+
+
+SELFTESTS = "selftests"   # the suite's name in the results document, as the shipped selftests file names it
 
 
 def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace, marks: bool = True) -> int:

@@ -98,8 +98,9 @@ def document(results: Sequence[dict[str, Any]], selftests: Optional[list[dict[st
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "results": list(results),
-        "kernels": {r["kernel"]: {"version": r.get("kernel_info", {}).get("version", "?"),
-                                  "release": r.get("kernel_info", {}).get("release", "?")} for r in results},
+        "kernels": {**{e["kernel"]: {"version": e["kernel_version"], "release": "?"} for e in selftests or ()},
+                    **{r["kernel"]: {"version": r.get("kernel_info", {}).get("version", "?"),
+                                     "release": r.get("kernel_info", {}).get("release", "?")} for r in results}},
         "summary": {v: sum(1 for r in results if r["verdict"] == v) for v in ("pass", "fail", "error")},
         "not_as_expected": [cell_name(r["scenario"], r["kernel"]) for r in results if not r["as_expected"]],
     }

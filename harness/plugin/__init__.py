@@ -6,7 +6,7 @@ fixtures that need them, so merely having the plugin installed costs nothing.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, ContextManager, Iterator, Optional
+from typing import Any, Callable, ContextManager, Iterator, Optional
 
 import pytest
 
@@ -292,11 +292,11 @@ class LabSummary:
         self.selftests: list[dict] = []     # one per selftest case (plugin/selftest_items.py)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
+        props: dict[str, Any] = dict(report.user_properties)
         if report.when == "call" and "lab_scenario" in props:
             self.rows.append(props)
         if report.when == "call" and "lab_selftests" in props:
-            self.selftests.append(props)
+            self.selftests.append(props["lab_selftests"])   # selftests.results.entry
 
     def pytest_terminal_summary(self, terminalreporter) -> None:
         if self.selftests:
@@ -351,7 +351,7 @@ def selftests_table(rows: list[dict]) -> str:
     from ..lab.selftests.cases import OUTCOMES
     lines: dict[tuple[str, str], dict] = {}
     for r in rows:
-        line = lines.setdefault((r["lab_selftests"], r["lab_kernel"]), {"version": r["kernel_version"]})
+        line = lines.setdefault((r["selftests"], r["kernel"]), {"version": r["kernel_version"]})
         line[r["outcome"]] = line.get(r["outcome"], 0) + 1
     return columns([("selftests", "kernel", *OUTCOMES)] + [
         (name, f"{kernel} ({c['version']})", *(str(c.get(o, 0)) for o in OUTCOMES))

@@ -82,9 +82,7 @@ class SelftestItem(pytest.Item):
         from ..lab.selftests import results
         line = line_result(self.config, self.spec, self.kernel, self.planned)
         res = line.case(self.case)
-        self.user_properties += [("lab_selftests", self.spec.name), ("lab_kernel", self.kernel),
-                                 ("case", self.case), ("kernel_version", line.kernel_info.get("version", "?")),
-                                 ("outcome", res.outcome if res else "error"), ("artifacts", line.artifacts)]
+        self.user_properties.append(("lab_selftests", results.entry(self.spec.name, line, self.case)))
         if res is None:
             raise SelftestCaseFailed(f"the run reported no case {self.case}"
                                      + (f": {line.error}" if line.error else ""))

@@ -3,10 +3,12 @@
 The scripts and outputs here are written for these tests in the style of the kernel's
 (``start_test``/``check_result`` from functions.sh); none is copied from the kernel.
 """
+import json
+
 import pytest
 
 from harness.lab.selftests import cases as C
-from harness.lab.selftests.results import LineResult, document, exit_status, report
+from harness.lab.selftests.results import LineResult, entries, entry, exit_status, report
 
 SCRIPT = '''#!/bin/bash
 . $(dirname $0)/functions.sh
@@ -161,13 +163,20 @@ def test_each_case_gets_its_time_and_the_trouble_logged_while_it_ran():
     assert "the kernel logged trouble" in warned.reason
 
 
-def test_the_exit_status_and_the_json_name_each_case_with_its_outcome():
+def test_the_exit_status_and_the_results_document_name_each_case_with_its_outcome():
+    from harness.lab import matrix
+    from tests.results_schema import errors
     res = C.judge_script("test-demo.sh", cases(), ALL_OK, 0)
-    line = LineResult("debian-6.1", res, {"version": "6.1.192-3"})
+    line = LineResult("debian-6.1", res, {"version": "6.1.192-3"}, artifacts="art/selftests/debian-6.1")
     assert exit_status([line]) == 0
-    doc = document([line])
-    assert [(c["name"], c["outcome"]) for c in doc["results"][0]["cases"]][0] == ("test-demo-first_thing", "pass")
-    assert doc["summary"]["pass"] == 4
+    # the one results document of `run`, `check` and the plugin's --lab-json, cases under ``selftests``
+    doc = json.loads(json.dumps(matrix.document([], entries("selftests", line))))
+    assert errors(doc) == []
+    assert [(e["case"], e["outcome"]) for e in doc["selftests"]][0] == ("test-demo-first_thing", "pass")
+    assert doc["kernels"] == {"debian-6.1": {"version": "6.1.192-3", "release": "?"}}
+    lost = entries("selftests", LineResult("debian-6.1", [], {"version": "6.1.192-3"}, error="boot failed"))
+    assert [(e["case"], e["outcome"], e["reason"]) for e in lost] == [(None, "error", "boot failed")]
+    assert entry("selftests", line, "test-demo-nothing")["outcome"] == "error"
     res[1].outcome = C.SKIP
     assert exit_status([line]) == 0
     res[2].outcome = C.FAIL

@@ -1,9 +1,7 @@
 """A kernel line's selftest results: per case, the JSON document, the text report, the exit status."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..report.summary import columns
@@ -53,14 +51,27 @@ def exit_status(lines: Sequence[LineResult]) -> int:
     return 1 if FAIL in outcomes else 0
 
 
-def document(lines: Sequence[LineResult]) -> dict[str, Any]:
-    return {"results": [line.as_dict() for line in lines],
-            "summary": {o: sum(line.counts()[o] for line in lines) for o in OUTCOMES}}
+def entry(suite: str, line: LineResult, case: str) -> dict[str, Any]:
+    """One case as the results document holds it (``matrix.document``'s ``selftests``); a case
+    the line's run did not report is an ``error`` saying why."""
+    res = line.case(case)
+    found = res.as_dict() if res else {"script": None, "description": None, "outcome": ERROR,
+                                         "reason": "the run reported no such case"
+                                         + (f": {line.error}" if line.error else ""),
+                                         "output": "", "seconds": None, "findings": []}
+    found.pop("name", None)
+    return {"selftests": suite, "kernel": line.kernel, "kernel_version": line.kernel_info.get("version", "?"),
+            "case": case, "artifacts": line.artifacts, **found}
 
 
-def write_json(path: Path, lines: Sequence[LineResult]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document(lines), indent=2, default=str) + "\n")
+def entries(suite: str, line: LineResult) -> list[dict[str, Any]]:
+    """Every case of a line; a line that ran none (it could not be staged or booted) is one
+    ``error`` entry without a case."""
+    if not line.cases:
+        return [{"selftests": suite, "kernel": line.kernel, "kernel_version": line.kernel_info.get("version", "?"),
+                 "case": None, "artifacts": line.artifacts, "script": None, "description": None, "outcome": ERROR,
+                 "reason": line.error or "no case ran", "output": "", "seconds": None, "findings": []}]
+    return [entry(suite, line, c.case.name) for c in line.cases]
 
 
 def explain_case(res: CaseResult) -> str:
@@ -95,5 +106,5 @@ def report(line: LineResult) -> str:
     return "\n".join(parts)
 
 
-__all__ = ["LineResult", "exit_status", "document", "write_json", "report", "explain_case",
+__all__ = ["LineResult", "exit_status", "entry", "entries", "report", "explain_case",
            "PASS", "FAIL", "SKIP", "ERROR"]
