@@ -4,11 +4,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Optional, Protocol
 
 from ...core.errors import GuestCommandError, GuestConnectionError
 from ...core.settings import Timeouts
 from ...machine.channel import Result
+from ...supply.modinfo import Module
 from . import apply, lifecycle, livepatch
 from .events import Timeline
 from .forensics import HangEvidence
@@ -46,7 +47,7 @@ class Context:
     events: Timeline
     out_dir: Path
     evidence: HangEvidence
-    modules: dict[str, Any]          # module name -> supply.modinfo.Module: every module of the run
+    modules: dict[str, Module]       # module name -> the module: every module of the run
     patch: str                       # the patch under test's module name
     targets: list[str] = field(default_factory=list)   # target modules loaded at set-up
     params: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)   # module -> insmod params

@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any, Optional
 
-from .record import RunRecord
+from .record import BASELINE, COOLDOWN, HOLD, TRANSITION, RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +16,10 @@ PHASES = (("prepare", "start", "built"), ("boot", "built", "booted"), ("setup", 
           ("patched", "patched", "disable"), ("revert", "disable", "reverted"),
           ("cooldown", "reverted", "cooldown-end"), ("cost", "cost", "cost-end"), ("collect", "collect", "collected"),
           ("teardown", "collected", "verdict"))
+# The phases that are a single patch's judged windows, with their kind (record.py): for runs
+# saved before verdict.json kept the windows it judged, the report draws these.
+WINDOW_KINDS = {"baseline": BASELINE, "apply": TRANSITION, "patched": HOLD, "revert": TRANSITION,
+                "cooldown": COOLDOWN}
 
 
 def phase_seconds(timeline: list[dict[str, Any]]) -> dict[str, float]:

@@ -13,14 +13,13 @@ from typing import Any, Optional, cast
 
 from ....core.errors import ConfigError
 from ....machine import kmsg
+from ...run.events import PHASES, WINDOW_KINDS
 from ...run.livepatch import taint_letters
 
 # For runs saved before verdict.json kept its judged windows: the in-guest phases, each with
 # its kind, from the event that opens it to the one that opens the next (the event names are
 # part of verdict.json's format).
-WINDOWS = (("baseline", "baseline", "baseline", "load-patch"), ("apply", "transition", "load-patch", "patched"),
-           ("patched", "hold", "patched", "disable"), ("revert", "transition", "disable", "reverted"),
-           ("cooldown", "cooldown", "reverted", "cooldown-end"))
+WINDOWS = tuple((name, WINDOW_KINDS[name], a, b) for name, a, b in PHASES if name in WINDOW_KINDS)
 # Timeline events worth a line on the plot, with the words a reader knows them by.
 EVENT_LABELS = {"target-loaded": "target insmod", "load-patch": "insmod", "loaded": "insmod returned",
                 "transition-complete": "transition complete", "transition-stalled": "transition stalled",
