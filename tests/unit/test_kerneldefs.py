@@ -1,4 +1,5 @@
 """Kernel definitions: the shipped ones, where they are found, validation with file/line/field, pins."""
+import os
 import textwrap
 from pathlib import Path
 
@@ -50,6 +51,71 @@ def test_default_directory_is_the_repositorys_and_env_overrides_it(tmp_path, mon
 def test_missing_directory_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         kerneldefs.load_definitions(tmp_path / "nope")
+
+
+# --- directories of definitions beside the built-in ones -----------------------
+MINE = "kind: local\nvmlinuz: a\nmodules: b\nbuild: c\n"
+
+
+@pytest.fixture
+def extra(monkeypatch):
+    """Sets $LIVEPATCH_LAB_EXTRA_KERNELS to the directories given (the built-in ones as shipped)."""
+    monkeypatch.delenv(kerneldefs.ENV_KERNELS, raising=False)
+
+    def use(*dirs: Path) -> None:
+        monkeypatch.setenv(kerneldefs.ENV_EXTRA_KERNELS, os.pathsep.join(map(str, dirs)))
+    return use
+
+
+def test_extra_directories_add_their_definitions_beside_the_built_in_ones(tmp_path, extra):
+    write(tmp_path / "a", "mine.yaml", MINE)
+    write(tmp_path / "b", "theirs.yaml", MINE)
+    extra(tmp_path / "a", tmp_path / "b")
+    defs = kerneldefs.load_definitions()
+    assert set(defs) == {"debian-5.10", "debian-6.1", "debian-6.12", "debian-7", "mine", "theirs"}
+    assert defs["mine"].source == tmp_path / "a" / "mine.yaml"
+    assert defs["debian-6.1"].source == REPO_KERNELS / "debian-6.1.yaml"
+    assert kerneldefs.get_definition("theirs").vmlinuz == tmp_path / "b" / "a"
+
+
+def test_a_directory_named_twice_or_the_built_in_one_named_again_is_read_once(tmp_path, extra):
+    write(tmp_path / "a", "mine.yaml", MINE)
+    extra(tmp_path / "a", tmp_path / "a" / ".." / "a", REPO_KERNELS)
+    assert [d for d, _ in kerneldefs.definition_directories()] == [REPO_KERNELS, tmp_path / "a"]
+    assert "mine" in kerneldefs.load_definitions()
+
+
+def test_a_name_defined_in_an_extra_directory_and_the_built_in_one_is_an_error_naming_both_files(
+        tmp_path, extra):
+    write(tmp_path / "a", "debian-6.1.yaml", DEBIAN_61)
+    extra(tmp_path / "a")
+    with pytest.raises(ConfigError) as err:
+        kerneldefs.load_definitions()
+    assert str(err.value) == (f"{tmp_path / 'a' / 'debian-6.1.yaml'} [name]: kernel 'debian-6.1' is also "
+                              f"defined in {REPO_KERNELS / 'debian-6.1.yaml'}")
+
+
+def test_a_name_defined_in_two_extra_directories_is_an_error_naming_both_files(tmp_path, extra):
+    write(tmp_path / "a", "mine.yml", MINE)
+    write(tmp_path / "b", "mine.yaml", MINE)
+    extra(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'b' / 'mine.yaml'} .*also defined in "
+                                          f"{tmp_path / 'a' / 'mine.yml'}"):
+        kerneldefs.load_definitions()
+
+
+def test_a_missing_extra_directory_is_a_config_error_naming_it_and_its_variable(tmp_path, extra):
+    extra(tmp_path / "nope")
+    with pytest.raises(ConfigError) as err:
+        kerneldefs.load_definitions()
+    assert err.value.source == str(tmp_path / "nope") and err.value.field == kerneldefs.ENV_EXTRA_KERNELS
+
+
+def test_a_directory_asked_for_by_name_is_read_alone(tmp_path, extra):
+    write(tmp_path / "a", "mine.yaml", MINE)
+    extra(tmp_path / "a")
+    assert list(kerneldefs.load_definitions(REPO_KERNELS)) == sorted(
+        ["debian-5.10", "debian-6.1", "debian-6.12", "debian-7"])
 
 
 # --- validation ---------------------------------------------------------------

@@ -15,6 +15,12 @@ omitted) so that a name always leads to exactly one file. Two kinds:
 
 Files validate through ``yamlconf``: every mistake names the file, the line and
 the field, like a scenario's.
+
+Where definitions come from: the built-in directory (the repository's ``kernels/``, or
+``$LIVEPATCH_LAB_KERNELS`` in its place), and beside it each directory of
+``$LIVEPATCH_LAB_EXTRA_KERNELS`` (``os.pathsep``-separated; the pytest plugin's
+``--lab-kernels-dir`` sets it). A name defined twice, in one directory or two, is an error
+naming both files.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from .. import debversion
 
 DEFAULT_KERNELS_DIR = paths.KERNELS_DIR
 ENV_KERNELS = "LIVEPATCH_LAB_KERNELS"
+ENV_EXTRA_KERNELS = "LIVEPATCH_LAB_EXTRA_KERNELS"
 
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._+-]*"
 
@@ -100,19 +107,36 @@ def kernels_directory(directory: Optional[Path] = None) -> Path:
     return Path(env).expanduser() if env else DEFAULT_KERNELS_DIR
 
 
+def definition_directories(directory: Optional[Path] = None) -> list[tuple[Path, Optional[str]]]:
+    """Where definitions are read from, each with the variable that named it (for errors):
+    ``directory`` alone when given; else the built-in directory (``kernels_directory()``) and
+    then each of ``$LIVEPATCH_LAB_EXTRA_KERNELS``, a directory named twice read once."""
+    if directory is not None:
+        return [(Path(directory), None)]
+    found = [(kernels_directory(), ENV_KERNELS if os.environ.get(ENV_KERNELS) else None)]
+    found += [(Path(d).expanduser(), ENV_EXTRA_KERNELS)
+              for d in os.environ.get(ENV_EXTRA_KERNELS, "").split(os.pathsep) if d]
+    seen: set[Path] = set()
+    unique = []
+    for where, var in found:
+        if where.resolve() not in seen:
+            seen.add(where.resolve())
+            unique.append((where, var))
+    return unique
+
+
 def load_definitions(directory: Optional[Path] = None) -> dict[str, KernelDef]:
-    where = kernels_directory(directory)
-    if not where.is_dir():
-        raise ConfigError("kernel definitions directory does not exist", source=str(where),
-                          field=ENV_KERNELS if directory is None and os.environ.get(ENV_KERNELS)
-                          else None)
+    """Every definition of ``definition_directories(directory)``, by name."""
     defs: dict[str, KernelDef] = {}
-    for path in sorted([*where.glob("*.yaml"), *where.glob("*.yml")]):
-        defn = load_definition(path)
-        if defn.name in defs:
-            raise ConfigError(f"kernel {defn.name!r} is also defined in {defs[defn.name].source}",
-                              source=str(path), field="name")
-        defs[defn.name] = defn
+    for where, var in definition_directories(directory):
+        if not where.is_dir():
+            raise ConfigError("kernel definitions directory does not exist", source=str(where), field=var)
+        for path in sorted([*where.glob("*.yaml"), *where.glob("*.yml")]):
+            defn = load_definition(path)
+            if defn.name in defs:
+                raise ConfigError(f"kernel {defn.name!r} is also defined in {defs[defn.name].source}",
+                                  source=str(path), field="name")
+            defs[defn.name] = defn
     return defs
 
 
