@@ -39,7 +39,7 @@ def quick_scenario(tmp_path, lab_settings):
     before, so the plugin (unknown items first, then the longest) runs it before the guest's.
     Its line in the cache's durations.json is taken out again afterwards."""
     from harness.core import atomic
-    from harness.plugin import DURATIONS_FILE, load_durations
+    from harness.plugin.durations import DURATIONS_FILE, load_durations
     name = f"finishes-first-{uuid.uuid4().hex[:8]}"
     path = tmp_path / f"{name}.yaml"
     path.write_text(QUICK.format(name=name))
