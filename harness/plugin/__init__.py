@@ -1,9 +1,10 @@
-"""The pytest plugin: options (with ini twins), the ``vm`` marker, which files are lab files.
+"""The pytest plugin: options (with ini twins), the ``vm`` marker, lab files as items.
 
-The parts by job: ``fixtures`` (the lab's fixtures), ``scenario_items`` and ``selftest_items``
-(lab files as items), ``durations`` (longest first), ``summary`` (the end of a session with lab
-items), ``settings`` (what they share). Kept light: heavy modules (paramiko, kernels, images) are
-imported where they are needed, so merely having the plugin installed costs nothing.
+The parts by job: ``files`` (which files are lab files), ``fixtures`` (the lab's fixtures),
+``scenario_items`` and ``selftest_items`` (lab files as items), ``durations`` (longest first),
+``summary`` (the end of a session with lab items), ``settings`` (what they share). Kept light:
+heavy modules (paramiko, kernels, images) are imported where they are needed, so merely having
+the plugin installed costs nothing.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from ..core.settings import ACCELS, BACKENDS
 from .durations import durations_path, load_durations, longest_first
+from .files import DEFAULT_PATTERNS, PATTERNS_INI, SCENARIO, SELFTESTS, lab_file
 # pytest finds a plugin's fixtures among its module's names
 from .fixtures import lab_boot, lab_image, lab_kernel, lab_kernel_names, lab_settings  # noqa: F401
 from .scenario_items import ScenarioFile, ScenarioItem
@@ -45,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lab-no-snapshots", action="store_true",
                     help="boot every guest instead of resuming a copy of one saved after its first "
                          "boot (env LIVEPATCH_LAB_SNAPSHOTS=0)")
+    parser.addini(PATTERNS_INI, "glob patterns of the YAML files collected as lab files (scenarios, "
+                  "selftests files): with a / against the path from the rootdir (* crosses directories), "
+                  "else against the file's name", type="args", default=list(DEFAULT_PATTERNS))
     parser.addini("lab_cache_dir", "cache for kernels, images and runs")
     parser.addini("lab_backend", "qemu or libvirt")
     parser.addini("lab_libvirt_uri", "libvirt URI(s), one per line", type="linelist")
@@ -98,24 +103,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 # lab files as test items ------------------------------------------------------
-_SCENARIO_HINTS = ("patch:", "patches:")
-
-
 def pytest_collect_file(file_path, parent):
-    """Collect YAML files that are scenarios (a top-level ``patch:``, or ``patches:`` for a
-    lifecycle) or selftests files (a top-level ``selftests:``, see plugin/selftest_items.py)."""
-    if file_path.suffix not in (".yaml", ".yml"):
-        return None
-    try:
-        head = file_path.read_text(errors="replace")
-    except OSError:
-        return None
-    from .selftest_items import SelftestsFile, is_selftests_file
-    if is_selftests_file(head):
+    """Lab files (plugin/files.py) as scenario or selftests files; nothing else."""
+    kind = lab_file(file_path, parent.session)
+    if kind == SELFTESTS:
+        from .selftest_items import SelftestsFile
         return SelftestsFile.from_parent(parent, path=file_path)
-    if not any(line.startswith(_SCENARIO_HINTS) for line in head.splitlines()):
-        return None
-    return ScenarioFile.from_parent(parent, path=file_path)
+    if kind == SCENARIO:
+        return ScenarioFile.from_parent(parent, path=file_path)
+    return None
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:

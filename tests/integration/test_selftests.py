@@ -16,7 +16,7 @@ DATA = Path(__file__).resolve().parent / "data"
 def test_a_broken_expectation_fails_with_the_kernel_log_diff(pytester: pytest.Pytester, lab_settings,
                                                             monkeypatch, no_leftovers):
     monkeypatch.setenv("LIVEPATCH_LAB_RUNS", str(lab_settings.runs_dir))
-    pytester.makeini(f"[pytest]\nlab_cache_dir = {lab_settings.cache_dir}\n")
+    pytester.makeini(f"[pytest]\nlab_cache_dir = {lab_settings.cache_dir}\nlab_scenarios = lab.yaml\n")
     pytester.path.joinpath("lab.yaml").write_text(
         "selftests: livepatch\nname: lab-selftests\nkernels: [debian-6.1]\n"
         f"scripts: []          # none of the kernel's: only the lab's own script\n"

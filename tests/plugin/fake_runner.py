@@ -21,7 +21,9 @@ def pytest_unconfigure(config):   # in-process runs share our harness.lab.runner
 
 def use_fake_runner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, fake_run_source: str) -> None:
     """``fake_run_source`` imports ``harness.lab.runner as runner`` and defines ``fake_run``; a
-    ``patch/`` directory is made for the scenarios' ``source: patch``."""
+    ``patch/`` directory is made for the scenarios' ``source: patch``, which the test writes at
+    the project's top (the ini's ``lab_scenarios = *.yaml`` collects them there)."""
     monkeypatch.setattr(harness.lab.runner, "run", harness.lab.runner.run)   # restored whatever happens
     pytester.makeconftest(fake_run_source + SWAP)
+    pytester.makeini("[pytest]\nlab_scenarios = *.yaml\n")
     pytester.mkdir("patch").joinpath("Makefile").write_text("obj-m += p.o\n")

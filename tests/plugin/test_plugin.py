@@ -52,23 +52,25 @@ patch:
 
 
 def _scenario_dir(pytester: pytest.Pytester, text: str = SCENARIO) -> None:
-    pytester.mkdir("patch").joinpath("Makefile").write_text("obj-m += p.o\n")
-    pytester.path.joinpath("demo.yaml").write_text(text)
-    pytester.path.joinpath("other.yaml").write_text("just: some config\n")
+    """scenarios/demo.yaml (found by lab_scenarios' default) and a YAML that is no scenario."""
+    pytester.mkdir("scenarios").joinpath("patch").mkdir()
+    pytester.path.joinpath("scenarios", "patch", "Makefile").write_text("obj-m += p.o\n")
+    pytester.path.joinpath("scenarios", "demo.yaml").write_text(text)
+    pytester.path.joinpath("scenarios", "other.yaml").write_text("just: some config\n")
 
 
 def test_scenario_files_collect_one_item_per_kernel(pytester: pytest.Pytester):
     _scenario_dir(pytester)
     result = pytester.runpytest("--collect-only", "-q")
-    result.stdout.fnmatch_lines(["demo.yaml::demo[[]debian-5.10]", "demo.yaml::demo[[]debian-6.1]",
-                                 "demo.yaml::demo[[]debian-6.12]", "demo.yaml::demo[[]debian-7]"])
+    result.stdout.fnmatch_lines([f"scenarios/demo.yaml::demo[[]{k}]"
+                                 for k in ("debian-5.10", "debian-6.1", "debian-6.12", "debian-7")])
     assert "other.yaml" not in result.stdout.str()
 
 
 def test_the_kernel_option_narrows_the_matrix(pytester: pytest.Pytester):
     _scenario_dir(pytester)
     result = pytester.runpytest("--collect-only", "-q", "--lab-kernel", "debian-6.12")
-    result.stdout.fnmatch_lines(["demo.yaml::demo[[]debian-6.12]", "1 test collected*"])
+    result.stdout.fnmatch_lines(["scenarios/demo.yaml::demo[[]debian-6.12]", "1 test collected*"])
 
 
 def test_a_broken_scenario_is_a_collection_error_naming_file_line_and_field(pytester: pytest.Pytester):

@@ -71,7 +71,7 @@ fi
 
 def _project(pytester: pytest.Pytester, kernels="[debian-6.1]") -> None:
     pytester.makeconftest(FAKES)
-    pytester.makeini(f"[pytest]\nlab_cache_dir = {pytester.path / 'cache'}\n")
+    pytester.makeini(f"[pytest]\nlab_cache_dir = {pytester.path / 'cache'}\nlab_scenarios = selftests.yaml\n")
     selftests = pytester.mkdir("src").joinpath("tree/tools/testing/selftests/livepatch")
     selftests.mkdir(parents=True)
     selftests.joinpath("Makefile").write_text("TEST_PROGS := test-demo.sh\n")
