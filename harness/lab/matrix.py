@@ -77,8 +77,7 @@ def judge(cell: Cell, outcome: Outcome) -> Result:
     """The verdict against the scenario's ``expect`` (its per-kernel one where given): the same
     verdict, and every check it expects among those that failed."""
     want = cell.scenario.expectation(cell.kernel)
-    failing = {r.check for r in outcome.verdict.reasons}
-    met = outcome.verdict.verdict == want.verdict and set(want.checks) <= failing
+    met = want.met_by(outcome.verdict.verdict, (r.check for r in outcome.verdict.reasons))
     return Result(outcome, want.verdict, tuple(want.checks), met)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from harness.core.errors import ConfigError
 from harness.lab.scenario import loader as scenario
-from harness.lab.scenario.specs import ProbeSpec, ServiceSpec, Thresholds, TimelineSpec
+from harness.lab.scenario.specs import ProbeSpec, ReleaseSpec, ServiceSpec, Thresholds, TimelineSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -76,6 +76,12 @@ def test_the_yaml_becomes_typed_specs(tmp_path):
     ("patch:\n  source: p\nservice:\n  path: /a b\n", 4, "service.path", "absolute URL path"),
     ("patch:\n  source: p\nservice:\n  command: ''\n", 4, "service.command", "must not be empty"),
     ("patch:\n  source: p\nname: a/b\n", 3, "name", "plain name"),
+    ("patch:\n  source: p\nrelease:\n  owner: me\n", 4, "release.owner", "unknown field"),
+    ("patch:\n  source: p\nrelease:\n  version: 1.10\n", 4, "release.version", 'quote it: release.version: "1.10"'),
+    ("patch:\n  source: p\nrelease:\n  ticket: ' '\n", 4, "release.ticket", "must not be empty"),
+    ("patch:\n  source: p\nrelease:\n  approver: \"A\\nB\"\n", 4, "release.approver", "must be one line"),
+    ("patch:\n  source: p\nrelease:\n  name: [a]\n", 4, "release.name", "must be a string"),
+    (f"patch:\n  source: p\nrelease:\n  name: {'x' * 201}\n", 4, "release.name", "at most 200 characters"),
     ("patch: [\n", None, None, "not valid YAML"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path, text, line, field, words):
@@ -90,6 +96,15 @@ def test_bad_input_names_file_line_and_field(tmp_path, text, line, field, words)
     if field:
         assert err.value.field == field
         assert f"[{field}]" in str(err.value)
+
+
+def test_a_release_names_the_patch_signed_off_each_field_optional(tmp_path):
+    sc = scenario.load(write(tmp_path, "patch: {source: p}\nrelease:\n  name: CVE-2025-1 fix\n  version: 3\n"
+                                       "  ticket: 1234\n  approver: A. Person <a@example.org>\n"))
+    assert sc.release == ReleaseSpec("CVE-2025-1 fix", "3", "1234", "A. Person <a@example.org>")
+    assert scenario.load(write(tmp_path, "patch: {source: p}\nrelease: {ticket: SEC-9}\n")).release.as_dict() == {
+        "ticket": "SEC-9"}
+    assert scenario.load(write(tmp_path, "patch: {source: p}\n")).release.as_dict() == {}
 
 
 def test_a_directory_without_kbuild_files_or_a_ko_that_is_not_elf_is_refused(tmp_path):

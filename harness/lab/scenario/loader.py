@@ -22,8 +22,8 @@ from ...core.errors import ConfigError
 from .judgeable import judgeable
 from .schema import PARAM_NAME, SCHEMA, debug_facilities
 from .sections import apply_spec, image_recipe, lifecycle, module_spec, overhead_spec, security_spec
-from .specs import (SAMPLE_PREFIX, DebugSpec, Expectation, ModuleSpec, ProbeSpec, Scenario, ServiceSpec,
-                    SoakSpec, StepSpec, StressSpec, Thresholds, TimelineSpec, TransitionSpec)
+from .specs import (SAMPLE_PREFIX, DebugSpec, Expectation, ModuleSpec, ProbeSpec, ReleaseSpec, Scenario,
+                    ServiceSpec, SoakSpec, StepSpec, StressSpec, Thresholds, TimelineSpec, TransitionSpec)
 
 CHECK_SOURCE = "livepatch-lab check"
 
@@ -84,7 +84,7 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
         security=security_spec(v["security"], loaded, base), apply=applied,
         image=image_recipe(v["image"], applied.tool, loaded, base),
         debug=DebugSpec(debug_facilities(v["debug"])),
-        overhead=overhead_spec(v, loaded))
+        overhead=overhead_spec(v, loaded), release=ReleaseSpec(**v["release"]))
     if sc.apply.tool != "insmod" and any(m.params for m in (sc.patch, sc.upgrade_from, *sc.patches.values()) if m):
         raise loaded.error("module parameters need the lab's insmod: a tool or hook loads the module its own way",
                            "apply")

@@ -11,8 +11,9 @@ from typing import Any, Optional
 from ...core import yamlconf
 from ...core.yamlconf import Field
 from . import hookcmd
-from .specs import (ACTIONS, APPLY_TOOLS, CHECKS, DEBUG_FACILITIES, ON_STALL, OUTCOMES, VERDICTS,
-                    OverheadSpec, ProbeSpec, ServiceSpec, SoakSpec, StressSpec, Thresholds, TimelineSpec)
+from .specs import (ACTIONS, APPLY_TOOLS, CHECKS, DEBUG_FACILITIES, ON_STALL, OUTCOMES, RELEASE_FIELDS,
+                    VERDICTS, OverheadSpec, ProbeSpec, ServiceSpec, SoakSpec, StressSpec, Thresholds,
+                    TimelineSpec)
 
 
 def _one_of(choices: tuple[str, ...]):
@@ -37,6 +38,18 @@ def _seconds(v: float) -> Optional[str]:
 
 def _command(v: str) -> Optional[str]:
     return None if v.strip() else "must not be empty"
+
+
+def _label(v: str) -> Optional[str]:
+    """One line of text a reader sees on the report: a name, a version, a ticket, a person."""
+    if not v.strip():
+        return "must not be empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in v):
+        return f"must be one line of text (no line breaks or control characters), not {v!r}"
+    return None if len(v) <= LABEL_MAX else f"must be at most {LABEL_MAX} characters, not {len(v)}"
+
+
+LABEL_MAX = 200
 
 
 def _port(p: int) -> Optional[str]:
@@ -172,6 +185,8 @@ SCHEMA: yamlconf.Schema = {
                         f"must be 5 to 1000 blocks an arm, not {n}"),
         "cycles": Field(int, default=OverheadSpec.cycles, check=lambda n: None if 1 <= n <= 100 else
                         f"must be 1 to 100 load/revert cycles, not {n}")}),
+    "release": Field(dict, schema={k: Field(str, as_text=True, check=_label) for k in RELEASE_FIELDS},
+                     doc="the patch the runs sign off (name, version, ticket, approver): shown on the report"),
     "expect": Field(dict, schema={
         "verdict": Field(str, default="pass", check=_one_of(VERDICTS)),
         "checks": Field(list, items=str, default=[], check=_checks),

@@ -7,9 +7,9 @@ defaults here are the scenario format's defaults (README: "Scenario format").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 CHECKS = ("build", "compat", "load", "signature", "transition", "probe", "service", "dmesg", "taint",
           "revert", "lifecycle", "soak", "overhead")
@@ -29,6 +29,8 @@ SAMPLE_PREFIX = "kernel-sample:"
 # sysfs, or a vendor's tool, which needs its own image recipe (images/<recipe>.yaml).
 APPLY_TOOLS = ("insmod", "kpatch")
 TOOL_IMAGES = {"kpatch": "kpatch"}
+# What a scenario's `release:` block names: the patch the runs sign off (README: "The sign-off report").
+RELEASE_FIELDS = ("name", "version", "ticket", "approver")
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,24 @@ class Expectation:
     checks: tuple[str, ...] = ()
     reason: str = ""
 
+    def met_by(self, verdict: str, failing: Iterable[str]) -> bool:
+        """The expected verdict, and every check it expects among those that failed."""
+        return verdict == self.verdict and set(self.checks) <= set(failing)
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """The patch the runs sign off, as the sign-off report names it: its name and version, the
+    ticket it answers and who approves it. Each optional; the lab only shows them."""
+    name: Optional[str] = None
+    version: Optional[str] = None
+    ticket: Optional[str] = None
+    approver: Optional[str] = None
+
+    def as_dict(self) -> dict[str, str]:
+        """The fields given (verdict.json's ``release``)."""
+        return {k: v for k, v in asdict(self).items() if v}
+
 
 @dataclass(frozen=True)
 class Scenario:
@@ -217,6 +237,7 @@ class Scenario:
     image: Optional[Path] = None         # the guest image's recipe; None: images/default.yaml
     debug: DebugSpec = DebugSpec()
     overhead: OverheadSpec = OverheadSpec()
+    release: ReleaseSpec = ReleaseSpec()
 
     def expectation(self, kernel: str) -> Expectation:
         return self.per_kernel.get(kernel, self.per_kernel.get(kernel.split("@")[0], self.expect))
