@@ -24,7 +24,7 @@ from ..machine import heartbeat, hostcpu, session
 from ..supply import images, recipes
 from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
 from .run import apply, livepatch, memdebug
-from .report import outcome as outcomes
+from .report import criteria, outcome as outcomes
 from .run import prepare as modules
 from .run.context import Context, Step
 from .run.events import Timeline
@@ -98,7 +98,8 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path,
     verdict = decide(expect, rec)
     events("verdict", verdict=verdict.verdict)
     result = Outcome(sc.name, kernel_spec, verdict, kernel_info, events.events, str(out_dir),
-                     time.monotonic() - started, modules_info)
+                     time.monotonic() - started, modules_info, criteria.record(sc, expect, kernel_spec),
+                     sc.release.as_dict())
     try:
         with diskspace.guard(out_dir, "writing the run's verdict and artifacts", hint=diskspace.ARTIFACTS_HINT):
             outcomes.write(out_dir, result, rec)

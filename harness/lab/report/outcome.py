@@ -27,6 +27,8 @@ class Outcome:
     artifacts: str = ""
     seconds: float = 0.0
     modules: list[dict[str, str]] = field(default_factory=list)   # role, name, path, signature
+    criteria: dict[str, Any] = field(default_factory=dict)        # what it was judged against (criteria.py)
+    release: dict[str, str] = field(default_factory=dict)         # the scenario's `release:`, as given
 
     @property
     def phases(self) -> dict[str, float]:
@@ -36,7 +38,8 @@ class Outcome:
         return {"scenario": self.scenario, "kernel": self.kernel, **self.verdict.as_dict(),
                 "kernel_info": self.kernel_info, "timeline": self.timeline,
                 "phases": self.phases,
-                "modules": self.modules, "artifacts": self.artifacts, "seconds": round(self.seconds, 2)}
+                "modules": self.modules, "artifacts": self.artifacts, "seconds": round(self.seconds, 2),
+                "criteria": self.criteria, "release": self.release}
 
 
 def clear(out_dir: Path) -> None:
