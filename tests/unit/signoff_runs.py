@@ -10,9 +10,28 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
+from harness.lab.report import criteria as saved_criteria
+from harness.lab.scenario.expect import Expect
+from harness.lab.scenario.specs import Expectation, ModuleSpec, ProbeSpec, Scenario, Thresholds
+
 T0 = 1_800_000_000.0
 VERSION, RELEASE = "6.1.192-3", "6.1.0-57-amd64"
 OOPS = "[   22.100000] BUG: kernel NULL pointer dereference, address: 0000000000000000"
+PROBE, PATCHED = "cat /proc/cmdline", "^livepatch-lab: patched$"
+LOGGED = "livepatch: 'lab_good': patching complete"
+# the judged windows of a whole run: (name, kind, from, to (seconds after T0), probe phase)
+WINDOWS = (("baseline", "baseline", 10.0, 13.0, "before"), ("apply", "transition", 13.0, 15.0, None),
+           ("patched", "hold", 15.0, 18.0, "patched"), ("revert", "transition", 18.0, 19.5, None),
+           ("cooldown", "cooldown", 19.5, 21.5, "after"))
+
+
+def criteria(kernel: str = "debian-6.1", expected: tuple[str, tuple[str, ...]] = ("pass", ())) -> dict:
+    """What the runner keeps of a scenario with a probe, an expected kernel-log line and a cost limit,
+    which expects ``expected`` (a verdict and the checks that fail)."""
+    sc = Scenario(name="good", patch=ModuleSpec(source=Path("/src/good")), probe=ProbeSpec(PROBE, 0.4),
+                  expect=Expectation(*expected))
+    expect = Expect(thresholds=Thresholds(overhead_max_percent=5.0), probe={"patched": PATCHED}, dmesg=(LOGGED,))
+    return saved_criteria.record(sc, expect, kernel)
 
 
 def make_module(directory: Path, name: str = "lab_good", release: str = RELEASE) -> Path:
@@ -29,10 +48,10 @@ def make_module(directory: Path, name: str = "lab_good", release: str = RELEASE)
     return ko
 
 
-def _events(ko: Optional[Path], stop_after: Optional[str]) -> list[dict]:
+def _events(ko: Optional[Path], stop_after: Optional[str], accel: str = "tcg") -> list[dict]:
     steps = [("start", 0.0, {}), ("build", 0.1, {}),
              ("built", 1.0, {"patch": str(ko), "targets": []} if ko else {"targets": []}),
-             ("booted", 6.0, {"accel": "tcg", "seconds": 5.0, "backend": "qemu"}),
+             ("booted", 6.0, {"accel": accel, "seconds": 5.0, "backend": "qemu"}),
              ("baseline", 10.0, {}), ("load-patch", 13.0, {"module": "lab_good"}),
              ("loaded", 14.0, {"seconds": 1.0}), ("transition-complete", 15.0, {"seconds": 1.0}),
              ("patched", 15.0, {}), ("disable", 18.0, {}), ("unpatch-complete", 19.0, {"seconds": 1.0}),
@@ -48,12 +67,16 @@ def _events(ko: Optional[Path], stop_after: Optional[str]) -> list[dict]:
 
 def make_run(root: Path, scenario: str = "good", kernel: str = "debian-6.1", verdict: str = "pass",
              slow: float = 0.0, failed: int = 0, ko: Optional[Path] = None, oops: bool = False,
-             stop_after: Optional[str] = None) -> Path:
+             stop_after: Optional[str] = None, accel: str = "tcg", release: Optional[dict] = None,
+             judged: bool = True, expected: Optional[tuple[str, tuple[str, ...]]] = None) -> Path:
     """An artifact folder of one run: ``slow`` seconds added to the latency while patched,
-    ``failed`` requests that timed out while patched, an Oops in dmesg."""
+    ``failed`` requests that timed out while patched, an Oops in dmesg; ``release``: its scenario's
+    patch identity; ``judged``: saved with its criteria and judged windows (a whole run's), as
+    today's runs are, else as runs saved before they were kept; ``expected``: what its scenario
+    expects (default: the run's own verdict, with the checks that failed)."""
     folder = root / scenario / kernel
     folder.mkdir(parents=True)
-    events = _events(ko, stop_after)
+    events = _events(ko, stop_after, accel)
     events.append({"t": events[-1]["t"] + 1, "event": "verdict", "verdict": verdict})
     reasons = []
     if slow:
@@ -93,5 +116,11 @@ def make_run(root: Path, scenario: str = "good", kernel: str = "debian-6.1", ver
                                          "sha256": "ab" * 32}]},
            "timeline": events, "phases": {"prepare": 1.0, "boot": 5.0, "baseline": 3.0},
            "artifacts": str(folder), "seconds": 24.0}
+    if judged:
+        want = expected or (verdict, tuple(sorted({r["check"] for r in reasons})))
+        doc.update(criteria=criteria(kernel, want), release=release or {})
+        if stop_after is None:
+            doc["windows"] = [{"name": n, "kind": k, "start": T0 + a, "end": T0 + b, "probe_phase": p}
+                              for n, k, a, b, p in WINDOWS]
     (folder / "verdict.json").write_text(json.dumps(doc, indent=2))
     return folder

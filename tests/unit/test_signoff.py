@@ -287,5 +287,5 @@ def test_the_check_and_run_commands_take_report(tmp_path):
 def test_the_templates_are_package_data():
     toml = (Path(cli.__file__).parents[2] / "pyproject.toml").read_text()
     assert '"harness.lab.report.signoff" = ["templates/*"]' in toml
-    assert {p.name for p in (Path(signoff.__file__).parent / "templates").iterdir()} == {"index.html.j2",
-                                                                                      "style.css"}
+    assert {p.name for p in (Path(signoff.__file__).parent / "templates").iterdir()} == {
+        "index.html.j2", "criteria.html.j2", "style.css"}

@@ -4,7 +4,9 @@
 artifacts and the modules it loaded into ``DIR/runs/<scenario>/<kernel>/``,
 renders ``DIR/index.html`` (styles and plots inline, no script, nothing loaded
 from anywhere) and lists every file with its sha256 in ``DIR/manifest.json``,
-with the runs' inputs. ``verify(DIR)`` recomputes it.
+with the runs' inputs. ``write_saved(DIR, paths, settings)`` does the same for
+the runs found under saved paths (``livepatch-lab report``). ``verify(DIR)``
+recomputes it.
 """
 from __future__ import annotations
 
@@ -54,7 +56,8 @@ def _copy_run(run: Run, stage: Path, settings: Settings) -> list[dict[str, Any]]
     return modules
 
 
-def _inputs(runs: Sequence[Run], modules: Mapping[str, list], env: dict[str, Any]) -> dict[str, Any]:
+def _inputs(runs: Sequence[Run], modules: Mapping[str, list], env: dict[str, Any],
+            page: Mapping[str, Optional[str]]) -> dict[str, Any]:
     def run_inputs(r: Run) -> dict[str, Any]:
         k = r.kernel_info
         booted = r.event("booted") or {}
@@ -64,8 +67,9 @@ def _inputs(runs: Sequence[Run], modules: Mapping[str, list], env: dict[str, Any
                 "modules": [{key: m.get(key) for key in ("role", "name", "sha256", "vermagic", "signature",
                                                           "source", "source_files", "copy")}
                             for m in modules[r.slug]],
-                "accel": booted.get("accel"), "backend": booted.get("backend"), "uri": booted.get("uri")}
-    return {"runs": [run_inputs(r) for r in runs], "image": env["image"],
+                "accel": booted.get("accel"), "backend": booted.get("backend"), "uri": booted.get("uri"),
+                "release": r.release}
+    return {"runs": [run_inputs(r) for r in runs], "image": env["image"], "page": dict(page),
             "lab": {k: env[k] for k in ("lab_version", "git_commit", "host", "qemu", "generated")}}
 
 
@@ -110,8 +114,10 @@ def load_runs(folders: Iterable[Path], expected: Optional[Mapping[Path, tuple[st
 
 
 def write(report_dir: Path, folders: Iterable[Path], settings: Settings,
-          expected: Optional[Mapping[Path, tuple[str, bool]]] = None) -> str:
-    """Make the report of the runs in ``folders``; return the manifest's sha256."""
+          expected: Optional[Mapping[Path, tuple[str, bool]]] = None, *, title: Optional[str] = None,
+          note: Optional[str] = None) -> str:
+    """Make the report of the runs in ``folders``; return the manifest's sha256. ``title`` heads
+    the page (what is signed off), ``note`` is a word to its reader; both also in the manifest."""
     report_dir = Path(report_dir).absolute()
     runs = load_runs(folders, expected)
     report_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -122,12 +128,44 @@ def write(report_dir: Path, folders: Iterable[Path], settings: Settings,
         env = inputs.environment(settings)
         svgs = {r.slug: plot.timeline_svg(r, salt=r.slug) for r in runs}
         cost_svgs = {r.slug: plot.overhead_svg(r, salt=r.slug) for r in runs}
-        (stage / "index.html").write_text(page.render(runs, svgs, modules, env, cost_svgs))
-        digest = manifest.write(stage, _inputs(runs, modules, env))
+        (stage / "index.html").write_text(page.render(runs, svgs, modules, env, cost_svgs, title=title, note=note))
+        digest = manifest.write(stage, _inputs(runs, modules, env, {"title": title, "note": note}))
         _replace(report_dir, stage)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return digest
 
 
-__all__ = ["Check", "Run", "check_destination", "load_runs", "verify", "write"]
+def find_runs(paths: Iterable[Path], report_dir: Optional[Path] = None) -> list[Path]:
+    """The run artifact folders at or under ``paths`` (a folder holding ``verdict.json``), each
+    once, in order; an earlier report's copies in ``report_dir`` are not runs to report on."""
+    found: list[Path] = []
+    skip = Path(report_dir).absolute() if report_dir is not None else None
+    for given in map(Path, paths):
+        if not given.is_dir():
+            raise ConfigError(f"{given} is not a directory: give run artifact folders or directories "
+                              "holding them")
+        hits = [given] if (given / "verdict.json").is_file() else sorted(
+            p.parent for p in given.rglob("verdict.json") if p.is_file())
+        for folder in hits:
+            here = folder.absolute()
+            if here not in found and not (skip is not None and (here == skip or skip in here.parents)):
+                found.append(here)
+    if not found:
+        raise ConfigError("no run's artifact folder (one holding a verdict.json) under "
+                          + ", ".join(map(str, paths)) + (f" outside the report directory {report_dir}"
+                                                           if report_dir is not None else ""))
+    return found
+
+
+def write_saved(report_dir: Path, paths: Iterable[Path], settings: Settings, *, title: Optional[str] = None,
+                note: Optional[str] = None) -> str:
+    """``livepatch-lab report ARTIFACTS... --out DIR``: the report of every run saved at or under
+    ``paths`` (each run's expected verdict is the one its folder kept); return the manifest's sha256."""
+    paths = list(paths)
+    folders = find_runs(paths, report_dir)
+    check_destination(Path(report_dir))
+    return write(report_dir, folders, settings, title=title, note=note)
+
+
+__all__ = ["Check", "Run", "check_destination", "find_runs", "load_runs", "verify", "write", "write_saved"]

@@ -15,6 +15,7 @@ from ....core.errors import ConfigError
 from ....machine import kmsg
 from ...run.events import PHASES, WINDOW_KINDS
 from ...run.livepatch import taint_letters
+from ...scenario.specs import Expectation
 
 # For runs saved before verdict.json kept its judged windows: the in-guest phases, each with
 # its kind, from the event that opens it to the one that opens the next (the event names are
@@ -70,6 +71,21 @@ class Run:
     @property
     def kernel_info(self) -> dict[str, Any]:
         return self.verdict.get("kernel_info") or {}
+
+    @property
+    def criteria(self) -> dict[str, Any]:
+        """What the run was judged against (report/criteria.py); empty for a run saved before."""
+        return self.verdict.get("criteria") or {}
+
+    @property
+    def release(self) -> dict[str, str]:
+        """The patch the run signs off, as its scenario's ``release:`` names it."""
+        return self.verdict.get("release") or {}
+
+    @property
+    def emulated(self) -> bool:
+        """Its guest ran on QEMU's emulated CPU (TCG), not on hardware virtualization."""
+        return (self.event("booted") or {}).get("accel") == "tcg"
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -180,5 +196,11 @@ def load(folder: Path) -> Run:
         raise ConfigError(f"{folder}/verdict.json is not JSON: {exc}") from None
     if not isinstance(verdict, dict) or "verdict" not in verdict:
         raise ConfigError(f"{folder}/verdict.json holds no verdict")
-    return Run(folder, verdict, _json_lines(folder / "requests.jsonl"), _json_lines(folder / "probe.jsonl"),
-               _dmesg(folder / "dmesg.txt", verdict.get("reasons") or []))
+    run = Run(folder, verdict, _json_lines(folder / "requests.jsonl"), _json_lines(folder / "probe.jsonl"),
+              _dmesg(folder / "dmesg.txt", verdict.get("reasons") or []))
+    want = run.criteria.get("expect")
+    if want:   # what its scenario expected on its kernel, kept with the run
+        expectation = Expectation(want["verdict"], tuple(want.get("checks") or ()))
+        run.expected = expectation.verdict
+        run.as_expected = expectation.met_by(verdict["verdict"], (r.get("check") for r in verdict.get("reasons") or []))
+    return run

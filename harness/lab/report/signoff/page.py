@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
+from . import acceptance
 from .collect import EVENT_LABELS, Run
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -62,6 +63,7 @@ def run_view(run: Run, svg: Optional[str], modules: list[dict[str, Any]],
         bars.append(("in a phase that did not end", round(rest, 2), 100.0 * rest / total, "seg-unended"))
     timings = [m.get(k) for k in ("load_s", "transition_s", "disable_s", "unpatch_s")]
     return {"run": run, "anchor": run.anchor, "svg": Markup(svg) if svg else None,
+            "criteria": acceptance.view(run), "release": run.release, "emulated": run.emulated,
             "reasons": run.verdict.get("reasons") or [], "modules": modules,
             "booted": booted, "events": _events(run, t0), "service": m.get("service") or {},
             "timings": [("insmod (load_s)", m.get("load_s")), ("patching transition", m.get("transition_s")),
@@ -75,12 +77,28 @@ def run_view(run: Run, svg: Optional[str], modules: list[dict[str, Any]],
             "files": sorted(p.name for p in run.folder.iterdir() if p.is_file() and not p.name.startswith("."))}
 
 
+def releases(runs: Sequence[Run]) -> list[tuple[dict[str, str], list[Run]]]:
+    """Each distinct patch identity the runs' scenarios give (``release:``), with its runs."""
+    out: list[tuple[dict[str, str], list[Run]]] = []
+    for r in runs:
+        if r.release:
+            same = next((group for release, group in out if release == r.release), None)
+            if same is None:
+                out.append((r.release, [r]))
+            else:
+                same.append(r)
+    return out
+
+
 def render(runs: Sequence[Run], svgs: dict[str, Optional[str]], modules: dict[str, list[dict[str, Any]]],
-           environment: dict[str, Any], cost_svgs: Optional[dict[str, Optional[str]]] = None) -> str:
+           environment: dict[str, Any], cost_svgs: Optional[dict[str, Optional[str]]] = None,
+           title: Optional[str] = None, note: Optional[str] = None) -> str:
+    """The page; ``title`` and ``note`` are the report's own (what is signed off, a word to the reader)."""
     counts = {v: sum(1 for r in runs if r.verdict["verdict"] == v) for v in VERDICTS}
     judged = [r for r in runs if r.as_expected is not None]
     return _environment().get_template("index.html.j2").render(
         runs=[run_view(r, svgs.get(r.slug), modules.get(r.slug, []), (cost_svgs or {}).get(r.slug)) for r in runs],
         matrix=matrix(runs), counts=counts, environment=environment,
         overall=("error" if counts["error"] else "fail" if counts["fail"] else "pass"),
-        not_as_expected=[r for r in judged if not r.as_expected], judged=bool(judged))
+        not_as_expected=[r for r in judged if not r.as_expected], judged=bool(judged),
+        title=title, note=note, releases=releases(runs), emulated=[r for r in runs if r.emulated])
