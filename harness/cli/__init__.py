@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 from ..core.errors import ConfigError, HarnessError
 from .commands import EXIT_LAB
 from .logs import setup_logging
-from .parser import build_parser
+from .parser import build_parser, verbosity
 
 EXIT_PIPE = 128 + 13   # stdout's reader went away: what a shell reports for SIGPIPE
 
@@ -37,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.cmd != "boot":
             parser.error(f"'--' only separates a guest command for boot, not for {args.cmd}")
         args.command = [*args.command, *guest_cmd]
-    setup_logging(-1 if args.quiet else args.verbose)
+    setup_logging(verbosity(args))
     try:
         status = args.func(args)
         sys.stdout.flush()   # a closed pipe shows here, not at exit as "Exception ignored"
@@ -56,7 +56,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             # Python flushes stdout again at exit: into /dev/null, not the closed pipe
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_PIPE
-        log.error("%s%s", exc, "" if args.verbose else " (run with -v for where)")
+        log.error("%s%s", exc, "" if verbosity(args) > 0 else " (run with -v for where)")
         log.debug("where", exc_info=True)
         return EXIT_LAB if args.cmd == "boot" else 2
 

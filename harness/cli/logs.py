@@ -1,5 +1,9 @@
 """The lab's own log lines on stderr, ``[lab HH:MM:SS] message``, at the verbosity ``-v``/``-q``
 chose; apart from ``main`` so the entry point reads as parse, log, run, exit status.
+
+Verbosity 0 (the default) shows progress (INFO: what is fetched, built, booted, run); each ``-v``
+is one more, each ``-q`` one less: 1 and 2 add the debug lines, 3 and more also paramiko's
+(SSH); -1 leaves warnings and errors, -2 and less errors only.
 """
 from __future__ import annotations
 
@@ -31,6 +35,12 @@ def setup_logging(verbosity: int) -> None:
     handler.setFormatter(_Formatter())
     root = logging.getLogger("harness")
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbosity > 1 else logging.INFO if verbosity >= 0 else logging.WARNING)
+    root.setLevel(level(verbosity))
     # SSH attempts to a booting guest fail by design; the lab reports its own errors.
     logging.getLogger("paramiko").setLevel(logging.DEBUG if verbosity > 2 else logging.CRITICAL)
+
+
+def level(verbosity: int) -> int:
+    """The lab's log level for a verbosity (0 the default, +1 per -v, -1 per -q)."""
+    return (logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0
+            else logging.WARNING if verbosity == -1 else logging.ERROR)

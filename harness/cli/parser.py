@@ -1,5 +1,7 @@
 """The command line's grammar: every command, its options and their help, each command bound to
 the function that runs it (``commands``, ``runs``). A bad option is one line naming it.
+
+``-v``, ``-q`` and ``--cache-dir`` go before or after the command.
 """
 from __future__ import annotations
 
@@ -15,6 +17,27 @@ from .runs import cmd_check, cmd_run, cmd_selftests, cmd_soak
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):   # one line naming the option and the value, not a usage dump
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _common(top: bool) -> _Parser:
+    """-v, -q and --cache-dir, before the command (``top``) or after it. After it they count
+    apart (``verbosity`` adds them up) and have no default, so they do not reset what came before."""
+    p = _Parser(add_help=False)
+    count, suffix = (0, "") if top else (argparse.SUPPRESS, "_after")
+    p.add_argument("--cache-dir", metavar="DIR", default=None if top else argparse.SUPPRESS,
+                   help="cache for kernels, images and runs (env LIVEPATCH_LAB_CACHE; "
+                        "default ~/.cache/livepatch-lab)")
+    p.add_argument("-v", "--verbose", action="count", default=count, dest="verbose" + suffix,
+                   help="more detail: debug lines too (-vvv: also SSH's own)")
+    p.add_argument("-q", "--quiet", action="count", default=count, dest="quiet" + suffix,
+                   help="less: warnings and errors only (-qq: errors only)")
+    return p
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """``-v`` and ``-q`` wherever they were given: 0 the default, above it more, below it less."""
+    return (args.verbose + getattr(args, "verbose_after", 0)
+            - args.quiet - getattr(args, "quiet_after", 0))
 
 
 def _backend_options(sp: argparse.ArgumentParser) -> None:
@@ -38,32 +61,30 @@ def _security_options(sp: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from ..supply.recipes import DEFAULT_RECIPE
-    p = _Parser(prog="livepatch-lab", description="Prove a kernel livepatch in real QEMU guests.")
-    p.add_argument("--cache-dir", help="cache for kernels, images and runs "
-                   "(env LIVEPATCH_LAB_CACHE; default ~/.cache/livepatch-lab)")
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    p.add_argument("-q", "--quiet", action="store_true")
+    p = _Parser(prog="livepatch-lab", description="Prove a kernel livepatch in real QEMU guests.",
+                parents=[_common(top=True)])
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    after = [_common(top=False)]
 
-    k = sub.add_parser("kernels", help="list defined kernels, their exact versions and cache state")
+    k = sub.add_parser("kernels", parents=after, help="list defined kernels, their exact versions and cache state")
     k.add_argument("--refresh", action="store_true", help="re-read the archive's package lists")
     k.add_argument("--offline", action="store_true", help="show the cache only; no archive look-up")
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=cmd_kernels)
 
-    f = sub.add_parser("fetch", help="download and unpack kernels into the cache")
+    f = sub.add_parser("fetch", parents=after, help="download and unpack kernels into the cache")
     f.add_argument("kernel", nargs="+", help="kernel name, optionally NAME@VERSION")
     f.add_argument("--refresh", action="store_true", help="look for a newer version in the archive")
     f.set_defaults(func=cmd_fetch)
 
-    img = sub.add_parser("image", help="guest images")
+    img = sub.add_parser("image", parents=after, help="guest images")
     isub = img.add_subparsers(dest="image_cmd", required=True, metavar="ACTION")
-    ib = isub.add_parser("build", help="build (or find cached) the guest base image")
+    ib = isub.add_parser("build", parents=after, help="build (or find cached) the guest base image")
     ib.add_argument("--recipe", default=str(DEFAULT_RECIPE))
     ib.add_argument("--force", action="store_true", help="rebuild even if cached")
     ib.set_defaults(func=cmd_image_build)
 
-    ca = sub.add_parser("cache", help="what the cache holds; --prune removes what no kernel or "
+    ca = sub.add_parser("cache", parents=after, help="what the cache holds; --prune removes what no kernel or "
                                       "image in use needs")
     ca.add_argument("--prune", action="store_true",
                     help="remove superseded kernel versions and what was derived from them, "
@@ -71,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--json", action="store_true")
     ca.set_defaults(func=cmd_cache)
 
-    b = sub.add_parser("boot", help="boot KERNEL, run CMD over SSH, print its output, exit with its status",
+    b = sub.add_parser("boot", parents=after, help="boot KERNEL, run CMD over SSH, print its output, exit with its status",
                        usage="livepatch-lab boot [options] KERNEL [-- CMD...]")
     b.add_argument("kernel", help=f"kernel name, optionally NAME@VERSION (e.g. {DEFAULT_KERNEL})")
     b.add_argument("command", nargs="*", help="command to run in the guest, after -- (default: uname -a)")
@@ -107,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "slub, kfence, poison (default: all the kernel was built with; a scenario's "
                              "`debug:` for run), or none for a performance-faithful run")
 
-    c = sub.add_parser("check", help="validate one livepatch (kbuild dir or .ko) under load; "
+    c = sub.add_parser("check", parents=after, help="validate one livepatch (kbuild dir or .ko) under load; "
                                      "exit 0 pass, 1 fail, 2 error")
     c.add_argument("patch", help="kbuild directory or prebuilt .ko")
     c.add_argument("--target-module", action="append", default=[], metavar="M[:NAME=VALUE,...]",
@@ -139,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     matrix_options(c)
     c.set_defaults(func=cmd_check)
 
-    s = sub.add_parser("soak", help="apply and revert one livepatch N times in one guest under load; fail on "
+    s = sub.add_parser("soak", parents=after, help="apply and revert one livepatch N times in one guest under load; fail on "
                                     "a leak, a leftover or a steady slow-down")
     s.add_argument("patch", help="kbuild directory or prebuilt .ko")
     s.add_argument("--cycles", type=int, default=20, metavar="N", help="apply/revert cycles (default 20)")
@@ -156,17 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     matrix_options(s)
     s.set_defaults(func=cmd_soak)
 
-    r = sub.add_parser("run", help="run scenario files; exit 0 all pass, 1 a fail, 2 an error")
+    r = sub.add_parser("run", parents=after, help="run scenario files; exit 0 all pass, 1 a fail, 2 an error")
     r.add_argument("scenario", nargs="+", help="scenario YAML file(s)")
     debug_option(r)
     matrix_options(r)
     r.set_defaults(func=cmd_run)
 
-    v = sub.add_parser("verify", help="check a sign-off report against its manifest: exit 0 when every "
+    v = sub.add_parser("verify", parents=after, help="check a sign-off report against its manifest: exit 0 when every "
                                       "file matches, 1 naming each that differs, is missing or was added")
     v.add_argument("report", metavar="DIR", help="the report directory (holds manifest.json)")
     v.set_defaults(func=cmd_verify)
-    st = sub.add_parser("selftests", help="the kernel's own livepatch selftests (from its linux-source "
+    st = sub.add_parser("selftests", parents=after, help="the kernel's own livepatch selftests (from its linux-source "
                                           "package) in a guest of that kernel, one result per case; "
                                           "exit 0 all pass or skip, 1 a fail, 2 an error")
     st.add_argument("--script", action="append", default=[], metavar="NAME",
@@ -177,6 +198,6 @@ def build_parser() -> argparse.ArgumentParser:
     matrix_options(st)
     st.set_defaults(func=cmd_selftests)
 
-    d = sub.add_parser("doctor", help="check this host: qemu, KVM, image tools, compiler, disk, cache")
+    d = sub.add_parser("doctor", parents=after, help="check this host: qemu, KVM, image tools, compiler, disk, cache")
     d.set_defaults(func=cmd_doctor)
     return p

@@ -1,9 +1,12 @@
-"""The CLI says and does the same thing everywhere: a reader that stops reading (``| head``)
-is no error."""
+"""The CLI says and does the same thing everywhere: -v/-q before or after the command, and a
+reader that stops reading (``| head``) is no error."""
+import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from harness import cli
 from harness.cli import parser as cliparser
@@ -18,6 +21,35 @@ def _subcommands(parser=None):
             yield name, sub
         else:
             yield from ((f"{name} {n}", s) for n, s in _subcommands(sub))
+
+
+# --- -v and -q ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("before, after, level", [
+    ([], [], logging.INFO),                 # the default: progress lines
+    (["-v"], [], logging.DEBUG),            # -v is one more: the debug lines
+    ([], ["-v"], logging.DEBUG),            # ... after the command too
+    ([], ["-vv"], logging.DEBUG),           # -vv is harmless
+    (["-q"], [], logging.WARNING),
+    ([], ["-q"], logging.WARNING),          # once only accepted before the command
+    ([], ["-qq"], logging.ERROR),
+    (["-q"], ["-q"], logging.ERROR),        # before and after add up
+    (["-v"], ["-q"], logging.INFO),
+])
+def test_v_and_q_mean_more_and_less_than_the_default_before_or_after_the_command(before, after, level,
+                                                                                 tmp_path, capsys):
+    assert cli.main([*before, "--cache-dir", str(tmp_path), "kernels", "--offline", *after]) == 0
+    assert logging.getLogger("harness").level == level
+
+
+def test_every_command_takes_the_global_options_after_it_too(tmp_path):
+    for name, sub in _subcommands():
+        options = {o for a in sub._actions for o in a.option_strings}
+        assert {"-v", "-q", "--cache-dir"} <= options, name
+    args = cliparser.build_parser().parse_args(["kernels", "--cache-dir", str(tmp_path)])
+    assert args.cache_dir == str(tmp_path)
+    args = cliparser.build_parser().parse_args(["--cache-dir", str(tmp_path), "image", "build"])
+    assert args.cache_dir == str(tmp_path)   # not reset by the command's own
 
 
 # --- a closed pipe -------------------------------------------------------------------------------
