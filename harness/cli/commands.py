@@ -9,7 +9,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence, TextIO
 
 from ..core.errors import BootError, ConfigError, HarnessError
 from .settings import settings_for, writable_dir
@@ -21,6 +21,7 @@ EXIT_LAB = 125   # boot: the lab could not boot the guest or run the command
 def cmd_kernels(args: argparse.Namespace) -> int:
     from ..supply.kernels import cache as kernelcache, defs as kerneldefs, fetch as kernelfetch
     settings = settings_for(args)
+    json_file(args)
     defs = kerneldefs.load_definitions()
     rows = []
     for name, d in sorted(defs.items()):
@@ -35,11 +36,9 @@ def cmd_kernels(args: argparse.Namespace) -> int:
                 latest = f"unresolved: {str(exc).splitlines()[0]}"
         where = ",".join(d.suites) if d.kind == "debian" else str(d.vmlinuz)
         rows.append((name, d.kind, where + (f" pin={d.pin}" if d.pin else ""), latest, have))
+    _table(("KERNEL", "KIND", "SOURCE", "ARCHIVE VERSION", "CACHED"), rows, file=human(args))
     if args.json:
-        print(json.dumps([dict(zip(("name", "kind", "source", "archive", "cached"), r)) for r in rows],
-                         indent=2))
-        return 0
-    _table(("KERNEL", "KIND", "SOURCE", "ARCHIVE VERSION", "CACHED"), rows)
+        write_json(args.json, [dict(zip(("name", "kind", "source", "archive", "cached"), r)) for r in rows])
     return 0
 
 
@@ -57,32 +56,32 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from ..supply.kernels import defs as kerneldefs
     from ..supply.recipes import DEFAULT_RECIPE, load_recipe
     settings = settings_for(args)
+    json_file(args)
     recipes = [load_recipe(p) for p in sorted(DEFAULT_RECIPE.parent.glob("*.yaml"))]
     entries = cache.survey(settings, kerneldefs.load_definitions(), recipes)
     removable = [e for e in entries if not e.keep]
-    if args.json:
-        print(json.dumps({"cache_dir": str(settings.cache_dir),
-                          "stores": [dict(zip(("store", "entries", "bytes", "prunable_bytes"), r))
-                                     for r in cache.totals(entries)],
-                          "prunable": [{"store": e.store, "path": str(e.path), "bytes": e.size,
-                                        "why": e.why} for e in removable]}, indent=2))
-    else:
-        print(f"cache: {settings.cache_dir}")
-        rows = [(store, str(n), cache.human(size), cache.human(free) if free else "-")
-                for store, n, size, free in cache.totals(entries)]
-        total = sum(e.size for e in entries)
-        _table(("STORE", "ENTRIES", "SIZE", "PRUNABLE"),
-               [*rows, ("total", str(len(entries)), cache.human(total),
-                        cache.human(sum(e.size for e in removable)) if removable else "-")])
-        for e in removable:
-            print(f"{'removing' if args.prune else 'prunable'}: {e.path} "
-                  f"({cache.human(e.size)}; {e.why})")
+    out = human(args)
+    print(f"cache: {settings.cache_dir}", file=out)
+    rows = [(store, str(n), cache.human(size), cache.human(free) if free else "-")
+            for store, n, size, free in cache.totals(entries)]
+    total = sum(e.size for e in entries)
+    _table(("STORE", "ENTRIES", "SIZE", "PRUNABLE"),
+           [*rows, ("total", str(len(entries)), cache.human(total),
+                    cache.human(sum(e.size for e in removable)) if removable else "-")], file=out)
+    for e in removable:
+        print(f"{'removing' if args.prune else 'prunable'}: {e.path} ({cache.human(e.size)}; {e.why})",
+              file=out)
     if args.prune:
         count, size = cache.prune(removable, settings)
-        if not args.json:
-            print(f"removed {count} entries, {cache.human(size)}")
-    elif removable and not args.json:
-        print("run `livepatch-lab cache --prune` to remove them")
+        print(f"removed {count} entries, {cache.human(size)}", file=out)
+    elif removable:
+        print("run `livepatch-lab cache --prune` to remove them", file=out)
+    if args.json:
+        write_json(args.json, {"cache_dir": str(settings.cache_dir),
+                               "stores": [dict(zip(("store", "entries", "bytes", "prunable_bytes"), r))
+                                          for r in cache.totals(entries)],
+                               "prunable": [{"store": e.store, "path": str(e.path), "bytes": e.size,
+                                             "why": e.why} for e in removable]})
     return 0
 
 
@@ -146,6 +145,28 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], file: TextIO) -> None:
     from ..lab.report.summary import columns
-    print(columns([header, *rows]))
+    print(columns([header, *rows]), file=file)
+
+
+def human(args: argparse.Namespace) -> TextIO:
+    """Where the words go: stderr when the JSON takes stdout (``--json -``), else stdout."""
+    return sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
+
+
+def json_file(args: argparse.Namespace) -> None:
+    """``--json FILE``'s directory checked writable before the command does anything."""
+    if args.json and args.json != "-":
+        writable_dir(Path(args.json).parent, "--json")
+
+
+def write_json(dest: str, data: Any) -> None:
+    """``data`` as JSON to the file ``dest`` (written whole or not at all), or to stdout for ``-``."""
+    from ..core import atomic
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if dest == "-":
+        sys.stdout.write(text)
+    else:
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        atomic.write(Path(dest), text)

@@ -1,7 +1,8 @@
 """The command line's grammar: every command, its options and their help, each command bound to
 the function that runs it (``commands``, ``runs``). A bad option is one line naming it.
 
-``-v``, ``-q`` and ``--cache-dir`` go before or after the command.
+``-v``, ``-q`` and ``--cache-dir`` go before or after the command. ``--json FILE`` (``-`` for
+stdout) on every command that writes JSON.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from ..lab.matrix import DEFAULT_KERNEL
 from ..lab.scenario.specs import APPLY_TOOLS
 from .commands import cmd_boot, cmd_cache, cmd_doctor, cmd_fetch, cmd_image_build, cmd_kernels, cmd_verify
 from .runs import cmd_check, cmd_run, cmd_selftests, cmd_soak
+
+Group = argparse._ActionsContainer   # a parser, or one of the groups its --help shows
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +41,11 @@ def verbosity(args: argparse.Namespace) -> int:
     """``-v`` and ``-q`` wherever they were given: 0 the default, above it more, below it less."""
     return (args.verbose + getattr(args, "verbose_after", 0)
             - args.quiet - getattr(args, "quiet_after", 0))
+
+
+def _json_list(sp: Group, what: str) -> None:
+    sp.add_argument("--json", metavar="FILE", help=f"write {what} as JSON to FILE (not the results "
+                    f"document); - for stdout, the table then goes to stderr")
 
 
 def _backend_options(sp: argparse.ArgumentParser) -> None:
@@ -69,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     k = sub.add_parser("kernels", parents=after, help="list defined kernels, their exact versions and cache state")
     k.add_argument("--refresh", action="store_true", help="re-read the archive's package lists")
     k.add_argument("--offline", action="store_true", help="show the cache only; no archive look-up")
-    k.add_argument("--json", action="store_true")
+    _json_list(k, "the list, one object per kernel")
     k.set_defaults(func=cmd_kernels)
 
     f = sub.add_parser("fetch", parents=after, help="download and unpack kernels into the cache")
@@ -89,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--prune", action="store_true",
                     help="remove superseded kernel versions and what was derived from them, "
                          "and older builds of the image recipes")
-    ca.add_argument("--json", action="store_true")
+    _json_list(ca, "the survey (cache_dir, stores, prunable)")
     ca.set_defaults(func=cmd_cache)
 
     b = sub.add_parser("boot", parents=after, help="boot KERNEL, run CMD over SSH, print its output, exit with its status",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -14,6 +13,7 @@ from typing import Sequence
 from ..core.errors import ConfigError
 from ..core.settings import Settings
 from ..lab.matrix import DEFAULT_KERNEL
+from .commands import human
 from .settings import settings_for, writable_dir
 
 log = logging.getLogger("harness")
@@ -81,7 +81,7 @@ def cmd_selftests(args: argparse.Namespace) -> int:
         lines.append(suite.run_line(name, settings, out_root / "selftests" / name.replace("@", "_"),
                                     scripts=args.script or None,
                                     extra_scripts=[Path(p) for p in args.extra_script]))
-        print(results.report(lines[-1]) + "\n", file=_human(args), flush=True)
+        print(results.report(lines[-1]) + "\n", file=human(args), flush=True)
     if args.json:   # the one results document (lab/matrix.py), its cases under ``selftests``
         from ..lab import matrix
         matrix.write(Path(args.json), matrix.document(
@@ -121,26 +121,21 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace,
         from ..lab.report import signoff
         signoff.check_destination(Path(args.report), out_root)   # before anything boots
     results = []
-    human = _human(args)
+    out = human(args)
     try:
         for cell in cells:
             log.info("scenario %s on %s", cell.scenario.name, cell.kernel)
             results.append(matrix.run_cell(cell, settings, out_root))
-            print(report.explain(results[-1].outcome), file=human, flush=True)
+            print(report.explain(results[-1].outcome), file=out, flush=True)
     except KeyboardInterrupt as exc:   # what finished is kept, the interrupted run as an error
         from ..lab import runner
         if isinstance(exc, runner.Interrupted):
             results.append(matrix.judge(cells[len(results)], exc.outcome))
-            print(report.explain(exc.outcome), file=human, flush=True)
+            print(report.explain(exc.outcome), file=out, flush=True)
         if results:
             _record(results, args, settings, marks)
         raise
     return _record(results, args, settings, marks)
-
-
-def _human(args: argparse.Namespace):
-    """Where the words go: stderr when the JSON document takes stdout (``--json -``)."""
-    return sys.stderr if getattr(args, "json", None) == "-" else sys.stdout
 
 
 def _record(results, args: argparse.Namespace, settings: Settings, marks: bool = True) -> int:
@@ -148,13 +143,13 @@ def _record(results, args: argparse.Namespace, settings: Settings, marks: bool =
     from ..lab import matrix
     from ..lab.report import summary as report
     doc = matrix.document([r.as_dict() for r in results])
-    print("\n" + report.table(doc["results"], marks=marks), file=_human(args))
+    print("\n" + report.table(doc["results"], marks=marks), file=human(args))
     if args.json:
         matrix.write(Path(args.json), doc)
     if args.report:
         from ..lab.report import signoff
         digest = signoff.write(Path(args.report), [Path(r.outcome.artifacts) for r in results], settings,
                                expected={Path(r.outcome.artifacts): (r.expected, r.as_expected) for r in results})
-        print(f"report: {Path(args.report) / 'index.html'} (manifest sha256 {digest})", file=_human(args))
+        print(f"report: {Path(args.report) / 'index.html'} (manifest sha256 {digest})", file=human(args))
     return matrix.exit_status(doc["results"])
 

@@ -116,11 +116,11 @@ def test_the_cli_lists_then_prunes(tmp_path, capsys, monkeypatch):
     assert "run `livepatch-lab cache --prune`" in out
     assert (s.kernels_dir / "debian-6.1" / OLD[0]).is_dir()       # listing removes nothing
 
-    assert main(["--cache-dir", str(s.cache_dir), "cache", "--prune", "--json"]) == 0
+    assert main(["--cache-dir", str(s.cache_dir), "cache", "--prune", "--json", "-"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert len(report["prunable"]) == 8
     assert not (s.kernels_dir / "debian-6.1" / OLD[0]).exists()
-    assert main(["--cache-dir", str(s.cache_dir), "cache", "--json"]) == 0
+    assert main(["--cache-dir", str(s.cache_dir), "cache", "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["prunable"] == []
 
 

@@ -1,5 +1,7 @@
-"""The CLI says and does the same thing everywhere: -v/-q before or after the command, and a
-reader that stops reading (``| head``) is no error."""
+"""The CLI says and does the same thing everywhere: -v/-q before or after the command, --json
+FILE (- for stdout) wherever there is JSON, and a reader that stops reading (``| head``) is no
+error."""
+import json
 import logging
 import os
 import subprocess
@@ -52,6 +54,40 @@ def test_every_command_takes_the_global_options_after_it_too(tmp_path):
     assert args.cache_dir == str(tmp_path)   # not reset by the command's own
 
 
+# --- --json FILE, - for stdout ----------------------------------------------------------------
+
+def test_every_json_option_takes_a_file_or_a_dash():
+    found = []
+    for name, sub in _subcommands():
+        for action in sub._actions:
+            if "--json" in action.option_strings:
+                found.append(name)
+                assert action.nargs is None and action.metavar == "FILE", name   # a value, not a flag
+                assert "- for stdout" in action.help, name
+    assert {"kernels", "cache", "check", "soak", "run", "selftests"} <= set(found)
+
+
+def test_kernels_json_goes_to_a_file_or_with_a_dash_to_stdout(tmp_path, capsys):
+    out = tmp_path / "sub" / "k.json"
+    assert cli.main(["--cache-dir", str(tmp_path), "kernels", "--offline", "--json", str(out)]) == 0
+    listed = json.loads(out.read_text())
+    assert "debian-6.1" in {k["name"] for k in listed}
+    assert "KERNEL" in capsys.readouterr().out          # the table still on stdout
+
+    assert cli.main(["--cache-dir", str(tmp_path), "kernels", "--offline", "--json", "-"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == listed           # stdout is the JSON alone
+    assert "KERNEL" in captured.err
+
+
+def test_a_json_file_that_cannot_be_written_is_refused_before_the_command_runs(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for command in (["kernels", "--offline"], ["cache"]):
+        assert cli.main(["--cache-dir", str(tmp_path / "c"), *command, "--json", str(blocker / "k.json")]) == 2
+        assert "[--json]" in capsys.readouterr().err
+
+
 # --- a closed pipe -------------------------------------------------------------------------------
 
 def _lab(args, tmp_path, **kw):
@@ -60,15 +96,19 @@ def _lab(args, tmp_path, **kw):
                           stderr=subprocess.PIPE, text=True, timeout=60, **kw)
 
 
-def test_a_reader_that_stopped_reading_ends_the_command_quietly(tmp_path):
+@pytest.mark.parametrize("json_arg", [[], ["--json", "-"]])
+def test_a_reader_that_stopped_reading_ends_the_command_quietly(json_arg, tmp_path):
     """``kernels | head -2``: stdout's reader is gone before the lab writes; nothing on stderr."""
     read, write = os.pipe()
     os.close(read)
     try:
-        done = _lab(["kernels", "--offline"], tmp_path, stdout=write)
+        done = _lab(["kernels", "--offline", *json_arg], tmp_path, stdout=write)
     finally:
         os.close(write)
-    assert done.stderr == ""
+    if json_arg:   # the table went to stderr, and nothing else
+        assert done.stderr.startswith("KERNEL") and "Broken" not in done.stderr
+    else:
+        assert done.stderr == ""
     assert done.returncode == cli.EXIT_PIPE
 
 
