@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 
 from ..core.settings import ACCELS, BACKENDS
+from . import activation
 from .durations import durations_path, load_durations, longest_first
-from .files import DEFAULT_PATTERNS, PATTERNS_INI, SCENARIO, SELFTESTS, lab_file
+from .files import DEFAULT_PATTERNS, PATTERNS_INI, SELFTESTS, lab_file
 # pytest finds a plugin's fixtures among its module's names
-from .fixtures import lab_boot, lab_image, lab_kernel, lab_kernel_names, lab_settings  # noqa: F401
+from .fixtures import FIXTURES, lab_boot, lab_image, lab_kernel, lab_kernel_names, lab_settings  # noqa: F401
 from .scenario_items import ScenarioFile, ScenarioItem
 from .settings import settings_for
-from .summary import LabSummary
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -67,31 +67,25 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "vm: boots real QEMU guests (slow)")
     config.addinivalue_line("markers", "network: downloads from Debian's archive on first run")
     config.addinivalue_line("markers", "kernel(name): the kernel line a scenario item runs on")
-    import logging
+    if config.getoption("--lab-report") and not hasattr(config, "workerinput"):   # refused before any run
+        from pathlib import Path
 
-    # SSH attempts to a booting guest fail by design; keep paramiko's tracebacks out of reports.
-    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
-    from ..machine.signals import raise_on_sigterm
-    raise_on_sigterm()  # so a SIGTERM'd test run still tears its guests down
-    if not hasattr(config, "workerinput"):   # xdist workers report to the controller
-        if config.getoption("--lab-report"):
-            from pathlib import Path
-
-            from ..core.errors import ConfigError
-            from ..lab.report.signoff import check_destination
-            try:
-                check_destination(Path(config.getoption("--lab-report")),
-                                  Path(config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts"))
-            except ConfigError as exc:
-                raise pytest.UsageError(f"--lab-report: {exc}") from None
-        config.pluginmanager.register(LabSummary(config), "livepatch-lab-summary")
+        from ..core.errors import ConfigError
+        from ..lab.report.signoff import check_destination
+        try:
+            check_destination(Path(config.getoption("--lab-report")),
+                              Path(config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts"))
+        except ConfigError as exc:
+            raise pytest.UsageError(f"--lab-report: {exc}") from None
+    activation.register(config)   # inert until the session has lab items (plugin/activation.py)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     """An interrupted xdist run: the controller gives its workers 10 s to end, then kills them,
     and a worker killed in its teardown leaves its run directory (its QEMU dies with it; a
     libvirt domain with its connection). The controller, last to go, reaps what they left."""
-    if hasattr(config, "workerinput") or not config.pluginmanager.has_plugin("dsession"):
+    if (hasattr(config, "workerinput") or not config.pluginmanager.has_plugin("dsession")
+            or not activation.is_active(config)):
         return
     import logging
 
@@ -106,16 +100,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_collect_file(file_path, parent):
     """Lab files (plugin/files.py) as scenario or selftests files; nothing else."""
     kind = lab_file(file_path, parent.session)
+    if kind is None:
+        return None
+    activation.activate(parent.config)
     if kind == SELFTESTS:
         from .selftest_items import SelftestsFile
         return SelftestsFile.from_parent(parent, path=file_path)
-    if kind == SCENARIO:
-        return ScenarioFile.from_parent(parent, path=file_path)
-    return None
+    return ScenarioFile.from_parent(parent, path=file_path)
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list) -> None:
+    """A test that uses a lab fixture makes a lab session, here and (by its reports' keyword) on
+    xdist's controller; scenario items run longest first."""
+    with_fixtures = [it for it in items if FIXTURES.intersection(getattr(it, "fixturenames", ()))]
+    for item in with_fixtures:
+        item.keywords[activation.FIXTURE_KEYWORD] = True
+    if with_fixtures:
+        activation.activate(config)
     if any(isinstance(it, ScenarioItem) for it in items):
         longest_first(items, load_durations(durations_path(config)))
-
-

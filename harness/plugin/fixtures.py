@@ -9,18 +9,25 @@ from typing import Callable, ContextManager, Iterator
 
 import pytest
 
+from .activation import activate
 from .settings import settings_for
+
+# a test that uses one makes its session a lab session (plugin/activation.py)
+FIXTURES = frozenset({"lab_settings", "lab_kernel_names", "lab_kernel", "lab_image", "lab_boot"})
 
 
 @pytest.fixture(scope="session")
 def lab_settings(pytestconfig: pytest.Config):
     """The lab's ``Settings`` from options > ini > environment > defaults."""
+    activate(pytestconfig)
     return settings_for(pytestconfig)
 
 
 @pytest.fixture(scope="session")
 def lab_kernel_names(pytestconfig: pytest.Config) -> list[str]:
+    """The kernels named by ``--lab-kernel`` (ini ``lab_kernels``), else every defined one."""
     from ..supply.kernels import defs as kerneldefs
+    activate(pytestconfig)
     names = pytestconfig.getoption("--lab-kernel") or pytestconfig.getini("lab_kernels")
     return list(names) or sorted(kerneldefs.load_definitions())
 

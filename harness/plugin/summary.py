@@ -45,7 +45,8 @@ class LabSummary:
 
     def pytest_sessionfinish(self) -> None:
         try:
-            record_durations(durations_path(self.config), self.rows)
+            if self.rows:
+                record_durations(durations_path(self.config), self.rows)
         except OSError as exc:  # a read-only cache costs the ordering, nothing else
             import logging
             logging.getLogger(__name__).warning("durations not recorded: %s", exc)

@@ -81,3 +81,103 @@ def test_a_file_named_on_the_command_line_is_collected_whatever_the_patterns(pyt
                       "other.yaml": SCENARIO.format(name="other")})
     result = pytester.runpytest("--co", "-q", "--lab-kernel", "debian-6.1", "mine.yaml")
     assert _collected(result) == ["mine.yaml::mine[debian-6.1]"]
+
+
+# inert in a session with no lab items -------------------------------------------------------
+# the SIGTERM handler each process sees: in its tests, and the controller's (or the one
+# process's) at the session's end
+SIGNALS = '''
+import signal
+
+def _handler():
+    return "default" if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else "lab"
+
+def pytest_sessionfinish(session):
+    if not hasattr(session.config, "workerinput"):
+        open("end-sigterm", "w").write(_handler())
+'''
+CHECKS = '''
+import logging
+import signal
+
+def test_plain():
+    with open("test-sigterm", "a") as fh:
+        fh.write("default\\n" if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else "lab\\n")
+    with open("test-paramiko", "a") as fh:
+        fh.write(f"{logging.getLogger('paramiko').level}\\n")
+'''
+
+
+@pytest.fixture
+def vendor(pytester: pytest.Pytester, monkeypatch):
+    """A project of someone else's: a plain test, a Kustomize file; the lab's cache in it."""
+    monkeypatch.setenv("LIVEPATCH_LAB_CACHE", str(pytester.path / "lab-cache"))
+    _write(pytester, {"deploy/kustomization.yaml": KUSTOMIZATION, "conftest.py": SIGNALS,
+                      "test_app.py": CHECKS})
+    return pytester
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one-process", "xdist"])
+def test_a_session_without_lab_items_shows_nothing_of_the_lab_and_leaves_sigterm_alone(vendor, workers):
+    result = vendor.runpytest_subprocess("-p", "no:cacheprovider", "--lab-json", "lab.json", *workers)
+    result.assert_outcomes(passed=1)
+    said = [line for line in result.stdout.lines + result.stderr.lines if not line.startswith("plugins:")]
+    assert [line for line in said if "livepatch-lab" in line] == []
+    assert vendor.path.joinpath("test-sigterm").read_text() == "default\n"
+    assert vendor.path.joinpath("end-sigterm").read_text() == "default"
+    assert vendor.path.joinpath("test-paramiko").read_text() == "0\n"     # logging.NOTSET: untouched
+    assert not vendor.path.joinpath("lab-cache").exists()   # no durations, no settings, no reaping
+    assert not vendor.path.joinpath("lab.json").exists()
+
+
+def test_a_session_with_lab_items_turns_sigterm_into_an_interrupt_in_every_process(vendor, monkeypatch):
+    from .fake_runner import use_fake_runner
+    use_fake_runner(vendor, monkeypatch, FAKE_PASS + SIGNALS)
+    vendor.makeini("[pytest]\nlab_scenarios = scenarios/*.yaml\n")
+    _write(vendor, {"scenarios/demo.yaml": "name: demo\nkernels: [debian-6.1]\npatch:\n  source: ../patch\n"})
+    result = vendor.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=2)
+    assert vendor.path.joinpath("test-sigterm").read_text() == "lab\n"     # the worker's
+    assert vendor.path.joinpath("end-sigterm").read_text() == "lab"        # the controller's
+    assert vendor.path.joinpath("test-paramiko").read_text() == "50\n"     # logging.CRITICAL
+    result.stdout.fnmatch_lines(["*livepatch-lab: verdicts (kernel x scenario)*"])
+
+
+@pytest.mark.parametrize("workers", [(), ("-n", "2")], ids=["one-process", "xdist"])
+def test_a_test_that_uses_a_lab_fixture_makes_a_lab_session(vendor, workers):
+    _write(vendor, {"test_uses_lab.py": "def test_settings(lab_settings):\n    assert lab_settings.cache_dir\n"})
+    result = vendor.runpytest_subprocess("-p", "no:cacheprovider", *workers)
+    result.assert_outcomes(passed=2)
+    assert vendor.path.joinpath("end-sigterm").read_text() == "lab"
+
+
+def test_the_sigterm_handler_before_a_lab_session_is_put_back_at_its_end(pytester: pytest.Pytester):
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    _write(pytester, {"scenarios/patch/Makefile": "obj-m += p.o\n", "scenarios/demo.yaml": SCENARIO.format(name="d")})
+    result = pytester.runpytest("--co", "-q", "-p", "no:cacheprovider", "--lab-kernel", "debian-6.1")
+    assert _collected(result) == ["scenarios/demo.yaml::d[debian-6.1]"]
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_every_option_is_in_the_plugins_own_group(pytester: pytest.Pytester):
+    import re
+    with_lab = pytester.runpytest("--help").stdout.lines
+    without = pytester.runpytest("--help", "-p", "no:livepatch_lab").stdout.lines
+    theirs = set(re.findall(r"(?<![\w-])--[\w-]+", "\n".join(with_lab))) - set(
+        re.findall(r"(?<![\w-])--[\w-]+", "\n".join(without)))
+    assert theirs and all(o.startswith("--lab-") for o in theirs)
+    start = with_lab.index("livepatch-lab:")
+    end = next(i for i in range(start + 1, len(with_lab)) if with_lab[i] and not with_lab[i][0].isspace())
+    declared = {m for line in with_lab[start:end] for m in re.findall(r"^\s+(--lab-[\w-]+)", line)}
+    assert declared == theirs
+
+
+FAKE_PASS = '''
+import harness.lab.runner as runner
+from harness.lab.report.outcome import Outcome
+from harness.lab.judge.verdict import Verdict
+
+def fake_run(sc, kernel, settings, out_dir):
+    return Outcome(sc.name, kernel, Verdict("pass", [], {}), {"name": kernel, "version": "1"}, [], str(out_dir), 1.0)
+'''
