@@ -102,12 +102,13 @@ def cmd_boot(args: argparse.Namespace) -> int:
     raise_on_sigterm()
     if args.timeout is not None and not 0 < args.timeout < float("inf"):
         raise ConfigError(f"must be positive and finite, not {args.timeout!r}", field="--timeout")
-    artifacts = writable_dir(args.artifacts, "--artifacts")
     defn = kerneldefs.get_definition(args.kernel)
     recipe = recipes.load_recipe(Path(args.recipe))
+    writable_dir(args.artifacts, "--artifacts", keep=False)   # made once nothing can refuse the command
     command = " ".join(args.command) if args.command else "uname -a"
     kernel = kernelfetch.fetch(defn, settings)
     image = images.build(recipe, settings)
+    artifacts = writable_dir(args.artifacts, "--artifacts")
     try:
         with session.boot(kernel, image, settings, artifacts_dir=artifacts) as guest:
             result = guest.run(command, timeout=args.timeout)
@@ -158,7 +159,7 @@ def human(args: argparse.Namespace) -> TextIO:
 def json_file(args: argparse.Namespace) -> None:
     """``--json FILE``'s directory checked writable before the command does anything."""
     if args.json and args.json != "-":
-        writable_dir(Path(args.json).parent, "--json")
+        writable_dir(Path(args.json).parent, "--json", keep=False)
 
 
 def write_json(dest: str, data: Any) -> None:

@@ -70,11 +70,7 @@ def cmd_selftests(args: argparse.Namespace) -> int:
     names = list(args.kernel) or [DEFAULT_KERNEL]
     if names == ["all"]:
         names = sorted(kerneldefs.load_definitions())
-    for name in names:
-        kerneldefs.get_definition(name)  # a typo is a usage error before anything boots
-    out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
-    if args.json and args.json != "-":   # found unwritable now, not after the runs it would have recorded
-        writable_dir(Path(args.json).parent, "--json")
+    out_root = _checked_before_running(args, names, settings)
     lines = []
     for name in names:
         log.info("the kernel's livepatch selftests on %s", name)
@@ -87,6 +83,24 @@ def cmd_selftests(args: argparse.Namespace) -> int:
         matrix.write(Path(args.json), matrix.document(
             [], [e for line in lines for e in results.entries(SELFTESTS, line)]))
     return results.exit_status(lines)
+
+
+def _checked_before_running(args: argparse.Namespace, kernels: Sequence[str], settings: Settings) -> Path:
+    """The artifact folder, after everything that could refuse the command was checked, so that a
+    refused one leaves none: the kernels named (a typo, or a pin the archive does not list) and
+    every place it writes (--artifacts, --json, --report), checked without keeping anything."""
+    from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    out_root = Path(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"))
+    defns = [kerneldefs.get_definition(name) for name in dict.fromkeys(kernels)]
+    writable_dir(out_root, "--artifacts", keep=False)
+    if args.json and args.json != "-":   # found unwritable now, not after the runs it would have recorded
+        writable_dir(Path(args.json).parent, "--json", keep=False)
+    if getattr(args, "report", None):
+        from ..lab.report import signoff
+        signoff.check_destination(Path(args.report), out_root)
+    for defn in defns:   # last: it may need the archive's lists
+        kernelfetch.check_pin(defn, settings)
+    return out_root
 
 
 SELFTESTS = "selftests"   # the suite's name in the results document, as the shipped selftests file names it
@@ -105,21 +119,14 @@ def _run_matrix(scenarios, kernel_args: Sequence[str], args: argparse.Namespace,
     raise_on_sigterm()
     defined = sorted(kerneldefs.load_definitions())
     cells = matrix.expand(scenarios, kernel_args, defined)
-    # a typo, chosen or in a scenario's list, is a usage error before anything boots
-    for name in dict.fromkeys([*(n for n in kernel_args if n != matrix.ALL), *(c.kernel for c in cells)]):
-        kerneldefs.get_definition(name)
+    # a typo or an unlisted pin, chosen or in a scenario's list, is a usage error before anything boots
+    out_root = _checked_before_running(
+        args, [*(n for n in kernel_args if n != matrix.ALL), *(c.kernel for c in cells)], settings)
     if not cells:
         raise ConfigError(f"no kernel to run on: the scenarios list "
                           f"{', '.join(sorted({k for sc in scenarios for k in sc.kernels or ()}))}, "
                           f"and --kernel chose {', '.join(kernel_args)}", field="--kernel")
-    out_root = writable_dir(args.artifacts or Path("lab-artifacts") / time.strftime("%Y%m%d-%H%M%S"),
-                            "--artifacts")
-    assert out_root is not None   # given a path, never None
-    if args.json and args.json != "-":   # found unwritable now, not after the runs it would have recorded
-        writable_dir(Path(args.json).parent, "--json")
-    if args.report:
-        from ..lab.report import signoff
-        signoff.check_destination(Path(args.report), out_root)   # before anything boots
+    writable_dir(out_root, "--artifacts")
     results = []
     out = human(args)
     try:

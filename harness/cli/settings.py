@@ -5,6 +5,7 @@ writable before anything runs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 from pathlib import Path
 from typing import Optional
@@ -33,15 +34,24 @@ def settings_for(args: argparse.Namespace, *, check_cache: bool = True) -> Setti
     return settings.usable_cache("--cache-dir" if args.cache_dir else "LIVEPATCH_LAB_CACHE")
 
 
-def writable_dir(path, option: str) -> Optional[Path]:
-    """``path`` made if missing and writable, or a ``ConfigError`` naming ``option``; None stays None."""
+def writable_dir(path, option: str, *, keep: bool = True) -> Optional[Path]:
+    """``path`` made if missing and writable, or a ``ConfigError`` naming ``option``; None stays None.
+    ``keep=False`` only checks: what it made is removed again, so a command refused after the
+    check leaves nothing behind (the folder is made for real once everything is checked)."""
     if path is None:
         return None
     path = Path(path)
+    missing = list(itertools.takewhile(lambda p: not p.exists(), [path, *path.parents]))
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK | os.X_OK):
             raise PermissionError(13, "not writable")
     except OSError as exc:
         raise ConfigError(f"cannot write to {path}: {exc.strerror or exc}", field=option) from None
+    finally:
+        for made in missing if not keep else ():   # the deepest first
+            try:
+                made.rmdir()
+            except OSError:
+                break
     return path

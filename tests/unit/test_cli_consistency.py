@@ -1,6 +1,7 @@
 """The CLI says and does the same thing everywhere: -v/-q before or after the command, --json
-FILE (- for stdout) wherever there is JSON, and a reader that stops reading (``| head``) is no
-error."""
+FILE (- for stdout) wherever there is JSON, a pin or a kernel name refused before anything
+runs and without leaving an artifact folder, and a reader that stops reading (``| head``) is
+no error."""
 import json
 import logging
 import os
@@ -12,8 +13,16 @@ import pytest
 
 from harness import cli
 from harness.cli import parser as cliparser
+from harness.core.errors import HostCommandError
+from harness.core.settings import Settings
+from harness.lab import runner
+from harness.supply import apt
+from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
+from tests.unit.fakes.kernels import bookworm_archive, fake_cached
 
 ROOT = Path(__file__).resolve().parents[2]
+GOOD_PATCH = str(ROOT / "scenarios" / "patches" / "good")
+GOOD_SCENARIO = str(ROOT / "scenarios" / "good.yaml")
 
 
 def _subcommands(parser=None):
@@ -86,6 +95,86 @@ def test_a_json_file_that_cannot_be_written_is_refused_before_the_command_runs(t
     for command in (["kernels", "--offline"], ["cache"]):
         assert cli.main(["--cache-dir", str(tmp_path / "c"), *command, "--json", str(blocker / "k.json")]) == 2
         assert "[--json]" in capsys.readouterr().err
+
+
+# --- pins --------------------------------------------------------------------------------------
+
+@pytest.fixture
+def archive(monkeypatch):
+    """The bookworm lists as they are kept, without the network: 6.1.176-1, 6.1.192-1 and -2."""
+    monkeypatch.setattr(apt, "update", lambda root, **kw: False)
+    monkeypatch.setattr(apt, "packages", lambda root, want=None: bookworm_archive())
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    def run(*a, **kw):
+        raise AssertionError("a run started")
+    monkeypatch.setattr(runner, "run", run)
+    from harness.lab.selftests import suite
+    monkeypatch.setattr(suite, "run_line", run)
+
+
+@pytest.mark.parametrize("command", [["check", GOOD_PATCH], ["soak", GOOD_PATCH], ["run", GOOD_SCENARIO],
+                                     ["selftests"]])
+def test_a_pin_the_archive_does_not_list_is_refused_naming_it_and_what_there_is(
+        command, archive, nothing_runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["--cache-dir", str(tmp_path / "cache"), *command, "--kernel", "debian-6.1@9.9.9-1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "debian-6.1@9.9.9-1" in err and "6.1.192-2" in err
+    assert not (tmp_path / "lab-artifacts").exists()
+
+
+def test_a_pin_the_archive_lists_or_the_cache_holds_goes_through(archive, tmp_path, monkeypatch):
+    s = Settings(cache_dir=tmp_path)
+    kernelfetch.check_pin(kerneldefs.get_definition("debian-6.1@6.1.192-1"), s)   # in the lists
+    pinned = kerneldefs.get_definition("debian-6.1@6.1.150-1")
+    fake_cached(s, pinned, "6.1.150-1", "6.1.0-40-amd64")
+
+    def offline(*a, **kw):
+        raise AssertionError("looked up a pin the cache holds")
+    monkeypatch.setattr(apt, "packages", offline)
+    kernelfetch.check_pin(pinned, s)   # the cache answers: no look-up
+
+
+def test_a_pin_that_cannot_be_looked_up_is_an_error_saying_so(nothing_runs, tmp_path, monkeypatch, capsys):
+    def unreachable(root, **kw):
+        raise HostCommandError("apt-get update (bookworm)", ["apt-get", "update"], 100,
+                               "Could not resolve 'deb.debian.org'")
+    monkeypatch.setattr(apt, "update", unreachable)
+    monkeypatch.chdir(tmp_path)
+    rc = cli.main(["--cache-dir", str(tmp_path / "cache"), "check", GOOD_PATCH, "--kernel", "debian-6.1@6.1.1-1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "cannot check the pin debian-6.1@6.1.1-1 against the archive" in err and "resolve" in err
+    assert not (tmp_path / "lab-artifacts").exists()
+
+
+# --- no litter -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["check", GOOD_PATCH, "--kernel", "debian-6.9"],
+    ["run", GOOD_SCENARIO, "--kernel", "debian-6.9"],
+    ["selftests", "--kernel", "debian-6.9"],
+    ["run", "no-such-scenario.yaml"],
+    ["check", GOOD_PATCH, "--json", "{file}/v.json"],
+    ["check", GOOD_PATCH, "--report", "{file}"],
+    ["selftests", "--json", "{file}/v.json"],
+])
+def test_a_refused_command_leaves_no_artifact_folder(argv, nothing_runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("")
+    argv = [a.replace("{file}", str(tmp_path / "file")) for a in argv]
+    assert cli.main(["--cache-dir", str(tmp_path / "cache"), *argv]) == 2
+    assert not (tmp_path / "lab-artifacts").exists()
+
+
+def test_boot_refused_leaves_no_artifacts_dir(tmp_path, capsys):
+    art = tmp_path / "art"
+    assert cli.main(["--cache-dir", str(tmp_path / "cache"), "boot", "debian-6.9", "--artifacts", str(art)]) == 2
+    assert not art.exists()
 
 
 # --- a closed pipe -------------------------------------------------------------------------------

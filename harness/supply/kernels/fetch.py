@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ...core import cacheentry, hostcmd
-from ...core.errors import InfraError
+from ...core.errors import ConfigError, HarnessError, InfraError
 from ...core.settings import Settings
 from .. import apt
 from .kernel import Kernel
@@ -41,6 +41,22 @@ def resolve(defn: KernelDef, settings: Settings, *, refresh: bool = False) -> tu
         return local_kernel(defn).release, "local"
     sel = _select_from_archive(defn, settings, refresh)
     return sel.release, sel.version
+
+
+def check_pin(defn: KernelDef, settings: Settings) -> None:
+    """Refuse a pinned version the archive does not list before anything runs: the
+    ``ConfigError`` ``fetch`` would raise (naming the pin and the versions there are). A cached
+    kernel of that version needs no look-up; else the one ``fetch`` makes (the kept apt lists,
+    updated only when stale). A look-up that cannot answer is an ``InfraError`` saying so."""
+    if defn.kind != "debian" or defn.pin is None or cached(defn, settings) is not None:
+        return
+    try:
+        _select_from_archive(defn, settings, refresh=False)
+    except ConfigError:
+        raise
+    except HarnessError as exc:
+        raise InfraError(f"cannot check the pin {defn.pin_origin or defn.pin} against the archive: "
+                         f"{exc}") from exc
 
 
 def fetch(defn: KernelDef, settings: Settings, *, refresh: bool = False) -> Kernel:
