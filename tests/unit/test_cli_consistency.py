@@ -1,7 +1,7 @@
 """The CLI says and does the same thing everywhere: -v/-q before or after the command, --json
 FILE (- for stdout) wherever there is JSON, a pin or a kernel name refused before anything
-runs and without leaving an artifact folder, and a reader that stops reading (``| head``) is
-no error."""
+runs and without leaving an artifact folder, no option accepted and ignored, grouped --help,
+and a reader that stops reading (``| head``) is no error."""
 import json
 import logging
 import os
@@ -175,6 +175,39 @@ def test_boot_refused_leaves_no_artifacts_dir(tmp_path, capsys):
     art = tmp_path / "art"
     assert cli.main(["--cache-dir", str(tmp_path / "cache"), "boot", "debian-6.9", "--artifacts", str(art)]) == 2
     assert not art.exists()
+
+
+# --- nothing accepted and ignored -------------------------------------------------------------
+
+def test_selftests_refuses_report_rather_than_ignoring_it(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["selftests", "--report", "r"])
+    assert exit_.value.code == 2
+    assert "--report" in capsys.readouterr().err
+
+
+# --- grouped --help ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("command, groups", [
+    ("check", {"what to test": {"patch", "--probe", "--sig-enforce"}, "where": {"--kernel", "--accel", "--debug"},
+               "outputs": {"--json", "--artifacts", "--report"},
+               "backends": {"--backend", "--libvirt-uri", "--no-snapshots"}}),
+    ("soak", {"what to test": {"patch", "--cycles"}, "where": {"--kernel"}, "outputs": {"--json", "--report"},
+              "backends": {"--backend"}}),
+    ("run", {"what to test": {"scenario"}, "where": {"--kernel", "--debug"}, "outputs": {"--json", "--report"},
+             "backends": {"--backend"}}),
+    ("selftests", {"what to test": {"--script", "--extra-script"}, "where": {"--kernel", "--cpus"},
+                   "outputs": {"--json", "--artifacts"}, "backends": {"--backend"}}),
+    ("boot", {"what to run": {"kernel", "command"}, "where": {"--accel", "--memory"},
+              "outputs": {"--artifacts"}, "backends": {"--backend"}}),
+])
+def test_help_of_the_commands_that_run_is_grouped(command, groups):
+    sub = dict(_subcommands())[command]
+    shown = {g.title: {a.option_strings[0] if a.option_strings else a.dest for a in g._group_actions}
+             for g in sub._action_groups}
+    for title, members in groups.items():
+        assert members <= shown.get(title, set()), (title, shown.get(title))
+    assert f"{next(iter(groups))}:" in sub.format_help()
 
 
 # --- a closed pipe -------------------------------------------------------------------------------
