@@ -17,7 +17,7 @@ from .files import DEFAULT_PATTERNS, PATTERNS_INI, SELFTESTS, lab_file
 # pytest finds a plugin's fixtures among its module's names
 from .fixtures import FIXTURES, lab_boot, lab_image, lab_kernel, lab_kernel_names, lab_settings  # noqa: F401
 from .scenario_items import ScenarioFile, ScenarioItem
-from .settings import settings_for
+from .settings import kernel_dirs, settings_for
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,6 +28,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lab-kernel", action="append", default=[],
                     help="kernel(s) to run VM tests on, NAME or NAME@VERSION; repeatable "
                          "(ini lab_kernels; default: every defined kernel)")
+    group.addoption("--lab-kernels-dir", action="append", default=[], metavar="DIR",
+                    help="a directory of kernel definitions to add to the built-in ones (kernels/); "
+                         "repeatable; a name defined twice is an error (ini lab_kernels_dir; env "
+                         "LIVEPATCH_LAB_EXTRA_KERNELS)")
     group.addoption("--lab-artifacts", help="artifact folder for scenario runs "
                     "(default <rootdir>/lab-artifacts)")
     group.addoption("--lab-json", metavar="FILE", help="write the kernel x scenario verdicts "
@@ -55,6 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("lab_libvirt_uri", "libvirt URI(s), one per line", type="linelist")
     parser.addini("lab_accel", "auto, kvm or tcg")
     parser.addini("lab_kernels", "kernels to run VM tests on", type="args")
+    parser.addini("lab_kernels_dir", "directories of kernel definitions to add to the built-in ones",
+                  type="paths")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -77,6 +83,10 @@ def pytest_configure(config: pytest.Config) -> None:
                               Path(config.getoption("--lab-artifacts") or config.rootpath / "lab-artifacts"))
         except ConfigError as exc:
             raise pytest.UsageError(f"--lab-report: {exc}") from None
+    dirs, named_by = kernel_dirs(config)
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise pytest.UsageError(f"{named_by}: not a directory: {', '.join(missing)}")
     activation.register(config)   # inert until the session has lab items (plugin/activation.py)
 
 

@@ -8,6 +8,9 @@ that used a lab fixture. Then, in that process:
 - SIGTERM raises ``KeyboardInterrupt`` (so a SIGTERM'd run still tears its guests down; the
   handler before it is put back when pytest ends);
 - paramiko's log is kept out of the reports (SSH attempts to a booting guest fail by design);
+- the kernel definitions of ``--lab-kernels-dir`` (ini ``lab_kernels_dir``) join the built-in
+  ones: their directories are added to ``$LIVEPATCH_LAB_EXTRA_KERNELS`` (for the lab, and the
+  CLI in a subprocess), which is put back at the end;
 - but on an xdist worker: the summary, results document, report and durations at the end
   (plugin/summary.py), and the reaping of what killed workers left (plugin/__init__.py).
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import pytest
 
 from .files import sniff
+from .settings import kernel_dirs
 from .summary import LabSummary
 
 # on the items that use a lab fixture: their reports carry it to xdist's controller
@@ -34,6 +38,7 @@ class LabSession:
         self.active = True
         _quiet_paramiko(self.config)
         _sigterm_as_interrupt(self.config)
+        _add_kernel_dirs(self.config)
         if not hasattr(self.config, "workerinput"):   # xdist workers report to the controller
             self.config.pluginmanager.register(LabSummary(self.config), "livepatch-lab-summary")
 
@@ -87,4 +92,22 @@ def _sigterm_as_interrupt(config: pytest.Config) -> None:
 
     def put_back() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if before is None else before)
+    config.add_cleanup(put_back)
+
+
+def _add_kernel_dirs(config: pytest.Config) -> None:
+    import os
+
+    from ..supply.kernels.defs import ENV_EXTRA_KERNELS
+    dirs, _ = kernel_dirs(config)
+    if not dirs:
+        return
+    before = os.environ.get(ENV_EXTRA_KERNELS)
+    os.environ[ENV_EXTRA_KERNELS] = os.pathsep.join([before, *map(str, dirs)] if before else map(str, dirs))
+
+    def put_back() -> None:
+        if before is None:
+            os.environ.pop(ENV_EXTRA_KERNELS, None)
+        else:
+            os.environ[ENV_EXTRA_KERNELS] = before
     config.add_cleanup(put_back)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from .settings import chosen_kernels, load_or_collect_error, mark_for_kernel, register_marker, settings_for
+from .settings import (chosen_kernels, defined_kernels, load_or_collect_error, mark_for_kernel, register_marker,
+                       settings_for)
 
 
 class ScenarioFile(pytest.File):
     def collect(self):
         from ..lab.scenario import loader as scenario
-        from ..supply.kernels import defs as kerneldefs
         sc = load_or_collect_error(self, scenario.load)
         debug = self.config.getoption("--lab-debug")
         if debug is not None:
@@ -22,7 +22,7 @@ class ScenarioFile(pytest.File):
             from ..lab.scenario.specs import DebugSpec
             sc = dataclasses.replace(sc, debug=DebugSpec(debug_facilities(debug)))
         from ..lab import matrix
-        for name in matrix.kernels_for(sc, chosen_kernels(self.config), sorted(kerneldefs.load_definitions())):
+        for name in matrix.kernels_for(sc, chosen_kernels(self.config), defined_kernels(self)):
             item = mark_for_kernel(ScenarioItem.from_parent(self, name=item_name(sc.name, name), scenario=sc,
                                                             kernel=name), name)
             for tag in sc.tags:   # `-m lifecycle` picks scenarios by what they exercise

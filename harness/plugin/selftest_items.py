@@ -21,7 +21,8 @@ from typing import Union
 
 import pytest
 
-from .settings import chosen_kernels, kernel_marker, load_or_collect_error, mark_for_kernel, settings_for
+from .settings import (chosen_kernels, defined_kernels, kernel_marker, load_or_collect_error, mark_for_kernel,
+                       settings_for)
 
 _LINES = pytest.StashKey[dict]()
 
@@ -35,7 +36,7 @@ class SelftestsFile(pytest.File):
         sp = load_or_collect_error(self, specs.load)
         chosen = chosen_kernels(self.config)
         # the file's kernels are a default (a CI cost choice): a line named on the command line wins
-        names = list(chosen or sp.kernels or sorted(kerneldefs.load_definitions()))
+        names = list(chosen or sp.kernels or defined_kernels(self))
         settings = settings_for(self.config)
         for kernel in names:
             try:

@@ -1,6 +1,7 @@
 """What the plugin's parts share: the lab's settings from pytest's options, marker names."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
@@ -23,6 +24,23 @@ def settings_for(config: pytest.Config):
         extra["snapshots"] = False
     return Settings.from_env(cache_dir=_opt(config, "cache_dir"), accel=_opt(config, "accel"),
                              backend=_opt(config, "backend"), **extra)
+
+
+def kernel_dirs(config: pytest.Config) -> tuple[list[Path], str]:
+    """The directories of kernel definitions to add to the built-in ones, and what named them:
+    ``--lab-kernels-dir`` (relative to where pytest started), else the ini's ``lab_kernels_dir``
+    (relative to the ini file)."""
+    given = config.getoption("--lab-kernels-dir", default=None)
+    if given:
+        return [config.invocation_params.dir / d for d in given], "--lab-kernels-dir"
+    return list(config.getini("lab_kernels_dir")), "lab_kernels_dir (ini)"
+
+
+def defined_kernels(file: pytest.File) -> list[str]:
+    """Every defined kernel's name; a bad definition, or a name defined twice, is the file's
+    collection error."""
+    from ..supply.kernels import defs as kerneldefs
+    return sorted(load_or_collect_error(file, lambda _path: kerneldefs.load_definitions()))
 
 
 def kernel_marker(kernel: str) -> str:

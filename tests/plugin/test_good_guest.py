@@ -181,3 +181,49 @@ from harness.lab.judge.verdict import Verdict
 def fake_run(sc, kernel, settings, out_dir):
     return Outcome(sc.name, kernel, Verdict("pass", [], {}), {"name": kernel, "version": "1"}, [], str(out_dir), 1.0)
 '''
+
+
+# kernel definitions beside the built-in ones ----------------------------------------------------
+MINE = "kind: local\nvmlinuz: a\nmodules: b\nbuild: c\n"
+NAMES = "def test_names(lab_kernel_names):\n    assert lab_kernel_names == {names!r}\n"
+BUILT_IN = ["debian-5.10", "debian-6.1", "debian-6.12", "debian-7"]
+
+
+def test_a_kernels_dir_adds_its_definitions_to_the_built_in_ones(pytester: pytest.Pytester):
+    import os
+
+    from harness.supply.kernels.defs import ENV_EXTRA_KERNELS
+    before = os.environ.get(ENV_EXTRA_KERNELS)
+    _write(pytester, {"extra/mine.yaml": MINE, "scenarios/patch/Makefile": "obj-m += p.o\n",
+                      "scenarios/demo.yaml": SCENARIO.format(name="demo"),
+                      "test_names.py": NAMES.format(names=sorted(BUILT_IN + ["mine"]))})
+    result = pytester.runpytest("-p", "no:cacheprovider", "--lab-kernels-dir", "extra", "-k", "mine or names",
+                                "--co", "-q")
+    assert _collected(result) == ["scenarios/demo.yaml::demo[mine]", "test_names.py::test_names"]
+    pytester.runpytest("-p", "no:cacheprovider", "--lab-kernels-dir", "extra", "test_names.py").assert_outcomes(
+        passed=1)
+    assert os.environ.get(ENV_EXTRA_KERNELS) == before     # put back at the session's end
+
+
+def test_the_ini_names_kernels_dirs_relative_to_itself(pytester: pytest.Pytester, monkeypatch):
+    pytester.makeini("[pytest]\nlab_kernels_dir = lab/kernels lab/more\n")
+    _write(pytester, {"lab/kernels/mine.yaml": MINE, "lab/more/theirs.yml": MINE,
+                      "tests/test_names.py": NAMES.format(names=sorted(BUILT_IN + ["mine", "theirs"]))
+                      + "\ndef test_started_elsewhere():\n    import os\n    assert os.getcwd().endswith('tests')\n"})
+    monkeypatch.chdir(pytester.path / "tests")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_a_kernel_defined_twice_is_a_collection_error_naming_both_files(pytester: pytest.Pytester):
+    _write(pytester, {"extra/debian-6.1.yaml": MINE, "scenarios/patch/Makefile": "obj-m += p.o\n",
+                      "scenarios/demo.yaml": SCENARIO.format(name="demo")})
+    result = pytester.runpytest("-p", "no:cacheprovider", "--lab-kernels-dir", "extra", "--co")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*/extra/debian-6.1.yaml [[]name]: kernel 'debian-6.1' is also defined in "
+                                 "*/kernels/debian-6.1.yaml"])
+
+
+def test_a_kernels_dir_that_is_not_a_directory_is_a_usage_error_naming_it(pytester: pytest.Pytester):
+    result = pytester.runpytest("--lab-kernels-dir", "nope")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--lab-kernels-dir: not a directory: {pytester.path / 'nope'}*"])
