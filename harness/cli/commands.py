@@ -136,6 +136,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..lab.report import signoff
+    digest = signoff.write_saved(Path(args.out), [Path(a) for a in args.artifacts], settings_for(args),
+                                 title=args.title, note=args.note)
+    print(f"report: {Path(args.out) / 'index.html'} (manifest sha256 {digest})")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from ..doctor import run_checks
     settings = settings_for(args, check_cache=False)

@@ -12,7 +12,8 @@ import argparse
 from ..core.settings import ACCELS, BACKENDS
 from ..lab.matrix import DEFAULT_KERNEL
 from ..lab.scenario.specs import APPLY_TOOLS
-from .commands import cmd_boot, cmd_cache, cmd_doctor, cmd_fetch, cmd_image_build, cmd_kernels, cmd_verify
+from .commands import (cmd_boot, cmd_cache, cmd_doctor, cmd_fetch, cmd_image_build, cmd_kernels, cmd_report,
+                       cmd_verify)
 from .runs import cmd_check, cmd_run, cmd_selftests, cmd_soak
 
 Group = argparse._ActionsContainer   # a parser, or one of the groups its --help shows
@@ -97,6 +98,13 @@ def _outputs(sp: argparse.ArgumentParser, report: bool = True) -> None:
         g.add_argument("--report", metavar="DIR",
                        help="write a sign-off report: DIR/index.html (one self-contained page), the "
                             "artifacts, and DIR/manifest.json (sha256 of every file; see verify)")
+        _page_options(g)
+
+
+def _page_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--title", help="the sign-off page's title: what is signed off (e.g. the patch and its "
+                                   "version; a scenario's release: block names the patch per run)")
+    g.add_argument("--note", help="a word to the page's reader, shown under its title")
 
 
 def _matrix_options(sp: argparse.ArgumentParser) -> None:
@@ -214,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "missing or was added")
     v.add_argument("report", metavar="DIR", help="the report directory (holds manifest.json)")
     v.set_defaults(func=cmd_verify)
+
+    rp = sub.add_parser("report", parents=after, help="make a sign-off report from saved runs: every run "
+                                                      "folder (with its verdict.json) at or under ARTIFACTS")
+    rp.add_argument("artifacts", nargs="+", metavar="ARTIFACTS", help="run folders, or folders holding them "
+                                                                      "(e.g. lab-artifacts/<timestamp>)")
+    page = rp.add_argument_group("outputs")
+    page.add_argument("--out", metavar="DIR", required=True,
+                      help="the report directory: DIR/index.html, the runs' artifacts, DIR/manifest.json")
+    _page_options(page)
+    rp.set_defaults(func=cmd_report)
 
     st = sub.add_parser("selftests", parents=after, help="the kernel's own livepatch selftests (from its "
                                                          "linux-source package) in a guest of that kernel, one "

@@ -156,7 +156,8 @@ def _record(results, args: argparse.Namespace, settings: Settings, marks: bool =
     if args.report:
         from ..lab.report import signoff
         digest = signoff.write(Path(args.report), [Path(r.outcome.artifacts) for r in results], settings,
-                               expected={Path(r.outcome.artifacts): (r.expected, r.as_expected) for r in results})
+                               expected={Path(r.outcome.artifacts): (r.expected, r.as_expected) for r in results},
+                               title=args.title, note=args.note)
         print(f"report: {Path(args.report) / 'index.html'} (manifest sha256 {digest})", file=human(args))
     return matrix.exit_status(doc["results"])
 

@@ -242,3 +242,23 @@ def test_a_broken_pipe_that_is_not_stdout_stays_an_error(monkeypatch, tmp_path, 
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
     assert cli.main(["--cache-dir", str(tmp_path), "kernels"]) == 2
     assert "Broken pipe" in capsys.readouterr().err
+
+
+# --- the sign-off page from saved runs ----------------------------------------------------------
+
+def test_report_makes_the_page_from_saved_runs_with_its_title_and_refuses_a_path_that_is_no_folder(
+        tmp_path, capsys):
+    from tests.unit.signoff_runs import make_run
+    saved = tmp_path / "lab-artifacts" / "20261207-120000"
+    make_run(saved, "good", "debian-6.1")
+    make_run(saved, "slow", "debian-7", verdict="fail", slow=0.2)
+    out = tmp_path / "report"
+    assert cli.main(["--cache-dir", str(tmp_path / "c"), "report", str(saved), "--out", str(out),
+                     "--title", "lab_good 1.2-3", "--note", "for SEC-42"]) == 0
+    assert f"report: {out / 'index.html'} (manifest sha256 " in capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    assert "lab_good 1.2-3" in page and "for SEC-42" in page
+    assert cli.main(["--cache-dir", str(tmp_path / "c"), "verify", str(out)]) == 0
+    assert cli.main(["--cache-dir", str(tmp_path / "c"), "report", str(tmp_path / "nothing"), "--out",
+                     str(tmp_path / "r2")]) == 2
+    assert "is not a directory" in capsys.readouterr().err and not (tmp_path / "r2").exists()
