@@ -1,4 +1,5 @@
 """The console follower: tails a file QEMU appends to, line by line, as it grows."""
+import threading
 import time
 
 import pytest
@@ -25,6 +26,14 @@ def console(tmp_path):
         follower.stop()
 
 
+def looks_signalled(monkeypatch, poll: float) -> threading.Event:
+    """``ConsoleFollower.POLL`` as ``poll`` s, and an Event set each time a follower reads it:
+    it has just looked at its file, found nothing new (or no file yet), and waits to look again."""
+    looked = threading.Event()
+    monkeypatch.setattr(ConsoleFollower, "POLL", property(lambda self: (looked.set(), poll)[1]))
+    return looked
+
+
 def append(path, data: bytes) -> None:
     with open(path, "ab") as fh:
         fh.write(data)
@@ -36,10 +45,14 @@ def texts(follower):
 
 def test_lines_written_in_chunks_are_joined_at_newlines(console):
     path, follower = console()
+    written = b""
     for chunk in (b"[    0.000000] Linux ver", b"sion 6.1.0-18-amd64 (debian", b"-kernel)\n[    0.1] sec",
                   b"ond\r\nthird\n"):
         append(path, chunk)
-        time.sleep(0.06)   # let the follower see each piece on its own
+        written += chunk
+        # the follower sees each piece on its own: the next is written once it has read this one
+        so_far = written.decode().replace("\r\n", "\n").removesuffix("\n")
+        assert follower.wait_for(lambda c, so_far=so_far: c.tail() == so_far, WAIT)
     assert follower.wait_for(lambda c: len(c.lines) == 3, WAIT)
     assert texts(follower) == ["[    0.000000] Linux version 6.1.0-18-amd64 (debian-kernel)",
                                "[    0.1] second", "third"]   # \r of a serial line ending dropped
@@ -47,9 +60,10 @@ def test_lines_written_in_chunks_are_joined_at_newlines(console):
     assert all(line.t >= follower.first_output for line in follower.lines)
 
 
-def test_a_console_file_that_appears_later_is_picked_up(console):
+def test_a_console_file_that_appears_later_is_picked_up(console, monkeypatch):
+    looked = looks_signalled(monkeypatch, 0.05)
     path, follower = console(create=False)
-    time.sleep(0.1)
+    assert looked.wait(WAIT)   # it looked, and there was no file yet
     append(path, b"SeaBIOS (version 1.16.2-debian-1.16.2-1)\n")
     assert follower.wait_for(lambda c: c.contains("SeaBIOS"), WAIT)
 
@@ -94,18 +108,17 @@ def test_wait_for_gives_up_after_its_timeout(console):
 def test_tail_shows_the_last_n_lines_and_the_line_still_being_printed(console):
     path, follower = console()
     append(path, b"".join(b"line %d\n" % i for i in range(100)) + b"half a li")
-    assert follower.wait_for(lambda c: len(c.lines) == 100, WAIT)
-    time.sleep(0.1)
+    assert follower.wait_for(lambda c: len(c.lines) == 100 and c.tail(3).endswith("\nhalf a li"), WAIT)
     assert follower.tail(3) == "line 97\nline 98\nline 99\nhalf a li"
     assert follower.tail().splitlines()[0] == "line 60"   # 40 lines by default, + the partial one
 
 
 def test_stop_drains_what_was_written_just_before(tmp_path, monkeypatch):
-    monkeypatch.setattr(ConsoleFollower, "POLL", 30.0)   # only stop() will read the file again
+    looked = looks_signalled(monkeypatch, 30.0)   # only stop() will read the file again
     path = tmp_path / "console.log"
     path.touch()
     follower = ConsoleFollower(path).start()
-    time.sleep(0.05)
+    assert looked.wait(WAIT)   # it read the empty file, and waits to look again
     data = b"".join(b"[    %d.0] line %d\n" % (i, i) for i in range(500))
     append(path, data + b"\n" + b"Kernel panic - not syncing: no newline yet")
     follower.stop()   # immediately: whatever the follower had not read yet is read now
@@ -117,10 +130,10 @@ def test_stop_drains_what_was_written_just_before(tmp_path, monkeypatch):
 
 
 def test_stop_reads_a_console_file_that_appeared_after_the_last_poll(tmp_path, monkeypatch):
-    monkeypatch.setattr(ConsoleFollower, "POLL", 30.0)   # the follower will not look again by itself
+    looked = looks_signalled(monkeypatch, 30.0)   # the follower will not look again by itself
     path = tmp_path / "console.log"
     follower = ConsoleFollower(path).start()
-    time.sleep(0.05)
+    assert looked.wait(WAIT)   # it found no file, and waits to look again
     path.write_bytes(b"qemu-system-x86_64: terminating on signal 15\n")
     start = time.monotonic()
     follower.stop()

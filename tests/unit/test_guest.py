@@ -10,6 +10,8 @@ import pytest
 from harness.core.errors import DeadlineExceeded, GuestCommandError, GuestConnectionError
 from harness.machine.channel import GuestChannel, Result, load_private_key, parse_public_key
 
+from tests.waiting import wait_until
+
 from .fakes.sshd import FakeSSHServer, closed_port, openssh_line, silent_listener
 
 
@@ -68,10 +70,7 @@ def test_a_command_that_never_ends_raises_deadline_exceeded_in_time(server, chan
     # the connection survives: the next command runs normally ...
     assert channel.run("echo still here", timeout=5).stdout == "still here\n"
     # ... and the abandoned command's channel was closed, so the server killed it
-    deadline = time.monotonic() + 2
-    while "echo started; sleep 1000" not in server.killed and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert "echo started; sleep 1000" in server.killed
+    wait_until(lambda: "echo started; sleep 1000" in server.killed, "the server to kill the abandoned command", 2)
 
 
 def test_the_default_deadline_is_the_channels_command_timeout(server, client_key):
@@ -175,12 +174,14 @@ def test_upload_to_an_impossible_path_raises(channel, tmp_path):
 
 def test_a_host_key_mismatch_refuses_the_guest_before_authenticating(server, client_key):
     impostor = openssh_line(paramiko.ECDSAKey.generate())
-    before = len(server.auth_attempts)
+    before, conns = len(server.auth_attempts), len(server._transports)
     ch = make_channel(server, client_key, host_key=impostor)
     with pytest.raises(GuestConnectionError, match="host key mismatch"):
         ch.connect(timeout=5)
     assert not ch.connected
-    time.sleep(0.1)
+    # the server's side of that connection has ended: nothing more can arrive on it
+    (refused,) = server._transports[conns:]
+    wait_until(lambda: not refused.is_active(), "the server to see the refused connection end", 5)
     assert server.auth_attempts[before:] == []   # our key was never offered to the impostor
 
 

@@ -13,6 +13,8 @@ import pytest
 from harness.core.errors import GuestConnectionError
 from harness.machine.heartbeat import Heartbeat
 
+from tests.waiting import wait_until
+
 from .fakes.sshd import FakeSSHServer
 from .test_guest import make_channel
 
@@ -38,10 +40,9 @@ def channel(server, tmp_path):
 
 
 def _freeze_echo_shell(server) -> None:
-    deadline = time.monotonic() + 5   # the server starts exec'd commands in a thread
-    while not (shells := [p for p in server._procs if "read -r beat" in p.args[-1] and p.poll() is None]):
-        assert time.monotonic() < deadline, "the heartbeat shell never started"
-        time.sleep(0.02)
+    # the server starts exec'd commands in a thread
+    shells = wait_until(lambda: [p for p in server._procs if "read -r beat" in p.args[-1] and p.poll() is None],
+                        "the heartbeat shell to start", 5)
     os.killpg(shells[0].pid, signal.SIGSTOP)
 
 
@@ -54,7 +55,7 @@ def test_a_guest_that_answers_is_never_given_up(channel):
 
 def test_silence_ends_the_command_in_flight_long_before_its_own_deadline(server, channel):
     with Heartbeat(channel, timeout=1.0, interval=0.1) as hb:
-        time.sleep(0.3)
+        wait_until(lambda: hb.beats >= 3, "two heartbeats answered")   # the third is sent after the second's echo
         _freeze_echo_shell(server)
         start = time.monotonic()
         with pytest.raises(GuestConnectionError, match="did not answer a heartbeat for 1 s"):
@@ -75,9 +76,9 @@ def test_after_the_guest_is_lost_every_command_fails_at_once_saying_why(server, 
 
 
 def test_the_loss_is_reported_to_the_caller_before_the_connection_closes(server, channel):
-    seen = []
+    seen, lost = [], threading.Event()
     with Heartbeat(channel, timeout=0.5, interval=0.1,
-                   on_lost=lambda why: seen.append((why, channel.connected))):
+                   on_lost=lambda why: (seen.append((why, channel.connected)), lost.set())):
         _freeze_echo_shell(server)
-        time.sleep(1.5)
+        assert lost.wait(10)
     assert seen and seen[0][1] is True and "heartbeat" in seen[0][0]

@@ -8,6 +8,7 @@ import pytest
 
 from harness.core import hostcmd
 from harness.core.errors import HostCommandError, InfraError
+from tests.waiting import wait_until
 
 
 def dead(pid: int) -> bool:
@@ -20,12 +21,7 @@ def dead(pid: int) -> bool:
 
 
 def wait_dead(pid: int, within: float = 2.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if dead(pid):
-            return True
-        time.sleep(0.02)
-    return dead(pid)
+    return wait_until(lambda: dead(pid), f"pid {pid} to end", within)
 
 
 def test_returns_stdout_and_stderr_combined_in_order():
@@ -61,10 +57,7 @@ def test_an_interrupt_while_waiting_kills_the_command_and_its_children(tmp_path,
     real = subprocess.Popen.communicate
 
     def interrupted(self, *a, **kw):
-        deadline = time.monotonic() + 5
-        while not pidfile.exists() or not pidfile.read_text().strip():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), "the command's child pid", 5)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)

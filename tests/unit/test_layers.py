@@ -200,3 +200,44 @@ def test_no_test_asserts_a_value_against_itself():
                 if len(set(sides)) < len(sides):
                     same.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
     assert same == []
+
+
+# Where a test may still sleep, and why: path -> (how many sleeps, the reason).
+SLEEPS_ALLOWED = {
+    "tests/waiting.py": (1, "wait_until's poll: the one loop that looks at a state until it holds, "
+                            "within a deadline"),
+    "tests/integration/test_workload.py": (2, "the load runs 7 s, then on to 15 s, of wall-clock time in a real "
+                                              "guest: that span is what its schedule and counts are measured "
+                                              "against, not a wait for something to happen"),
+}
+
+
+def sleeps(source: str) -> int:
+    """The sleeps in ``source``: calls of time's sleep through the module anywhere, code a test
+    hands a child process in a string included, and calls of a ``sleep`` imported from time."""
+    import re
+    found = len(re.findall(r"\btime\s*\.\s*sleep\s*\(", source))
+    tree = ast.parse(source)
+    names = {a.asname or a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             and node.module == "time" for a in node.names if a.name == "sleep"}
+    return found + sum(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in names
+                       for node in ast.walk(tree))
+
+
+def test_every_form_of_a_sleep_counts():
+    call = "time.sleep" "(0.1)"   # split, so that this file holds no sleep of its own
+    assert [sleeps(src) for src in (
+        f"import time\n{call}\n",
+        f"import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'import time; {call}'])\n",
+        "from time import monotonic, sleep as nap\nnap(1)\nnap(2)\n",
+        "import asyncio, threading\nthreading.Event().wait(0.1)\nasyncio.sleep(1)\n")] == [1, 1, 2, 0]
+
+
+def test_tests_wait_on_events_not_sleeps():
+    """A test waits for what it needs to have happened (an Event, a line read, ``proc.wait``, a
+    socket that accepts, tests/waiting.py's ``wait_until``), never for a time guessed to be
+    long enough: a sleep is slow where the guess is generous and flaky where the host is busy.
+    A fake that must take time blocks on an Event its test sets at teardown."""
+    root = PKG.parent
+    found = {str(p.relative_to(root)): n for p in (root / "tests").rglob("*.py") if (n := sleeps(p.read_text()))}
+    assert found == {path: n for path, (n, _why) in SLEEPS_ALLOWED.items()}

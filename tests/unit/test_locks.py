@@ -12,6 +12,7 @@ import pytest
 import harness
 from harness.core.errors import DeadlineExceeded
 from harness.core.locks import file_lock
+from tests.waiting import wait_until
 
 ROOT = Path(harness.__file__).resolve().parent.parent
 
@@ -61,24 +62,33 @@ def test_the_lock_is_free_again_after_the_block_even_after_an_error(tmp_path):
         pass
 
 
-def test_a_waiter_gets_the_lock_once_the_holder_releases_it(tmp_path):
+def test_a_waiter_gets_the_lock_once_the_holder_releases_it(tmp_path, lock_log):
     path = tmp_path / "k.lock"
     order = []
-    held = threading.Event()
+    held, release = threading.Event(), threading.Event()
 
     def holder():
         with file_lock(path, timeout=1, what="holder"):
             order.append("holder in")
             held.set()
-            time.sleep(0.3)
+            release.wait(10)   # until the waiter is seen waiting
             order.append("holder out")
 
-    t = threading.Thread(target=holder)
-    t.start()
-    held.wait(2)
-    with file_lock(path, timeout=3, what="waiter"):
-        order.append("waiter in")
-    t.join()
+    def waiter():
+        with file_lock(path, timeout=10, what="waiter"):
+            order.append("waiter in")
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=waiter)]
+    threads[0].start()
+    try:
+        assert held.wait(5)
+        threads[1].start()
+        wait_until(lambda: any("waiting for another process: waiter" in r.getMessage() for r in lock_log),
+                   "the waiter to say it waits")
+    finally:
+        release.set()
+        for t in threads:
+            t.join(10)
     assert order == ["holder in", "holder out", "waiter in"]
 
 
@@ -91,15 +101,16 @@ def test_locks_on_different_files_do_not_block_each_other(tmp_path):
 def test_a_process_killed_while_holding_the_lock_does_not_leave_it_stuck(tmp_path):
     path = tmp_path / "k.lock"
     code = textwrap.dedent(f"""
-        import os, sys, time
+        import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
         from harness.core.locks import file_lock
         with file_lock(Path({str(path)!r}), timeout=5, what="child"):
             print("locked", flush=True)
-            time.sleep(60)
+            sys.stdin.read()   # held until killed (or the test's end closes this pipe)
     """)
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
     try:
         assert child.stdout.readline() == "locked\n"
         with pytest.raises(DeadlineExceeded):

@@ -9,6 +9,8 @@ import pytest
 from harness.core.errors import DeadlineExceeded, InfraError
 from harness.machine.qmp import QMPClient, QMPError
 
+from tests.waiting import wait_until
+
 from .fakes.qmp_server import FakeQMPServer, default_handler, ok
 
 
@@ -131,7 +133,6 @@ def test_the_deadline_reported_is_the_whole_wait_even_when_events_arrived_meanwh
 
     with FakeQMPServer(sock, handler):
         client.connect(timeout=2)
-        time.sleep(0.05)
         with pytest.raises(DeadlineExceeded) as err:
             client.execute("stop", timeout=0.3)
     assert [e["event"] for e in client.events] == ["STOP"]
@@ -153,8 +154,8 @@ def test_pending_events_collects_what_arrived_after_the_last_reply_without_waiti
         assert time.monotonic() - start < 0.05
         client.execute("cont", timeout=2)
         assert client.events == []                    # they arrived after the reply
-        time.sleep(0.12)
-        assert [e["event"] for e in client.pending_events()] == ["RESET", "SHUTDOWN"]
+        wait_until(lambda: len(client.pending_events()) >= 2, "RESET and SHUTDOWN to arrive", 5)
+        assert [e["event"] for e in client.events] == ["RESET", "SHUTDOWN"]
         assert client.execute("query-status", timeout=2)["running"] is True   # still in step
 
 
@@ -164,11 +165,13 @@ def test_a_late_reply_is_not_taken_for_an_event_or_for_the_next_reply(sock, clie
             return [0.15, ok(msg_id, "late")]
         return default_handler(command, arguments, msg_id)
 
-    with FakeQMPServer(sock, handler):
+    with FakeQMPServer(sock, handler) as server:
         client.connect(timeout=2)
         with pytest.raises(DeadlineExceeded):
             client.execute("slow", timeout=0.05)
-        time.sleep(0.2)
+        # on a unix socket, sent is already in the client's receive buffer
+        wait_until(lambda: any(m.get("return") == "late" for m in server.sent),
+                   "the server to send its late reply", 5)
         assert client.pending_events() == []
         assert client.execute("query-status", timeout=2)["status"] == "running"
 

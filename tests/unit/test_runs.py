@@ -12,6 +12,11 @@ import pytest
 
 from harness.machine import backends, runs
 from harness.machine.runs import OWNER, RunDir, reap_stale
+from tests.waiting import wait_until
+
+# A stand-in process: echoes its stdin line by line, ends at its end. One that answers after
+# the reaper ran was not killed by it (a kill would have been delivered first).
+ECHO = "import sys\nfor line in sys.stdin:\n    print(line, end='', flush=True)"
 
 
 @pytest.fixture
@@ -32,6 +37,17 @@ def made(runs_dir):
     yield make
     for run in created:
         run.remove()
+
+
+def stand_in(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", ECHO, *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def still_alive(proc: subprocess.Popen) -> bool:
+    """True if ``proc`` echoes a line, then ends normally at the end of its input."""
+    out, _ = proc.communicate("ping\n", timeout=10)
+    return (out, proc.returncode) == ("ping\n", 0)
 
 
 def dead_pid() -> int:
@@ -101,8 +117,7 @@ def test_only_the_dead_runs_go(made, runs_dir):
 def test_a_qemu_left_running_by_a_dead_run_is_killed(made, runs_dir):
     run = made()
     # stands in for QEMU: its command line names the run directory, as QEMU's does
-    qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
-                             "-chardev", f"file,id=con0,path={run.path}/console.log"])
+    qemu = stand_in("-chardev", f"file,id=con0,path={run.path}/console.log")
     try:
         set_owner(run, pid=dead_pid(), backend="qemu", qemu_pid=qemu.pid)
         assert reap_stale(runs_dir) == 1
@@ -116,12 +131,11 @@ def test_a_qemu_left_running_by_a_dead_run_is_killed(made, runs_dir):
 
 def test_a_recorded_qemu_pid_now_used_by_another_program_is_left_alone(made, runs_dir):
     run = made()
-    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    stranger = stand_in()
     try:
         set_owner(run, pid=dead_pid(), backend="qemu", qemu_pid=stranger.pid)
         assert reap_stale(runs_dir) == 1
-        time.sleep(0.1)
-        assert stranger.poll() is None   # not ours: its command line does not name the run
+        assert still_alive(stranger)   # not ours: its command line does not name the run
     finally:
         stranger.kill()
         stranger.wait()
@@ -130,13 +144,12 @@ def test_a_recorded_qemu_pid_now_used_by_another_program_is_left_alone(made, run
 def test_after_a_reboot_every_old_run_is_stale_and_no_pid_is_trusted(made, runs_dir):
     run = made()
     # a pid recorded before a reboot means nothing now: this one happens to be alive
-    other = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep(60)  # {run.path}"])
+    other = stand_in(str(run.path))
     try:
         set_owner(run, boot_id="an-earlier-boot", backend="qemu", qemu_pid=other.pid)
         assert reap_stale(runs_dir) == 1
         assert not run.path.exists()
-        time.sleep(0.1)
-        assert other.poll() is None      # pid from another boot: never killed
+        assert still_alive(other)        # pid from another boot: never killed
     finally:
         other.kill()
         other.wait()
@@ -208,10 +221,8 @@ def test_liveness_check(monkeypatch):
 def test_a_zombie_owner_counts_as_dead():
     # A killed lab lingers as a zombie until reaped; it holds nothing, so its run is stale.
     child = subprocess.Popen(["true"])
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] != "Z":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(lambda: Path(f"/proc/{child.pid}/stat").read_text().split(") ")[1][0] == "Z",
+               "the child to be a zombie")
     try:
         assert not runs._alive(child.pid)
     finally:

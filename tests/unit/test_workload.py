@@ -31,6 +31,8 @@ from harness.lab.run.workload import clock, detached, httpload, probe, service, 
 from harness.machine.channel import Result
 from harness.supply import guestfs
 
+from tests.waiting import wait_until
+
 from .fakes.local_guest import LocalGuest
 
 T0 = 1_800_000_000.0
@@ -185,27 +187,39 @@ def test_malformed_lines_are_skipped_with_a_warning(caplog):
 
 # clock_offset -----------------------------------------------------------------------
 class ClockGuest:
-    """Answers the clock command with host time + offset, after a given delay per call."""
+    """Answers the clock command with host time + offset, a given round trip per call.
+
+    It keeps the host clock too (``time()``, which the test puts in place of measure_clock's
+    time module): only the round trips move it, half before the guest reads its clock and
+    half after, so no real time passes.
+    """
 
     def __init__(self, offset: float, delays: list[float]):
         self.offset, self.delays, self.commands = offset, list(delays), []
+        self.now = T0
+
+    def time(self) -> float:
+        return self.now
 
     def run(self, command, timeout=None, *, check=False, stdin=None):
         self.commands.append(command)
         delay = self.delays.pop(0)
-        time.sleep(delay / 2)
-        now = time.time() + self.offset
-        time.sleep(delay / 2)
-        return Result(command, 0, f"{now:.6f}\n", "", delay)
+        self.now += delay / 2
+        guest_now = self.now + self.offset
+        self.now += delay / 2
+        return Result(command, 0, f"{guest_now:.6f}\n", "", delay)
 
 
-def test_clock_offset_uses_the_fastest_round_trip():
+def test_clock_offset_uses_the_fastest_round_trip(monkeypatch):
     g = ClockGuest(-0.97, [0.2, 0.05, 0.3, 0.002, 0.1])
+    monkeypatch.setattr(clock, "time", g)
     offset, uncertainty = clock.measure_clock(g, 5)
-    assert offset == approx(-0.97, abs=0.003)
-    assert uncertainty < 0.01
+    assert offset == approx(-0.97)
+    assert uncertainty == approx(0.001)          # half the fastest round trip
     assert len(g.commands) == 5 and "date +%s.%N" in g.commands[0]
-    assert clock.clock_offset(ClockGuest(12.5, [0.01] * 3), samples=3) == approx(12.5, abs=0.01)
+    g = ClockGuest(12.5, [0.01] * 3)
+    monkeypatch.setattr(clock, "time", g)
+    assert clock.clock_offset(g, samples=3) == approx(12.5)
 
 
 # in-process HTTP servers ---------------------------------------------------------------
@@ -266,17 +280,29 @@ def servers():
         s.close()
 
 
-def run_load(port: int, seconds: float, tmp_path: Path, stop_timeout: float = 3.0, **spec) -> tuple:
-    load = httpload.HttpLoad("127.0.0.1", port, specs.ServiceSpec(**spec), tmp_path / "requests.jsonl")
+def run_load(port: int, count: int, tmp_path: Path, stop_timeout: float = 3.0, *,
+             arrived_at: Optional[Server] = None, max_inflight: Optional[int] = None, **spec) -> tuple:
+    """An HttpLoad on ``port``, stopped once ``count`` of its requests have ended, or with
+    ``arrived_at``, have reached that server (which may hold them: they end at stop)."""
+    load = httpload.HttpLoad("127.0.0.1", port, specs.ServiceSpec(**spec), tmp_path / "requests.jsonl",
+                             max_inflight=max_inflight)
     load.start()
-    time.sleep(seconds)
-    return load, load.stop(stop_timeout)
+    within = count / load.spec.rate + 10
+    try:   # looked at 20 times a second: often enough, and no rival for the load's own threads
+        if arrived_at is None:
+            wait_until(lambda: len(load.requests) >= count, f"{count} requests to end", within, interval=0.05)
+        else:
+            wait_until(lambda: arrived_at.count >= count, f"{count} requests to reach the server", within,
+                       interval=0.05)
+    finally:
+        requests = load.stop(stop_timeout)
+    return load, requests
 
 
 def test_a_steady_rate_is_kept_and_every_request_logged(servers, tmp_path):
     srv = servers()
-    load, rs = run_load(srv.port, 2.0, tmp_path, rate=50)
-    assert 95 <= len(rs) <= 102
+    load, rs = run_load(srv.port, 100, tmp_path, rate=50)
+    assert len(rs) >= 100
     assert [r.seq for r in rs] == list(range(len(rs)))
     assert all(r.ok and r.status == 200 and r.error is None for r in rs)
     gaps = [b.intended - a.intended for a, b in zip(rs, rs[1:])]
@@ -299,11 +325,11 @@ def test_a_stalled_server_shows_its_stall_in_latency_and_gap(servers, tmp_path):
     def behave(n):
         t = time.monotonic()
         if stall <= t < stall + 1.0:
-            time.sleep(stall + 1.0 - t)
+            srv.release.wait(stall + 1.0 - t)
         return None
 
     srv = servers(behave)
-    load, rs = run_load(srv.port, 2.5, tmp_path, rate=20)
+    load, rs = run_load(srv.port, 50, tmp_path, rate=20)
     assert all(r.ok for r in rs)
     # open loop: never held back (a closed loop would hold sends for the 1 s stall; the margin
     # is for a busy host's scheduler, seen delaying a send by 0.19 s while a TCG guest ran)
@@ -324,11 +350,11 @@ def test_a_slow_server_makes_latency_count_from_the_intended_time(servers, tmp_p
 
     def behave(n):
         with gate:
-            time.sleep(0.15)
+            srv.release.wait(0.15)
         return None
 
     srv = servers(behave)
-    load, rs = run_load(srv.port, 1.5, tmp_path, rate=10, timeout=5)
+    load, rs = run_load(srv.port, 15, tmp_path, arrived_at=srv, rate=10, timeout=5)
     ok = [r for r in rs if r.ok]
     assert len(ok) == len(rs) >= 14
     assert max(r.sent - r.intended for r in rs) < 0.4    # a closed loop: 0.05 s later per request, 0.7 s by the 14th
@@ -338,11 +364,7 @@ def test_a_slow_server_makes_latency_count_from_the_intended_time(servers, tmp_p
 
 def test_requests_past_the_concurrency_bound_are_failed_as_overload(servers, tmp_path):
     srv = servers(lambda n: (srv.release.wait(1.0), None)[1])
-    load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20, timeout=3), tmp_path / "r.jsonl",
-                      max_inflight=3)
-    load.start()
-    time.sleep(1.0)
-    rs = load.stop(3.0)
+    load, rs = run_load(srv.port, 17, tmp_path, rate=20, timeout=3, max_inflight=3)   # 3 held, 14+ over
     assert [r.seq for r in rs] == list(range(len(rs)))                  # nothing skipped
     over = [r for r in rs if r.error == "overload"]
     assert len(over) >= len(rs) - 6 >= 10
@@ -351,13 +373,13 @@ def test_requests_past_the_concurrency_bound_are_failed_as_overload(servers, tmp
     assert sum(r.ok for r in rs) >= 3
     st = stats.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
     assert st.failed == len(over)
-    logged = httpload.load_requests(tmp_path / "r.jsonl")
+    logged = httpload.load_requests(tmp_path / "requests.jsonl")
     assert sum(r.error == "overload" for r in logged) == len(over)
 
 
 def test_a_request_ends_at_its_timeout(servers, tmp_path):
     srv = servers(lambda n: (srv.release.wait(10), None)[1])
-    load, rs = run_load(srv.port, 0.3, tmp_path, stop_timeout=3.0, rate=10, timeout=0.5)
+    load, rs = run_load(srv.port, 3, tmp_path, stop_timeout=3.0, arrived_at=srv, rate=10, timeout=0.5)
     assert rs and all(r.error == "timeout" and r.status is None for r in rs)
     assert all(0.45 < r.done - r.sent < 0.8 for r in rs)
 
@@ -366,7 +388,7 @@ def test_stop_is_bounded_and_cancels_what_is_still_in_flight(servers, tmp_path):
     srv = servers(lambda n: (srv.release.wait(30), None)[1])
     load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20, timeout=20), tmp_path / "r.jsonl")
     load.start()
-    time.sleep(0.5)
+    wait_until(lambda: srv.count >= 10, "10 requests to reach the server")
     t = time.monotonic()
     rs = load.stop(timeout=0.5)
     assert time.monotonic() - t < 2.0
@@ -375,8 +397,8 @@ def test_stop_is_bounded_and_cancels_what_is_still_in_flight(servers, tmp_path):
 
 
 def test_stop_waits_for_requests_in_flight_within_their_timeout(servers, tmp_path):
-    srv = servers(lambda n: (time.sleep(0.3), None)[1])
-    load, rs = run_load(srv.port, 0.5, tmp_path, stop_timeout=3.0, rate=20, timeout=2)
+    srv = servers(lambda n: (srv.release.wait(0.3), None)[1])
+    load, rs = run_load(srv.port, 10, tmp_path, stop_timeout=3.0, arrived_at=srv, rate=20, timeout=2)
     assert rs and all(r.ok for r in rs)
 
 
@@ -385,7 +407,7 @@ def test_the_load_ends_by_itself_at_its_cap(servers, tmp_path):
     load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20), tmp_path / "r.jsonl",
                       max_duration=0.5)
     load.start()
-    time.sleep(1.2)
+    load._thread.join(5.0)
     assert not load._thread.is_alive()
     assert len(load.requests) == 10
     assert len(load.stop(1.0)) == 10
@@ -397,9 +419,9 @@ def test_stop_before_start_and_requests_while_running(servers, tmp_path):
     assert load.stop(0.1) == []
     load = httpload.HttpLoad("127.0.0.1", srv.port, specs.ServiceSpec(rate=20), tmp_path / "r.jsonl")
     load.start()
-    time.sleep(0.5)
+    wait_until(lambda: len(load.requests) >= 5, "5 requests to end")
     snapshot = load.requests
-    assert 5 <= len(snapshot) <= 12
+    assert len(snapshot) >= 5 and load._thread.is_alive()
     with pytest.raises(RuntimeError):
         load.start()
     assert len(load.stop(2.0)) >= len(snapshot)
@@ -427,7 +449,7 @@ def test_a_full_accept_queue_costs_the_accept_delay_not_a_syn_timeout(tmp_path):
         t0 = time.monotonic()
         while not done.is_set():
             if (time.monotonic() - t0) % 0.6 > 0.3:
-                time.sleep(0.3)
+                done.wait(0.3)
             try:
                 c, _ = ls.accept()
             except OSError:
@@ -437,7 +459,7 @@ def test_a_full_accept_queue_costs_the_accept_delay_not_a_syn_timeout(tmp_path):
     th = threading.Thread(target=acceptor, daemon=True)
     th.start()
     try:
-        load, rs = run_load(ls.getsockname()[1], 3.0, tmp_path, rate=30, timeout=3)
+        load, rs = run_load(ls.getsockname()[1], 90, tmp_path, rate=30, timeout=3)
     finally:
         done.set()
         th.join(2)
@@ -450,13 +472,13 @@ def test_connection_errors_are_recorded(tmp_path, servers):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]          # nothing listens here once closed
-    load, rs = run_load(port, 0.3, tmp_path, rate=10, timeout=1)
+    load, rs = run_load(port, 3, tmp_path, rate=10, timeout=1)
     assert rs and all(r.error == "refused" and r.done is not None for r in rs)
     srv = servers(lambda n: b"SSH-2.0-nope\r\n\r\n")
-    load, rs = run_load(srv.port, 0.3, tmp_path, rate=10, timeout=1)
+    load, rs = run_load(srv.port, 3, tmp_path, rate=10, timeout=1)
     assert rs and all(r.error.startswith("bad response") for r in rs)
     srv = servers(lambda n: b"HTTP/1.0 503 Busy\r\n\r\n")
-    load, rs = run_load(srv.port, 0.3, tmp_path, rate=10, timeout=1)
+    load, rs = run_load(srv.port, 3, tmp_path, rate=10, timeout=1)
     assert rs and all(r.status == 503 and r.error is None and not r.ok for r in rs)
 
 
@@ -473,6 +495,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def probe_records(d: Path) -> int:
+    """Runs the probe loop has recorded in its log so far."""
+    try:
+        return (d / "probe.log").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def group_alive(pidfile: Path) -> bool:
@@ -505,12 +535,12 @@ def test_the_probe_loop_records_every_run_with_its_status_and_output(local):
     guest, d = local
     cmd = "printf 'one\\ntwo\\n'; printf '\\000\\377'; echo err >&2; exit $(( $$ % 2 ))"
     probe.start(guest, specs.ProbeSpec(cmd, interval=0.2))
-    time.sleep(1.5)
+    wait_until(lambda: probe_records(d) >= 7, "7 probe runs recorded")
     t = time.monotonic()
     samples = probe.stop(guest)
     assert time.monotonic() - t < 1.5
     assert not group_alive(d / "probe.pid") and not (d / "probe.pid").exists()
-    assert 6 <= len(samples) <= 9
+    assert 7 <= len(samples) <= 9
     assert {s.rc for s in samples} <= {0, 1}
     assert all(s.output == "one\ntwo\n\x00\ufffderr\n" for s in samples)
     spacing = [b.t - a.t for a, b in zip(samples, samples[1:])]
@@ -523,21 +553,21 @@ def test_the_probe_loop_records_every_run_with_its_status_and_output(local):
 
 def test_a_hung_probe_run_is_killed_and_recorded(local):
     guest, d = local
-    probe.start(guest, specs.ProbeSpec("echo start; sleep 31.25", interval=0.2))
-    time.sleep(1.6)
+    started = d.parent / "started"   # a line per run, outside its output
+    probe.start(guest, specs.ProbeSpec(f"echo start; echo >>{started}; sleep 31.25", interval=0.2))
+    wait_until(lambda: started.exists() and started.read_text().count("\n") >= 2, "a second probe run")
     samples = probe.stop(guest)
     assert samples and samples[0].rc == 124 and samples[0].output == "start\n"
     assert samples[0].t_end - samples[0].t == approx(1.0, abs=0.3)
     assert samples[1].t - samples[0].t == approx(1.0, abs=0.3)   # the next run at once
-    time.sleep(0.2)
-    left = subprocess.run(["pgrep", "-f", "sleep 31.25"], capture_output=True, text=True).stdout
-    assert left == ""
+    wait_until(lambda: subprocess.run(["pgrep", "-f", "sleep 31.25"], capture_output=True, text=True).stdout == "",
+               "the killed runs' sleep to end", 5)
 
 
 def test_probe_exit_statuses_and_a_quick_stop_between_runs(local):
     guest, d = local
     probe.start(guest, specs.ProbeSpec("trap 'echo bye' EXIT; echo $((7 * 6)); exit 3", interval=30))
-    time.sleep(0.8)                       # one run, then 30 s until the next
+    wait_until(lambda: probe_records(d) >= 1, "the first probe run recorded")   # then 30 s until the next
     t = time.monotonic()
     samples = probe.stop(guest)
     assert time.monotonic() - t < 1.5     # the wait for the next run is woken, not waited out
@@ -567,8 +597,8 @@ def test_the_default_server_serves_a_file_fresh_per_request(local, tmp_path):
         assert fetch_body(spec.port, "/x") == "first\n"
         served.write_text("second\n")
         assert fetch_body(spec.port, "/") == "second\n"
-        load, rs = run_load(spec.port, 1.0, tmp_path, rate=20)
-        assert len(rs) >= 18 and all(r.ok for r in rs)
+        load, rs = run_load(spec.port, 20, tmp_path, rate=20)
+        assert len(rs) >= 20 and all(r.ok for r in rs)
     finally:
         service.stop(guest)
     assert not group_alive(d / "service.pid")
@@ -650,8 +680,5 @@ def test_stop_all_ends_every_session_in_one_round_trip_and_kills_the_stubborn(lo
     out = detached.stop_all(guest, ["calm", "stubborn", "never-started"], 0.5, then="echo after")
     assert out.strip() == "after" and len(ran) == 1
     # a SIGKILLed process dies when the host next schedules it: on a busy host, not at once
-    deadline = time.monotonic() + 5
-    while any(live_members(p) for p in pids.values()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert all(live_members(p) == [] for p in pids.values())
+    wait_until(lambda: not any(live_members(p) for p in pids.values()), "the stopped sessions to end", 5)
     assert not (d / "calm.pid").exists() and not (d / "stubborn.pid").exists()

@@ -118,8 +118,8 @@ def main(argv):
         console.write(b"[    0.000000] Command line: " + (option(argv, "-append") or "").encode() + b"\r\n")
 
         if mode == "no-qmp":
-            while True:
-                time.sleep(1)
+            while True:   # idles until a signal ends it (SIGTERM's handler, or SIGKILL)
+                signal.pause()
 
         assert qmp.startswith("unix:") and ",server=on" in qmp and ",wait=off" in qmp, qmp
         path = qmp[len("unix:"):].split(",")[0]

@@ -2,15 +2,15 @@
 
 ``handler(command, arguments)`` returns the list of JSON messages to send for
 one command (replies and events, in order; a number is a pause in seconds,
-``"close"`` hangs up), or ``None`` to stay silent. The
-default handler answers ``qmp_capabilities`` and echoes ``query-*`` commands.
+which stopping the server cuts short; ``"close"`` hangs up), or ``None`` to
+stay silent. The default handler answers ``qmp_capabilities`` and echoes
+``query-*`` commands. ``sent`` holds each message once it is on the socket.
 """
 from __future__ import annotations
 
 import json
 import socket
 import threading
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -39,6 +39,7 @@ class FakeQMPServer:
         self.path, self.handler, self.greeting = path, handler, greeting
         self.delay, self.split_writes = delay, split_writes
         self.received: list[dict] = []
+        self.sent: list[dict] = []
         self._listener: Optional[socket.socket] = None
         self._conns: list[socket.socket] = []
         self._stop = threading.Event()
@@ -67,9 +68,10 @@ class FakeQMPServer:
         if self.split_writes:   # one byte at a time: the client must reassemble lines
             for i in range(len(data)):
                 conn.sendall(data[i:i + 1])
-                time.sleep(0.0005)
+                self._stop.wait(0.0005)
         else:
             conn.sendall(data)
+        self.sent.append(msg)
 
     def _serve(self) -> None:
         if self.delay:
@@ -112,7 +114,7 @@ class FakeQMPServer:
                         conn.close()
                         return
                     if isinstance(out, (int, float)):   # a pause, in seconds
-                        time.sleep(out)
+                        self._stop.wait(out)
                         continue
                     self.send(conn, out)
 
