@@ -1,10 +1,12 @@
 import os
 import subprocess
 import threading
-import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
+
+from tests.waiting import wait_until
 
 
 def kernel_params(names) -> list:
@@ -92,8 +94,7 @@ def qemu_pids_under(path: Path) -> list[int]:
 def wait_for_console(runs_dir: Path, text: str, deadline: float, proc=None, output="") -> Path:
     """Until a run's console log under ``runs_dir`` shows ``text`` (the guest reached that
     point); the console log's path. A ``proc`` that ends first ends the wait (with ``output``)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
+    def shown() -> Optional[Path]:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"it ended (exit {proc.returncode}) before {text!r}:\n{output}")
         for log in runs_dir.glob("*/console.log"):
@@ -102,8 +103,8 @@ def wait_for_console(runs_dir: Path, text: str, deadline: float, proc=None, outp
                     return log
             except OSError:   # the run ended meanwhile
                 continue
-        time.sleep(0.2)
-    raise AssertionError(f"no console under {runs_dir} showed {text!r} within {deadline:.0f}s")
+        return None
+    return wait_until(shown, f"a console under {runs_dir} to show {text!r}", deadline, interval=0.2)
 
 
 class Output:

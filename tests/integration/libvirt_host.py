@@ -10,10 +10,10 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from harness.core.locks import file_lock
+from tests.waiting import NotInTime, wait_until
 
 URI = "qemu:///system"
 REPO = Path(__file__).resolve().parents[2]
@@ -58,14 +58,11 @@ def ensure_libvirtd(deadline_s: float = 60) -> None:
         for name, log in logs.items():
             if not _running(name):
                 _start(name, log)
-    end = time.monotonic() + deadline_s
-    while not _answers():
-        if time.monotonic() > end:
-            tails = "\n".join(f"--- {log} ---\n" + _tail(log) for log in logs.values())
-            running = {name: _running(name) for name in logs}
-            raise RuntimeError(f"libvirtd did not answer `virsh -c {URI} list` within "
-                               f"{deadline_s}s (running: {running})\n{tails}")
-        time.sleep(0.5)
+    def why() -> str:
+        tails = "\n".join(f"--- {log} ---\n" + _tail(log) for log in logs.values())
+        running = {name: _running(name) for name in logs}
+        return f"libvirtd to answer `virsh -c {URI} list` (running: {running})\n{tails}"
+    wait_until(_answers, why, deadline_s, interval=0.5)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -133,16 +130,21 @@ def start_sshd(d: Path, deadline_s: float = 20) -> tuple[subprocess.Popen, str]:
     Path("/run/sshd").mkdir(exist_ok=True)   # sshd's privilege-separation directory
     proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", str(d / "sshd_config"),
                              "-E", str(d / "sshd.log")], start_new_session=True)
-    end = time.monotonic() + deadline_s
-    while True:
+    def state() -> str:
+        if proc.poll() is not None:
+            return "exited"
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
+            return "listening"
         except OSError:
-            if proc.poll() is not None or time.monotonic() > end:
-                proc.kill()
-                raise RuntimeError(f"sshd did not listen: {(d / 'sshd.log').read_text()}")
-            time.sleep(0.1)
+            return ""
+    try:
+        seen = wait_until(state, f"sshd to listen on 127.0.0.1:{port}", deadline_s, interval=0.1)
+    except NotInTime:
+        seen = "silent"
+    if seen != "listening":
+        proc.kill()
+        raise RuntimeError(f"sshd did not listen ({seen}): {(d / 'sshd.log').read_text()}")
     uri = f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={d}/id&no_verify=1&command={d}/ssh"
     return proc, uri
 

@@ -16,7 +16,9 @@ from harness.machine import session
 from harness.machine.backends.base import GUEST, HOST, MachineExit
 from harness.supply.kernels.defs import load_definitions
 
-from .conftest import kernel_params, qemu_processes_under
+from tests.waiting import wait_until
+
+from .conftest import kernel_params, qemu_processes_under, wait_for_console
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 
@@ -93,7 +95,7 @@ def test_how_a_machine_ended_says_whether_the_guest_or_the_host_ended_it(lab_boo
 
 
 BOOT_SCRIPT = textwrap.dedent("""
-    import sys, time
+    import sys
     from harness.machine import session, signals
     from harness.supply import images, recipes
     from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
@@ -105,7 +107,7 @@ BOOT_SCRIPT = textwrap.dedent("""
     print("booting", flush=True)
     with session.boot(k, img, s) as g:
         print("ready", flush=True)
-        time.sleep(600)
+        sys.stdin.read()   # up until a signal, or the test closes this pipe (or dies)
 """)
 
 
@@ -115,18 +117,13 @@ def _start_boot(tmp_path: Path, lab_settings, snapshots: bool = True) -> subproc
                LIVEPATCH_LAB_SNAPSHOTS="1" if snapshots else "0")
     if lab_settings.accel != "auto":
         env["LIVEPATCH_LAB_ACCEL"] = lab_settings.accel
-    return subprocess.Popen([sys.executable, "-c", BOOT_SCRIPT], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
+    return subprocess.Popen([sys.executable, "-c", BOOT_SCRIPT], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=Path(__file__).resolve().parents[2])
 
 
 def _wait_for_qemu(runs_dir: Path, deadline: float = 120) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if qemu_processes_under(runs_dir):
-            return
-        time.sleep(0.1)
-    raise AssertionError("QEMU never started")
+    wait_until(lambda: qemu_processes_under(runs_dir), "QEMU to start", deadline, interval=0.1)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -136,7 +133,7 @@ def test_an_interrupted_boot_leaves_no_process_and_no_overlay(sig, tmp_path, lab
     proc = _start_boot(tmp_path, lab_settings, snapshots=False)   # a restored copy is up in ~1 s
     try:
         _wait_for_qemu(lab_settings.runs_dir)
-        time.sleep(1.0)  # mid-boot: the kernel is starting
+        wait_for_console(lab_settings.runs_dir, "Linux version", 120, proc)   # mid-boot: the kernel is starting
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -154,10 +151,9 @@ def test_a_killed_host_process_takes_its_qemu_along_and_the_next_run_reaps_its_d
         proc.wait(timeout=10)
     finally:
         proc.kill()
-    end = time.monotonic() + 10
-    while qemu_processes_under(lab_settings.runs_dir) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert qemu_processes_under(lab_settings.runs_dir) == [], "QEMU outlived its parent"
+    wait_until(lambda: qemu_processes_under(lab_settings.runs_dir) == [],
+               lambda: f"QEMU to end with its parent: {qemu_processes_under(lab_settings.runs_dir)}", 10,
+               interval=0.1)
     with lab_boot("debian-6.1") as guest:  # the next run reaps the dead run's directory
         assert guest.run("true").ok
 

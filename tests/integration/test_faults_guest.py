@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,8 @@ import pytest
 from harness.lab import runner
 from harness.lab.scenario import loader as scenario
 from harness.lab.run import steps
+
+from tests.waiting import wait_until
 
 from .conftest import Output, qemu_pids_under, qemu_processes_under
 
@@ -138,10 +139,11 @@ def test_a_guest_whose_overlay_fills_its_disk_is_paused_by_the_host_which_says_s
     with session.boot(lab_kernel("debian-6.1"), lab_image, settings) as guest:
         guest.run("nohup dd if=/dev/zero of=/root/fill bs=1M count=512 oflag=direct >/dev/null 2>&1 &",
                   check=True)
-        end = time.monotonic() + 120   # QEMU's status is the event: paused on the write it could not do
-        while not (trouble := guest.machine.host_trouble()) and time.monotonic() < end:
-            time.sleep(0.5)
-        guest.channel.mark_lost("paused by the host")   # as the heartbeat would: no poweroff of a paused guest
+        try:   # QEMU's status is the event: paused on the write it could not do
+            trouble = wait_until(guest.machine.host_trouble, "the host to pause the guest on its full disk", 120,
+                                 interval=0.5)
+        finally:
+            guest.channel.mark_lost("paused by the host")   # as the heartbeat would: no poweroff of a paused guest
         assert trouble.startswith(f"the host paused the guest: write of its disk disk0 ({runs}/"), trouble
         assert "no space left on device" in trouble
     assert os.listdir(runs) == [] and qemu_processes_under(runs) == []

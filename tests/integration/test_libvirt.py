@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_until
+
 from . import libvirt_host
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
@@ -49,10 +51,9 @@ def libvirt_clean(libvirtd, lab_settings):
 
 
 def _wait_back_to(before) -> None:
-    end = time.monotonic() + 10   # a destroyed domain's QEMU may take a moment to be reaped
-    while time.monotonic() < end and libvirt_host.leftovers() != before:
-        time.sleep(0.2)
-    assert libvirt_host.leftovers() == before
+    # a destroyed domain's QEMU may take a moment to be reaped
+    wait_until(lambda: libvirt_host.leftovers() == before,
+               lambda: f"libvirt back to {before} (now {libvirt_host.leftovers()})", 10, interval=0.2)
 
 
 def _boot_cli(lab_settings, uri: str) -> tuple[subprocess.CompletedProcess, float]:
