@@ -9,7 +9,7 @@ For each kernel line, runs SCENARIO (default the good patch) REPEAT times with `
 hits both alike, each from a real boot (snapshots off: a restored guest would hide the boot's
 cost). Prints per line and setting: the boot (to SSH), the whole item, and the service's
 latency in the baseline and patched windows (median and 99th percentile, over the runs), then
-the ratio on/off. What it is for: the figures in README "Quiet damage: the kernel's memory
+the ratio on/off. What it is for: the figures in docs/checks.md "Quiet damage: the kernel's memory
 debugging"; they are numbers from this machine, not a pass/fail.
 """
 from __future__ import annotations

@@ -2,6 +2,7 @@
 """Every speed target of the lab, measured in one run and printed as ratios.
 
     python bench/speed.py [--runs 3] [--matrix] [--kernel-a debian-6.1] [--kernel-b debian-6.12]
+                          [--markdown docs/benchmarks.md]
 
 1. fixed cost / bare cycle: an item's seconds minus the cache preparation and the
    scenario's own windows (baseline, patched, cool-down), against bench/bare_cycle.py's
@@ -13,6 +14,8 @@
 
 Numbers to read, not assertions: the host's load average is printed beside them,
 since a busy 2-core host slows a TCG guest as much as anything measured here.
+``--markdown FILE`` also writes them as the table between FILE's ``<!-- bench:speed begin -->``
+and ``<!-- bench:speed end -->`` lines (docs/benchmarks.md's speed targets; ``-``: stdout).
 """
 from __future__ import annotations
 
@@ -22,12 +25,14 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_cycle import bare_cycle  # noqa: E402
+import mdtable  # noqa: E402
 from harness.core.settings import Settings  # noqa: E402
 from harness.lab import runner
 from harness.lab.scenario import loader as scenario  # noqa: E402
@@ -52,12 +57,36 @@ def median_of(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
 
 
+# name, the table's wording of it, value, goal (op, limit, unit), detail
+Row = tuple[str, str, float, tuple[str, float, str], str]
+
+
+def goal(g: tuple[str, float, str]) -> str:
+    return f"{g[0]} {g[1]:g}{g[2]}"
+
+
+def met(value: float, g: tuple[str, float, str]) -> bool:
+    return value <= g[1] if g[0] == "<=" else value >= g[1]
+
+
+def markdown(rows: list[Row], command: str, cores: int, load0: float, load1: float) -> str:
+    """The speed targets as docs/benchmarks.md shows them, with the command, date, cores and load."""
+    cells = [(described, f"**{value:.2f}{g[2]}**" + (f" ({detail})" if detail else ""),
+              goal(g) + ("" if met(value, g) else ": **not met here**"))
+             for _name, described, value, g, detail in rows]
+    return (mdtable.table(("target", "measured", "goal"), cells) + "\n\n"
+            f"Written by `{command}` on {time.strftime('%Y-%m-%d')}: {cores} host cores, "
+            f"load average {load0:.1f} -> {load1:.1f}.")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--kernel-a", default="debian-6.1")
     ap.add_argument("--kernel-b", default="debian-6.12")
     ap.add_argument("--matrix", action="store_true")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the table between FILE's "
+                    "<!-- bench:speed begin/end --> lines (docs/benchmarks.md; - for stdout)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[bench] %(message)s")
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
@@ -69,24 +98,30 @@ def main() -> int:
         b = median_of([item(args.kernel_b, settings, Path(tmp) / f"b{i}") for i in range(max(1, args.runs // 2))])
         bare = bare_cycle(args.kernel_a, settings, args.runs)
     load1 = os.getloadavg()[0]
-    rows = [
-        ("fixed cost / bare cycle", a["fixed"] / bare["wall"], "<= 1.5",
-         f"{a['fixed']:.1f} s / {bare['wall']:.1f} s (boot {a['boot']:.1f}, set-up {a['setup']:.1f}, "
-         f"collect {a['collect']:.1f})"),
-        ("boot + set-up, warm item", a["boot_setup"], "<= 3 s", f"{a['boot_setup']:.2f} s"),
-        (f"{args.kernel_b} item / {args.kernel_a} item", b["seconds"] / a["seconds"], "<= 1.5",
-         f"{b['seconds']:.1f} s / {a['seconds']:.1f} s"),
+    rows: list[Row] = [
+        ("fixed cost / bare cycle", "the lab's fixed cost (an item minus cache preparation and the scenario's "
+         "own windows) / the bare cycle", a["fixed"] / bare["wall"], ("<=", 1.5, ""),
+         f"{a['fixed']:.1f} s / {bare['wall']:.1f} s: boot {a['boot']:.1f}, set-up {a['setup']:.1f}, "
+         f"collect {a['collect']:.1f}"),
+        ("boot + set-up, warm item", "boot + set-up of a warm item (restored from its snapshot)",
+         a["boot_setup"], ("<=", 3, " s"), ""),
+        (f"{args.kernel_b} item / {args.kernel_a} item", f"a {args.kernel_b} good item / a {args.kernel_a} one",
+         b["seconds"] / a["seconds"], ("<=", 1.5, ""), f"{b['seconds']:.1f} s / {a['seconds']:.1f} s"),
     ]
     if args.matrix:
         import matrix
         with tempfile.TemporaryDirectory(prefix="matrix-") as tmp:
             one, _, _ = matrix.run_once("scenarios/good.yaml", 1, [], Path(tmp) / "n1.json")
             two, _, _ = matrix.run_once("scenarios/good.yaml", 2, [], Path(tmp) / "n2.json")
-        rows.append(("-n 1 / -n 2, good.yaml x every line", one / two, ">= 1.7", f"{one:.0f} s / {two:.0f} s"))
+        rows.append(("-n 1 / -n 2, good.yaml x every line", "`-n 1` / `-n 2` over good.yaml x every kernel line",
+                     one / two, (">=", 1.7, ""), f"{one:.0f} s / {two:.0f} s"))
     print(f"\nlivepatch-lab speed ({os.cpu_count()} host cores; load average {load0:.1f} -> {load1:.1f})")
     width = max(len(r[0]) for r in rows)
-    for name, value, target, detail in rows:
-        print(f"  {name:<{width}}  {value:6.2f}  (target {target})  {detail}")
+    for name, _described, value, g, detail in rows:
+        print(f"  {name:<{width}}  {value:6.2f}  (target {goal(g)})  {detail}")
+    if args.markdown:
+        command = "bench/speed.py " + " ".join(sys.argv[1:])
+        mdtable.write(args.markdown, "speed", markdown(rows, command, os.cpu_count() or 0, load0, load1))
     return 0
 
 

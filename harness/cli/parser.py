@@ -19,7 +19,7 @@ from .runs import cmd_check, cmd_run, cmd_selftests, cmd_soak
 Group = argparse._ActionsContainer   # a parser, or one of the groups its --help shows
 
 JSON_DOCUMENT = ("write the results document to FILE (schema 1: verdicts, reasons, measurements, judged "
-                 "windows, timelines, artifact paths; README 'The results document'); - for stdout, "
+                 "windows, timelines, artifact paths; docs/matrix.md 'The results document'); - for stdout, "
                  "the words then go to stderr")
 
 

@@ -3,7 +3,7 @@ one versioned JSON document of the lot.
 
 The CLI (``check``, ``soak``, ``run``) and the pytest plugin both go through here, so both
 choose kernels the same way, keep a run's artifacts in the same folder, compare a verdict with
-what the scenario expects the same way, and write the same document (``SCHEMA``; README "The
+what the scenario expects the same way, and write the same document (``SCHEMA``; docs/matrix.md "The
 results document"). They only present it.
 """
 from __future__ import annotations

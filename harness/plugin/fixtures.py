@@ -1,5 +1,5 @@
 """The lab's fixtures, for a user's own tests: its settings, the kernels' names, a fetched kernel,
-the default image and a booted guest (README: The pytest plugin). Kept light: heavy modules
+the default image and a booted guest (docs/plugin.md). Kept light: heavy modules
 (paramiko, kernels, images) are imported inside the fixtures that need them.
 """
 from __future__ import annotations

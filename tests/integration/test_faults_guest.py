@@ -1,5 +1,5 @@
 """Faults injected into a real guest while the patch holds, each classed by faults.py's rule and
-torn down without a trace (issue 13; the rule is README's verdict table).
+torn down without a trace (issue 13; the rule is the verdict table in docs/checks.md).
 
 - QEMU killed (SIGKILL) under ``livepatch-lab check``: ``error``, exit 2, evidence kept.
 - the guest's sshd killed: the host did none of it, the guest lost its own SSH after the patch

@@ -1,4 +1,4 @@
-"""The package's shape, as the README's Architecture section promises it.
+"""The package's shape, as docs/architecture.md promises it.
 
 Layers, bottom to top: core < supply < machine < lab < the entry points (cli,
 plugin, doctor). Inside lab/, by job: scenario (what a run is asked) < run (the

@@ -1,5 +1,5 @@
 """Values from scenarios, modules, kernels and the environment reach guest and host shells as
-data, never as code (README: Security review).
+data, never as code (docs/security.md).
 
 Each command runs for real in bash on this host, as the guest's sshd runs it (``LocalGuest``),
 with a hostile value: spaces, both quotes, ``;``, ``$( )``, backquotes, a backslash, a newline

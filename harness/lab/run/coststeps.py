@@ -31,7 +31,7 @@ class CostArm(Step):
             # The service's judged windows are over and its requests are the evidence; stopped,
             # its guest-side work (accepting and serving) stays out of the blocks, as stress-ng's
             # and the probe's do (paused). Measured: the busy-wait patches' figures were no nearer
-            # the patch's own time with it running or stopped (README: What a patch costs).
+            # the patch's own time with it running or stopped (docs/checks.md: What a patch costs).
             ctx.rec.requests = ctx.load.stop(timeout=ctx.scenario.service.timeout + 2)
         ctx.events("cost", arm="before", blocks=spec.per_cycle)
         _cost_blocks(ctx, "before", spec.per_cycle)

@@ -6,7 +6,7 @@ the line and the field (``file:line [field]: message``), or the option for
 known wrong is refused here, before anything is fetched, built or booted:
 types, ranges, regular expressions, missing files, and windows too short for
 the lab to judge. Paths are relative to the YAML file. The format is
-documented in README.md.
+documented in docs/scenarios.md.
 
 This module holds the two ways in and the checks across sections; each field's
 check is in ``schema``, each section's spec is built in ``sections``, and the

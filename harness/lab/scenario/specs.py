@@ -3,7 +3,7 @@
 Built once, by ``scenario.load`` (a YAML file) or ``scenario.from_options`` (the
 ``check`` command's flags), both through one validator: by the time a spec
 exists its values are known good, before anything is fetched or booted. The
-defaults here are the scenario format's defaults (README: "Scenario format").
+defaults here are the scenario format's defaults (docs/scenarios.md: "Scenario format").
 """
 from __future__ import annotations
 
@@ -20,16 +20,16 @@ DEBUG_FACILITIES = ("slub", "kfence", "poison")
 VERDICTS = ("pass", "fail", "error")
 ON_STALL = ("fail", "signal", "force")
 PROBE_PHASES = ("before", "patched", "after")
-# What a lifecycle step does (README: "Lifecycles"); load / disable wait for their transition.
+# What a lifecycle step does (docs/lifecycles.md); load / disable wait for their transition.
 ACTIONS = ("load", "disable", "unload", "hold", "load_target", "unload_target")
 OUTCOMES = ("ok", "refused")
 # a module `source` naming one of the kernel's own samples, taken from its linux-source package
 SAMPLE_PREFIX = "kernel-sample:"
-# How a patch gets in and out (README: "Applying through a vendor's tool"): the lab's own insmod +
+# How a patch gets in and out (docs/vendor-tools.md): the lab's own insmod +
 # sysfs, or a vendor's tool, which needs its own image recipe (images/<recipe>.yaml).
 APPLY_TOOLS = ("insmod", "kpatch")
 TOOL_IMAGES = {"kpatch": "kpatch"}
-# What a scenario's `release:` block names: the patch the runs sign off (README: "The sign-off report").
+# What a scenario's `release:` block names: the patch the runs sign off (docs/signoff.md).
 RELEASE_FIELDS = ("name", "version", "ticket", "approver")
 
 
@@ -122,8 +122,9 @@ class Thresholds:
     max_gap: float = 1.0          # seconds without a response, or latency_factor x the baseline's
     median_factor: float = 3.0    # the patched median: median_factor x the baseline's,
     min_median: float = 0.05      # at least min_median
-    # what the kernel may keep after the patch's module is gone (README: "Leaks"): growth of
-    # unreclaimable slab and of vmalloc'ed memory from just before the load to the cool-down's end
+    # what the kernel may keep after the patch's module is gone (docs/checks.md: "Leaks in one
+    # run"): growth of unreclaimable slab and of vmalloc'ed memory from just before the load to
+    # the cool-down's end
     slab_growth_kib: float = 1024.0
     vmalloc_growth_kib: float = 1024.0
     # what a call of the cost workload may cost more while patched, in percent: `overhead` fails
