@@ -476,6 +476,21 @@ def test_a_fault_where_the_unloaded_module_lay_is_named_a_use_after_unload():
         "(console: BUG: unable to handle page fault for address: ffffffffc0275728)"))
 
 
+def test_a_guest_that_died_during_the_rmmod_is_judged_from_the_unloading_mark():
+    # debian-6.12 once: the timer fired as rmmod freed the module, before the "unloaded" mark
+    patch, console = unloaded_timer()
+    cut = [line.replace("livepatch-lab: unloaded lab_timer", "livepatch-lab: unloading lab_timer")
+           for line in console]
+    assert cut != console
+    lost = clean_record(patch_name="lab_timer", patches={"lab_timer": patch}, console=cut, dmesg=[],
+                        guest_lost="the guest stopped answering", early=[Reason("dmesg", "the guest stopped")])
+    assert judge(lost).reasons[0].message.startswith("use after unload: lab_timer's module was unloaded, then the "
+                                                     "kernel faulted at 0xffffffffc0275728")
+    # a guest that lived on wrote the "unloaded" mark, or its rmmod failed: the mark alone decides
+    lived = clean_record(patch_name="lab_timer", patches={"lab_timer": patch}, console=cut, dmesg=[])
+    assert not [r for r in judge(lived).reasons if r.message.startswith("use after unload")]
+
+
 def test_a_fault_elsewhere_after_the_unload_is_not_blamed_on_the_modules_memory():
     patch, console = unloaded_timer()
     moved = [line.replace("ffffffffc0275728", "ffffffffc0900028").replace("ffffffffc0275720", "ffffffffc0900020")

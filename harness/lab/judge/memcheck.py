@@ -9,7 +9,7 @@ import re
 from typing import Optional
 
 from ...machine import kmsg
-from ..run.livepatch import UNLOADED
+from ..run.livepatch import UNLOADED, UNLOADING
 from ..run.record import PatchRecord, Reason, RunRecord
 from ..scenario.specs import Thresholds
 
@@ -50,12 +50,20 @@ def _where(p: PatchRecord, addr: int) -> Optional[str]:
 
 def _after_unload(rec: RunRecord, p: PatchRecord) -> list[tuple[str, int, list[str]]]:
     """(where, index, lines) of the kernel's words after the patch's module went (the lab's mark,
-    written as rmmod returns, well before a timer it left behind fires): in its log, and on the
-    console (a guest that died has only that)."""
+    written as rmmod returns, mostly well before a timer it left behind fires): in its log, and on
+    the console (a guest that died has only that). When the guest died during the rmmod (the
+    "unloading" mark, and no "unloaded" after it), from the "unloading" mark: the module's memory
+    is freed within rmmod, and while it lives its addresses print by name, never raw."""
     out = []
     for where, raw in (("dmesg", rec.dmesg), ("console", rec.console)):
         lines = [kmsg.strip_prefix(line) for line in raw]
-        mark = next((i for i, line in enumerate(lines) if line.strip() == UNLOADED + p.name), None)
+        marks: dict[str, int] = {}
+        for i, line in enumerate(lines):   # the first of each (a soak unloads its patch every cycle)
+            if line.strip() in (UNLOADED + p.name, UNLOADING + p.name):
+                marks.setdefault(line.strip(), i)
+        mark = marks.get(UNLOADED + p.name)
+        if mark is None and rec.guest_lost:
+            mark = marks.get(UNLOADING + p.name)
         if mark is not None:
             out += [(where, i, lines) for i in range(mark + 1, len(lines))]
     return out

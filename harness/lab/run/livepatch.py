@@ -23,6 +23,9 @@ PROC_MODULES = "/proc/modules"
 # use after unload.
 LOADING = "livepatch-lab: loading "
 UNLOADED = "livepatch-lab: unloaded "
+# written just before the lab's rmmod: a timer the patch left armed can fire as rmmod frees the
+# module and before the "unloaded" mark, and take the guest down with it (seen on debian-6.12)
+UNLOADING = "livepatch-lab: unloading "
 
 # Kernel taint bits (Documentation/admin-guide/tainted-kernels.rst): bit -> (letter, meaning)
 TAINT_FLAGS = {
@@ -217,7 +220,8 @@ def remove(guest: Shell, module: str, timeout: float, rmmod: bool = True) -> Rem
     """rmmod (unless a tool already unloaded it), then whether its livepatch entry and the module
     are gone: one round trip."""
     m = _q(module)
-    out = guest.run(f"{f'rmmod {m} 2>&1' if rmmod else 'true'}; echo \"@@rc=$?\"; test -e {SYSFS}/{m} && echo @@listed; "
+    first = f"echo {_q(UNLOADING + module)} > /dev/kmsg; rmmod {m} 2>&1" if rmmod else "true"
+    out = guest.run(f"{first}; echo \"@@rc=$?\"; test -e {SYSFS}/{m} && echo @@listed; "
                     f"if {_listed(module)}; then echo @@loaded; else echo {_q(UNLOADED + module)} > /dev/kmsg; fi; "
                     "true", timeout)
     said, _, rest = out.stdout.partition("@@rc=")

@@ -131,6 +131,8 @@ class FakeKernel:
 
     def remove(self, guest, module, timeout, rmmod=True):
         self._reach(guest)
+        if rmmod:
+            self._print(livepatch.UNLOADING + module)
         res = self.unload(guest, module, timeout) if rmmod else Result("true", 0, "", "", 0.0)
         if module not in self.modules:
             self._print(livepatch.UNLOADED + module)
