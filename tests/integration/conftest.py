@@ -91,6 +91,14 @@ def qemu_pids_under(path: Path) -> list[int]:
     return [int(line.split()[0]) for line in out.splitlines() if str(path) in line]
 
 
+def interruptible() -> None:
+    """``preexec_fn`` of a child a test interrupts as a user's Ctrl-C would: SIGINT at its default
+    disposition. A suite started in the background (``cmd &`` in a script) inherits SIGINT
+    ignored, and a Python child keeps an ignored SIGINT ignored: the test would prove nothing."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for_console(runs_dir: Path, text: str, deadline: float, proc=None, output="") -> Path:
     """Until a run's console log under ``runs_dir`` shows ``text`` (the guest reached that
     point); the console log's path. A ``proc`` that ends first ends the wait (with ``output``)."""

@@ -18,7 +18,7 @@ from harness.supply.kernels.defs import load_definitions
 
 from tests.waiting import wait_until
 
-from .conftest import kernel_params, qemu_processes_under, wait_for_console
+from .conftest import interruptible, kernel_params, qemu_processes_under, wait_for_console
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 
@@ -119,7 +119,7 @@ def _start_boot(tmp_path: Path, lab_settings, snapshots: bool = True) -> subproc
         env["LIVEPATCH_LAB_ACCEL"] = lab_settings.accel
     return subprocess.Popen([sys.executable, "-c", BOOT_SCRIPT], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=Path(__file__).resolve().parents[2])
+                            cwd=Path(__file__).resolve().parents[2], preexec_fn=interruptible)
 
 
 def _wait_for_qemu(runs_dir: Path, deadline: float = 120) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Output, qemu_processes_under, wait_for_console
+from .conftest import Output, interruptible, qemu_processes_under, wait_for_console
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,8 @@ def test_an_interrupted_run_keeps_the_finished_verdicts_leaves_nothing_and_exits
         [sys.executable, "-m", "harness.cli", "run", str(quick), str(REPO / "scenarios/good.yaml"),
          "--kernel", "debian-6.1", "--json", str(tmp_path / "v.json"), "--artifacts", str(tmp_path / "art"),
          "--report", str(tmp_path / "report")],
-        cwd=REPO, env=_env(lab_settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, env=_env(lab_settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=interruptible)
     output = Output(proc)
     try:
         output.wait_for("] patched", 600)
@@ -93,7 +94,8 @@ def _pytest(tmp_path: Path, settings, quick: Path, *args: str) -> tuple[subproce
          str(tmp_path / "lab.json"), "--junitxml", str(tmp_path / "junit.xml"),
          "--lab-artifacts", str(tmp_path / "art"), *args],
         cwd=REPO, env=_env(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)    # a process group of its own, as a terminal's foreground job
+        start_new_session=True,    # a process group of its own, as a terminal's foreground job
+        preexec_fn=interruptible)
     return proc, Output(proc)
 
 
