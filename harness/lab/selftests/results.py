@@ -51,15 +51,18 @@ def exit_status(lines: Sequence[LineResult]) -> int:
     return 1 if FAIL in outcomes else 0
 
 
-def entry(suite: str, line: LineResult, case: str) -> dict[str, Any]:
+def entry(suite: str, line: LineResult, case: Optional[str]) -> dict[str, Any]:
     """One case as the results document holds it (``matrix.document``'s ``selftests``); a case
-    the line's run did not report is an ``error`` saying why."""
-    res = line.case(case)
-    found = res.as_dict() if res else {"script": None, "description": None, "outcome": ERROR,
-                                         "reason": "the run reported no such case"
-                                         + (f": {line.error}" if line.error else ""),
-                                         "output": "", "seconds": None, "findings": []}
-    found.pop("name", None)
+    the line's run did not report is an ``error`` saying why (``case`` None: the line ran none)."""
+    res = line.case(case) if case is not None else None
+    if res is not None:
+        found = res.as_dict()
+        found.pop("name")
+    else:
+        why = (line.error or "no case ran" if case is None else
+               "the run reported no such case" + (f": {line.error}" if line.error else ""))
+        found = {"script": None, "description": None, "outcome": ERROR, "reason": why, "output": "",
+                 "seconds": None, "findings": []}
     return {"selftests": suite, "kernel": line.kernel, "kernel_version": line.kernel_info.get("version", "?"),
             "case": case, "artifacts": line.artifacts, **found}
 
@@ -67,11 +70,7 @@ def entry(suite: str, line: LineResult, case: str) -> dict[str, Any]:
 def entries(suite: str, line: LineResult) -> list[dict[str, Any]]:
     """Every case of a line; a line that ran none (it could not be staged or booted) is one
     ``error`` entry without a case."""
-    if not line.cases:
-        return [{"selftests": suite, "kernel": line.kernel, "kernel_version": line.kernel_info.get("version", "?"),
-                 "case": None, "artifacts": line.artifacts, "script": None, "description": None, "outcome": ERROR,
-                 "reason": line.error or "no case ran", "output": "", "seconds": None, "findings": []}]
-    return [entry(suite, line, c.case.name) for c in line.cases]
+    return [entry(suite, line, c.case.name) for c in line.cases] or [entry(suite, line, None)]
 
 
 def explain_case(res: CaseResult) -> str:
