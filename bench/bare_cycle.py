@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.core.settings import Settings  # noqa: E402
-from harness.machine.backends.base import MachineSpec  # noqa: E402
-from harness.machine.backends.qemu.command import QemuConfig, build_command  # noqa: E402
-from harness.supply import bootfiles, kbuild, vmlinux
-from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
-from harness.supply.cpio import Cpio  # noqa: E402
+from livepatch_lab.core.settings import Settings  # noqa: E402
+from livepatch_lab.machine.backends.base import MachineSpec  # noqa: E402
+from livepatch_lab.machine.backends.qemu.command import QemuConfig, build_command  # noqa: E402
+from livepatch_lab.supply import bootfiles, kbuild, vmlinux
+from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
+from livepatch_lab.supply.cpio import Cpio  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 INIT = r"""#!/bin/busybox sh

@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.core.settings import Settings  # noqa: E402
-from harness.machine import session  # noqa: E402
-from harness.supply import cache, images, recipes
-from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
+from livepatch_lab.core.settings import Settings  # noqa: E402
+from livepatch_lab.machine import session  # noqa: E402
+from livepatch_lab.supply import cache, images, recipes
+from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
 
 
 def _line_time(guest, needle: str) -> float:

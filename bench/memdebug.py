@@ -25,10 +25,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.core.settings import Settings  # noqa: E402
-from harness.lab import runner
-from harness.lab.scenario import loader as scenario  # noqa: E402
-from harness.lab.scenario.specs import DEBUG_FACILITIES, DebugSpec  # noqa: E402
+from livepatch_lab.core.settings import Settings  # noqa: E402
+from livepatch_lab.lab import runner
+from livepatch_lab.lab.scenario import loader as scenario  # noqa: E402
+from livepatch_lab.lab.scenario.specs import DEBUG_FACILITIES, DebugSpec  # noqa: E402
 
 SETTINGS = {"debug": DebugSpec(DEBUG_FACILITIES), "none": DebugSpec(())}
 

@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.core.settings import Settings  # noqa: E402
-from harness.lab import runner
-from harness.lab.scenario import loader as scenario  # noqa: E402
+from livepatch_lab.core.settings import Settings  # noqa: E402
+from livepatch_lab.lab import runner
+from livepatch_lab.lab.scenario import loader as scenario  # noqa: E402
 
 DEFAULT = [ROOT / "scenarios" / f"overhead-{n}.yaml" for n in ("none", "1ms", "3ms")]
 OWN = re.compile(r"(\d+) calls, (\d+) ns in the patched function, (\d+) ns of it busy-waiting")

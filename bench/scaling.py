@@ -39,9 +39,9 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.core.settings import Settings  # noqa: E402
-from harness.machine.backends.qemu.backend import qemu_version  # noqa: E402
-from harness.machine.backends.qemu.command import tcg_thread  # noqa: E402
+from livepatch_lab.core.settings import Settings  # noqa: E402
+from livepatch_lab.machine.backends.qemu.backend import qemu_version  # noqa: E402
+from livepatch_lab.machine.backends.qemu.command import tcg_thread  # noqa: E402
 
 TARGET = 1.7
 DEFAULT_SCENARIOS = ["scenarios/good.yaml", "scenarios/callbacks.yaml"]   # quick, passing, mostly guest time

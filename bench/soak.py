@@ -27,14 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.core.errors import HarnessError  # noqa: E402
-from harness.core.settings import Settings  # noqa: E402
-from harness.lab.run import livepatch, prepare
-from harness.lab.scenario import loader as scenario  # noqa: E402
-from harness.lab.run.workload import httpload, probe, service, stress  # noqa: E402
-from harness.machine import kmsg, session  # noqa: E402
-from harness.supply import images, recipes
-from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
+from livepatch_lab.core.errors import HarnessError  # noqa: E402
+from livepatch_lab.core.settings import Settings  # noqa: E402
+from livepatch_lab.lab.run import livepatch, prepare
+from livepatch_lab.lab.scenario import loader as scenario  # noqa: E402
+from livepatch_lab.lab.run.workload import httpload, probe, service, stress  # noqa: E402
+from livepatch_lab.machine import kmsg, session  # noqa: E402
+from livepatch_lab.supply import images, recipes
+from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch  # noqa: E402
 
 MARK = "livepatch-lab: soak start"
 

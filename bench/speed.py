@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_cycle import bare_cycle  # noqa: E402
 import mdtable  # noqa: E402
-from harness.core.settings import Settings  # noqa: E402
-from harness.lab import runner
-from harness.lab.scenario import loader as scenario  # noqa: E402
+from livepatch_lab.core.settings import Settings  # noqa: E402
+from livepatch_lab.lab import runner
+from livepatch_lab.lab.scenario import loader as scenario  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

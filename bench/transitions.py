@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run_item(scenario: str, kernel: str, tmp: Path, env: dict[str, str]) -> dict:
     """One ``livepatch-lab run``; what its JSON says about the item."""
     out = tmp / f"{kernel}-{len(list(tmp.iterdir()))}"
-    cmd = [sys.executable, "-m", "harness.cli", "run", scenario, "--kernel", kernel,
+    cmd = [sys.executable, "-m", "livepatch_lab.cli", "run", scenario, "--kernel", kernel,
            "--json", str(out) + ".json", "--artifacts", str(out)]
     load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

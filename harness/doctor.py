@@ -65,7 +65,21 @@ def _tcg_threads(settings: Settings) -> Check:
                  "lab.sh installs a newer QEMU (Debian 12: from bookworm-backports)")
 
 
+def _lab_data() -> Check:
+    """The kernel definitions, image recipes and guest scripts: the checkout's top level, or an
+    installed wheel's package data. Without them no run can start, so it is a FAIL here, not later."""
+    from .core import paths
+    kernels = sorted(paths.KERNELS_DIR.glob("*.yaml"))
+    recipes = sorted(paths.IMAGES_DIR.glob("*.yaml"))
+    guest = paths.GUEST_DIR / "lab-init"
+    if not kernels or not recipes or not guest.is_file():
+        return Check("lab-data", "FAIL", f"{paths.DATA}: kernel definitions ({len(kernels)}), image recipes "
+                     f"({len(recipes)}) or guest scripts missing; reinstall livepatch-lab")
+    return Check("lab-data", "OK", f"{paths.DATA}: {len(kernels)} kernel definitions, {len(recipes)} image recipes")
+
+
 def run_checks(settings: Settings) -> Iterator[Check]:
+    yield _lab_data()
     for mod in ("paramiko", "yaml", "tenacity", "xdist"):
         try:
             importlib.import_module(mod)

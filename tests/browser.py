@@ -34,14 +34,14 @@ def screenshot_dir(config) -> Path:
 
 
 def chromium() -> Optional[str]:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
 def require_chromium() -> None:
     import pytest
     if chromium() is None:
         pytest.fail("chromium is not installed: these tests need Debian's chromium package "
-                    "(lab.sh installs it)", pytrace=False)
+                    "(livepatch-lab setup --test installs it)", pytrace=False)
 
 
 @dataclass
@@ -128,7 +128,7 @@ def open_page(page: Path, screenshot: Path, queries: dict[str, str], width: int 
     and save a full-page screenshot."""
     binary = chromium()
     if binary is None:
-        raise BrowserError("chromium is not installed (lab.sh installs Debian's chromium package)")
+        raise BrowserError("chromium is not installed (livepatch-lab setup --test installs Debian's chromium package)")
     deadline = time.monotonic() + DEADLINE
     # moved above fd 10 first, so that putting them on 3 and 4 cannot overwrite one another
     to_chrome_r, to_chrome_w, from_chrome_r, from_chrome_w = (_high(fd) for fd in (*os.pipe(), *os.pipe()))

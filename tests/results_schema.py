@@ -18,7 +18,7 @@ import jsonschema
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness.lab.matrix import SCHEMA_FILE  # noqa: E402
+from livepatch_lab.lab.matrix import SCHEMA_FILE  # noqa: E402
 
 
 def errors(doc: Any) -> list[str]:

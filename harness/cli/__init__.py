@@ -24,7 +24,7 @@ from .parser import build_parser, verbosity
 
 EXIT_PIPE = 128 + 13   # stdout's reader went away: what a shell reports for SIGPIPE
 
-log = logging.getLogger("harness")
+log = logging.getLogger("livepatch_lab")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,4 @@
-"""``python -m harness.cli``, as the ``livepatch-lab`` script."""
+"""``python -m livepatch_lab.cli``, as the ``livepatch-lab`` script."""
 import sys
 
 from . import main

@@ -14,7 +14,7 @@ from typing import Any, Sequence, TextIO
 from ..core.errors import BootError, ConfigError, HarnessError
 from .settings import settings_for, writable_dir
 
-log = logging.getLogger("harness")
+log = logging.getLogger("livepatch_lab")
 EXIT_LAB = 125   # boot: the lab could not boot the guest or run the command
 
 
@@ -152,6 +152,21 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         failed += check.status == "FAIL"
         print(f"{check.status:<5} {check.name:<18} {check.detail}")
     return 1 if failed else 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from ..supply import hostsetup
+    if args.print_only:
+        family, _ = hostsetup.distro()
+        print("\n".join(hostsetup.plan(family, libvirt=args.libvirt, test=args.test)))
+        return 0
+    settings = settings_for(args, check_cache=False)
+    notes = hostsetup.setup(libvirt=args.libvirt, test=args.test, say=log.info,
+                            debian_mirror=settings.debian_mirror)
+    for note in notes:
+        log.warning(note)
+    log.info("done: `livepatch-lab doctor` says whether this host can run the lab")
+    return 0
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], file: TextIO) -> None:

@@ -33,7 +33,7 @@ class _StderrHandler(logging.StreamHandler):
 def setup_logging(verbosity: int) -> None:
     handler = _StderrHandler()
     handler.setFormatter(_Formatter())
-    root = logging.getLogger("harness")
+    root = logging.getLogger("livepatch_lab")
     root.handlers[:] = [handler]
     root.setLevel(level(verbosity))
     # SSH attempts to a booting guest fail by design; the lab reports its own errors.

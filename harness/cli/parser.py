@@ -13,7 +13,7 @@ from ..core.settings import ACCELS, BACKENDS
 from ..lab.matrix import DEFAULT_KERNEL
 from ..lab.scenario.specs import APPLY_TOOLS
 from .commands import (cmd_boot, cmd_cache, cmd_doctor, cmd_fetch, cmd_image_build, cmd_kernels, cmd_report,
-                       cmd_verify)
+                       cmd_setup, cmd_verify)
 from .runs import cmd_check, cmd_run, cmd_selftests, cmd_soak
 
 Group = argparse._ActionsContainer   # a parser, or one of the groups its --help shows
@@ -113,10 +113,23 @@ def _matrix_options(sp: argparse.ArgumentParser) -> None:
     _backend_options(sp)
 
 
+def _version() -> str:
+    """The installed distribution's version, and where the package and its data are."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..core import paths
+    try:
+        number = version("livepatch-lab")
+    except PackageNotFoundError:
+        number = "(not installed)"
+    return f"{number} ({paths.PACKAGE}; data {paths.DATA})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..supply.recipes import DEFAULT_RECIPE
     p = _Parser(prog="livepatch-lab", description="Prove a kernel livepatch in real QEMU guests.",
                 parents=[_common(top=True)])
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     after = [_common(top=False)]
 
@@ -250,4 +263,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", parents=after,
                        help="check this host: qemu, KVM, image tools, compiler, disk, cache")
     d.set_defaults(func=cmd_doctor)
+
+    su = sub.add_parser("setup", parents=after,
+                        help="install what this Debian or Ubuntu host needs to run the lab (as root or via sudo)")
+    su.add_argument("--libvirt", action="store_true", help="also what the libvirt backend needs (libvirtd, "
+                    "its TCG wrapper; then pip install 'livepatch-lab[libvirt]')")
+    su.add_argument("--test", action="store_true", help="also what the lab's own test suite needs (implies "
+                    "--libvirt)")
+    su.add_argument("--print", action="store_true", dest="print_only",
+                    help="print the packages this host would get, one per line, and install nothing")
+    su.set_defaults(func=cmd_setup)
     return p

@@ -16,7 +16,7 @@ from ..lab.matrix import DEFAULT_KERNEL
 from .commands import human
 from .settings import settings_for, writable_dir
 
-log = logging.getLogger("harness")
+log = logging.getLogger("livepatch_lab")
 
 
 def cmd_check(args: argparse.Namespace) -> int:

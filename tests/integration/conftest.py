@@ -13,13 +13,13 @@ def kernel_params(names) -> list:
     """``names`` as pytest params, each marked with its kernel line's marker (``debian_6_12``),
     as the lab's own items are: ``-m "not debian_5_10"`` then leaves a line out everywhere
     (.ci/run keeps 6.1 and 7; the matrix workflow runs every line)."""
-    from harness.plugin.settings import kernel_marker
+    from livepatch_lab.plugin.settings import kernel_marker
     return [pytest.param(n, marks=getattr(pytest.mark, kernel_marker(n))) for n in names]
 
 
 def pytest_configure(config):
-    from harness.plugin.settings import kernel_marker, register_marker
-    from harness.supply.kernels.defs import load_definitions
+    from livepatch_lab.plugin.settings import kernel_marker, register_marker
+    from livepatch_lab.supply.kernels.defs import load_definitions
     for name in load_definitions():
         register_marker(config, kernel_marker(name), f"{kernel_marker(name)}: lab items on kernel {name}")
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from harness.core.locks import file_lock
+from livepatch_lab.core.locks import file_lock
 from tests.waiting import NotInTime, wait_until
 
 URI = "qemu:///system"
@@ -46,7 +46,7 @@ def _start(name: str, log: Path) -> None:
 
 def ensure_libvirtd(deadline_s: float = 60) -> None:
     """virtlogd + libvirtd running and answering on ``qemu:///system``."""
-    from harness.core.settings import DEFAULT_TCG_EMULATOR
+    from livepatch_lab.core.settings import DEFAULT_TCG_EMULATOR
     _kvm_group_access()
     _install_wrapper(Path(DEFAULT_TCG_EMULATOR))
     if _answers():

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import BootError
-from harness.machine import session
-from harness.machine.backends.base import GUEST, HOST, MachineExit
-from harness.supply.kernels.defs import load_definitions
+from livepatch_lab.core.errors import BootError
+from livepatch_lab.machine import session
+from livepatch_lab.machine.backends.base import GUEST, HOST, MachineExit
+from livepatch_lab.supply.kernels.defs import load_definitions
 
 from tests.waiting import wait_until
 
@@ -96,10 +96,10 @@ def test_how_a_machine_ended_says_whether_the_guest_or_the_host_ended_it(lab_boo
 
 BOOT_SCRIPT = textwrap.dedent("""
     import sys
-    from harness.machine import session, signals
-    from harness.supply import images, recipes
-    from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
-    from harness.core.settings import Settings
+    from livepatch_lab.machine import session, signals
+    from livepatch_lab.supply import images, recipes
+    from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    from livepatch_lab.core.settings import Settings
     s = Settings.from_env()
     signals.raise_on_sigterm()
     k = kernelfetch.fetch(kerneldefs.get_definition("debian-6.1"), s)
@@ -161,7 +161,7 @@ def test_a_killed_host_process_takes_its_qemu_along_and_the_next_run_reaps_its_d
 def test_a_local_kernel_boots_from_its_own_files(tmp_path, lab_settings, lab_kernel, lab_image,
                                                  no_leftovers):
     """A vendor's own build: vmlinuz + modules + build dir named in a kind: local file."""
-    from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch
     debian = lab_kernel("debian-6.1")
     (tmp_path / "my-6.1.yaml").write_text(
         f"name: my-6.1\nkind: local\ndescription: a vendor build\n"

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.core.settings import Settings
-from harness.supply import kbuild, modinfo, toolchains
-from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import kbuild, modinfo, toolchains
+from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch
 
 from .conftest import kernel_params
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import DiskFull
-from harness.core.settings import Settings
-from harness.supply import apt, images, kbuild, modinfo, recipes
-from harness.supply.kernels import cache as kernelcache, defs as kerneldefs, fetch as kernelfetch
+from livepatch_lab.core.errors import DiskFull
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import apt, images, kbuild, modinfo, recipes
+from livepatch_lab.supply.kernels import cache as kernelcache, defs as kerneldefs, fetch as kernelfetch
 
 pytestmark = pytest.mark.network
 REPO = Path(__file__).resolve().parents[2]
@@ -141,7 +141,7 @@ def test_two_lab_processes_on_one_cold_cache_both_boot_and_each_download_and_bui
         tmp_path, lab_settings, no_leftovers):
     env = dict(os.environ, LIVEPATCH_LAB_CACHE=str(tmp_path / "cache"),
                LIVEPATCH_LAB_RUNS=str(lab_settings.runs_dir))
-    cmd = [sys.executable, "-m", "harness.cli", "-v", "boot", "debian-6.1", "--", "uname", "-r"]
+    cmd = [sys.executable, "-m", "livepatch_lab.cli", "-v", "boot", "debian-6.1", "--", "uname", "-r"]
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for _ in range(2)]
     try:

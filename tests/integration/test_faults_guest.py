@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.lab import runner
-from harness.lab.scenario import loader as scenario
-from harness.lab.run import steps
+from livepatch_lab.lab import runner
+from livepatch_lab.lab.scenario import loader as scenario
+from livepatch_lab.lab.run import steps
 
 from tests.waiting import wait_until
 
@@ -133,7 +133,7 @@ def test_a_network_cable_pulled_from_the_host_is_the_hosts_doing_and_plugged_bac
 
 def test_a_guest_whose_overlay_fills_its_disk_is_paused_by_the_host_which_says_so(
         lab_settings, lab_kernel, lab_image, small_disk):
-    from harness.machine import session
+    from livepatch_lab.machine import session
     runs = small_disk("64m", "runs")
     settings = dataclasses.replace(lab_settings, runs_root=runs)
     with session.boot(lab_kernel("debian-6.1"), lab_image, settings) as guest:
@@ -153,7 +153,7 @@ def _check(tmp_path: Path, settings, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, LIVEPATCH_LAB_CACHE=str(settings.cache_dir),
                LIVEPATCH_LAB_RUNS=str(settings.runs_dir))
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "check", str(REPO / "scenarios/patches/good"),
+        [sys.executable, "-m", "livepatch_lab.cli", "check", str(REPO / "scenarios/patches/good"),
          "--kernel", "debian-6.1", "--json", str(tmp_path / "verdict.json"), *extra],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

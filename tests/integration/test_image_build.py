@@ -10,7 +10,7 @@ import time
 import paramiko
 import pytest
 
-from harness.supply import bootfiles, cpio, guestfs, images, recipes
+from livepatch_lab.supply import bootfiles, cpio, guestfs, images, recipes
 
 pytestmark = [pytest.mark.network,
               pytest.mark.skipif(os.geteuid() != 0, reason="building an image needs root")]
@@ -88,7 +88,7 @@ def test_overlays_leave_the_base_untouched(built, tmp_path):
 
 
 def test_boot_files_for_a_real_kernel(lab_settings, lab_kernel):
-    pytest.importorskip("harness.supply.kernels.fetch")
+    pytest.importorskip("livepatch_lab.supply.kernels.fetch")
     kernel = lab_kernel("debian-6.1")
     files = bootfiles.prepare(kernel, lab_settings)
     assert files.release == kernel.release

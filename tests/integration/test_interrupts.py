@@ -38,8 +38,8 @@ def quick_scenario(tmp_path, lab_settings):
     """A scenario that finishes in seconds without booting, named anew each time: never run
     before, so the plugin (unknown items first, then the longest) runs it before the guest's.
     Its line in the cache's durations.json is taken out again afterwards."""
-    from harness.core import atomic
-    from harness.plugin.durations import DURATIONS_FILE, load_durations
+    from livepatch_lab.core import atomic
+    from livepatch_lab.plugin.durations import DURATIONS_FILE, load_durations
     name = f"finishes-first-{uuid.uuid4().hex[:8]}"
     path = tmp_path / f"{name}.yaml"
     path.write_text(QUICK.format(name=name))
@@ -65,7 +65,7 @@ def test_an_interrupted_run_keeps_the_finished_verdicts_leaves_nothing_and_exits
     quick = tmp_path / "finishes-first.yaml"
     quick.write_text(QUICK.format(name="finishes-first"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness.cli", "run", str(quick), str(REPO / "scenarios/good.yaml"),
+        [sys.executable, "-m", "livepatch_lab.cli", "run", str(quick), str(REPO / "scenarios/good.yaml"),
          "--kernel", "debian-6.1", "--json", str(tmp_path / "v.json"), "--artifacts", str(tmp_path / "art"),
          "--report", str(tmp_path / "report")],
         cwd=REPO, env=_env(lab_settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -7,11 +7,11 @@ import textwrap
 
 import pytest
 
-from harness.core import hostcmd
-from harness.core.errors import ConfigError
-from harness.core.settings import Settings
-from harness.supply import apt
-from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch, tree as kerneltree
+from livepatch_lab.core import hostcmd
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import apt
+from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch, tree as kerneltree
 
 pytestmark = pytest.mark.network
 

@@ -42,7 +42,7 @@ def libvirt_clean(libvirtd, lab_settings):
     """Nothing of ours left in libvirt after the test. `leftovers()` sees the host's whole
     libvirt state, so libvirt tests on other xdist workers wait their turn (a file lock:
     xdist_group does not group under pytest 9, whose nodeids ignore xdist's suffix)."""
-    from harness.core.locks import file_lock
+    from livepatch_lab.core.locks import file_lock
     with file_lock(lab_settings.cache_dir / "locks" / "libvirt-tests.lock", timeout=900,
                    what="another worker's libvirt test"):
         before = libvirt_host.leftovers()
@@ -63,7 +63,7 @@ def _boot_cli(lab_settings, uri: str) -> tuple[subprocess.CompletedProcess, floa
     if lab_settings.accel != "auto":
         env["LIVEPATCH_LAB_ACCEL"] = lab_settings.accel
     start = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "harness.cli", "-v", "boot", "debian-6.1", "--",
+    res = subprocess.run([sys.executable, "-m", "livepatch_lab.cli", "-v", "boot", "debian-6.1", "--",
                           "uname", "-r"], env=env, capture_output=True, text=True, timeout=300,
                          cwd=REPO)
     return res, time.monotonic() - start
@@ -84,8 +84,8 @@ def test_boot_through_libvirt_runs_the_kernel_and_leaves_nothing(
 
 def test_a_scenario_passes_through_libvirt(lab_settings, lab_kernel, lab_image, libvirtd,
                                            libvirt_clean, no_leftovers, tmp_path):
-    from harness.lab import runner
-    from harness.lab.scenario import loader as scenario
+    from livepatch_lab.lab import runner
+    from livepatch_lab.lab.scenario import loader as scenario
     sc = scenario.load(REPO / "scenarios" / "good.yaml")
     settings = dataclasses.replace(lab_settings, backend="libvirt", libvirt_uri=libvirtd)
     outcome = runner.run(sc, "debian-6.1", settings, tmp_path / "out")
@@ -96,8 +96,8 @@ def test_a_scenario_passes_through_libvirt(lab_settings, lab_kernel, lab_image, 
 
 def test_how_a_domain_ended_says_whether_the_guest_or_the_host_ended_it(
         lab_settings, lab_kernel, lab_image, libvirtd, libvirt_clean, no_leftovers):
-    from harness.machine import session
-    from harness.machine.backends.base import GUEST, HOST, MachineExit
+    from livepatch_lab.machine import session
+    from livepatch_lab.machine.backends.base import GUEST, HOST, MachineExit
     settings = dataclasses.replace(lab_settings, backend="libvirt", libvirt_uri=libvirtd)
     kernel = lab_kernel("debian-6.1")
     with session.boot(kernel, lab_image, settings) as guest:
@@ -165,7 +165,7 @@ def test_sigterm_of_a_run_through_libvirt_while_patched_leaves_no_domain_and_no_
     from .conftest import Output
     env = dict(os.environ, LIVEPATCH_LAB_BACKEND="libvirt", LIVEPATCH_LAB_LIBVIRT_URI=libvirtd,
                LIVEPATCH_LAB_CACHE=str(lab_settings.cache_dir), LIVEPATCH_LAB_RUNS=str(lab_settings.runs_dir))
-    proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(REPO / "scenarios/good.yaml"),
+    proc = subprocess.Popen([sys.executable, "-m", "livepatch_lab.cli", "run", str(REPO / "scenarios/good.yaml"),
                              "--kernel", "debian-6.1", "--json", str(tmp_path / "v.json"),
                              "--artifacts", str(tmp_path / "art")],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -186,7 +186,7 @@ def test_sigterm_of_a_run_through_libvirt_while_patched_leaves_no_domain_and_no_
 
 def test_a_network_cable_pulled_through_libvirt_is_the_hosts_doing_and_plugged_back_works(
         lab_settings, lab_kernel, lab_image, libvirtd, libvirt_clean, no_leftovers):
-    from harness.machine import session
+    from livepatch_lab.machine import session
     settings = dataclasses.replace(lab_settings, backend="libvirt", libvirt_uri=libvirtd)
     with session.boot(lab_kernel("debian-6.1"), lab_image, settings) as guest:
         assert guest.machine.host_trouble() == ""

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.lab import runner
-from harness.lab.scenario import loader as scenario
+from livepatch_lab.lab import runner
+from livepatch_lab.lab.scenario import loader as scenario
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 REPO = Path(__file__).resolve().parents[2]
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_under_enforcement_a_debian_signed_module_loads_and_the_lab_unsigned_patch_does_not(lab_boot,
                                                                                            lab_settings,
                                                                                            no_leftovers):
-    from harness.supply import kbuild
+    from livepatch_lab.supply import kbuild
     with lab_boot("debian-6.1", append="module.sig_enforce=1") as guest:
         patch = kbuild.build(REPO / "scenarios/patches/good", guest.kernel, lab_settings)
         assert guest.run("cat /sys/module/module/parameters/sig_enforce", check=True).stdout.strip() == "Y"

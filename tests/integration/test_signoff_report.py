@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.network]
 
 
 def verify(report: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", "verify", str(report)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "livepatch_lab.cli", "verify", str(report)], capture_output=True,
                           text=True, cwd=REPO, timeout=120, env=dict(os.environ))
 
 

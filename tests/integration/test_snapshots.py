@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.lab import runner
-from harness.lab.scenario import loader as scenario
-from harness.lab.run.workload.clock import measure_clock
-from harness.machine import session
+from livepatch_lab.lab import runner
+from livepatch_lab.lab.scenario import loader as scenario
+from livepatch_lab.lab.run.workload.clock import measure_clock
+from livepatch_lab.machine import session
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 REPO = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import urllib.request
 
 import pytest
 
-from harness.core.errors import GuestCommandError
-from harness.lab.scenario import specs
-from harness.lab.run.workload import clock, httpload, probe, service, stats, stress
+from livepatch_lab.core.errors import GuestCommandError
+from livepatch_lab.lab.scenario import specs
+from livepatch_lab.lab.run.workload import clock, httpload, probe, service, stats, stress
 
 pytestmark = [pytest.mark.vm, pytest.mark.network]
 

@@ -4,7 +4,7 @@ import pytest
 
 # Imported here, not first inside an in-process pytester run, which drops the modules it imported
 # when it ends: numpy's C extension (lab.matrix -> judge.overhead) refuses a second load.
-import harness.lab.matrix  # noqa: F401
+import livepatch_lab.lab.matrix  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
@@ -174,9 +174,9 @@ def test_every_option_is_in_the_plugins_own_group(pytester: pytest.Pytester):
 
 
 FAKE_PASS = '''
-import harness.lab.runner as runner
-from harness.lab.report.outcome import Outcome
-from harness.lab.judge.verdict import Verdict
+import livepatch_lab.lab.runner as runner
+from livepatch_lab.lab.report.outcome import Outcome
+from livepatch_lab.lab.judge.verdict import Verdict
 
 def fake_run(sc, kernel, settings, out_dir):
     return Outcome(sc.name, kernel, Verdict("pass", [], {}), {"name": kernel, "version": "1"}, [], str(out_dir), 1.0)
@@ -192,7 +192,7 @@ BUILT_IN = ["debian-5.10", "debian-6.1", "debian-6.12", "debian-7"]
 def test_a_kernels_dir_adds_its_definitions_to_the_built_in_ones(pytester: pytest.Pytester):
     import os
 
-    from harness.supply.kernels.defs import ENV_EXTRA_KERNELS
+    from livepatch_lab.supply.kernels.defs import ENV_EXTRA_KERNELS
     before = os.environ.get(ENV_EXTRA_KERNELS)
     _write(pytester, {"extra/mine.yaml": MINE, "scenarios/patch/Makefile": "obj-m += p.o\n",
                       "scenarios/demo.yaml": SCENARIO.format(name="demo"),

@@ -114,9 +114,9 @@ def test_snapshots_follow_the_environment_unless_the_option_turns_them_off(pytes
 
 
 DEBUG_RUNNER = '''
-import harness.lab.runner as runner
-from harness.lab.report.outcome import Outcome
-from harness.lab.judge.verdict import Verdict
+import livepatch_lab.lab.runner as runner
+from livepatch_lab.lab.report.outcome import Outcome
+from livepatch_lab.lab.judge.verdict import Verdict
 
 def fake_run(sc, kernel, settings, out_dir):
     out_dir.mkdir(parents=True, exist_ok=True)

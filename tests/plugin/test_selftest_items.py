@@ -14,11 +14,11 @@ FAKES = '''
 import json
 from pathlib import Path
 
-import harness.lab.selftests.suite as suite
-from harness.lab.selftests import cases as C
-from harness.lab.selftests.results import LineResult
-from harness.supply.kernels import fetch as kernelfetch, source as kernelsource
-from harness.supply.kernels.source import KernelSource
+import livepatch_lab.lab.selftests.suite as suite
+from livepatch_lab.lab.selftests import cases as C
+from livepatch_lab.lab.selftests.results import LineResult
+from livepatch_lab.supply.kernels import fetch as kernelfetch, source as kernelsource
+from livepatch_lab.supply.kernels.source import KernelSource
 
 HERE = Path(__file__).parent
 RUNS = HERE / "runs.log"
@@ -29,7 +29,7 @@ class FakeKernel:
 
 def fake_fetch_kernel(defn, settings, refresh=False):
     if defn.name == "debian-7":
-        from harness.core.errors import InfraError
+        from livepatch_lab.core.errors import InfraError
         raise InfraError("apt: no such package linux-image-7")
     return FakeKernel(defn.name)
 

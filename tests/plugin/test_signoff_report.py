@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from harness.lab.report import signoff
+from livepatch_lab.lab.report import signoff
 
 from .fake_runner import use_fake_runner
 
@@ -16,10 +16,10 @@ pytest_plugins = ["pytester"]
 
 FAKE_RUNNER = '''
 import json
-import harness.lab.runner as runner
-from harness.lab.report.outcome import Outcome
-from harness.lab.run.record import Reason
-from harness.lab.judge.verdict import Verdict
+import livepatch_lab.lab.runner as runner
+from livepatch_lab.lab.report.outcome import Outcome
+from livepatch_lab.lab.run.record import Reason
+from livepatch_lab.lab.judge.verdict import Verdict
 
 def fake_run(sc, kernel, settings, out_dir):
     if sc.name == "bad":

@@ -14,10 +14,10 @@ from .fake_runner import use_fake_runner
 pytest_plugins = ["pytester"]
 
 FAKE_RUNNER = '''
-import harness.lab.runner as runner
-from harness.lab.report.outcome import Outcome
-from harness.lab.run.record import Reason
-from harness.lab.judge.verdict import Verdict
+import livepatch_lab.lab.runner as runner
+from livepatch_lab.lab.report.outcome import Outcome
+from livepatch_lab.lab.run.record import Reason
+from livepatch_lab.lab.judge.verdict import Verdict
 
 VERSIONS = {"debian-5.10": "5.10.262-1", "debian-6.1": "6.1.192-2",
             "debian-6.12": "6.12.118-1", "debian-7": "7.2.13-1"}
@@ -91,8 +91,8 @@ def test_a_marker_picks_one_kernel_line(matrix):
 
 
 def test_the_fake_runner_never_outlives_the_test():
-    import harness.lab.runner
-    assert harness.lab.runner.run.__module__ == "harness.lab.runner"
+    import livepatch_lab.lab.runner
+    assert livepatch_lab.lab.runner.run.__module__ == "livepatch_lab.lab.runner"
 
 
 def test_no_scenario_no_summary(pytester: pytest.Pytester):

@@ -10,9 +10,9 @@ import subprocess
 from pathlib import Path
 from typing import Optional
 
-from harness.lab.report import criteria as saved_criteria
-from harness.lab.scenario.expect import Expect
-from harness.lab.scenario.specs import Expectation, ModuleSpec, ProbeSpec, Scenario, Thresholds
+from livepatch_lab.lab.report import criteria as saved_criteria
+from livepatch_lab.lab.scenario.expect import Expect
+from livepatch_lab.lab.scenario.specs import Expectation, ModuleSpec, ProbeSpec, Scenario, Thresholds
 
 T0 = 1_800_000_000.0
 VERSION, RELEASE = "6.1.192-3", "6.1.0-57-amd64"

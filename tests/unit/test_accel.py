@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import DeadlineExceeded, InfraError
-from harness.core.settings import Settings, Timeouts
-from harness.machine import accel
-from harness.machine.console import ConsoleFollower
+from livepatch_lab.core.errors import DeadlineExceeded, InfraError
+from livepatch_lab.core.settings import Settings, Timeouts
+from livepatch_lab.machine import accel
+from livepatch_lab.machine.console import ConsoleFollower
 
 
 class ProbeMachine:

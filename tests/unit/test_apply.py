@@ -14,14 +14,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.core.errors import LivepatchError
-from harness.core.settings import Timeouts
-from harness.lab.run import apply, livepatch
-from harness.lab.scenario import hookcmd
-from harness.lab.run.events import Timeline
-from harness.lab.run.record import Revert, RunRecord
-from harness.lab.scenario.specs import ApplySpec
-from harness.lab.run.workload import detached
+from livepatch_lab.core.errors import LivepatchError
+from livepatch_lab.core.settings import Timeouts
+from livepatch_lab.lab.run import apply, livepatch
+from livepatch_lab.lab.scenario import hookcmd
+from livepatch_lab.lab.run.events import Timeline
+from livepatch_lab.lab.run.record import Revert, RunRecord
+from livepatch_lab.lab.scenario.specs import ApplySpec
+from livepatch_lab.lab.run.workload import detached
 
 from .fakes.local_guest import LocalGuest
 

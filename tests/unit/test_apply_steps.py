@@ -12,15 +12,15 @@ import json
 
 import pytest
 
-from harness.core.errors import LivepatchError
-from harness.lab.run import apply, plans, steps
-from harness.lab import runner
-from harness.lab.run.events import Timeline
-from harness.lab.report.outcome import Outcome, write
-from harness.lab.run.record import Revert, RunRecord
-from harness.lab.scenario.specs import ApplySpec, TransitionSpec
-from harness.lab.judge.verdict import decide
-from harness.lab.run.workload import detached
+from livepatch_lab.core.errors import LivepatchError
+from livepatch_lab.lab.run import apply, plans, steps
+from livepatch_lab.lab import runner
+from livepatch_lab.lab.run.events import Timeline
+from livepatch_lab.lab.report.outcome import Outcome, write
+from livepatch_lab.lab.run.record import Revert, RunRecord
+from livepatch_lab.lab.scenario.specs import ApplySpec, TransitionSpec
+from livepatch_lab.lab.judge.verdict import decide
+from livepatch_lab.lab.run.workload import detached
 
 from .fakes.lab_guest import FakeKernel, LabGuest
 from .test_runner import PATCH, QUIET, TIMEOUTS, Evidence, module, names
@@ -196,8 +196,8 @@ def test_a_revert_the_tool_fails_although_the_kernel_reverted_is_contradicted(ru
 
 def test_a_scenario_with_an_image_boots_that_image(tmp_path, monkeypatch):
     """runner.run builds the scenario's recipe (the tool's, here), not the default one."""
-    from harness.supply import images, recipes
-    from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    from livepatch_lab.supply import images, recipes
+    from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch
     built = []
     monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
     monkeypatch.setattr(kernelfetch, "fetch", lambda defn, settings: type(
@@ -208,7 +208,7 @@ def test_a_scenario_with_an_image_boots_that_image(tmp_path, monkeypatch):
         built.append(recipe)
         raise LivepatchError("stop here")
     monkeypatch.setattr(images, "build", build)
-    from harness.core.settings import Settings
+    from livepatch_lab.core.settings import Settings
     sc = dataclasses.replace(KPATCH, image=tmp_path / "kpatch.yaml")
     runner.run(sc, "debian-6.1", Settings(cache_dir=tmp_path / "cache"), tmp_path / "out")
     runner.run(QUIET, "debian-6.1", Settings(cache_dir=tmp_path / "cache"), tmp_path / "out")

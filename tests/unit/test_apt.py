@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from tenacity import wait_none
 
-from harness.core import retry
-from harness.core.errors import ConfigError, HostCommandError, InfraError
-from harness.core.settings import Settings
-from harness.supply import apt, mirror
+from livepatch_lab.core import retry
+from livepatch_lab.core.errors import ConfigError, HostCommandError, InfraError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import apt, mirror
 
 ARCHIVE = "http://mirror.example/debian"
 

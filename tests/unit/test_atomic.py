@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from harness.core import atomic
+from livepatch_lab.core import atomic
 
 
 def test_text_and_bytes_replace_the_file_and_leave_no_temporary(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
+from livepatch_lab import cli
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = str(REPO / "scenarios" / "patches" / "good")
@@ -17,10 +17,10 @@ GOOD = str(REPO / "scenarios" / "patches" / "good")
 @pytest.fixture(autouse=True)
 def nothing_runs(monkeypatch):
     """Fetching, building or booting anything is a test failure here."""
-    from harness.lab import runner
-    from harness.machine import session
-    from harness.supply import images, kbuild
-    from harness.supply.kernels import fetch as kernelfetch
+    from livepatch_lab.lab import runner
+    from livepatch_lab.machine import session
+    from livepatch_lab.supply import images, kbuild
+    from livepatch_lab.supply.kernels import fetch as kernelfetch
 
     def forbidden(*args, **kwargs):
         raise AssertionError("bad input must be refused before anything is fetched, built or booted")

@@ -11,11 +11,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.core.errors import InfraError
-from harness.core.settings import Settings
-from harness.supply import bootfiles
-from harness.supply.cpio import read_cpio
-from harness.supply.modindex import ModuleIndex, module_name
+from livepatch_lab.core.errors import InfraError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import bootfiles
+from livepatch_lab.supply.cpio import read_cpio
+from livepatch_lab.supply.modindex import ModuleIndex, module_name
 from tests.unit.test_modindex import ALIAS, DEP, SOFTDEP
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import InfraError
-from harness.supply import buildroot
-from harness.supply.kernels.kernel import PackageRef
-from harness.supply.toolchains import Toolchain
+from livepatch_lab.core.errors import InfraError
+from livepatch_lab.supply import buildroot
+from livepatch_lab.supply.kernels.kernel import PackageRef
+from livepatch_lab.supply.toolchains import Toolchain
 from tests.unit.fakes.kernels import fake_kernel as kernel
 
 

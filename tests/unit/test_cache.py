@@ -6,12 +6,12 @@ import os
 import time
 from pathlib import Path
 
-from harness.cli import main
-from harness.core.settings import Settings
-from harness.supply import apt, cache, vmlinux
-from harness.supply.bootfiles import INITRAMFS_INIT, cache_key
-from harness.supply.images import image_dir
-from harness.supply.recipes import Recipe
+from livepatch_lab.cli import main
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import apt, cache, vmlinux
+from livepatch_lab.supply.bootfiles import INITRAMFS_INIT, cache_key
+from livepatch_lab.supply.images import image_dir
+from livepatch_lab.supply.recipes import Recipe
 from tests.unit.fakes.kernels import defn, fake_cached
 
 OLD, NEW = ("6.1.176-1", "6.1.0-50-amd64"), ("6.1.192-2", "6.1.0-56-amd64")
@@ -108,8 +108,8 @@ def test_sizes_count_blocks_once_per_hard_link(tmp_path):
 
 def test_the_cli_lists_then_prunes(tmp_path, capsys, monkeypatch):
     s, defs, recipe = populated(tmp_path)
-    monkeypatch.setattr("harness.supply.kernels.defs.load_definitions", lambda *a, **k: defs)
-    monkeypatch.setattr("harness.supply.recipes.load_recipe", lambda p: recipe)
+    monkeypatch.setattr("livepatch_lab.supply.kernels.defs.load_definitions", lambda *a, **k: defs)
+    monkeypatch.setattr("livepatch_lab.supply.recipes.load_recipe", lambda p: recipe)
     assert main(["--cache-dir", str(s.cache_dir), "cache"]) == 0
     out = capsys.readouterr().out
     assert f"prunable: {s.kernels_dir / 'debian-6.1' / OLD[0]}" in out

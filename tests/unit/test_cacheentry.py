@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from harness.core import cacheentry
-from harness.core.errors import DiskFull, InfraError
+from livepatch_lab.core import cacheentry
+from livepatch_lab.core.errors import DiskFull, InfraError
 
 
 def entry(final):

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from harness import cli
-from harness.cli import commands, parser as cliparser, runs
-from harness.cli.settings import settings_for
+from livepatch_lab import cli
+from livepatch_lab.cli import commands, parser as cliparser, runs
+from livepatch_lab.cli.settings import settings_for
 
 
 def test_boot_takes_everything_after_a_double_dash_as_the_guest_command(monkeypatch):
@@ -81,9 +81,9 @@ def test_an_unusable_cache_directory_is_one_line_naming_the_option(capsys, tmp_p
 
 
 def _outcome(kernel: str, verdict: str, tmp_path):
-    from harness.lab.report.outcome import Outcome
-    from harness.lab.run.record import Reason
-    from harness.lab.judge.verdict import Verdict
+    from livepatch_lab.lab.report.outcome import Outcome
+    from livepatch_lab.lab.run.record import Reason
+    from livepatch_lab.lab.judge.verdict import Verdict
     reasons = [Reason("error", "interrupted (signal 15): the run was stopped before its verdict")] \
         if verdict == "error" else []
     return Outcome("good", kernel, Verdict(verdict, reasons, {}), {"name": kernel}, [],
@@ -95,7 +95,7 @@ def test_an_interrupt_mid_matrix_keeps_the_finished_verdicts_and_the_interrupted
         command, capsys, monkeypatch, tmp_path):
     """Ctrl-C or SIGTERM while the second kernel's guest runs: the first kernel's verdict and the
     interrupted run (an error) are in the JSON, and the exit status says interrupted."""
-    from harness.lab import runner
+    from livepatch_lab.lab import runner
 
     def run(sc, kernel, settings, out_dir):
         if kernel == "debian-6.1":

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
-from harness.cli import parser as cliparser
-from harness.core.errors import HostCommandError
-from harness.core.settings import Settings
-from harness.lab import runner
-from harness.supply import apt
-from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
+from livepatch_lab import cli
+from livepatch_lab.cli import parser as cliparser
+from livepatch_lab.core.errors import HostCommandError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.lab import runner
+from livepatch_lab.supply import apt
+from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch
 from tests.unit.fakes.kernels import bookworm_archive, fake_cached
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,7 +50,7 @@ def _subcommands(parser=None):
 def test_v_and_q_mean_more_and_less_than_the_default_before_or_after_the_command(before, after, level,
                                                                                  tmp_path, capsys):
     assert cli.main([*before, "--cache-dir", str(tmp_path), "kernels", "--offline", *after]) == 0
-    assert logging.getLogger("harness").level == level
+    assert logging.getLogger("livepatch_lab").level == level
 
 
 def test_every_command_takes_the_global_options_after_it_too(tmp_path):
@@ -111,7 +111,7 @@ def nothing_runs(monkeypatch):
     def run(*a, **kw):
         raise AssertionError("a run started")
     monkeypatch.setattr(runner, "run", run)
-    from harness.lab.selftests import suite
+    from livepatch_lab.lab.selftests import suite
     monkeypatch.setattr(suite, "run_line", run)
 
 
@@ -214,7 +214,7 @@ def test_help_of_the_commands_that_run_is_grouped(command, groups):
 
 def _lab(args, tmp_path, **kw):
     env = {**os.environ, "LIVEPATCH_LAB_CACHE": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "livepatch_lab.cli", *args], cwd=ROOT, env=env,
                           stderr=subprocess.PIPE, text=True, timeout=60, **kw)
 
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from harness.machine.console import ConsoleFollower
+from livepatch_lab.machine.console import ConsoleFollower
 
 WAIT = 2.0   # generous upper bound for the follower (polls every 50 ms) to catch up
 

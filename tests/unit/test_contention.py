@@ -4,10 +4,10 @@ import os
 import threading
 from pathlib import Path
 
-from harness.lab.judge import contention
+from livepatch_lab.lab.judge import contention
 
-from harness.lab.run.record import Window
-from harness.machine import hostcpu
+from livepatch_lab.lab.run.record import Window
+from livepatch_lab.machine import hostcpu
 from tests.unit.test_verdict import Req, clean_record, judge
 
 

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from harness.supply.cpio import Cpio, read_cpio
+from livepatch_lab.supply.cpio import Cpio, read_cpio
 
 
 def test_cpio_round_trip_keeps_modes_links_and_devices():

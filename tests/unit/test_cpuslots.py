@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.cpuslots import cpu_slots
-from harness.core.errors import DeadlineExceeded
+from livepatch_lab.core.cpuslots import cpu_slots
+from livepatch_lab.core.errors import DeadlineExceeded
 
 HOLDER = """
 import sys
-from harness.core.cpuslots import cpu_slots
+from livepatch_lab.core.cpuslots import cpu_slots
 with cpu_slots(__import__("pathlib").Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
                timeout=10, what="the other process's guest"):
     print("held", flush=True)

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from harness.supply import debversion
-from harness.supply.debversion import compare, key, parse, satisfies
+from livepatch_lab.supply import debversion
+from livepatch_lab.supply.debversion import compare, key, parse, satisfies
 
 # (a, b, expected compare(a, b))
 CASES = [

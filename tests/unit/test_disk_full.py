@@ -9,11 +9,11 @@ import os
 
 import pytest
 
-from harness.core import diskspace, retry
-from harness.core.errors import DiskFull, HostCommandError, InfraError
-from harness.core.settings import Settings
-from harness.machine.backends import hosttrouble
-from harness.supply import apt
+from livepatch_lab.core import diskspace, retry
+from livepatch_lab.core.errors import DiskFull, HostCommandError, InfraError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.machine.backends import hosttrouble
+from livepatch_lab.supply import apt
 
 APT_FULL = "Get:1 http://deb.debian.org/debian bookworm/main amd64 linux-image ...\n" \
            "E: Write error - write (28: No space left on device)\n"

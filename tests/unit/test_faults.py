@@ -1,9 +1,9 @@
 """The fault rule, directly: which trouble makes a ``fail`` (the patch's) and which an ``error``."""
 import pytest
 
-from harness.core.errors import FAULTS, GUEST, INPUT, LAB, PATCH
-from harness.lab.run.faults import host_cause, patch_is_to_blame
-from harness.machine.backends import base
+from livepatch_lab.core.errors import FAULTS, GUEST, INPUT, LAB, PATCH
+from livepatch_lab.lab.run.faults import host_cause, patch_is_to_blame
+from livepatch_lab.machine.backends import base
 
 
 @pytest.mark.parametrize("fault, issued, blamed", [

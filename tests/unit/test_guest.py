@@ -7,8 +7,8 @@ import time
 import paramiko
 import pytest
 
-from harness.core.errors import DeadlineExceeded, GuestCommandError, GuestConnectionError
-from harness.machine.channel import GuestChannel, Result, load_private_key, parse_public_key
+from livepatch_lab.core.errors import DeadlineExceeded, GuestCommandError, GuestConnectionError
+from livepatch_lab.machine.channel import GuestChannel, Result, load_private_key, parse_public_key
 
 from tests.waiting import wait_until
 

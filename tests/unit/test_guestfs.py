@@ -8,7 +8,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness.supply import guestfs
+from livepatch_lab.supply import guestfs
 
 
 def test_every_guest_file_exists_and_scripts_are_shell():

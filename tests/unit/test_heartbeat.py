@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from harness.core.errors import GuestConnectionError
-from harness.machine.heartbeat import Heartbeat
+from livepatch_lab.core.errors import GuestConnectionError
+from livepatch_lab.machine.heartbeat import Heartbeat
 
 from tests.waiting import wait_until
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import hostcmd
-from harness.core.errors import HostCommandError, InfraError
+from livepatch_lab.core import hostcmd
+from livepatch_lab.core.errors import HostCommandError, InfraError
 from tests.waiting import wait_until
 
 

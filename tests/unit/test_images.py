@@ -10,11 +10,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from harness.core.errors import ConfigError, HostCommandError, InfraError
-from harness.core.settings import Settings
-from harness.supply import images
-from harness.supply.apt import sha256_file
-from harness.supply.recipes import Recipe
+from livepatch_lab.core.errors import ConfigError, HostCommandError, InfraError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import images
+from livepatch_lab.supply.apt import sha256_file
+from livepatch_lab.supply.recipes import Recipe
 from tests.unit.test_recipes import GOOD, load
 
 
@@ -243,7 +243,7 @@ def test_a_restored_copys_overlay_is_backed_by_the_saved_disk_which_is_backed_by
 
 # what a recipe adds ------------------------------------------------------------------------------
 def test_a_recipes_debs_local_as_they_are_and_a_suites_package_fetched_verified(tmp_path, monkeypatch):
-    from harness.supply import apt
+    from livepatch_lab.supply import apt
     (tmp_path / "agent_1_amd64.deb").write_bytes(b"x")
     asked = []
     monkeypatch.setattr(apt, "update", lambda root: asked.append(("update", root.suites)))

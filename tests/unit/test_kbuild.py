@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError, DiskFull, HostCommandError
-from harness.core.settings import Settings
-from harness.supply import kbuild
-from harness.supply.apt import sha256_file
-from harness.supply.kbuild import BuildError
-from harness.supply.modinfo import Module
-from harness.supply.toolchains import Toolchain
+from livepatch_lab.core.errors import ConfigError, DiskFull, HostCommandError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import kbuild
+from livepatch_lab.supply.apt import sha256_file
+from livepatch_lab.supply.kbuild import BuildError
+from livepatch_lab.supply.modinfo import Module
+from livepatch_lab.supply.toolchains import Toolchain
 from tests.unit.fakes.kernels import fake_kernel as kernel
 
 RELEASE_61 = "6.1.0-56-amd64"

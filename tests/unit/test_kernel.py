@@ -1,7 +1,7 @@
 """What a ``Kernel`` tells the layers above without them reading the cache."""
 from pathlib import Path
 
-from harness.supply.kernels.kernel import Kernel, PackageRef
+from livepatch_lab.supply.kernels.kernel import Kernel, PackageRef
 
 
 def kernel(packages=(), suites=()) -> Kernel:

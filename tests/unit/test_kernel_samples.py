@@ -4,12 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.core.settings import Settings
-from harness.lab.run import prepare
-from harness.lab.scenario import loader as scenario
-from harness.supply import kbuild, modinfo
-from harness.supply.kernels import source as kernelsource
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.lab.run import prepare
+from livepatch_lab.lab.scenario import loader as scenario
+from livepatch_lab.supply import kbuild, modinfo
+from livepatch_lab.supply.kernels import source as kernelsource
 from tests.unit.fakes.kernels import fake_kernel
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,11 +5,11 @@ import shutil
 
 import pytest
 
-from harness.core import hostcmd
-from harness.core.settings import Settings
-from harness.supply import apt
-from harness.supply.kernels import cache as kernelcache, fetch as kernelfetch
-from harness.supply.kernels.kernel import PackageRef
+from livepatch_lab.core import hostcmd
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import apt
+from livepatch_lab.supply.kernels import cache as kernelcache, fetch as kernelfetch
+from livepatch_lab.supply.kernels.kernel import PackageRef
 from tests.unit.fakes.kernels import build_deb, defn, fake_cached
 
 
@@ -89,7 +89,7 @@ def old_entry(s: Settings, tmp_path, with_debs: bool):
 def test_an_old_entry_gets_its_depends_from_its_debs_once(tmp_path, monkeypatch, caplog):
     s = Settings(cache_dir=tmp_path / "cache")
     d, vdir = old_entry(s, tmp_path, with_debs=True)
-    with caplog.at_level(logging.INFO, logger="harness.supply.kernels.cache"):
+    with caplog.at_level(logging.INFO, logger="livepatch_lab.supply.kernels.cache"):
         k = kernelcache.cached(d, s)
     assert k.kbuild_depends == ("linux-kbuild-6.1 (>= 6.1.192-2), gcc-12", "libc6 (>= 2.34)")
     assert "predates recorded package Depends" in caplog.text
@@ -107,7 +107,7 @@ def test_an_old_entry_whose_debs_are_gone_still_serves_but_says_so(tmp_path, cap
     s = Settings(cache_dir=tmp_path / "cache")
     d, vdir = old_entry(s, tmp_path, with_debs=False)
     before = (vdir / "manifest.json").read_text()
-    with caplog.at_level(logging.WARNING, logger="harness.supply.kernels.cache"):
+    with caplog.at_level(logging.WARNING, logger="livepatch_lab.supply.kernels.cache"):
         k = kernelcache.cached(d, s)
     assert k is not None and k.release == "6.1.0-56-amd64"     # boots as before
     assert k.kbuild_depends is None                             # a new build root would refuse it

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.supply.kernels import defs as kerneldefs
-from harness.supply.kernels.defs import KernelDef
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.supply.kernels import defs as kerneldefs
+from livepatch_lab.supply.kernels.defs import KernelDef
 
 REPO_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import hostcmd
-from harness.core.errors import ConfigError
-from harness.core.settings import Settings
-from harness.supply import apt
-from harness.supply.kernels import fetch as kernelfetch, tree as kerneltree
-from harness.supply.apt import PackageRecord
+from livepatch_lab.core import hostcmd
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import apt
+from livepatch_lab.supply.kernels import fetch as kernelfetch, tree as kerneltree
+from livepatch_lab.supply.apt import PackageRecord
 from tests.unit.fakes.kernels import bookworm_archive, build_deb, defn, fake_bzimage
 
 

@@ -1,8 +1,8 @@
 """Choosing a kernel's packages from the archive's records: newest or pinned, the headers' closure, the compiler."""
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.supply.kernels import select as kernelselect
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.supply.kernels import select as kernelselect
 from tests.unit.fakes.kernels import bookworm_archive, debian_kernel, defn, rec
 
 

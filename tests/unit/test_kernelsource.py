@@ -6,11 +6,11 @@ import tarfile
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.core.settings import Settings
-from harness.supply import apt
-from harness.supply.kernels import source as kernelsource
-from harness.supply.apt import PackageRecord
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import apt
+from livepatch_lab.supply.kernels import source as kernelsource
+from livepatch_lab.supply.apt import PackageRecord
 from tests.unit.fakes.kernels import build_deb, fake_kernel, rec
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.supply.kernels import tree as kerneltree
+from livepatch_lab.supply.kernels import tree as kerneltree
 
 
 @pytest.mark.parametrize("text,want", [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine import kmsg
+from livepatch_lab.machine import kmsg
 
 DATA = Path(__file__).parent / "data" / "console"
 SAMPLES = sorted(p.stem for p in DATA.glob("*.log"))

@@ -13,17 +13,19 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import harness
+import livepatch_lab
 
-PKG = Path(harness.__file__).resolve().parent
+PKG = Path(livepatch_lab.__file__).resolve().parent   # the source tree's harness/
+ROOT = Path(__file__).resolve().parents[2]
 LAYERS = ("core", "supply", "machine", "lab")
 LAB_LAYERS = ("scenario", "run", "judge", "report")   # then lab's drivers: runner, matrix, selftests
 MAX_LINES = 400
 
 
 def module_name(path: Path) -> str:
-    rel = path.relative_to(PKG.parent).with_suffix("")
-    parts = list(rel.parts)
+    """The installed name: the source tree's harness/ is the package livepatch_lab (package-dir)."""
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = ["livepatch_lab", *rel.parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -45,7 +47,7 @@ def imports(mod: str, path: Path, known: set[str]) -> set[str]:
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Call) and _imports_by_name(node):
-            names = [node.args[0].value]    # importlib.import_module("harness...") / __import__
+            names = [node.args[0].value]    # importlib.import_module("livepatch_lab...") / __import__
         elif isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -68,13 +70,13 @@ def imports(mod: str, path: Path, known: set[str]) -> set[str]:
 
 
 def _imports_by_name(call: ast.Call) -> bool:
-    """``importlib.import_module("harness.x")``, ``import_module(...)`` or ``__import__(...)``
+    """``importlib.import_module("livepatch_lab.x")``, ``import_module(...)`` or ``__import__(...)``
     with a literal name: an import the statements above would not see."""
     f = call.func
     name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
     return (name in ("import_module", "__import__") and bool(call.args)
             and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str)
-            and call.args[0].value.startswith("harness"))
+            and call.args[0].value.startswith("livepatch_lab"))
 
 
 def lab_layer(mod: str) -> int:
@@ -91,7 +93,7 @@ def graph() -> dict[str, set[str]]:
     # importing a.b.c runs a/__init__ and a/b/__init__ too, but that is not a dependency
     # this test polices: packages' __init__ modules are checked like any other module.
     # (the root package is the top layer: importing it from below is importing upward)
-    return {m: {d for d in imports(m, p, known) if d == "harness" or not m.startswith(d + ".")}
+    return {m: {d for d in imports(m, p, known) if d == "livepatch_lab" or not m.startswith(d + ".")}
             for m, p in mods.items()}
 
 
@@ -109,9 +111,9 @@ def test_every_import_points_down_or_sideways():
 def test_inside_lab_every_import_points_down_or_sideways_by_job():
     def where(m: str) -> str:
         return LAB_LAYERS[lab_layer(m)] if lab_layer(m) < len(LAB_LAYERS) else "lab's drivers"
-    lab = [m for m in graph() if m.startswith("harness.lab.")]
+    lab = [m for m in graph() if m.startswith("livepatch_lab.lab.")]
     upward = [f"{m} ({where(m)}) imports {d} ({where(d)})"
-              for m in lab for d in graph()[m] if d.startswith("harness.lab.") and lab_layer(d) > lab_layer(m)]
+              for m in lab for d in graph()[m] if d.startswith("livepatch_lab.lab.") and lab_layer(d) > lab_layer(m)]
     assert upward == []
 
 
@@ -123,9 +125,9 @@ def test_lab_is_in_subpackages_by_job():
 
 
 def test_an_import_by_name_counts_as_an_import():
-    tree = ast.parse('import importlib\nimportlib.import_module("harness.cli")\n__import__("harness.plugin")\n')
+    tree = ast.parse('import importlib\nimportlib.import_module("livepatch_lab.cli")\n__import__("livepatch_lab.plugin")\n')
     calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and _imports_by_name(n)]
-    assert [c.args[0].value for c in calls] == ["harness.cli", "harness.plugin"]
+    assert [c.args[0].value for c in calls] == ["livepatch_lab.cli", "livepatch_lab.plugin"]
 
 
 def test_no_import_cycle_lazy_imports_included():
@@ -161,9 +163,9 @@ def test_no_import_cycle_lazy_imports_included():
 
 def test_the_entry_points_sit_on_top_and_nothing_imports_them():
     g = graph()
-    for top in ("harness.cli", "harness.plugin"):
+    for top in ("livepatch_lab.cli", "livepatch_lab.plugin"):
         assert top in g
-        assert [m for m, deps in g.items() if top in deps and m not in ("harness.cli", "harness.plugin")] == []
+        assert [m for m, deps in g.items() if top in deps and m not in ("livepatch_lab.cli", "livepatch_lab.plugin")] == []
 
 
 def test_no_module_passes_400_lines():
@@ -177,11 +179,11 @@ def test_every_harness_import_the_tests_write_resolves_code_in_strings_included(
     import re
     import subprocess
     import sys
-    root = PKG.parent
+    root = ROOT
     found = set()
     for d in ("tests", "bench"):
         for path in (root / d).rglob("*.py"):
-            for m in re.finditer(r"^[ \t]*(from harness[\w.]* import [\w, ]+|import harness[\w.]*)[ \t]*$",
+            for m in re.finditer(r"^[ \t]*(from livepatch_lab[\w.]* import [\w, ]+|import livepatch_lab[\w.]*)[ \t]*$",
                                  path.read_text(), re.M):
                 found.add(m.group(1).rstrip(", "))
     script = "\n".join(f"try:\n    {s}\nexcept ImportError as e:\n    print({s!r}, '->', e)" for s in sorted(found))
@@ -193,12 +195,12 @@ def test_no_test_asserts_a_value_against_itself():
     """``assert f(x) == f(x)`` reads as a tautology whatever it means: compute once, then compare
     (a determinism or freshness check names both values)."""
     same = []
-    for path in (PKG.parent / "tests").rglob("*.py"):
+    for path in (ROOT / "tests").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
                 sides = [ast.dump(x) for x in [node.test.left, *node.test.comparators]]
                 if len(set(sides)) < len(sides):
-                    same.append(f"{path.relative_to(PKG.parent)}:{node.lineno}")
+                    same.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert same == []
 
 
@@ -238,6 +240,18 @@ def test_tests_wait_on_events_not_sleeps():
     socket that accepts, tests/waiting.py's ``wait_until``), never for a time guessed to be
     long enough: a sleep is slow where the guess is generous and flaky where the host is busy.
     A fake that must take time blocks on an Event its test sets at teardown."""
-    root = PKG.parent
+    root = ROOT
     found = {str(p.relative_to(root)): n for p in (root / "tests").rglob("*.py") if (n := sleeps(p.read_text()))}
     assert found == {path: n for path, (n, _why) in SLEEPS_ALLOWED.items()}
+
+
+def test_nothing_imports_the_source_directorys_name():
+    """The package installs as livepatch_lab; ``harness`` is only the source tree's directory (and
+    an unrelated project on PyPI). An import of it works in a checkout, by accident of sys.path,
+    and breaks once installed, or loads every module twice."""
+    import re
+    stale = [f"{p.relative_to(ROOT)}:{n}" for d in ("harness", "tests", "bench", "scenarios")
+             for p in (ROOT / d).rglob("*.py")
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(r"^\s*(from|import) harness\b|[\"']harness\.[a-z]", line)]
+    assert stale == []

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError, InfraError, PortInUse
-from harness.core.settings import Settings
-from harness.machine.backends import libvirt
-from harness.machine.backends.base import Forward, MachineSpec
-from harness.machine.backends.libvirt import errors, storage, tunnel, uri, xmldefs
+from livepatch_lab.core.errors import ConfigError, InfraError, PortInUse
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.machine.backends import libvirt
+from livepatch_lab.machine.backends.base import Forward, MachineSpec
+from livepatch_lab.machine.backends.libvirt import errors, storage, tunnel, uri, xmldefs
 
 Q = "{%s}" % xmldefs.QEMU_NS
 

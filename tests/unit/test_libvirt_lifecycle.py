@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.settings import Settings, Timeouts
-from harness.machine.backends.base import GUEST, HOST, MachineExit, MachineSpec, StillRunning
-from harness.machine.backends.libvirt import machine as machine_mod
-from harness.machine.backends.libvirt.errors import ERR_NO_DOMAIN
-from harness.machine.backends.libvirt.lifecycle import (EVENT_CRASHED, EVENT_SHUTDOWN, EVENT_STOPPED,
+from livepatch_lab.core.settings import Settings, Timeouts
+from livepatch_lab.machine.backends.base import GUEST, HOST, MachineExit, MachineSpec, StillRunning
+from livepatch_lab.machine.backends.libvirt import machine as machine_mod
+from livepatch_lab.machine.backends.libvirt.errors import ERR_NO_DOMAIN
+from livepatch_lab.machine.backends.libvirt.lifecycle import (EVENT_CRASHED, EVENT_SHUTDOWN, EVENT_STOPPED,
                                                         SHUTDOWN_GUEST, SHUTDOWN_HOST, STOPPED_CRASHED,
                                                         STOPPED_DESTROYED, STOPPED_FAILED, STOPPED_SHUTDOWN,
                                                         from_events, from_state)

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.core.settings import Settings
-from harness.supply.kernels import cache as kernelcache, fetch as kernelfetch, local as localkernel
-from harness.supply.kernels.defs import KernelDef
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply.kernels import cache as kernelcache, fetch as kernelfetch, local as localkernel
+from livepatch_lab.supply.kernels.defs import KernelDef
 from tests.unit.fakes.kernels import fake_bzimage
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-import harness
-from harness.core.errors import DeadlineExceeded
-from harness.core.locks import file_lock
+import livepatch_lab
+from livepatch_lab.core.errors import DeadlineExceeded
+from livepatch_lab.core.locks import file_lock
 from tests.waiting import wait_until
 
-ROOT = Path(harness.__file__).resolve().parent.parent
+ROOT = Path(livepatch_lab.__file__).resolve().parent.parent
 
 
 def test_the_lock_file_and_its_directories_are_created(tmp_path):
@@ -25,12 +25,12 @@ def test_the_lock_file_and_its_directories_are_created(tmp_path):
 
 @pytest.fixture
 def lock_log():
-    """Records of the harness.core.locks logger, whatever other tests did to logging (the CLI
+    """Records of the livepatch_lab.core.locks logger, whatever other tests did to logging (the CLI
     sets propagate=False on "harness")."""
     records = []
     handler = logging.Handler(logging.DEBUG)
     handler.emit = records.append
-    logger = logging.getLogger("harness.core.locks")
+    logger = logging.getLogger("livepatch_lab.core.locks")
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -104,7 +104,7 @@ def test_a_process_killed_while_holding_the_lock_does_not_leave_it_stuck(tmp_pat
         import os, sys
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from harness.core.locks import file_lock
+        from livepatch_lab.core.locks import file_lock
         with file_lock(Path({str(path)!r}), timeout=5, what="child"):
             print("locked", flush=True)
             sys.stdin.read()   # held until killed (or the test's end closes this pipe)

@@ -3,11 +3,11 @@ scenario's `expect`, and the versioned document `check`, `run` and the plugin al
 import json
 from pathlib import Path
 
-from harness.lab import matrix
-from harness.lab.report.outcome import Outcome
-from harness.lab.run.record import Reason, Window
-from harness.lab.scenario.specs import Expectation, ModuleSpec, Scenario
-from harness.lab.judge.verdict import Verdict
+from livepatch_lab.lab import matrix
+from livepatch_lab.lab.report.outcome import Outcome
+from livepatch_lab.lab.run.record import Reason, Window
+from livepatch_lab.lab.scenario.specs import Expectation, ModuleSpec, Scenario
+from livepatch_lab.lab.judge.verdict import Verdict
 
 DEFINED = ["debian-5.10", "debian-6.1", "debian-6.12", "debian-7"]
 ANY = Scenario(name="any", patch=ModuleSpec(source=Path("/nowhere")))

@@ -1,10 +1,10 @@
 """Which of the kernel's memory detectors a guest boots with, by what its kernel was built with."""
 import pytest
 
-from harness.lab.run import memdebug
-from harness.lab.scenario.schema import debug_facilities
-from harness.lab.scenario.specs import DEBUG_FACILITIES, DebugSpec
-from harness.supply.kernels import tree as kerneltree
+from livepatch_lab.lab.run import memdebug
+from livepatch_lab.lab.scenario.schema import debug_facilities
+from livepatch_lab.lab.scenario.specs import DEBUG_FACILITIES, DebugSpec
+from livepatch_lab.supply.kernels import tree as kerneltree
 
 # each Debian line's config, as far as the facilities go (DESIGN.md: "Kernel facilities per line")
 LINE_6_1 = {"CONFIG_SLUB_DEBUG": "y", "CONFIG_KFENCE": "n", "CONFIG_PAGE_POISONING": "y"}

@@ -1,8 +1,8 @@
 """Finding Debian's archive in this host's apt sources (one-line and deb822 formats)."""
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.supply.mirror import Mirrors, archive_from_sources, debian_mirrors, host_sources
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.supply.mirror import Mirrors, archive_from_sources, debian_mirrors, host_sources
 
 BOOKWORM_LIST = """\
 # See /etc/apt/sources.list.d/ for more

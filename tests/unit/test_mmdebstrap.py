@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import InfraError
-from harness.core.settings import Settings
-from harness.supply import mmdebstrap
+from livepatch_lab.core.errors import InfraError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import mmdebstrap
 
 
 def test_remove_tree_removes_plain_trees(tmp_path):

@@ -1,8 +1,8 @@
 """The module index: names, hard and soft dependencies, aliases, built-ins, the load order."""
 import pytest
 
-from harness.core.errors import InfraError
-from harness.supply.modindex import ModuleIndex, module_name
+from livepatch_lab.core.errors import InfraError
+from livepatch_lab.supply.modindex import ModuleIndex, module_name
 
 # A kernel in miniature: virtio_pci/virtio_blk/ext4 as modules, one helper built in.
 DEP = """\

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError, HostCommandError
-from harness.supply import modinfo
-from harness.supply.modinfo import CompatError, Module
+from livepatch_lab.core.errors import ConfigError, HostCommandError
+from livepatch_lab.supply import modinfo
+from livepatch_lab.supply.modinfo import CompatError, Module
 from tests.unit.fakes.kernels import fake_kernel as kernel
 
 RELEASE_61 = "6.1.0-56-amd64"

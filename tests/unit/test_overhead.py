@@ -3,10 +3,10 @@ that cannot false-alarm."""
 import numpy as np
 import pytest
 
-from harness.lab.judge import overhead
-from harness.lab.judge import verdict as V
-from harness.lab.scenario.specs import Thresholds
-from harness.lab.run.workload import cost
+from livepatch_lab.lab.judge import overhead
+from livepatch_lab.lab.judge import verdict as V
+from livepatch_lab.lab.scenario.specs import Thresholds
+from livepatch_lab.lab.run.workload import cost
 
 
 def arms(before_ms, patched_ms, after_ms, n=20, noise=0.05, seed=1, repeat=10):

@@ -13,11 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.core.errors import DeadlineExceeded, InfraError, PortInUse
-from harness.core.settings import Settings, Timeouts
-from harness.machine.backends.base import GUEST, HOST, Disk, Forward, MachineExit, MachineSpec, StillRunning
-from harness.machine.backends.qemu import QemuBackend, QemuConfig, QemuMachine, build_command, classify
-from harness.machine.backends.qemu.command import parse_version, tcg_thread
+from livepatch_lab.core.errors import DeadlineExceeded, InfraError, PortInUse
+from livepatch_lab.core.settings import Settings, Timeouts
+from livepatch_lab.machine.backends.base import GUEST, HOST, Disk, Forward, MachineExit, MachineSpec, StillRunning
+from livepatch_lab.machine.backends.qemu import QemuBackend, QemuConfig, QemuMachine, build_command, classify
+from livepatch_lab.machine.backends.qemu.command import parse_version, tcg_thread
 
 FAKE_QEMU = Path(__file__).parent / "fakes" / "fake_qemu.py"
 
@@ -422,8 +422,8 @@ def test_the_qemu_pid_is_recorded_for_the_reaper_and_a_failing_record_leaves_no_
 
 
 def test_icount_gives_single_threaded_tcg_a_clock_of_executed_instructions(tmp_path):
-    from harness.machine.backends.qemu.command import QemuConfig, build_command
-    from harness.machine.backends.base import MachineSpec
+    from livepatch_lab.machine.backends.qemu.command import QemuConfig, build_command
+    from livepatch_lab.machine.backends.base import MachineSpec
     spec = MachineSpec(name="lab", kernel=tmp_path / "k", initrd=None, append="console=ttyS0",
                        console_log=tmp_path / "c.log", disks=(), cpus=2, memory_mib=512)
     cmd = build_command(QemuConfig(spec, "tcg", tmp_path / "q.sock", tcg_thread="multi", icount=3))

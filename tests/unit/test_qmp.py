@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import DeadlineExceeded, InfraError
-from harness.machine.qmp import QMPClient, QMPError
+from livepatch_lab.core.errors import DeadlineExceeded, InfraError
+from livepatch_lab.machine.qmp import QMPClient, QMPError
 
 from tests.waiting import wait_until
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.supply import guestfs, recipes
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.supply import guestfs, recipes
 
 GOOD = """\
 name: default

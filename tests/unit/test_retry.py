@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-from harness.core import retry
-from harness.core.errors import BootError, GuestConnectionError, HostCommandError, InfraError, PortInUse
+from livepatch_lab.core import retry
+from livepatch_lab.core.errors import BootError, GuestConnectionError, HostCommandError, InfraError, PortInUse
 
 
 def run_policy(policy, outcomes):

@@ -17,20 +17,20 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError, GuestConnectionError, HarnessError
-from harness.core.settings import Settings, Timeouts
-from harness.lab.run import context
-from harness.lab.run import plans
-from harness.lab import runner
-from harness.lab.run.events import Timeline
-from harness.lab.run.prepare import Modules, Prepared
-from harness.lab.run.record import BASELINE, COOLDOWN, HOLD, TRANSITION, Revert, RunRecord
-from harness.lab.scenario.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, StepSpec, StressSpec,
+from livepatch_lab.core.errors import ConfigError, GuestConnectionError, HarnessError
+from livepatch_lab.core.settings import Settings, Timeouts
+from livepatch_lab.lab.run import context
+from livepatch_lab.lab.run import plans
+from livepatch_lab.lab import runner
+from livepatch_lab.lab.run.events import Timeline
+from livepatch_lab.lab.run.prepare import Modules, Prepared
+from livepatch_lab.lab.run.record import BASELINE, COOLDOWN, HOLD, TRANSITION, Revert, RunRecord
+from livepatch_lab.lab.scenario.specs import (ModuleSpec, ProbeSpec, Scenario, ServiceSpec, StepSpec, StressSpec,
                                         TimelineSpec, TransitionSpec)
-from harness.lab.scenario.expect import Expect
-from harness.lab.judge.verdict import Verdict, decide
-from harness.lab.run.workload import detached
-from harness.supply.modinfo import Module
+from livepatch_lab.lab.scenario.expect import Expect
+from livepatch_lab.lab.judge.verdict import Verdict, decide
+from livepatch_lab.lab.run.workload import detached
+from livepatch_lab.supply.modinfo import Module
 
 from .fakes.lab_guest import FakeKernel, K, LabGuest
 
@@ -271,10 +271,10 @@ def test_a_guest_lost_during_set_up_is_an_error(lab, kernel):
 @pytest.fixture
 def whole_run(tmp_path, kernel, monkeypatch):
     """runner.run with the supply and the boot stood in for: ``whole_run(sc)`` -> Outcome."""
-    from harness.lab.run import prepare as prep
-    from harness.machine import heartbeat, session
-    from harness.supply import images
-    from harness.supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    from livepatch_lab.lab.run import prepare as prep
+    from livepatch_lab.machine import heartbeat, session
+    from livepatch_lab.supply import images
+    from livepatch_lab.supply.kernels import defs as kerneldefs, fetch as kernelfetch
     fake_kernel = type("K", (), {"name": "debian-6.1", "release": "6.1.0-1-amd64", "version": "6.1.1-1", "config": None,
                                  "describe": lambda self: {"name": "debian-6.1", "version": "6.1.1-1"}})()
     monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
@@ -315,7 +315,7 @@ def test_a_whole_run_writes_its_verdict_and_timeline(whole_run, tmp_path):
 
 
 def test_bad_input_found_late_is_an_error(whole_run, monkeypatch):
-    from harness.supply.kernels import defs as kerneldefs
+    from livepatch_lab.supply.kernels import defs as kerneldefs
 
     def unknown(spec):
         raise ConfigError("unknown kernel 'debian-9' (known: debian-6.1)", source=spec, field="kernel")
@@ -435,7 +435,7 @@ def test_sysfs_not_as_the_lifecycle_implies_fails_on_lifecycle(lab, kernel, monk
 
 
 def test_a_patch_refused_under_signature_enforcement_fails_on_signature_naming_its_signature(lab, kernel):
-    from harness.lab.scenario.specs import SecuritySpec
+    from livepatch_lab.lab.scenario.specs import SecuritySpec
     kernel.refuse[PATCH] = "ERROR: could not insert module lab_good.ko: Key was rejected by service"
     ctx = lab(dataclasses.replace(QUIET, security=SecuritySpec(sig_enforce=True)))
     run_steps(ctx)
@@ -450,7 +450,7 @@ def test_a_patch_refused_under_signature_enforcement_fails_on_signature_naming_i
 
 
 def test_a_full_artifact_folder_makes_the_run_an_error_naming_it(whole_run, tmp_path, monkeypatch):
-    from harness.lab.report import outcome as outcomes
+    from livepatch_lab.lab.report import outcome as outcomes
 
     def write(out_dir, result, rec):
         (out_dir / "verdict.json").write_text("{}")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.machine import backends, runs
-from harness.machine.runs import OWNER, RunDir, reap_stale
+from livepatch_lab.machine import backends, runs
+from livepatch_lab.machine.runs import OWNER, RunDir, reap_stale
 from tests.waiting import wait_until
 
 # A stand-in process: echoes its stdin line by line, ends at its end. One that answers after

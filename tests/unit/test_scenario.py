@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.lab.scenario import loader as scenario
-from harness.lab.scenario.specs import ProbeSpec, ReleaseSpec, ServiceSpec, Thresholds, TimelineSpec
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.lab.scenario import loader as scenario
+from livepatch_lab.lab.scenario.specs import ProbeSpec, ReleaseSpec, ServiceSpec, Thresholds, TimelineSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -265,7 +265,7 @@ def test_security_settings_sign_with_both_key_and_cert_and_refuse_one_alone(tmp_
 
 # applying through a tool or a hook -----------------------------------------------------------
 def test_a_tool_brings_its_own_image_unless_the_scenario_names_one(tmp_path):
-    from harness.lab.scenario.specs import ApplySpec
+    from livepatch_lab.lab.scenario.specs import ApplySpec
     sc = scenario.load(write(tmp_path, "patch: {source: p}\n"))
     assert (sc.apply, sc.image) == (ApplySpec("insmod"), None)
     sc = scenario.load(write(tmp_path, "patch: {source: p}\napply: {tool: kpatch}\n"))
@@ -278,7 +278,7 @@ def test_a_tool_brings_its_own_image_unless_the_scenario_names_one(tmp_path):
 
 
 def test_a_command_hook_with_its_revert(tmp_path):
-    from harness.lab.scenario.specs import ApplySpec
+    from livepatch_lab.lab.scenario.specs import ApplySpec
     sc = scenario.load(write(tmp_path, "patch: {source: p}\napply:\n  command: agent load {module}\n"
                                        "  revert: agent unload {name}\n"))
     assert sc.apply == ApplySpec("command", "agent load {module}", "agent unload {name}") and sc.image is None

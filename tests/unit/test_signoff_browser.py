@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.settings import Settings
-from harness.lab.report import signoff
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.lab.report import signoff
 from tests.browser import open_page, require_chromium, screenshot_dir
 
 from .signoff_runs import LOGGED, PATCHED, PROBE, VERSION, make_module, make_run

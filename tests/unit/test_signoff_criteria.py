@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.core.settings import Settings
-from harness.lab import matrix
-from harness.lab.judge.verdict import Verdict
-from harness.lab.report import criteria
-from harness.lab.report.outcome import Outcome
-from harness.lab.report.signoff import acceptance, collect
-from harness.lab.run.plans import plan
-from harness.lab.scenario import loader
-from harness.lab.report import signoff
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.lab import matrix
+from livepatch_lab.lab.judge.verdict import Verdict
+from livepatch_lab.lab.report import criteria
+from livepatch_lab.lab.report.outcome import Outcome
+from livepatch_lab.lab.report.signoff import acceptance, collect
+from livepatch_lab.lab.run.plans import plan
+from livepatch_lab.lab.scenario import loader
+from livepatch_lab.lab.report import signoff
 
 from .signoff_runs import LOGGED, PATCHED, PROBE, make_module, make_run
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.core.errors import GuestCommandError
-from harness.core.locks import try_file_lock
-from harness.core.settings import Settings
-from harness.machine import resync as resync_mod
-from harness.machine import snapshots
-from harness.machine.backends.base import Disk, MachineSpec
-from harness.machine.backends.qemu import QemuBackend
-from harness.machine.channel import GuestChannel
+from livepatch_lab.core.errors import GuestCommandError
+from livepatch_lab.core.locks import try_file_lock
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.machine import resync as resync_mod
+from livepatch_lab.machine import snapshots
+from livepatch_lab.machine.backends.base import Disk, MachineSpec
+from livepatch_lab.machine.backends.qemu import QemuBackend
+from livepatch_lab.machine.channel import GuestChannel
 
 from .fakes.sshd import FakeSSHServer
 

@@ -1,6 +1,6 @@
 """Naming where a frozen guest's vCPUs are, from registers and symbol tables."""
-from harness.lab.run import symbols
-from harness.lab.run.forensics import text_functions
+from livepatch_lab.lab.run import symbols
+from livepatch_lab.lab.run.forensics import text_functions
 
 KALLSYMS = """\
 ffffffff81000000 T _text

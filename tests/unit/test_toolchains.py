@@ -1,9 +1,9 @@
 """Which toolchain builds for a kernel: the host's compiler, a substitute, or a build root of the kernel's suite."""
 import pytest
 
-from harness.core.errors import ConfigError
-from harness.supply import toolchains
-from harness.supply.toolchains import Toolchain
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.supply import toolchains
+from livepatch_lab.supply.toolchains import Toolchain
 from tests.unit.fakes.kernels import fake_kernel as kernel
 
 

@@ -5,13 +5,13 @@ from typing import Optional
 
 import pytest
 
-from harness.lab.judge import memcheck
-from harness.lab.judge import verdict as V
-from harness.lab.scenario.expect import Expect
-from harness.lab.scenario.specs import SoakSpec, Thresholds
-from harness.lab.run.record import (BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Revert, SoakSample,
+from livepatch_lab.lab.judge import memcheck
+from livepatch_lab.lab.judge import verdict as V
+from livepatch_lab.lab.scenario.expect import Expect
+from livepatch_lab.lab.scenario.specs import SoakSpec, Thresholds
+from livepatch_lab.lab.run.record import (BASELINE, COOLDOWN, HOLD, TRANSITION, PatchRecord, Reason, Revert, SoakSample,
                                     ToolRun, Transition, Window)
-from harness.machine.kmsg import Finding
+from livepatch_lab.machine.kmsg import Finding
 
 
 @dataclass
@@ -211,7 +211,7 @@ def test_a_stall_that_signalling_did_not_clear_says_so():
 
 
 def test_a_runs_wall_time_is_split_into_phases_that_happened():
-    from harness.lab.run.events import phase_seconds
+    from livepatch_lab.lab.run.events import phase_seconds
     names = ["start", "build", "built", "booted", "baseline", "load-patch", "loaded", "transition-complete",
              "patched", "disable", "unpatch-complete", "reverted", "cooldown-end", "collect", "collected", "verdict"]
     timeline = [{"t": 100.0 + i, "event": n} for i, n in enumerate(names)]
@@ -314,7 +314,7 @@ def test_lines_the_scenario_expects_must_be_in_dmesg_in_their_order():
 
 
 def test_phases_of_an_upgrade_count_from_the_baseline_not_from_the_old_patchs_load():
-    from harness.lab.run.events import phase_seconds
+    from livepatch_lab.lab.run.events import phase_seconds
     names = ["start", "built", "booted", "load-patch", "patched", "baseline", "load-patch", "patched", "disable",
              "reverted", "cooldown-end", "collect", "collected", "verdict"]
     phases = phase_seconds([{"t": 100.0 + i, "event": n} for i, n in enumerate(names)])
@@ -401,7 +401,7 @@ def test_a_revert_tool_must_agree_with_the_kernel():
 # the kernel's memory detectors, a use after unload, leaks in one run ---------------------------
 from pathlib import Path  # noqa: E402
 
-from harness.lab.run.livepatch import LOADING  # noqa: E402
+from livepatch_lab.lab.run.livepatch import LOADING  # noqa: E402
 
 CONSOLE = Path(__file__).parent / "data" / "console"
 

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from harness.supply import vmlinux
+from livepatch_lab.supply import vmlinux
 
 
 def fake_bzimage(kernel: bytes, setup_sects: int = 2) -> bytes:

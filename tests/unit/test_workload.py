@@ -24,12 +24,12 @@ from typing import Callable, Optional
 
 import pytest
 
-from harness.core.errors import ConfigError, DeadlineExceeded, GuestCommandError
-from harness.core.settings import Timeouts
-from harness.lab.scenario import specs
-from harness.lab.run.workload import clock, detached, httpload, probe, service, stats, stress
-from harness.machine.channel import Result
-from harness.supply import guestfs
+from livepatch_lab.core.errors import ConfigError, DeadlineExceeded, GuestCommandError
+from livepatch_lab.core.settings import Timeouts
+from livepatch_lab.lab.scenario import specs
+from livepatch_lab.lab.run.workload import clock, detached, httpload, probe, service, stats, stress
+from livepatch_lab.machine.channel import Result
+from livepatch_lab.supply import guestfs
 
 from tests.waiting import wait_until
 

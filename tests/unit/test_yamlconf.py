@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.core import yamlconf
-from harness.core.errors import ConfigError
-from harness.core.yamlconf import Field, Variants, matches, one_of
+from livepatch_lab.core import yamlconf
+from livepatch_lab.core.errors import ConfigError
+from livepatch_lab.core.yamlconf import Field, Variants, matches, one_of
 
 
 def load(tmp_path: Path, text: str, schema, **kw) -> yamlconf.Loaded:

@@ -6,12 +6,12 @@ import struct
 import subprocess
 from pathlib import Path
 
-from harness.core.settings import Settings
-from harness.supply import apt
-from harness.supply.kernels import cache as kernelcache
-from harness.supply.apt import PackageRecord
-from harness.supply.kernels.kernel import Kernel
-from harness.supply.kernels.defs import KernelDef
+from livepatch_lab.core.settings import Settings
+from livepatch_lab.supply import apt
+from livepatch_lab.supply.kernels import cache as kernelcache
+from livepatch_lab.supply.apt import PackageRecord
+from livepatch_lab.supply.kernels.kernel import Kernel
+from livepatch_lab.supply.kernels.defs import KernelDef
 
 
 def rec(package, version, depends="", size=1000):

@@ -2,7 +2,7 @@
 workload the real guest-side scripts run on this host (``LocalGuest``), its console a real
 ``ConsoleFollower`` on a file, its machine one the test can kill or panic.
 
-``FakeKernel`` implements ``ports.Kernel`` as ``harness.lab.run.livepatch`` does (a run's
+``FakeKernel`` implements ``ports.Kernel`` as ``livepatch_lab.lab.run.livepatch`` does (a run's
 ``Context(kernel=...)`` takes it; conformance.py has mypy check it): insmod, the transition,
 disable, rmmod, taint and the
 kernel log follow the kernel's rules as far as the runner needs them; a test scripts the
@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from harness.core.errors import GuestConnectionError, LivepatchError
-from harness.lab.run import livepatch
-from harness.machine.backends.base import MachineExit, StillRunning
-from harness.machine.channel import Result
-from harness.machine.console import ConsoleFollower
+from livepatch_lab.core.errors import GuestConnectionError, LivepatchError
+from livepatch_lab.lab.run import livepatch
+from livepatch_lab.machine.backends.base import MachineExit, StillRunning
+from livepatch_lab.machine.channel import Result
+from livepatch_lab.machine.console import ConsoleFollower
 
 from .local_guest import LocalGuest
 
@@ -49,7 +49,7 @@ class FakeKernel:
     def _print(self, line: str) -> None:
         self.log.append(f"[{len(self.log) + 1:6d}.000000] {line}")
 
-    # harness.lab.run.livepatch, faked
+    # livepatch_lab.lab.run.livepatch, faked
     def load(self, guest, remote_ko, timeout, report_text_of="", params=()):
         self._reach(guest)
         name = Path(remote_ko).stem

@@ -5,9 +5,9 @@ from __future__ import annotations
 import subprocess
 import time
 
-from harness.core.errors import GuestCommandError
-from harness.core.settings import Timeouts
-from harness.machine.channel import Result
+from livepatch_lab.core.errors import GuestCommandError
+from livepatch_lab.core.settings import Timeouts
+from livepatch_lab.machine.channel import Result
 
 
 class LocalGuest:
