@@ -71,7 +71,8 @@ def write_report(config: pytest.Config, rows: list[dict]) -> str:
     runs = {Path(r["artifacts"]): (r["expected"], bool(r["as_expected"])) for r in rows
             if r.get("artifacts") and (Path(r["artifacts"]) / "verdict.json").is_file()}
     try:
-        digest = signoff.write(dest, list(runs), settings_for(config), expected=runs)
+        digest = signoff.write(dest, list(runs), settings_for(config), expected=runs,
+                               title=config.getoption("--lab-report-title"), note=config.getoption("--lab-report-note"))
     except (HarnessError, OSError) as exc:
         return f"livepatch-lab: no sign-off report: {exc}"
     return f"sign-off report: {dest / 'index.html'} (manifest sha256 {digest})"

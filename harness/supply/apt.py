@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-from ..core import atomic, diskspace, hostcmd, retry
+from ..core import atomic, diskspace, hostcmd, progress, retry
 from ..core.errors import ConfigError, HostCommandError, InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
@@ -360,7 +360,7 @@ def _apt_get_download(root: AptRoot, package: str, version: str, into: Path) -> 
 
 
 def download(root: AptRoot, package: str, version: str, dest_dir: Path, *,
-             sha256: Optional[str] = None) -> Deb:
+             sha256: Optional[str] = None, size: Optional[int] = None) -> Deb:
     """``dest_dir/<package>_<version>_amd64.deb``, downloaded unless already there.
 
     An existing file is reused (no network) when it matches ``sha256`` (or when
@@ -376,14 +376,15 @@ def download(root: AptRoot, package: str, version: str, dest_dir: Path, *,
         log.warning("%s: hash %s does not match the archive's %s; downloading again",
                     final, have, sha256)
     with diskspace.guard(dest_dir, f"downloading {package} {version}"):
-        return _download_new(root, package, version, dest_dir, final, sha256)
+        return _download_new(root, package, version, dest_dir, final, sha256, size)
 
 
 def _download_new(root: AptRoot, package: str, version: str, dest_dir: Path, final: Path,
-                  sha256: Optional[str]) -> Deb:
+                  sha256: Optional[str], size: Optional[int]) -> Deb:
     tmp = Path(tempfile.mkdtemp(dir=dest_dir, prefix=".download-"))
     try:
-        _apt_get_download(root, package, version, tmp)
+        with progress.ticking(f"downloading {package} {version}", done=progress.bytes_done(tmp, size)):
+            _apt_get_download(root, package, version, tmp)
         got = list(tmp.glob("*.deb"))
         if len(got) != 1:
             raise InfraError(f"apt-get download {package}={version} left {len(got)} .deb files in {tmp}")

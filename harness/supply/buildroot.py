@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from ..core import cacheentry, hostcmd
+from ..core import cacheentry, hostcmd, progress
 from ..core.errors import InfraError
 from ..core.settings import Settings
 from . import apt, mmdebstrap
@@ -146,8 +146,9 @@ def _make(tc: Toolchain, packages: list[str], work: Path, settings: Settings) ->
                                           debian_mirrors(settings.debian_mirror).archive,
                                           packages=packages,
                                           aptopts=_host_apt_options(settings))]
-    hostcmd.run(cmd, what=f"make the {tc.id} build root", timeout=settings.timeouts.image_build,
-                env={**os.environ, "LC_ALL": "C.UTF-8"})
+    with progress.ticking(f"build root {tc.id}: mmdebstrap", usually="~100 s on 2 cores"):
+        hostcmd.run(cmd, what=f"make the {tc.id} build root", timeout=settings.timeouts.image_build,
+                    env={**os.environ, "LC_ALL": "C.UTF-8"})
     seconds = time.monotonic() - t0
     version = hostcmd.run(["chroot", str(tree), tc.cc, "--version"],
                           what=f"{tc.cc} --version in {tc.id}",

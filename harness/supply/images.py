@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..core import atomic, cacheentry, hostcmd
+from ..core import atomic, cacheentry, hostcmd, progress
 from ..core.errors import ConfigError, HostCommandError, InfraError
 from ..core.settings import Settings
 from . import apt, debversion, mmdebstrap
@@ -164,7 +164,9 @@ def _build(recipe: Recipe, digest: str, work: Path, settings: Settings) -> Path:
     log.info("image %s: installing %s %s with %s (mmdebstrap)", recipe.name, recipe.suite,
              recipe.variant, ", ".join([*recipe.packages, *(d.path.name for d in debs)]))
     t0 = time.monotonic()
-    _mmdebstrap(recipe, tree, mirror, settings, [d.path for d in debs])
+    # elapsed time only: mmdebstrap's tree is not a count of progress (it is emptied and refilled)
+    with progress.ticking(f"image {recipe.name}: mmdebstrap", usually="2-4 min on 2 cores"):
+        _mmdebstrap(recipe, tree, mirror, settings, [d.path for d in debs])
     log.info("image %s: packages installed in %.0fs; customising", recipe.name, time.monotonic() - t0)
     for copy in recipe.copies:
         log.info("image %s: %d files from %s to %s", recipe.name, copy_in(tree, copy.source, copy.to),

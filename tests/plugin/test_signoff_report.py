@@ -45,7 +45,9 @@ def scenarios(pytester: pytest.Pytester, monkeypatch):
 
 def test_one_report_of_every_workers_runs_with_their_expectations(scenarios):
     result = scenarios.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider", "--lab-kernel", "debian-6.1",
-                                            "--lab-kernel", "debian-6.12", "--lab-report", "rep")
+                                            "--lab-kernel", "debian-6.12", "--lab-report", "rep",
+                                            "--lab-report-title", "lp-cmdline 1.2 (TICKET-42)",
+                                            "--lab-report-note", "approver: J. Doe")
     result.assert_outcomes(passed=2, failed=2)
     line = next(x for x in result.stdout.lines if x.startswith("sign-off report:"))
     assert re.fullmatch(r"sign-off report: rep/index\.html \(manifest sha256 [0-9a-f]{64}\)", line)
@@ -54,6 +56,7 @@ def test_one_report_of_every_workers_runs_with_their_expectations(scenarios):
     page = (report / "index.html").read_text()
     assert "2 not as the scenarios expect" in page and page.count("! expected pass") == 2
     assert "6.1.192-3" in page and "6.12.118-1" in page
+    assert "lp-cmdline 1.2 (TICKET-42)" in page and "approver: J. Doe" in page
     assert sorted(p.relative_to(report).as_posix() for p in report.glob("runs/*/*/verdict.json")) == [
         "runs/bad/debian-6.1/verdict.json", "runs/bad/debian-6.12/verdict.json",
         "runs/good/debian-6.1/verdict.json", "runs/good/debian-6.12/verdict.json"]

@@ -89,7 +89,7 @@ def _download_all(defn: KernelDef, settings: Settings, sel: Selection) -> list[a
             log.info("fetching %s %s (%.1f MB)", rec.package, rec.version, rec.size / 1e6)
         start = time.monotonic()
         deb = apt.download(root, rec.package, rec.version, settings.downloads_dir,
-                           sha256=rec.sha256 or None)
+                           sha256=rec.sha256 or None, size=rec.size or None)
         log.debug("%s ready in %.1fs", deb.path.name, time.monotonic() - start)
         debs.append(deb)
     return debs

@@ -172,7 +172,8 @@ def _install(kernel: Kernel, settings: Settings, final: Path) -> None:
     with cacheentry.staging(final.parent, f".{final.name}-", f"fetching {package} for {kernel.name}") as work:
         log.info("fetching %s %s (%.0f MB) for %s's selftests and samples", package, rec.version,
                  rec.size / 1e6, kernel.name)
-        deb = apt.download(root, package, rec.version, work / "deb", sha256=rec.sha256 or None)
+        deb = apt.download(root, package, rec.version, work / "deb", sha256=rec.sha256 or None,
+                           size=rec.size or None)
         start = time.monotonic()
         out = work / "out"
         out.mkdir()
