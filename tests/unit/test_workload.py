@@ -331,14 +331,15 @@ def test_a_stalled_server_shows_its_stall_in_latency_and_gap(servers, tmp_path):
     srv = servers(behave)
     load, rs = run_load(srv.port, 50, tmp_path, rate=20)
     assert all(r.ok for r in rs)
-    # open loop: never held back (a closed loop would hold sends for the 1 s stall; the margin
-    # is for a busy host's scheduler, seen delaying a send by 0.19 s while a TCG guest ran)
-    assert max(r.sent - r.intended for r in rs) < 0.5
     st = stats.window_stats(rs, rs[0].intended, rs[-1].intended + 0.05)
     assert st.max_latency >= 0.9
     assert st.longest_gap >= 0.9
     during = [r for r in rs if r.latency > 0.2]
     assert len(during) >= 15                                             # ~20 requests due in the stall
+    # open loop: those went out when due and waited in the server for the stall's end (0.5 s on
+    # average); a closed loop would have held their sends until it ended, to wait ~0 once sent.
+    # (Not a bound on send lag: a busy host's scheduler was seen delaying a send by 0.57 s.)
+    assert sum(r.done - r.sent for r in during) / len(during) > 0.3
     lat = [r.latency for r in sorted(during, key=lambda r: r.seq)]
     assert lat == sorted(lat, reverse=True)                              # the later due, the less waited
 
