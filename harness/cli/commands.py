@@ -51,6 +51,27 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build a kbuild directory against each kernel's own headers and compiler, as ``check`` does,
+    and leave the .ko in ``--out`` (``OUT/KERNEL/`` for more than one kernel)."""
+    from ..lab.matrix import DEFAULT_KERNEL
+    from ..supply import kbuild
+    from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    settings = settings_for(args)
+    source = Path(args.source)
+    if not source.is_dir():
+        raise ConfigError(f"{source} is not a directory: build takes a kbuild directory", field="SOURCE")
+    kernels = [kerneldefs.get_definition(spec) for spec in args.kernel or [DEFAULT_KERNEL]]   # refused first
+    out = Path(args.out)
+    writable_dir(out, "--out", keep=False)   # checked now, made once a module is there to copy
+    for defn in kernels:
+        k = kernelfetch.fetch(defn, settings)
+        dest = out / k.name if len(kernels) > 1 else out
+        module = kbuild.build(source, k, settings, out_dir=dest)
+        print(f"{module.path}\t{k.name}\t{k.version}\t{module.vermagic}")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     from ..supply import cache
     from ..supply.kernels import defs as kerneldefs

@@ -12,7 +12,7 @@ import argparse
 from ..core.settings import ACCELS, BACKENDS
 from ..lab.matrix import DEFAULT_KERNEL
 from ..lab.scenario.specs import APPLY_TOOLS
-from .commands import (cmd_boot, cmd_cache, cmd_doctor, cmd_fetch, cmd_image_build, cmd_kernels, cmd_report,
+from .commands import (cmd_boot, cmd_build, cmd_cache, cmd_doctor, cmd_fetch, cmd_image_build, cmd_kernels, cmd_report,
                        cmd_setup, cmd_verify)
 from .runs import cmd_check, cmd_run, cmd_selftests, cmd_soak
 
@@ -113,6 +113,14 @@ def _matrix_options(sp: argparse.ArgumentParser) -> None:
     _backend_options(sp)
 
 
+class _Version(argparse.Action):
+    """argparse's own version action wraps its line to the terminal: this prints it whole."""
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: object = None) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit(0)
+
+
 def _version() -> str:
     """The installed distribution's version, and where the package and its data are."""
     from importlib.metadata import PackageNotFoundError, version
@@ -129,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ..supply.recipes import DEFAULT_RECIPE
     p = _Parser(prog="livepatch-lab", description="Prove a kernel livepatch in real QEMU guests.",
                 parents=[_common(top=True)])
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version, where the package and its "
+                   "data are, and exit")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     after = [_common(top=False)]
 
@@ -263,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", parents=after,
                        help="check this host: qemu, KVM, image tools, compiler, disk, cache")
     d.set_defaults(func=cmd_doctor)
+
+    b = sub.add_parser("build", parents=after,
+                       help="build a klp module's kbuild directory against a kernel's own headers and compiler")
+    b.add_argument("source", metavar="SOURCE", help="the kbuild directory (Kbuild, or a Makefile with obj-m)")
+    b.add_argument("--kernel", action="append", metavar="K", help=f"kernel to build for, NAME or NAME@VERSION "
+                   f"(repeatable; default {DEFAULT_KERNEL})")
+    b.add_argument("--out", metavar="DIR", default=".", help="where the .ko goes (DIR/KERNEL/ for more than one "
+                   "kernel; default the current directory)")
+    b.set_defaults(func=cmd_build)
 
     su = sub.add_parser("setup", parents=after,
                         help="install what this Debian or Ubuntu host needs to run the lab (as root or via sudo)")

@@ -40,9 +40,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "the end: DIR/index.html (one self-contained page), their artifacts, and "
                     "DIR/manifest.json (check it with `livepatch-lab verify DIR`)")
     group.addoption("--lab-report-title", metavar="TEXT", help="the sign-off page's title: what is signed "
-                    "off (e.g. the patch, its version, the ticket); as the CLI's --title")
+                    "off (e.g. the patch, its version, the ticket), as the CLI's title option")
     group.addoption("--lab-report-note", metavar="TEXT", help="a word to the page's reader, shown under its "
-                    "title (e.g. who approves); as the CLI's --note")
+                    "title (e.g. who approves), as the CLI's note option")
     group.addoption("--lab-backend", choices=BACKENDS,
                     help="qemu (default) or libvirt (ini lab_backend; env LIVEPATCH_LAB_BACKEND)")
     group.addoption("--lab-libvirt-uri", action="append", default=[], metavar="URI",

@@ -96,6 +96,10 @@ def fake_module(path: Path, modinfo: str) -> Path:
     (["check", GOOD, "--max-overhead", "-5"], ["[--max-overhead]", "-5"]),
     (["check", GOOD, "--max-overhead", "5"], ["[--overhead]", "needs a command"]),
     (["check", GOOD, "--overhead", ""], ["[--overhead]", "must not be empty"]),
+    (["build", "/nonexistent/src"], ["[SOURCE]", "/nonexistent/src", "not a directory"]),
+    (["build", GOOD, "--kernel", "debian-9"], ["unknown kernel 'debian-9'"]),
+    (["build", GOOD, "--kernel", "debian-6.1@not-a-version"], ["[pin]", "not-a-version"]),
+    (["build", GOOD, "--out", "/proc/nope/out"], ["[--out]", "/proc/nope"]),
 ])
 def test_a_bad_option_is_one_line_naming_it(capsys, argv, words):
     refused(capsys, argv, *words)
@@ -169,3 +173,9 @@ def test_a_bad_image_recipe_is_one_line_naming_file_line_and_field(capsys, tmp_p
     path.write_text(text)
     refused(capsys, ["image", "build", "--recipe", str(path)], str(path), where)
     refused(capsys, ["boot", "debian-6.1", "--recipe", str(path)], str(path), where)
+
+
+def test_a_refused_build_leaves_no_output_directory(capsys, tmp_path):
+    out = tmp_path / "a" / "b"
+    refused(capsys, ["build", GOOD, "--kernel", "debian-9", "--out", str(out)], "unknown kernel")
+    assert not (tmp_path / "a").exists()

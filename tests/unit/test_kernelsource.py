@@ -81,7 +81,7 @@ def archive(tmp_path, monkeypatch):
                       hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_size) for v, p in debs.items()
         if want("linux-source-9.9")])
 
-    def download(root, package, version, dest_dir, *, sha256=None):
+    def download(root, package, version, dest_dir, *, sha256=None, size=None):
         downloads.append((package, version))
         dest_dir.mkdir(parents=True, exist_ok=True)
         out = dest_dir / debs[version].name
