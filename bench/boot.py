@@ -2,6 +2,7 @@
 """Boot benchmark: where the seconds go from nothing to a guest answering SSH.
 
     python bench/boot.py [--kernel debian-6.1] [--runs 5] [--accel auto] [--restore]
+                         [--markdown docs/benchmarks.md]
 
 Prints median/min/max over N boots of: overlay creation, QEMU start -> first
 console byte, -> kernel "Linux version", -> guest init ready, -> SSH command
@@ -11,6 +12,9 @@ cache (fetched/built on first use, outside the timings). Boots never use
 snapshots; ``--restore`` measures restored copies instead (the snapshot is
 made first if missing, outside the timings): QEMU start -> saved guest running,
 -> SSH answered with clock and randomness resynced, the resync alone.
+
+``--markdown FILE`` also writes the table between FILE's ``<!-- bench:boot-KERNEL begin/end -->``
+lines (``restore-KERNEL`` with ``--restore``), with the date, QEMU and the host's load.
 """
 from __future__ import annotations
 
@@ -24,6 +28,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mdtable  # noqa: E402
 
 from livepatch_lab.core.settings import Settings  # noqa: E402
 from livepatch_lab.machine import session  # noqa: E402
@@ -69,6 +76,8 @@ def main() -> int:
     ap.add_argument("--accel", default=None)
     ap.add_argument("--round-trips", type=int, default=20)
     ap.add_argument("--restore", action="store_true", help="time restored copies of a saved guest")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the table between FILE's "
+                    "<!-- bench:boot-KERNEL (restore-KERNEL) begin/end --> lines; - for stdout")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[bench] %(message)s")
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # early SSH attempts fail by design
@@ -115,6 +124,20 @@ def main() -> int:
     if snapshot is not None:
         print(f"{'snapshot on disk':<38}{cache.size_of(snapshot) / 2**20:>7.0f}MiB  ({snapshot.name})")
     print(f"host load average (1, 5, 15 min) before: {load[0]}, after: {load[-1]}")
+    if args.markdown:
+        from livepatch_lab.machine.backends.qemu.backend import qemu_version
+        version = qemu_version(settings.qemu_binary)
+        cells = [(k.strip(), f"{statistics.median(v):.3f}", f"{min(v):.3f}", f"{max(v):.3f}") for k, v in rows.items()]
+        cells.append(("peak memory: QEMU VmHWM / this process (MiB)", f"{statistics.median(hwm):.0f} / {self_mib:.0f}",
+                      f"{min(hwm):.0f}", f"{max(hwm):.0f}"))
+        if snapshot is not None:
+            cells.append(("snapshot on disk (MiB)", f"{cache.size_of(snapshot) / 2**20:.0f}", "", ""))
+        text = (mdtable.table(("step, seconds from QEMU start unless noted", "median", "min", "max"), cells) + "\n\n"
+                f"Written by `bench/boot.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: "
+                f"{kernel.name} {kernel.version}, accel {accel}, QEMU {'.'.join(map(str, version)) if version else '?'}, "
+                f"{settings.cpus} vCPU, {settings.memory_mib} MiB, {args.runs} runs, {os.cpu_count()} host cores, "
+                f"load average {load[0][0]:.1f} -> {load[-1][0]:.1f}.")
+        mdtable.write(args.markdown, f"{'restore' if args.restore else 'boot'}-{args.kernel}", text)
     return 0
 
 

@@ -39,6 +39,7 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import mdtable  # noqa: E402
 from livepatch_lab.core.settings import Settings  # noqa: E402
 from livepatch_lab.machine.backends.qemu.backend import qemu_version  # noqa: E402
 from livepatch_lab.machine.backends.qemu.command import tcg_thread  # noqa: E402
@@ -153,7 +154,10 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1800, help="seconds one pytest run may take")
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--markdown", metavar="FILE", help="also write the table between FILE's "
+                    "<!-- bench:scaling begin/end --> lines (docs/benchmarks.md; - for stdout)")
     args = ap.parse_args()
+    load0 = os.getloadavg()[0]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench/scaling.py: terminated (SIGTERM)"))
     scenarios = args.scenario or DEFAULT_SCENARIOS
     kernels = args.kernel or DEFAULT_KERNELS
@@ -203,7 +207,34 @@ def main() -> int:
     print("\n".join(report(runs)))
     load = os.getloadavg()
     print(f"host load average (1, 5, 15 min) at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    if args.markdown:
+        mdtable.write(args.markdown, "scaling", markdown(runs, f"bench/scaling.py {' '.join(sys.argv[1:])}",
+                                                          version, load0, load[0]))
     return 0
+
+
+def markdown(runs: dict[tuple[int, int], list[dict]], command: str, version: Optional[tuple[int, ...]],
+             load0: float, load1: float) -> str:
+    """The table as docs/benchmarks.md shows it, the speed-ups under it, and how it was made."""
+    med = statistics.median
+    cells = []
+    for (v, w), rs in runs.items():
+        items = [i for run in rs for i in run["items"]]
+        if not items:
+            continue
+        secs = [i["seconds"] for i in items]
+        walls = ", ".join(f"{r['wall']:.1f}" for r in rs)
+        verdicts = [x for run in rs for x in run["verdicts"]]
+        cells.append((v, w, f"{med(r['wall'] for r in rs):.1f} ({walls})",
+                      f"{med(secs):.1f} ({min(secs):.1f}-{max(secs):.1f})", f"{med(i['work'] for i in items):.1f}",
+                      f"{med(sum(i['wait'] for i in r['items']) for r in rs):.1f}",
+                      f"{med(r['cores'] for r in rs):.2f}", f"{sum(x.endswith('=pass') for x in verdicts)}/{len(verdicts)}"))
+    speed = [line for line in report(runs) if line.startswith("-n 2 over")]
+    return (mdtable.table(("vCPUs", "-n", "wall s, median (runs)", "item s, median (min-max)", "work s",
+                           "CPU-slot wait s", "busy cores", "items passed"), cells) + "\n\n"
+            + (f"{speed[0]}.\n\n" if speed else "")
+            + f"Written by `{command}` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} host cores, QEMU "
+            f"{'.'.join(map(str, version)) if version else '?'}, load average {load0:.1f} -> {load1:.1f}.")
 
 
 def report(runs: dict[tuple[int, int], list[dict]]) -> list[str]:

@@ -11,6 +11,7 @@ module grows past 400 lines.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import livepatch_lab
@@ -87,6 +88,7 @@ def lab_layer(mod: str) -> int:
     return len(LAB_LAYERS)
 
 
+@functools.lru_cache(maxsize=1)   # one parse of the package per session: the tests only read it
 def graph() -> dict[str, set[str]]:
     mods = modules()
     known = set(mods)
