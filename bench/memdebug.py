@@ -2,7 +2,7 @@
 """What the kernel's memory debugging costs: a scenario with the default debug set and with none.
 
     python bench/memdebug.py [--kernel debian-6.1 ...] [--scenario scenarios/good.yaml]
-                             [--repeat 2] [--artifacts DIR]
+                             [--repeat 2] [--artifacts DIR] [--markdown docs/checks.md]
 
 For each kernel line, runs SCENARIO (default the good patch) REPEAT times with `debug: all`
 (what the line can do: lab/run/memdebug.py) and REPEAT times with `debug: none`, alternating so drift
@@ -10,20 +10,25 @@ hits both alike, each from a real boot (snapshots off: a restored guest would hi
 cost). Prints per line and setting: the boot (to SSH), the whole item, and the service's
 latency in the baseline and patched windows (median and 99th percentile, over the runs), then
 the ratio on/off. What it is for: the figures in docs/checks.md "Quiet damage: the kernel's memory
-debugging"; they are numbers from this machine, not a pass/fail.
+debugging"; they are numbers from this machine, not a pass/fail. ``--markdown FILE`` also writes
+the table between FILE's ``<!-- bench:memdebug begin/end -->`` lines.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import dataclasses
+import os
 import statistics
 import sys
+import time
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import mdtable  # noqa: E402
 
 from livepatch_lab.core.settings import Settings  # noqa: E402
 from livepatch_lab.lab import runner
@@ -60,7 +65,10 @@ def main() -> int:
     ap.add_argument("--scenario", default=str(ROOT / "scenarios/good.yaml"))
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--artifacts", type=Path)
+    ap.add_argument("--markdown", metavar="FILE", help="also write the table between FILE's "
+                    "<!-- bench:memdebug begin/end --> lines (docs/checks.md; - for stdout)")
     args = ap.parse_args()
+    cells = []
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)   # SSH attempts to a booting guest fail by design
     settings = dataclasses.replace(Settings.from_env(), snapshots=False)
     base = scenario.load(Path(args.scenario))
@@ -84,7 +92,21 @@ def main() -> int:
                  for k in ("boot_s", "item_s", "patched_p50")}
         print(f"{kernel:<12} on/off: boot x{fmt(ratio['boot_s'], digits=2)}, item x{fmt(ratio['item_s'], digits=2)}, "
               f"patched median latency x{fmt(ratio['patched_p50'], digits=2)}")
+
+        def pair(key: str, scale: float = 1, digits: int = 1) -> str:
+            return f"{fmt(med(on, key), '', scale, digits)} / {fmt(med(off, key), '', scale, digits)}"
+
+        def latency(rs: list[dict]) -> str:
+            return f"{fmt(med(rs, 'patched_p50'), '', 1000)} / {fmt(med(rs, 'patched_p99'), '', 1000)}"
+        cells.append((kernel, ", ".join(on[0]["active"]) or "none", pair("boot_s"), pair("item_s"),
+                      f"{latency(on)} vs {latency(off)}", " ".join(r["verdict"] for r in on + off)))
     print(f"artifacts: {out}")
+    if args.markdown:
+        mdtable.write(args.markdown, "memdebug", mdtable.table(
+            ("line", "facilities on", "boot to SSH, s (on / off)", "item, s (on / off)",
+             "service median / p99 while patched, ms (on vs off)", "verdicts"), cells) + "\n\n"
+            f"Written by `bench/memdebug.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: medians of "
+            f"{args.repeat} run(s) per setting, each from a real boot (snapshots off), {os.cpu_count()} host cores.")
     return 0
 
 

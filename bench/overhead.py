@@ -3,6 +3,7 @@
 
     python bench/overhead.py [--kernel debian-6.1 ...] [--repeat 3]
                              [--scenario scenarios/overhead-none.yaml ...] [--command CMD]
+                             [--markdown docs/checks.md]
 
 Runs each SCENARIO (default: the no-cost patch, then the 1 ms and 3 ms ones) REPEAT times on each
 kernel line and prints each run's per-call difference with its 95 % interval, the ratio, and
@@ -17,20 +18,25 @@ beyond what the old function did (the cost scenarios replay the old function's o
 rest of the new function is the same work); ``fn`` is T/N, the whole new function; ``in`` says
 whether the lab's interval holds ``added``. What the patch cannot time is the redirection
 (ftrace, then the klp handler): the no-cost patch's figure is that part alone.
+
+``--markdown FILE`` also writes the table between FILE's ``<!-- bench:overhead begin/end -->`` lines.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import dataclasses
+import os
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import mdtable  # noqa: E402
 from livepatch_lab.core.settings import Settings  # noqa: E402
 from livepatch_lab.lab import runner
 from livepatch_lab.lab.scenario import loader as scenario  # noqa: E402
@@ -58,7 +64,10 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--command", help="the cost workload for every scenario")
     ap.add_argument("--artifacts", type=Path)
+    ap.add_argument("--markdown", metavar="FILE", help="also write the table between FILE's "
+                    "<!-- bench:overhead begin/end --> lines (docs/checks.md; - for stdout)")
     args = ap.parse_args()
+    cells = []
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)   # SSH attempts to a booting guest fail by design
     settings = Settings.from_env()
     out = args.artifacts or Path(tempfile.mkdtemp(prefix="overhead-"))
@@ -69,17 +78,21 @@ def main() -> int:
             sc = scenario.load(path)
             if args.command:
                 sc = dataclasses.replace(sc, overhead=dataclasses.replace(sc.overhead, command=args.command))
-            widths = []
+            widths, figures, owns, verdicts = [], [], [], []
             for i in range(args.repeat):
                 run_dir = out / kernel / sc.name / str(i)
                 o = runner.run(sc, kernel, settings, run_dir)
                 m = o.verdict.measurements.get("overhead")
+                verdicts.append(o.verdict.verdict + "".join(f" `{r.check}`" for r in o.verdict.reasons))
                 if not m:
                     print(f"{kernel:<12} {sc.name:<15} {i:>3} {'no figure: ' + o.verdict.verdict:>34}")
+                    figures.append("no figure")
                     continue
                 d, r = m["difference_ms"], m["ratio"]
                 widths.append(d["ci95"][1] - d["ci95"][0])
+                figures.append(f"{d['estimate']:+.3f} [{d['ci95'][0]:+.3f} .. {d['ci95'][1]:+.3f}]")
                 own = own_ms(run_dir)
+                owns.append(f"{own[0]:.3f}" if own else "-")
                 if own:
                     # show() calls a timed call made: the patched blocks' calls against the
                     # patch's own count (the probe's reads while patched add a few)
@@ -94,7 +107,16 @@ def main() -> int:
             if widths:
                 print(f"{kernel:<12} {sc.name:<15} interval width: median {sorted(widths)[len(widths) // 2]:.3f} ms, "
                       f"widest {max(widths):.3f} ms")
+            limit = sc.thresholds.overhead_max_percent
+            cells.append((sc.name + (f" (+{limit:g} %)" if limit is not None else ""), kernel, " / ".join(figures),
+                          " / ".join(owns), "; ".join(verdicts)))
     print(f"artifacts: {out}")
+    if args.markdown:
+        mdtable.write(args.markdown, "overhead", mdtable.table(
+            ("scenario (limit)", "line", f"per-call difference, ms [95% CI], runs 1-{args.repeat}",
+             "the patch's own added time, ms", "verdicts"), cells) + "\n\n"
+            f"Written by `bench/overhead.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: "
+            f"{os.cpu_count()} host cores.")
     return 0
 
 
