@@ -93,7 +93,14 @@ def main() -> int:
     settings = Settings.from_env()
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="speed-") as tmp:
-        item(args.kernel_a, settings, Path(tmp) / "warm")          # warm-up: caches, snapshots
+        # warm-up, untimed: each line's kernel, build root, module and snapshot, so no timed item or
+        # matrix run pays a first fetch or build (a cold debian-6.12 item took 107 s, a warm one ~25)
+        lines = [args.kernel_a, args.kernel_b]
+        if args.matrix:
+            from livepatch_lab.supply.kernels import defs
+            lines += [name for name in defs.load_definitions() if name not in lines]
+        for name in lines:
+            item(name, settings, Path(tmp) / f"warm-{name}")
         a = median_of([item(args.kernel_a, settings, Path(tmp) / f"a{i}") for i in range(args.runs)])
         b = median_of([item(args.kernel_b, settings, Path(tmp) / f"b{i}") for i in range(max(1, args.runs // 2))])
         bare = bare_cycle(args.kernel_a, settings, args.runs)
