@@ -133,10 +133,10 @@ def main() -> int:
         if snapshot is not None:
             cells.append(("snapshot on disk (MiB)", f"{cache.size_of(snapshot) / 2**20:.0f}", "", ""))
         text = (mdtable.table(("step, seconds from QEMU start unless noted", "median", "min", "max"), cells) + "\n\n"
-                f"Written by `bench/boot.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: "
-                f"{kernel.name} {kernel.version}, accel {accel}, QEMU {'.'.join(map(str, version)) if version else '?'}, "
-                f"{settings.cpus} vCPU, {settings.memory_mib} MiB, {args.runs} runs, {os.cpu_count()} host cores, "
-                f"load average {load[0][0]:.1f} -> {load[-1][0]:.1f}.")
+                + mdtable.written_by(f"{kernel.name} {kernel.version}, accel {accel}, QEMU "
+                                     f"{'.'.join(map(str, version)) if version else '?'}, {settings.cpus} vCPU, "
+                                     f"{settings.memory_mib} MiB, {args.runs} runs, load average "
+                                     f"{load[0][0]:.1f} -> {load[-1][0]:.1f}"))
         mdtable.write(args.markdown, f"{'restore' if args.restore else 'boot'}-{args.kernel}", text)
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +28,14 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def line(cells: Sequence[object]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
     return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
+
+
+def written_by(details: str = "") -> str:
+    """The line under a generated table: the command that wrote it (this script's), the day, the
+    host's cores, and ``details`` (what else the figures depend on)."""
+    command = " ".join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    return (f"Written by `{command}` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} host cores"
+            + (f", {details}" if details else "") + ".")
 
 
 def replace_block(document: str, name: str, text: str) -> str:

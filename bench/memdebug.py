@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import logging
 import dataclasses
-import os
 import statistics
 import sys
-import time
 import tempfile
 from pathlib import Path
 
@@ -105,8 +103,7 @@ def main() -> int:
         mdtable.write(args.markdown, "memdebug", mdtable.table(
             ("line", "facilities on", "boot to SSH, s (on / off)", "item, s (on / off)",
              "service median / p99 while patched, ms (on vs off)", "verdicts"), cells) + "\n\n"
-            f"Written by `bench/memdebug.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: medians of "
-            f"{args.repeat} run(s) per setting, each from a real boot (snapshots off), {os.cpu_count()} host cores.")
+            + mdtable.written_by(f"medians of {args.repeat} run(s) per setting, each from a real boot (snapshots off)"))
     return 0
 
 

@@ -26,11 +26,9 @@ from __future__ import annotations
 import argparse
 import logging
 import dataclasses
-import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,8 +113,7 @@ def main() -> int:
         mdtable.write(args.markdown, "overhead", mdtable.table(
             ("scenario (limit)", "line", f"per-call difference, ms [95% CI], runs 1-{args.repeat}",
              "the patch's own added time, ms", "verdicts"), cells) + "\n\n"
-            f"Written by `bench/overhead.py {' '.join(sys.argv[1:])}` on {time.strftime('%Y-%m-%d')}: "
-            f"{os.cpu_count()} host cores.")
+            + mdtable.written_by())
     return 0
 
 

@@ -208,59 +208,61 @@ def main() -> int:
     load = os.getloadavg()
     print(f"host load average (1, 5, 15 min) at the end: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     if args.markdown:
-        mdtable.write(args.markdown, "scaling", markdown(runs, f"bench/scaling.py {' '.join(sys.argv[1:])}",
-                                                          version, load0, load[0]))
+        mdtable.write(args.markdown, "scaling", markdown(runs, version, load0, load[0]))
     return 0
 
 
-def markdown(runs: dict[tuple[int, int], list[dict]], command: str, version: Optional[tuple[int, ...]],
+def figures(rs: list[dict]) -> Optional[dict]:
+    """One configuration's figures over its runs (medians), None when no item ran."""
+    med = statistics.median
+    items = [i for run in rs for i in run["items"]]
+    if not items:
+        return None
+    secs = [i["seconds"] for i in items]
+    verdicts = [x for run in rs for x in run["verdicts"]]
+    return {"wall": med(r["wall"] for r in rs), "walls": [r["wall"] for r in rs],
+            "first": med(min(i["start"] for i in r["items"]) for r in rs if r["items"]),
+            "spread": f"{med(secs):.1f} ({min(secs):.1f}-{max(secs):.1f})",
+            "work": med(i["work"] for i in items), "wait": med(sum(i["wait"] for i in r["items"]) for r in rs),
+            "restored": sum(r["restored"] for r in rs), "items": len(items), "cores": med(r["cores"] for r in rs),
+            "passed": sum(x.endswith("=pass") for x in verdicts), "verdicts": len(verdicts),
+            "bad": sorted({x for x in verdicts if not x.endswith("=pass")})}
+
+
+def markdown(runs: dict[tuple[int, int], list[dict]], version: Optional[tuple[int, ...]],
              load0: float, load1: float) -> str:
     """The table as docs/benchmarks.md shows it, the speed-ups under it, and how it was made."""
-    med = statistics.median
-    cells = []
-    for (v, w), rs in runs.items():
-        items = [i for run in rs for i in run["items"]]
-        if not items:
-            continue
-        secs = [i["seconds"] for i in items]
-        walls = ", ".join(f"{r['wall']:.1f}" for r in rs)
-        verdicts = [x for run in rs for x in run["verdicts"]]
-        cells.append((v, w, f"{med(r['wall'] for r in rs):.1f} ({walls})",
-                      f"{med(secs):.1f} ({min(secs):.1f}-{max(secs):.1f})", f"{med(i['work'] for i in items):.1f}",
-                      f"{med(sum(i['wait'] for i in r['items']) for r in rs):.1f}",
-                      f"{med(r['cores'] for r in rs):.2f}", f"{sum(x.endswith('=pass') for x in verdicts)}/{len(verdicts)}"))
-    speed = [line for line in report(runs) if line.startswith("-n 2 over")]
+    cells = [(v, w, f"{f['wall']:.1f} ({', '.join(f'{x:.1f}' for x in f['walls'])})", f["spread"], f"{f['work']:.1f}",
+              f"{f['wait']:.1f}", f"{f['cores']:.2f}", f"{f['passed']}/{f['verdicts']}")
+             for (v, w), rs in runs.items() if (f := figures(rs))]
     return (mdtable.table(("vCPUs", "-n", "wall s, median (runs)", "item s, median (min-max)", "work s",
                            "CPU-slot wait s", "busy cores", "items passed"), cells) + "\n\n"
-            + (f"{speed[0]}.\n\n" if speed else "")
-            + f"Written by `{command}` on {time.strftime('%Y-%m-%d')}: {os.cpu_count()} host cores, QEMU "
-            f"{'.'.join(map(str, version)) if version else '?'}, load average {load0:.1f} -> {load1:.1f}.")
+            + "".join(f"{line}.\n\n" for line in speedups(runs))
+            + mdtable.written_by(f"QEMU {'.'.join(map(str, version)) if version else '?'}, "
+                                 f"load average {load0:.1f} -> {load1:.1f}"))
 
 
 def report(runs: dict[tuple[int, int], list[dict]]) -> list[str]:
     """The table, a row per configuration, and the speed-ups against the target."""
-    med = statistics.median
     lines = ["item s: the lab's seconds per item; work s: an item less its fixed windows and its CPU-slot "
              "wait; 1st item s: from pytest's start",
              f"{'vCPUs':>5} {'-n':>3} {'wall s':>7} {'1st item s':>10} {'item s (min-max)':>18} "
              f"{'work s':>7} {'slot wait s':>11} {'restored':>8} {'busy cores':>10}  verdicts"]
     for (v, w), rs in runs.items():
-        items = [i for run in rs for i in run["items"]]
-        if not items:
-            lines.append(f"{v:>5} {w:>3} {med(r['wall'] for r in rs):>7.1f}  no items ran")
+        f = figures(rs)
+        if f is None:
+            lines.append(f"{v:>5} {w:>3} {statistics.median(r['wall'] for r in rs):>7.1f}  no items ran")
             continue
-        secs = [i["seconds"] for i in items]
-        spread = f"{med(secs):.1f} ({min(secs):.1f}-{max(secs):.1f})"
-        first = med(min(i["start"] for i in r["items"]) for r in rs if r["items"])
-        verdicts = [x for run in rs for x in run["verdicts"]]
-        bad = sorted({x for x in verdicts if not x.endswith("=pass")})
         lines.append(
-            f"{v:>5} {w:>3} {med(r['wall'] for r in rs):>7.1f} {first:>10.1f} "
-            f"{spread:>18} {med(i['work'] for i in items):>7.1f} "
-            f"{med(sum(i['wait'] for i in r['items']) for r in rs):>11.1f} "
-            f"{sum(r['restored'] for r in rs):>4}/{len(items):<3} {med(r['cores'] for r in rs):>10.2f}  "
-            f"{sum(x.endswith('=pass') for x in verdicts)} of {len(verdicts)} pass"
-            + (f" (not: {' '.join(bad)})" if bad else ""))
+            f"{v:>5} {w:>3} {f['wall']:>7.1f} {f['first']:>10.1f} {f['spread']:>18} {f['work']:>7.1f} "
+            f"{f['wait']:>11.1f} {f['restored']:>4}/{f['items']:<3} {f['cores']:>10.2f}  "
+            f"{f['passed']} of {f['verdicts']} pass" + (f" (not: {' '.join(f['bad'])})" if f["bad"] else ""))
+    return lines + speedups(runs)
+
+
+def speedups(runs: dict[tuple[int, int], list[dict]]) -> list[str]:
+    """-n 2 over -n 1 per vCPU count, the 1-vCPU figure against the target."""
+    med = statistics.median
 
     def speedup(v: int) -> Optional[float]:
         if not (runs.get((v, 1)) and runs.get((v, 2))):
@@ -269,12 +271,9 @@ def report(runs: dict[tuple[int, int], list[dict]]) -> list[str]:
 
     one, two = speedup(1), speedup(2)
     if one is not None:
-        lines.append(f"-n 2 over -n 1, 1-vCPU guests: {one:.2f}x (target >= {TARGET}x: "
-                     f"{'met' if one >= TARGET else 'NOT met'})"
-                     + (f"; 2-vCPU guests: {two:.2f}x" if two is not None else ""))
-    elif two is not None:
-        lines.append(f"-n 2 over -n 1, 2-vCPU guests: {two:.2f}x")
-    return lines
+        return [f"-n 2 over -n 1, 1-vCPU guests: {one:.2f}x (target >= {TARGET}x: "
+                f"{'met' if one >= TARGET else 'NOT met'})" + (f"; 2-vCPU guests: {two:.2f}x" if two is not None else "")]
+    return [f"-n 2 over -n 1, 2-vCPU guests: {two:.2f}x"] if two is not None else []
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -69,14 +68,13 @@ def met(value: float, g: tuple[str, float, str]) -> bool:
     return value <= g[1] if g[0] == "<=" else value >= g[1]
 
 
-def markdown(rows: list[Row], command: str, cores: int, load0: float, load1: float) -> str:
+def markdown(rows: list[Row], load0: float, load1: float) -> str:
     """The speed targets as docs/benchmarks.md shows them, with the command, date, cores and load."""
     cells = [(described, f"**{value:.2f}{g[2]}**" + (f" ({detail})" if detail else ""),
               goal(g) + ("" if met(value, g) else ": **not met here**"))
              for _name, described, value, g, detail in rows]
     return (mdtable.table(("target", "measured", "goal"), cells) + "\n\n"
-            f"Written by `{command}` on {time.strftime('%Y-%m-%d')}: {cores} host cores, "
-            f"load average {load0:.1f} -> {load1:.1f}.")
+            + mdtable.written_by(f"load average {load0:.1f} -> {load1:.1f}"))
 
 
 def main() -> int:
@@ -127,8 +125,7 @@ def main() -> int:
     for name, _described, value, g, detail in rows:
         print(f"  {name:<{width}}  {value:6.2f}  (target {goal(g)})  {detail}")
     if args.markdown:
-        command = "bench/speed.py " + " ".join(sys.argv[1:])
-        mdtable.write(args.markdown, "speed", markdown(rows, command, os.cpu_count() or 0, load0, load1))
+        mdtable.write(args.markdown, "speed", markdown(rows, load0, load1))
     return 0
 
 

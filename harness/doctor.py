@@ -13,7 +13,8 @@ from .core.errors import HarnessError
 from .core.settings import Settings
 from .machine import accel
 from .machine.backends.qemu.backend import qemu_version
-from .machine.backends.qemu.command import MTTCG_SAFE_SINCE, tcg_thread
+from .core.settings import MTTCG_SAFE_SINCE
+from .machine.backends.qemu.command import tcg_thread
 from .supply import mirror
 
 MIN_FREE_GIB = 10

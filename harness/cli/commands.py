@@ -58,9 +58,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from ..supply import kbuild
     from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
     settings = settings_for(args)
-    source = Path(args.source)
-    if not source.is_dir():
-        raise ConfigError(f"{source} is not a directory: build takes a kbuild directory", field="SOURCE")
+    source = kbuild.check_source(Path(args.source), "SOURCE")
     kernels = [kerneldefs.get_definition(spec) for spec in args.kernel or [DEFAULT_KERNEL]]   # refused first
     out = Path(args.out)
     writable_dir(out, "--out", keep=False)   # checked now, made once a module is there to copy

@@ -22,6 +22,8 @@ BACKENDS = ("qemu", "libvirt")
 DEFAULT_TCG_EMULATOR = "/usr/local/libexec/livepatch-lab/qemu-tcg-single"
 # Where lab.sh unpacks a QEMU safe for multi-threaded TCG when the system's is older (Debian 12)
 LAB_QEMU = "/usr/local/libexec/livepatch-lab/qemu-system-x86_64"
+# The first QEMU safe for multi-threaded TCG (machine/backends/qemu/command.py says why)
+MTTCG_SAFE_SINCE = (9, 1)
 BOOT_PROTOCOLS = ("pvh", "bzimage")
 # TCG's vCPU threading: auto = multi-threaded where QEMU is safe for it (see backends/qemu/command.py)
 TCG_THREADS = ("auto", "single", "multi")

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..core import hostcmd, paths
 from ..core.errors import HostCommandError, InfraError
-from ..core.settings import DEFAULT_TCG_EMULATOR, LAB_QEMU
+from ..core.settings import DEFAULT_TCG_EMULATOR, LAB_QEMU, MTTCG_SAFE_SINCE
+from . import debversion, mirror
 
 Say = Callable[[str], None]
 
@@ -112,13 +114,7 @@ def _root() -> list[str]:
 
 
 def _run(cmd: list[str], timeout: float) -> str:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise HostCommandError("setup", cmd, None, str(exc.output or "")) from exc
-    if out.returncode:
-        raise HostCommandError("setup", cmd, out.returncode, out.stdout + out.stderr)
-    return out.stdout
+    return hostcmd.run(cmd, what="setup", timeout=timeout)
 
 
 def apt_install(packages: list[str], say: Say, timeout: float = 1800) -> None:
@@ -132,7 +128,7 @@ def apt_install(packages: list[str], say: Say, timeout: float = 1800) -> None:
 
 def install_tcg_wrapper(say: Say) -> None:
     """The libvirt backend's single-threaded TCG emulator, copied from the package."""
-    src = Path(__file__).resolve().parents[1] / "machine" / "backends" / "qemu-tcg-single"
+    src = paths.PACKAGE / "machine" / "backends" / "qemu-tcg-single"
     dest = Path(DEFAULT_TCG_EMULATOR)
     if dest.is_file() and dest.read_bytes() == src.read_bytes():
         return
@@ -156,7 +152,7 @@ def kvm_group(say: Say, dev: Path = Path("/dev/kvm")) -> None:
 
 
 MTTCG_ROOT = Path("/usr/local/lib/livepatch-lab/qemu")
-MTTCG_SAFE = "9.1"   # as machine/backends/qemu/command.py's MTTCG_SAFE_SINCE (setup runs below it)
+MTTCG_SAFE = ".".join(map(str, MTTCG_SAFE_SINCE))
 BACKPORT = ("qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios")
 
 
@@ -166,19 +162,14 @@ def _qemu_version() -> str:
     return out.split(":", 1)[-1]
 
 
-def _at_least(version: str, floor: str) -> bool:
-    return subprocess.run(["dpkg", "--compare-versions", version, "ge", floor], timeout=60).returncode == 0
-
-
-def install_qemu_mttcg(family: str, codename: str, say: Say, debian_mirror: Optional[str],
-                       tmp_parent: str) -> list[str]:
+def install_qemu_mttcg(family: str, codename: str, say: Say, debian_mirror: Optional[str]) -> list[str]:
     """QEMU from 9.1 runs TCG guests multi-threaded without the stale-code race of older ones; with
     a host thread per vCPU a debian-6.12 transition takes seconds, not minutes. Debian 12 ships 7.2,
     and bookworm's libvirt (9.0) fails to probe the backports' 10.x, so that is unpacked beside the
     system's QEMU for the lab's own backend (``LAB_QEMU``, the default qemu_binary where it exists).
     Returns a note when the host keeps single-threaded TCG."""
     have = _qemu_version()
-    if have and _at_least(have, MTTCG_SAFE):
+    if have and debversion.compare(have, MTTCG_SAFE) >= 0:
         return []
     lab_qemu = Path(LAB_QEMU)
     if lab_qemu.is_file() and subprocess.run([str(lab_qemu), "--version"], capture_output=True,
@@ -188,22 +179,22 @@ def install_qemu_mttcg(family: str, codename: str, say: Say, debian_mirror: Opti
            "(slow livepatch transitions on PREEMPT_DYNAMIC kernels; KVM hosts are not affected)"
     if (family, codename) != ("debian", "bookworm"):
         return [slow]
-    from .mirror import debian_mirrors
-    archive = debian_mirrors(debian_mirror).archive
+    archive = mirror.debian_mirrors(debian_mirror).archive
     say(f"unpacking QEMU from bookworm-backports ({archive}) into {MTTCG_ROOT} (multi-threaded TCG)")
     sudo = _root()
-    with tempfile.TemporaryDirectory(prefix="livepatch-lab-qemu-", dir=tmp_parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix="livepatch-lab-qemu-") as tmp:
         t = Path(tmp)
         for d in ("lists/partial", "cache/archives/partial", "debs"):
             (t / d).mkdir(parents=True)
-        (t / "sources.list").write_text(f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
-                                        f"{archive} bookworm-backports main\n")
+        (t / "sources.list").write_text(f"deb [signed-by={mirror.KEYRING}] {archive} bookworm-backports main\n")
         apt = ["apt-get", "-qq", "-o", f"Dir::Etc::SourceList={t}/sources.list", "-o", "Dir::Etc::SourceParts=/dev/null",
                "-o", f"Dir::State::Lists={t}/lists", "-o", f"Dir::Cache={t}/cache", "-o", "Acquire::Languages=none",
                "-o", "APT::Sandbox::User=root"]
         _run([*apt, "update"], 600)
-        subprocess.run([*apt, "download", *BACKPORT], cwd=t / "debs", check=False, timeout=1200,
-                       capture_output=True)
+        try:
+            hostcmd.run([*apt, "download", *BACKPORT], what="setup", cwd=t / "debs", timeout=1200)
+        except HostCommandError:
+            pass   # said below: a host without the backports keeps single-threaded TCG
         debs = sorted((t / "debs").glob("*.deb"))
         if len(debs) < len(BACKPORT):
             return [slow + f"; fetching QEMU from bookworm-backports at {archive} failed"]
@@ -226,7 +217,7 @@ def setup(*, libvirt: bool, test: bool, say: Say, debian_mirror: Optional[str] =
     family, codename = distro()
     if not family:
         raise InfraError("setup knows Debian and Ubuntu (and their derivatives); on this host "
-                               "install the tools `livepatch-lab doctor` names by hand")
+                         "install the tools `livepatch-lab doctor` names by hand")
     need = missing(plan(family, libvirt=libvirt, test=test))
     if need:
         apt_install(need, say)
@@ -234,7 +225,7 @@ def setup(*, libvirt: bool, test: bool, say: Say, debian_mirror: Optional[str] =
         say("every package is installed")
     notes = [f"{n.package}: not installed on Ubuntu ({n.why}; its snap does not run in containers): "
              "a Chrome or Chromium of your own is used when on PATH" for n in skipped(family, test=test)]
-    notes += install_qemu_mttcg(family, codename, say, debian_mirror, tmp_parent=tempfile.gettempdir())
+    notes += install_qemu_mttcg(family, codename, say, debian_mirror)
     if libvirt or test:
         install_tcg_wrapper(say)
         kvm_group(say)

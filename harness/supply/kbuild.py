@@ -158,6 +158,17 @@ def modules_dir(settings: Settings, kernel: Kernel) -> Path:
     return settings.built_modules_dir / kernel.release
 
 
+def check_source(source: Path, field: str = "source") -> Path:
+    """``source`` made absolute if it is a kbuild directory, else a ``ConfigError`` naming ``field``:
+    what ``build`` checks, for callers that refuse bad input before fetching anything."""
+    source = Path(source).absolute()
+    if not source.is_dir():
+        raise ConfigError(f"{source} is not a directory", field=field)
+    if not ((source / "Kbuild").is_file() or (source / "Makefile").is_file()):
+        raise ConfigError(f"{source} has no Kbuild or Makefile: not a kbuild directory", field=field)
+    return source
+
+
 def build(source: Path, kernel: Kernel, settings: Settings, *,
           out_dir: Optional[Path] = None) -> Module:
     """Build the kbuild directory ``source`` against ``kernel``; the cached module if the
@@ -168,12 +179,7 @@ def build(source: Path, kernel: Kernel, settings: Settings, *,
     ``ConfigError`` when ``source`` is not a kbuild directory, ``InfraError`` when the
     host cannot build at all.
     """
-    source = Path(source).absolute()
-    if not source.is_dir():
-        raise ConfigError(f"{source} is not a directory", field="source")
-    if not ((source / "Kbuild").is_file() or (source / "Makefile").is_file()):
-        raise ConfigError(f"{source} has no Kbuild or Makefile: not a kbuild directory",
-                          field="source")
+    source = check_source(source)
     files = source_digest(source)
     tc = toolchain_for(kernel)
     identity = toolchain_identity(tc, kernel, settings)

@@ -39,9 +39,11 @@ def vendor_env(installed, settings) -> dict:
                 PATH=f"{installed[0]}:{os.environ['PATH']}")
 
 
-def lab(installed, settings, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def lab(installed, settings, *args: str, timeout: float = 120, cwd=None) -> subprocess.CompletedProcess:
+    """The installed ``livepatch-lab`` run as a vendor's shell runs it (in ``cwd``, default a
+    directory outside the checkout)."""
     bindir, work = installed
-    return subprocess.run([str(bindir / "livepatch-lab"), *args], capture_output=True, text=True, cwd=work,
+    return subprocess.run([str(bindir / "livepatch-lab"), *args], capture_output=True, text=True, cwd=cwd or work,
                           timeout=timeout, env=vendor_env(installed, settings))
 
 
@@ -115,9 +117,8 @@ def test_a_vendor_repository_collects_its_scenarios_and_passes_its_klp_source_pa
 
     # the vendor's build (kpatch-build in a real repository): here `livepatch-lab build`, against
     # debian-6.1's own headers and compiler
-    build = subprocess.run([str(installed[0] / "livepatch-lab"), "build", "livepatch", "--kernel", "debian-6.1",
-                            "--out", "build"], cwd=repo, env=vendor_env(installed, lab_settings),
-                           capture_output=True, text=True, timeout=900)
+    build = lab(installed, lab_settings, "build", "livepatch", "--kernel", "debian-6.1", "--out", "build", cwd=repo,
+                timeout=900)
     assert build.returncode == 0, build.stdout + build.stderr
     assert (repo / "build" / "vendor_cmdline.ko").is_file() and "\tdebian-6.1\t" in build.stdout, build.stdout
 

@@ -97,6 +97,7 @@ def fake_module(path: Path, modinfo: str) -> Path:
     (["check", GOOD, "--max-overhead", "5"], ["[--overhead]", "needs a command"]),
     (["check", GOOD, "--overhead", ""], ["[--overhead]", "must not be empty"]),
     (["build", "/nonexistent/src"], ["[SOURCE]", "/nonexistent/src", "not a directory"]),
+    (["build", "/proc/sys"], ["[SOURCE]", "/proc/sys", "no Kbuild or Makefile"]),
     (["build", GOOD, "--kernel", "debian-9"], ["unknown kernel 'debian-9'"]),
     (["build", GOOD, "--kernel", "debian-6.1@not-a-version"], ["[pin]", "not-a-version"]),
     (["build", GOOD, "--out", "/proc/nope/out"], ["[--out]", "/proc/nope"]),

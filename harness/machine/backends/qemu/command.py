@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ....core.settings import MTTCG_SAFE_SINCE
 from ..base import MachineSpec
 
 # Multi-threaded TCG (MTTCG: one host thread per vCPU) before QEMU 8.1 could link a translation
@@ -17,7 +18,7 @@ from ..base import MachineSpec
 # for a block's second page ("Fix typo causing tb->page_addr[1] to not be recorded"). Single-
 # threaded TCG cannot race, but it switches vCPUs mostly at timer interrupts, and each of a 6.12
 # transition's ~16,000 cross-CPU syncs waits for such a switch when the other vCPU is busy.
-MTTCG_SAFE_SINCE = (9, 1)
+# MTTCG_SAFE_SINCE (core/settings, shared with `livepatch-lab setup`) is the first QEMU without both.
 _VERSION = re.compile(r"QEMU emulator version (\d+)\.(\d+)(?:\.(\d+))?")
 
 
