@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
-from typing import Any, Sequence, TextIO
+from typing import Any, Sequence, TextIO, cast
 
 from ..core.errors import BootError, ConfigError, HarnessError
 from .settings import settings_for, writable_dir
@@ -55,17 +56,33 @@ def cmd_build(args: argparse.Namespace) -> int:
     """Build a kbuild directory against each kernel's own headers and compiler, as ``check`` does,
     and leave the .ko in ``--out`` (``OUT/KERNEL/`` for more than one kernel)."""
     from ..lab.matrix import DEFAULT_KERNEL
-    from ..supply import kbuild
+    from ..supply import kbuild, modinfo
     from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
+    from ..supply.srcbuild import diff as srcdiff, kpatch as srckpatch
     settings = settings_for(args)
-    source = kbuild.check_source(Path(args.source), "SOURCE")
+    given = Path(args.source)
+    fix = srcdiff.load(given, field="SOURCE") if given.is_file() and srcdiff.looks_like_diff(given) else None
+    source = None if fix else kbuild.check_source(given, "SOURCE")
+    if args.build_target and not fix:
+        raise ConfigError("--build-target goes with a source diff", field="--build-target")
     kernels = [kerneldefs.get_definition(spec) for spec in args.kernel or [DEFAULT_KERNEL]]   # refused first
     out = Path(args.out)
     writable_dir(out, "--out", keep=False)   # checked now, made once a module is there to copy
     for defn in kernels:
         k = kernelfetch.fetch(defn, settings)
         dest = out / k.name if len(kernels) > 1 else out
-        module = kbuild.build(source, k, settings, out_dir=dest)
+        if fix is None:
+            module = kbuild.build(cast(Path, source), k, settings, out_dir=dest)
+        else:
+            try:
+                built = srckpatch.build(fix, k, settings, targets=args.build_target)
+            except (srckpatch.BuildRefused, srckpatch.DiffDoesNotApply) as exc:
+                print(f"{k.name}: {exc}", file=sys.stderr)
+                return 1
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(built.module.path, dest / built.module.path.name)
+            shutil.copyfile(built.log, dest / (built.module.path.name + ".build.log"))
+            module = modinfo.inspect(dest / built.module.path.name)
         print(f"{module.path}\t{k.name}\t{k.version}\t{module.vermagic}")
     return 0
 

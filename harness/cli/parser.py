@@ -185,10 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_options(b)
     b.set_defaults(func=cmd_boot)
 
-    c = sub.add_parser("check", parents=after, help="validate one livepatch (kbuild dir or .ko) under load; "
-                                                     "exit 0 pass, 1 fail, 2 error")
+    c = sub.add_parser("check", parents=after, help="validate one livepatch (kbuild dir, .ko or source diff) under "
+                                                     "load; exit 0 pass, 1 fail, 2 error")
     what = c.add_argument_group("what to test")
-    what.add_argument("patch", help="kbuild directory or prebuilt .ko")
+    what.add_argument("patch", help="kbuild directory, prebuilt .ko, or a kernel source diff (.patch/.diff, -p1 "
+                                    "paths) that kpatch-build turns into a module for each kernel")
+    what.add_argument("--build-target", action="append", default=[], metavar="PATH.ko",
+                      help="with a diff: a module the diff changes, as its path in the kernel tree "
+                           "(fs/nfsd/nfsd.ko), built too (kpatch-build -t; repeatable)")
     what.add_argument("--target-module", action="append", default=[], metavar="M[:NAME=VALUE,...]",
                       help="module (dir or .ko) the patch patches, loaded first, with its module parameters "
                            "(repeatable)")
@@ -274,8 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_doctor)
 
     b = sub.add_parser("build", parents=after,
-                       help="build a klp module's kbuild directory against a kernel's own headers and compiler")
-    b.add_argument("source", metavar="SOURCE", help="the kbuild directory (Kbuild, or a Makefile with obj-m)")
+                       help="build a klp module's kbuild directory against a kernel's own headers and compiler, "
+                            "or a kernel source diff into a livepatch with kpatch-build")
+    b.add_argument("source", metavar="SOURCE", help="the kbuild directory (Kbuild, or a Makefile with obj-m), or a "
+                                                    "unified diff against the kernel source (.patch/.diff, -p1)")
+    b.add_argument("--build-target", action="append", default=[], metavar="PATH.ko",
+                   help="with a diff: a module the diff changes (fs/nfsd/nfsd.ko), built too (repeatable)")
     b.add_argument("--kernel", action="append", metavar="K", help=f"kernel to build for, NAME or NAME@VERSION "
                    f"(repeatable; default {DEFAULT_KERNEL})")
     b.add_argument("--out", metavar="DIR", default=".", help="where the .ko goes (DIR/KERNEL/ for more than one "

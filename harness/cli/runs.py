@@ -26,7 +26,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                                serve_file=args.serve_file, params=args.param,
                                upgrade_from=Path(args.upgrade_from) if args.upgrade_from else None,
                                security=_security(args), apply_with=args.apply_with, debug=args.debug,
-                               overhead=args.overhead, max_overhead=args.max_overhead)
+                               overhead=args.overhead, max_overhead=args.max_overhead,
+                               build_targets=args.build_target)
     return _run_matrix([sc], args.kernel or [DEFAULT_KERNEL], args, marks=False)
 
 

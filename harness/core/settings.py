@@ -65,6 +65,8 @@ class Timeouts:
     apt_update: float = 300.0
     download: float = 900.0
     image_build: float = 1200.0
+    kernel_build: float = 7200.0  # a kernel's original build for source diffs (~25 min on 2 cores)
+    livepatch_build: float = 1800.0  # kpatch-build of one diff over a kept original build
     lock: float = 1800.0          # waiting for another process's fetch or build
     http_load_cap: float = 3600.0  # workload: an HttpLoad never stopped ends by itself after this
     loopback_connect: float = 0.05  # workload: one connect to a host forward; slower = SYN dropped: anew
@@ -241,6 +243,10 @@ class Settings:
     @property
     def kernel_sources_dir(self) -> Path:  # parts of a kernel's linux-source package (selftests, samples)
         return self.cache_dir / "sources"
+
+    @property
+    def source_builds_dir(self) -> Path:   # kernel trees built once per version, for source diffs
+        return self.cache_dir / "source-builds"
 
     @property
     def toolchains_dir(self) -> Path:      # build roots with a kernel's own compiler

@@ -75,7 +75,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path,
             log.info("debug facility %s is absent on %s: %s", name, kernel_spec, why)
         image = images.build(recipes.load_recipe(sc.image or recipes.DEFAULT_RECIPE), settings)
         events("build")
-        mods = modules.prepare(sc, kernel, settings)
+        mods = modules.prepare(sc, kernel, settings, out_dir)
         rec.patch_name = mods.patch
         modules_info = mods.describe()
         planned = plan(sc, mods.patch, mods.old, mods.keys)

@@ -156,21 +156,23 @@ class AptRoot:
         return [tool, *self.options(), *args]
 
 
-def sources_for(suites: Sequence[str], mirrors: mirror.Mirrors) -> str:
-    """sources.list text: ``-security`` suites live on the security archive."""
+def sources_for(suites: Sequence[str], mirrors: mirror.Mirrors, kind: str = "deb") -> str:
+    """sources.list text: ``-security`` suites live on the security archive. ``kind``
+    ``deb-src`` lists source packages instead of binaries."""
     lines = []
     for suite in suites:
         uri = mirrors.security if suite.endswith("-security") else mirrors.archive
-        lines.append(f"deb [signed-by={mirror.KEYRING}] {uri} {suite} {' '.join(COMPONENTS)}")
+        lines.append(f"{kind} [signed-by={mirror.KEYRING}] {uri} {suite} {' '.join(COMPONENTS)}")
     return "\n".join(lines) + "\n"
 
 
-def root_for(settings: Settings, suites: Sequence[str]) -> AptRoot:
-    """The private root for exactly these suites (named after them)."""
+def root_for(settings: Settings, suites: Sequence[str], *, sources: bool = False) -> AptRoot:
+    """The private root for exactly these suites (named after them); with ``sources``, a
+    root of their source package lists (``deb-src``)."""
     if not suites:
         raise ConfigError("no apt suites given", field="suites")
-    name = re.sub(r"[^A-Za-z0-9.+_-]", "_", "+".join(suites))
-    text = sources_for(suites, mirror.debian_mirrors(settings.debian_mirror))
+    name = re.sub(r"[^A-Za-z0-9.+_-]", "_", "+".join(suites)) + ("-src" if sources else "")
+    text = sources_for(suites, mirror.debian_mirrors(settings.debian_mirror), "deb-src" if sources else "deb")
     return AptRoot(name, settings.apt_dir / name, tuple(suites), text, settings)
 
 
@@ -214,7 +216,7 @@ def update(root: AptRoot, *, force: bool = False, max_age: float = MAX_AGE) -> b
         start = time.monotonic()
         for attempt in retry.download_policy():
             with attempt:
-                hostcmd.run(root.command("apt-get", "-q", "update"), env=_env(),
+                hostcmd.run(root.command("apt-get", "-q", "update"), env=env(),
                             what=f"apt-get update ({', '.join(root.suites)})",
                             timeout=root.settings.timeouts.apt_update)
         _write_if_changed(_stamp(root), json.dumps({"sources": root.sources_list,
@@ -223,14 +225,14 @@ def update(root: AptRoot, *, force: bool = False, max_age: float = MAX_AGE) -> b
         return True
 
 
-def _env() -> dict[str, str]:
+def env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(_ENV)
     return env
 
 
 # --- reading the lists ------------------------------------------------------
-def _read_index(path: Path, settings: Settings) -> str:
+def read_index(path: Path, settings: Settings) -> str:
     name = path.name
     if name.endswith(".gz"):
         return gzip.decompress(path.read_bytes()).decode("utf-8", "replace")
@@ -245,15 +247,16 @@ def _read_index(path: Path, settings: Settings) -> str:
     return path.read_text("utf-8", "replace")
 
 
-def index_files(root: AptRoot) -> list[Path]:
-    """The Packages indexes of this root (the lists dir holds nothing else of ours)."""
+def index_files(root: AptRoot, kind: str = "Packages") -> list[Path]:
+    """The ``Packages`` (or ``Sources``) indexes of this root (the lists dir holds nothing else
+    of ours)."""
     if not root.lists.is_dir():
         return []
     return sorted(p for p in root.lists.iterdir()
-                  if re.search(r"_Packages(\.(gz|xz|bz2|lz4|zst))?$", p.name))
+                  if re.search(rf"_{kind}(\.(gz|xz|bz2|lz4|zst))?$", p.name))
 
 
-def _field_map(stanza: str) -> dict[str, str]:
+def field_map(stanza: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     last = None
     for line in stanza.splitlines():
@@ -277,7 +280,7 @@ def parse_packages(text: str, want: Callable[[str], bool] = lambda _: True) -> I
         name = stanza[len("Package:"):stanza.find("\n") if "\n" in stanza else None].strip()
         if not want(name):
             continue
-        f = _field_map(stanza)
+        f = field_map(stanza)
         try:
             yield PackageRecord(
                 package=name, version=f["Version"],
@@ -300,7 +303,7 @@ def packages(root: AptRoot, want: Callable[[str], bool] = lambda _: True) -> lis
         if not files:
             raise InfraError(f"apt root {root.path} has no package lists; run an update first")
         for path in files:
-            for rec in parse_packages(_read_index(path, root.settings), want):
+            for rec in parse_packages(read_index(path, root.settings), want):
                 seen.setdefault((rec.package, rec.version), rec)
     return list(seen.values())
 
@@ -327,7 +330,7 @@ _MISSING = (re.compile(r"Unable to locate package (?P<pkg>\S+)"),
 def available_versions(root: AptRoot, package: str) -> list[str]:
     """Versions of ``package`` the root's lists know (from ``apt-cache madison``)."""
     try:
-        out = hostcmd.run(root.command("apt-cache", "madison", package), env=_env(),
+        out = hostcmd.run(root.command("apt-cache", "madison", package), env=env(),
                           what="apt-cache madison", timeout=root.settings.timeouts.host_command)
     except HostCommandError:
         return []
@@ -351,7 +354,7 @@ def _apt_get_download(root: AptRoot, package: str, version: str, into: Path) -> 
     for attempt in retry.download_policy():
         with attempt:
             try:
-                hostcmd.run(cmd, cwd=into, env=_env(), what=f"download {package}={version}",
+                hostcmd.run(cmd, cwd=into, env=env(), what=f"download {package}={version}",
                             timeout=root.settings.timeouts.download)
             except HostCommandError as exc:
                 if any(p.search(exc.output) for p in _MISSING):

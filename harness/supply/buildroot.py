@@ -19,7 +19,8 @@ import re
 import shlex
 import time
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from ..core import cacheentry, hostcmd, progress
 from ..core.errors import InfraError
@@ -109,34 +110,52 @@ def packages_for(tc: Toolchain, kernel: Kernel) -> list[str]:
     return buildroot_packages(tc.cc, depends_packages(depends))
 
 
-def ensure_buildroot(tc: Toolchain, kernel: Kernel, settings: Settings) -> dict:
-    """The build root for ``tc`` (made once with mmdebstrap; file-locked, atomic).
-    Returns its manifest (``root``, ``cc_version``, ``packages``, ``seconds``)."""
+@dataclass(frozen=True)
+class AddOn:
+    """More in a build root than kbuild for modules needs (a whole kernel build and a
+    livepatch builder): its own entry ``<suite>-<cc>-<name>``, with ``packages`` installed too
+    and ``finish(tree)`` run on the new tree before it is published (it returns what the
+    manifest records of it)."""
+    name: str
+    packages: tuple[str, ...]
+    finish: Callable[[Path], dict[str, Any]]
+
+
+def root_id(tc: Toolchain, addon: Optional[AddOn] = None) -> str:
+    return f"{tc.id}-{addon.name}" if addon else tc.id
+
+
+def ensure_buildroot(tc: Toolchain, kernel: Kernel, settings: Settings, addon: Optional[AddOn] = None) -> dict:
+    """The build root for ``tc`` (made once with mmdebstrap; file-locked, atomic), with
+    ``addon`` if given. Returns its manifest (``root``, ``cc_version``, ``packages``, ``seconds``)."""
     assert tc.kind == "buildroot" and tc.suite
-    final = settings.toolchains_dir / tc.id
+    rid = root_id(tc, addon)
+    final = settings.toolchains_dir / rid
 
     def make() -> None:
         if os.geteuid() != 0:
-            raise InfraError(f"making the {tc.id} build root needs root (mmdebstrap, chroot); "
+            raise InfraError(f"making the {rid} build root needs root (mmdebstrap, chroot); "
                              "run the first build as root")
         packages = packages_for(tc, kernel)
-        with cacheentry.staging(settings.toolchains_dir, f".build-{tc.id}-", f"making the {tc.id} build root",
+        packages += [p for p in (addon.packages if addon else ()) if p not in packages]
+        with cacheentry.staging(settings.toolchains_dir, f".build-{rid}-", f"making the {rid} build root",
                                 remove=lambda p: mmdebstrap.remove_tree(p, settings)) as work:
-            seconds, version = _make(tc, packages, work, settings)
+            seconds, version = _make(tc, rid, packages, work, settings, addon)
             cacheentry.publish(work / "out", final, trash=work / "previous")
-        log.info("build root %s ready in %.0fs (%s)", tc.id, seconds, version)
+        log.info("build root %s ready in %.0fs (%s)", rid, seconds, version)
 
     return cacheentry.obtain(lambda: _load_buildroot(final), make,
-                             lock=settings.locks_dir / f"toolchain-{tc.id}.lock",
-                             timeout=settings.timeouts.lock, what=f"build root {tc.id}")
+                             lock=settings.locks_dir / f"toolchain-{rid}.lock",
+                             timeout=settings.timeouts.lock, what=f"build root {rid}")
 
 
-def _make(tc: Toolchain, packages: list[str], work: Path, settings: Settings) -> tuple[float, str]:
+def _make(tc: Toolchain, rid: str, packages: list[str], work: Path, settings: Settings,
+          addon: Optional[AddOn] = None) -> tuple[float, str]:
     """The build root in ``work/out`` (its manifest written last); (seconds, compiler version)."""
     out = work / "out"
     out.mkdir(parents=True)
     tree = out / "root"
-    log.info("making build root %s (once): mmdebstrap %s minbase with %s", tc.id,
+    log.info("making build root %s (once): mmdebstrap %s minbase with %s", rid,
              tc.suite, ", ".join(packages))
     t0 = time.monotonic()
     assert tc.suite is not None   # ensure_buildroot, the only caller, checked it
@@ -146,16 +165,17 @@ def _make(tc: Toolchain, packages: list[str], work: Path, settings: Settings) ->
                                           debian_mirrors(settings.debian_mirror).archive,
                                           packages=packages,
                                           aptopts=_host_apt_options(settings))]
-    with progress.ticking(f"build root {tc.id}: mmdebstrap", usually="~100 s on 2 cores"):
-        hostcmd.run(cmd, what=f"make the {tc.id} build root", timeout=settings.timeouts.image_build,
+    with progress.ticking(f"build root {rid}: mmdebstrap", usually="~100 s on 2 cores"):
+        hostcmd.run(cmd, what=f"make the {rid} build root", timeout=settings.timeouts.image_build,
                     env={**os.environ, "LC_ALL": "C.UTF-8"})
+    extra = addon.finish(tree) if addon else {}
     seconds = time.monotonic() - t0
     version = hostcmd.run(["chroot", str(tree), tc.cc, "--version"],
-                          what=f"{tc.cc} --version in {tc.id}",
+                          what=f"{tc.cc} --version in {rid}",
                           timeout=settings.timeouts.host_command).splitlines()[0].strip()
-    man = {"format": TOOLCHAIN_FORMAT, "id": tc.id, "suite": tc.suite, "cc": tc.cc,
+    man = {"format": TOOLCHAIN_FORMAT, "id": rid, "suite": tc.suite, "cc": tc.cc,
            "cc_version": version, "packages": packages, "seconds": round(seconds, 1),
-           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
     (out / (MANIFEST + ".part")).write_text(json.dumps(man, indent=2) + "\n")
     os.rename(out / (MANIFEST + ".part"), out / MANIFEST)
     return seconds, version
@@ -174,7 +194,8 @@ def kernel_trees(kernel: Kernel) -> list[Path]:
     return trees
 
 
-def chroot_script(root: Path, binds: Sequence[tuple[Path, bool]], argv: Sequence[str]) -> str:
+def chroot_script(root: Path, binds: Sequence[tuple[Path, bool]], argv: Sequence[str],
+                  setup: Sequence[str] = ()) -> str:
     """Shell run by ``unshare --mount``: private tmp/proc, ``binds`` (path, writable) at
     their own absolute paths inside ``root``, then ``argv`` under chroot with a clean env."""
     q = shlex.quote
@@ -187,6 +208,7 @@ def chroot_script(root: Path, binds: Sequence[tuple[Path, bool]], argv: Sequence
         lines.append(f"mount --bind {q(str(path))} {inside}")
         if not writable:
             lines.append(f"mount -o remount,bind,ro {inside}")
+    lines += list(setup)
     env = ["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "LC_ALL=C.UTF-8",
            "HOME=/tmp", "TMPDIR=/tmp"]
     lines.append("exec chroot " + q(str(root)) + " " + " ".join(q(a) for a in [*env, *argv]))
@@ -194,13 +216,15 @@ def chroot_script(root: Path, binds: Sequence[tuple[Path, bool]], argv: Sequence
 
 
 def run_in(tc: Toolchain, binds: Sequence[tuple[Path, bool]], argv: Sequence[str], *, what: str,
-           settings: Settings) -> str:
-    """Run ``argv`` in ``tc``'s build root with ``binds`` mounted; its output."""
-    root = settings.toolchains_dir / tc.id / "root"
-    script = chroot_script(root, binds, argv)
+           settings: Settings, addon: Optional[AddOn] = None, timeout: Optional[float] = None,
+           setup: Sequence[str] = ()) -> str:
+    """Run ``argv`` in ``tc``'s build root (with ``addon``) with ``binds`` mounted; its output.
+    ``setup``: more shell lines run before the chroot, in its private mount namespace."""
+    root = settings.toolchains_dir / root_id(tc, addon) / "root"
+    script = chroot_script(root, binds, argv, setup)
     try:
         return hostcmd.run([*_UNSHARE, "sh", "-c", script], what=what,
-                           timeout=settings.timeouts.host_command)
+                           timeout=timeout or settings.timeouts.host_command)
     finally:
         left = mmdebstrap.mounts_under(root)
         if left:   # cannot happen with a private namespace; say so loudly if it does

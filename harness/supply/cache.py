@@ -41,7 +41,7 @@ from .recipes import Recipe
 log = logging.getLogger(__name__)
 
 # Every store the lab writes under the cache directory, in the order shown.
-STORES = ("kernels", "downloads", "bootfiles", "vmlinux", "modules", "symbols", "sources", "images",
+STORES = ("kernels", "downloads", "bootfiles", "vmlinux", "modules", "symbols", "sources", "source-builds", "images",
           "snapshots", "toolchains", "apt", "runs", "libvirt", "locks")
 SNAPSHOT_IDLE_DAYS = 14
 
@@ -166,6 +166,13 @@ def survey(settings: Settings, defs: Mapping[str, KernelDef],
             current = k is not None and vdir.name == kernelcache.version_dir(k.version)
             add("sources", vdir, current, f"{line.name} {vdir.name}: the kernel's selftests and samples"
                 + ("" if current else ", of no kernel in use"))
+
+    for line in _children(settings.source_builds_dir):     # source trees built once for source diffs
+        k = by_line.get(line.name)
+        for vdir in _children(line):
+            current = k is not None and vdir.name == kernelcache.version_dir(k.version)
+            add("source-builds", vdir, current, f"{line.name} {vdir.name}: the kernel's source and original "
+                "build, for source diffs" + ("" if current else ", of no kernel in use"))
 
     current_images = {image_dir(r, settings).name for r in recipes}
     known = {r.name for r in recipes}

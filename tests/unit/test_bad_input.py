@@ -75,7 +75,7 @@ def fake_module(path: Path, modinfo: str) -> Path:
     (["check", GOOD, "--libvirt-uri", "http://x"], ["[--libvirt-uri]", "http://x"]),
     (["check", GOOD, "--json", "/proc/nope/v.json"], ["[--json]", "/proc/nope"]),
     (["check", GOOD, "--artifacts", "/proc/nope"], ["[--artifacts]", "/proc/nope"]),
-    (["check", "/nonexistent/patch"], ["[PATCH]", "/nonexistent/patch", "neither a kbuild directory nor a .ko"]),
+    (["check", "/nonexistent/patch"], ["[PATCH]", "/nonexistent/patch", "neither a kbuild directory, a .ko file nor a source diff", "does not exist"]),
     (["check", GOOD, "--upgrade-from", "/nonexistent/old"], ["[--upgrade-from]", "/nonexistent/old"]),
     (["check", GOOD, "--target-module", "/nonexistent/t"], ["[--target-module]", "/nonexistent/t"]),
     (["--cache-dir", "/proc/nope", "check", GOOD], ["[--cache-dir]", "/proc/nope"]),
@@ -180,3 +180,19 @@ def test_a_refused_build_leaves_no_output_directory(capsys, tmp_path):
     out = tmp_path / "a" / "b"
     refused(capsys, ["build", GOOD, "--kernel", "debian-9", "--out", str(out)], "unknown kernel")
     assert not (tmp_path / "a").exists()
+
+
+def test_a_source_diff_that_is_not_a_well_formed_diff_is_refused_by_check_build_and_scenario(capsys, tmp_path):
+    bad = tmp_path / "fix.patch"
+    bad.write_text("--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -1,3 +1,3 @@\n x\n-a\n")
+    refused(capsys, ["check", str(bad)], "[PATCH]", str(bad), "says -3 +3 lines but has -2 +1")
+    refused(capsys, ["build", str(bad)], "[SOURCE]", str(bad), "truncated or was edited by hand")
+    prose = tmp_path / "notes.diff"
+    prose.write_text("we should fix cmdline\n")
+    refused(capsys, ["check", str(prose)], str(prose), "not a unified diff")
+    sc = tmp_path / "sc.yaml"
+    sc.write_text(f"name: x\npatch:\n  diff: {prose.name}\n")
+    refused(capsys, ["run", str(sc)], f"{sc}:3", "[patch.diff]", "not a unified diff")
+    sc.write_text("name: x\npatch:\n  diff: fix.patch\n  build_targets: [../x.ko]\n")
+    refused(capsys, ["run", str(sc)], "[patch.build_targets]", "../x.ko")
+    refused(capsys, ["check", str(GOOD), "--build-target", "fs/x.ko"], "[--build-target]", "goes with a source diff")

@@ -280,7 +280,7 @@ def whole_run(tmp_path, kernel, monkeypatch):
     monkeypatch.setattr(kerneldefs, "get_definition", lambda spec: spec)
     monkeypatch.setattr(kernelfetch, "fetch", lambda defn, settings: fake_kernel)
     monkeypatch.setattr(images, "build", lambda recipe, settings: None)
-    monkeypatch.setattr(prep, "prepare", lambda sc, k, s: Modules(
+    monkeypatch.setattr(prep, "prepare", lambda sc, k, s, artifacts=None: Modules(
         PATCH, {PATCH: Prepared(module(tmp_path, PATCH), sc.patch, True)}))
     monkeypatch.setattr(runner, "HangEvidence", lambda guest, settings, timeout: Evidence())
     monkeypatch.setattr(detached, "GUEST_DIR", str(tmp_path / "guest"))

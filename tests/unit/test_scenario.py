@@ -178,7 +178,7 @@ def test_bad_check_options_name_the_option_and_the_value(tmp_path, options, opti
 
 
 def test_check_refuses_what_is_neither_a_kbuild_directory_nor_a_ko(tmp_path):
-    with pytest.raises(ConfigError, match=r"\[PATCH\]: .* is neither a kbuild directory nor a .ko"):
+    with pytest.raises(ConfigError, match=r"\[PATCH\]: .* is neither a kbuild directory, a .ko file nor a source diff"):
         scenario.from_options(tmp_path / "missing")
     with pytest.raises(ConfigError, match=r"\[--target-module\]: .*neither"):
         scenario.from_options(kbuild(tmp_path / "patch"), targets=(tmp_path / "nope",))

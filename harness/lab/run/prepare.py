@@ -3,6 +3,7 @@ checked. A patch that does not build, or was built for another kernel, fails her
 anything boots; a module that is not a livepatch at all is the user's input error."""
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, cast
@@ -12,6 +13,7 @@ from ...core.settings import Settings
 from ...supply import kbuild, modinfo, signing
 from ...supply.kernels import defs as kerneldefs, fetch as kernelfetch, source as kernelsource
 from ...supply.kernels.kernel import Kernel
+from ...supply.srcbuild import diff as srcdiff, kpatch as srckpatch
 from .faults import Failed
 from .record import Reason
 from ..scenario.specs import ModuleSpec, Scenario
@@ -22,6 +24,7 @@ class Prepared:
     module: modinfo.Module
     spec: ModuleSpec
     livepatch: bool
+    origin: dict = field(default_factory=dict)    # a module built from a diff: the diff's hash, the source
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Modules:
         """Each module of the run: its role, name, file and signature (for the JSON and the text)."""
         return [{"role": "patch" if n == self.patch else "upgraded from" if n == self.old else
                  "patch" if p.livepatch else "target", "name": n, "path": str(p.module.path),
-                 "signature": p.module.describe_signature()} for n, p in self.all.items()]
+                 "signature": p.module.describe_signature(), **p.origin} for n, p in self.all.items()]
 
 
 def _module(spec: ModuleSpec, kernel: Kernel, settings: Settings) -> modinfo.Module:
@@ -67,6 +70,34 @@ def _module(spec: ModuleSpec, kernel: Kernel, settings: Settings) -> modinfo.Mod
                                      f"({target.release}):\n{exc.output[-3000:]}")) from None
 
 
+def _from_diff(spec: ModuleSpec, kernel: Kernel, settings: Settings,
+               artifacts: Optional[Path]) -> tuple[modinfo.Module, dict]:
+    """kpatch-build's module of a source diff for ``kernel``, and what the record keeps of how
+    it was made; the builder's log goes into ``artifacts``. The diff not applying to the
+    kernel's source is the patch's ``compat`` failure, the builder's refusal its ``build``."""
+    path = cast(Path, spec.diff)
+    log_name = f"kpatch-build-{path.stem}.log"
+    try:
+        built = srckpatch.build(srcdiff.load(path), kernel, settings, targets=spec.build_targets)
+    except srckpatch.DiffDoesNotApply as exc:
+        raise Failed(Reason("compat", str(exc))) from None
+    except srckpatch.BuildRefused as exc:
+        kept = _keep(exc.log_path, artifacts, log_name)
+        raise Failed(Reason("build", f"{exc}\n(the builder's log: {kept or exc.log_path})")) from None
+    kept = _keep(built.log, artifacts, log_name)
+    return built.module, {"diff": str(path), "diff_sha256": built.diff_sha256, "kernel_source": built.source,
+                          "builder_log": str(kept or built.log), "build_seconds": built.seconds,
+                          "build_cached": built.cached}
+
+
+def _keep(log: Optional[Path], artifacts: Optional[Path], name: str) -> Optional[Path]:
+    if log is None or artifacts is None or not log.is_file():
+        return None
+    artifacts.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log, artifacts / name)
+    return artifacts / name
+
+
 def _compatible(module: modinfo.Module, kernel: Kernel, what: str = "") -> None:
     try:
         modinfo.check_compatible(module, kernel)
@@ -74,7 +105,7 @@ def _compatible(module: modinfo.Module, kernel: Kernel, what: str = "") -> None:
         raise Failed(Reason("compat", f"{what}{exc}")) from None
 
 
-def prepare(sc: Scenario, kernel: Kernel, settings: Settings) -> Modules:
+def prepare(sc: Scenario, kernel: Kernel, settings: Settings, artifacts: Optional[Path] = None) -> Modules:
     source = str(sc.path) if sc.path else None
     done: dict[int, str] = {}      # id(spec) -> module name: a spec named twice is built once
     out: dict[str, Prepared] = {}
@@ -83,7 +114,11 @@ def prepare(sc: Scenario, kernel: Kernel, settings: Settings) -> Modules:
     def add(spec: ModuleSpec, livepatch: bool, where: str) -> str:
         if id(spec) in done:
             return done[id(spec)]
-        mod = _module(spec, kernel, settings)
+        origin: dict = {}
+        if spec.diff is not None:
+            mod, origin = _from_diff(spec, kernel, settings, artifacts)
+        else:
+            mod = _module(spec, kernel, settings)
         if sc.security.sign_key:   # every module of the run, as the vendor's build would sign them
             # the loader takes sign_key only with sign_cert
             mod = signing.sign(mod, kernel, sc.security.sign_key, cast(Path, sc.security.sign_cert), settings)
@@ -93,7 +128,7 @@ def prepare(sc: Scenario, kernel: Kernel, settings: Settings) -> Modules:
         if mod.name in out:
             raise ConfigError(f"{spec.label} is module {mod.name}, like {out[mod.name].spec.label}: "
                               "one run loads a module once", source=source, field=where)
-        out[mod.name] = Prepared(mod, spec, livepatch)
+        out[mod.name] = Prepared(mod, spec, livepatch, origin)
         done[id(spec)] = mod.name
         if spec.key:
             keys[spec.key] = mod.name

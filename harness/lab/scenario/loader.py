@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence, cast
 
 from ...core import yamlconf
 from ...core.errors import ConfigError
+from ...supply.srcbuild import diff as srcdiff
 from .judgeable import judgeable
 from .schema import PARAM_NAME, SCHEMA, debug_facilities
 from .sections import apply_spec, image_recipe, lifecycle, module_spec, overhead_spec, security_spec
@@ -35,7 +36,7 @@ def _scenario(loaded: yamlconf.Loaded, name: str, path: Optional[Path], base: Pa
     if patterns and not probe["command"]:
         raise loaded.error("probe expectations need a probe command", "probe.expect")
     def given(section: str) -> bool:   # a mapping left out comes back as its defaults
-        return bool(v[section]["source"] or v[section]["ko"])
+        return bool(v[section]["source"] or v[section]["ko"] or v[section]["diff"])
     single = given("patch")
     patches: dict[str, ModuleSpec] = {}
     steps: tuple[StepSpec, ...] = ()
@@ -104,7 +105,8 @@ def load(path: Path) -> Scenario:
 
 
 # check's options, by the scenario field each one sets
-OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH", "patch.params": "--param",
+OPTIONS = {"patch": "PATCH", "patch.source": "PATCH", "patch.ko": "PATCH", "patch.diff": "PATCH",
+           "patch.build_targets": "--build-target", "patch.params": "--param",
            "upgrade_from": "--upgrade-from", "upgrade_from.source": "--upgrade-from",
            "upgrade_from.ko": "--upgrade-from", "target_modules": "--target-module", "probe.command": "--probe",
            "probe.expect": "--expect-patched", "probe.expect.patched": "--expect-patched",
@@ -133,7 +135,7 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
                  params: Sequence[str] = (), soak: Optional[dict[str, Any]] = None,
                  security: Optional[dict[str, Any]] = None, apply_with: Optional[str] = None,
                  debug: Optional[str] = None, overhead: Optional[str] = None,
-                 max_overhead: Optional[float] = None) -> Scenario:
+                 max_overhead: Optional[float] = None, build_targets: Sequence[str] = ()) -> Scenario:
     """The scenario behind ``livepatch-lab check PATCH ...`` (a kbuild directory or a .ko),
     validated by the scenario schema; errors name the option. A target is ``DIR`` or
     ``DIR:NAME=VALUE[,NAME=VALUE...]`` (its module parameters). With ``soak`` it is ``livepatch-lab
@@ -144,9 +146,13 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
             return {"source": str(p), **({"params": extra} if extra else {})}
         p = Path(p).resolve()
         found: dict[str, Any] = ({"source": str(p)} if p.is_dir() else
-                                 {"ko": str(p)} if p.is_file() and p.suffix == ".ko" else {})
+                                 {"ko": str(p)} if p.is_file() and p.suffix == ".ko" else
+                                 {"diff": str(p)} if option == "PATCH" and p.is_file() and srcdiff.looks_like_diff(p)
+                                 else {})
         if not found:
-            raise ConfigError(f"{p} is neither a kbuild directory nor a .ko file", source=source, field=option)
+            raise ConfigError(f"{p} is neither a kbuild directory, a .ko file" +
+                              (" nor a source diff (.patch, .diff)" if option == "PATCH" else "") +
+                              (" (it does not exist)" if not p.exists() else ""), source=source, field=option)
         return {**found, "params": extra} if extra else found
 
     def target(spec: str) -> dict[str, Any]:
@@ -157,6 +163,10 @@ def from_options(patch: Path, *, targets: Sequence[str] = (), probe: Optional[st
                       parse_params(rest.split(","), "--target-module", source) if colon else None)
     raw: dict[str, Any] = {"patch": module(Path(patch), "PATCH", parse_params(params, "--param", source)),
                            "target_modules": [target(t) for t in targets]}
+    if build_targets:
+        if "diff" not in raw["patch"]:
+            raise ConfigError("--build-target goes with a source diff", source=source, field="--build-target")
+        raw["patch"]["build_targets"] = list(build_targets)
     if upgrade_from is not None:
         raw["upgrade_from"] = module(Path(upgrade_from), "--upgrade-from")
     if probe is not None:

@@ -117,6 +117,16 @@ _STEP = {**{a: Field(NUM if a == "hold" else str, check=_seconds if a == "hold" 
             for a in ACTIONS},
          "probe": Field(str, check=_regex, doc="what the probe shows in the hold after this step"),
          "expect": Field(str, default="ok", check=_one_of(OUTCOMES))}
+def _build_targets(v: list) -> Optional[str]:
+    return next((f"a build target is a module's path in the kernel tree (fs/nfsd/nfsd.ko), not {t!r}"
+                 for t in v if not re.fullmatch(r"[A-Za-z0-9_./-]+\.ko", t) or ".." in t.split("/")), None)
+
+
+# a patch may also be a source diff, which kpatch-build turns into a module for each kernel
+_PATCH = {**_MODULE,
+          "diff": Field(str, doc="unified diff against the kernel source (-p1 paths), built by kpatch-build"),
+          "build_targets": Field(list, items=str, default=[], check=_build_targets,
+                                 doc="modules the diff changes, built too (kpatch-build -t)")}
 SCHEMA: yamlconf.Schema = {
     "name": Field(str, check=plain_name),
     "description": Field(str, default=""),
@@ -125,10 +135,10 @@ SCHEMA: yamlconf.Schema = {
         (f"a tag is a pytest marker name (letters, digits, _), not {t!r}" for t in ts
          if not re.fullmatch(r"[A-Za-z_]\w*", t)), None), doc="pytest markers for the scenario's items"),
     "patch": Field(dict, schema={
-        **_MODULE,
+        **_PATCH,
         "build_for": Field(str, doc="build against this kernel instead (compat testing)")}),
-    "upgrade_from": Field(dict, schema=_MODULE, doc="the patch in the field, loaded before the baseline"),
-    "patches": Field(dict, values=_MODULE, check=lambda v: next((plain_name(k) for k in v if plain_name(k)), None),
+    "upgrade_from": Field(dict, schema=_PATCH, doc="the patch in the field, loaded before the baseline"),
+    "patches": Field(dict, values=_PATCH, check=lambda v: next((plain_name(k) for k in v if plain_name(k)), None),
                      doc="named patches for `steps`: name -> module"),
     "steps": Field(list, items=_STEP),
     "target_modules": Field(list, items={**_MODULE, "name": Field(str, check=plain_name)}, default=[]),

@@ -11,6 +11,7 @@ from typing import Optional, cast
 from ...core import paths, yamlconf
 from ...core.errors import ConfigError
 from ...supply import modinfo, recipes
+from ...supply.srcbuild import diff as srcdiff
 from .schema import plain_name
 from .specs import (ACTIONS, SAMPLE_PREFIX, TOOL_IMAGES, ApplySpec, ModuleSpec, OverheadSpec, SecuritySpec,
                     StepSpec)
@@ -18,10 +19,24 @@ from .specs import (ACTIONS, SAMPLE_PREFIX, TOOL_IMAGES, ApplySpec, ModuleSpec, 
 
 def module_spec(raw: dict, loaded: yamlconf.Loaded, name: str, base: Path, key: Optional[str] = None,
                 late: bool = False) -> ModuleSpec:
-    src, ko = raw.get("source"), raw.get("ko")
-    if bool(src) == bool(ko):
-        raise loaded.error("give exactly one of source (a kbuild directory) or ko (a built module)", name)
+    src, ko, dif = raw.get("source"), raw.get("ko"), raw.get("diff")
+    if sum(map(bool, (src, ko, dif))) != 1:
+        raise loaded.error("give exactly one of source (a kbuild directory), ko (a built module)" +
+                           (" or diff (a kernel source diff)" if not name.startswith("target_modules") else ""),
+                           name)
     params = tuple((k, str(int(v)) if isinstance(v, bool) else str(v)) for k, v in (raw.get("params") or {}).items())
+    if dif:      # read and checked now: a file that is not a diff is refused before anything runs
+        dpath = (base / dif).resolve()
+        try:
+            srcdiff.load(dpath)
+        except ConfigError as exc:
+            raise loaded.error(str(exc), f"{name}.diff") from None
+        if raw.get("build_for"):
+            raise loaded.error("build_for applies to a module's source, not to a diff", f"{name}.build_for")
+        return ModuleSpec(diff=dpath, build_targets=tuple(raw.get("build_targets") or ()), params=params,
+                          key=key or raw.get("name"), late=late)
+    if raw.get("build_targets"):
+        raise loaded.error("build_targets go with a diff", f"{name}.build_targets")
     if src and src.startswith(SAMPLE_PREFIX):    # built from the kernel's own source at run time
         sample = src[len(SAMPLE_PREFIX):]
         if plain_name(sample):

@@ -44,10 +44,12 @@ class ModuleSpec:
     key: Optional[str] = None          # the name a scenario's steps call it by
     late: bool = False                 # a target loaded by a step, not before the run
     sample: Optional[str] = None       # `kernel-sample:NAME`: the kernel's samples/livepatch/NAME.c
+    diff: Optional[Path] = None        # a source diff, built into a module by kpatch-build per kernel
+    build_targets: tuple[str, ...] = ()   # modules the diff changes, built too (kpatch-build -t)
 
     @property
     def label(self) -> str:
-        return f"{SAMPLE_PREFIX}{self.sample}" if self.sample else str(self.source or self.ko)
+        return f"{SAMPLE_PREFIX}{self.sample}" if self.sample else str(self.source or self.ko or self.diff)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,10 @@ def _copy_run(run: Run, stage: Path, settings: Settings) -> list[dict[str, Any]]
             (dest / "modules").mkdir(exist_ok=True)
             shutil.copyfile(path, dest / "modules" / facts["file"])
             facts["copy"] = f"{RUNS}/{run.slug}/modules/{facts['file']}"
+            if facts.get("builder_log") and Path(facts["builder_log"]).is_file():
+                log_name = facts["file"] + ".build.log"
+                shutil.copyfile(facts["builder_log"], dest / "modules" / log_name)
+                facts["builder_log_copy"] = f"{RUNS}/{run.slug}/modules/{log_name}"
         modules.append(facts)
     return modules
 
@@ -65,7 +69,8 @@ def _inputs(runs: Sequence[Run], modules: Mapping[str, list], env: dict[str, Any
                 "kernel": {"name": r.kernel, "version": k.get("version"), "release": k.get("release"),
                            "packages": k.get("packages") or []},
                 "modules": [{key: m.get(key) for key in ("role", "name", "sha256", "vermagic", "signature",
-                                                          "source", "source_files", "copy")}
+                                                          "source", "source_files", "copy", "diff_sha256",
+                                                          "kernel_source", "builder_log_copy")}
                             for m in modules[r.slug]],
                 "accel": booted.get("accel"), "backend": booted.get("backend"), "uri": booted.get("uri"),
                 "release": r.release}

@@ -57,6 +57,10 @@ def module_facts(path: str, role: str, settings: Settings, given: Optional[str] 
     if made.get("ko") == ko.name and made.get("source"):
         facts.update(source=made["source"], built_here=True, toolchain=made.get("toolchain_version", ""),
                      source_files=made.get("files", {}))
+    if made.get("ko") == ko.name and made.get("diff_sha256"):   # built from a source diff
+        facts.update(diff_sha256=made["diff_sha256"], kernel_source=made.get("kernel_source", ""),
+                     toolchain=made.get("builder_version", ""), builder_log=str(ko.parent / made.get("log", "")),
+                     source_files={})
     if given:
         facts["source"] = given
     return facts

@@ -1,0 +1,167 @@
+"""Building a livepatch from a source diff: which kernels are refused up front, how the
+kept tree is made to build what Debian built, whose fault each kpatch-build failure is,
+and how a diff that does not apply is told, file and hunk."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from livepatch_lab.core.errors import ConfigError, HostCommandError, InfraError
+from livepatch_lab.supply.srcbuild import diff as srcdiff, kpatch, tree as srctree
+from tests.unit.fakes.kernels import fake_kernel
+
+CONFIG_61 = "CONFIG_LIVEPATCH=y\nCONFIG_DEBUG_INFO=y\n# CONFIG_X86_KERNEL_IBT is not set\n"
+
+
+def kernel(tmp_path, config=CONFIG_61, suites=("bookworm",), **kw):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cfg = tmp_path / "config"
+    cfg.write_text(config)
+    return fake_kernel(tmp_path, config=cfg, suites=suites, **kw)
+
+
+def test_a_debian_kernel_with_livepatch_and_debug_info_is_buildable(tmp_path):
+    assert srctree.refusal(kernel(tmp_path)) is None
+
+
+@pytest.mark.parametrize("config, says", [
+    (CONFIG_61 + "CONFIG_X86_KERNEL_IBT=y\n", "CONFIG_X86_KERNEL_IBT=y: kpatch-build refuses"),
+    ("CONFIG_DEBUG_INFO=y\n", "without CONFIG_LIVEPATCH"),
+    ("CONFIG_LIVEPATCH=y\n", "without CONFIG_DEBUG_INFO"),
+])
+def test_a_kernel_the_builder_cannot_serve_is_refused_before_anything_is_fetched(tmp_path, config, says):
+    with pytest.raises(ConfigError) as e:
+        srctree.check_input(kernel(tmp_path, config))
+    assert says in e.value.message and e.value.field == "kernel"
+
+
+def test_a_local_kernel_has_no_source_package_to_build_from(tmp_path):
+    assert "local build" in srctree.refusal(kernel(tmp_path, suites=()))
+
+
+def test_the_tree_is_made_to_build_debians_release_string_with_no_btf(tmp_path):
+    k = kernel(tmp_path, release="6.1.0-57-amd64")
+    t = tmp_path / "linux"
+    (t / "scripts").mkdir(parents=True)
+    (t / "Makefile").write_text("VERSION = 6\nKERNELRELEASE = $(shell cat include/config/kernel.release)\n")
+    (t / "scripts/link-vmlinux.sh").write_text('if is_enabled CONFIG_DEBUG_INFO_BTF; then\n')
+    (t / "scripts/Makefile.modfinal").write_text("ifdef CONFIG_DEBUG_INFO_BTF_MODULES\n")
+    srctree.prepare_tree(t, k)
+    assert "KERNELRELEASE = 6.1.0-57-amd64\n" in (t / "Makefile").read_text()
+    assert "CONFIG_DEBUG_INFO_BTF" not in (t / "scripts/link-vmlinux.sh").read_text()
+    assert "CONFIG_DEBUG_INFO_BTF_MODULES" not in (t / "scripts/Makefile.modfinal").read_text()
+    assert (t / ".config").read_text() == CONFIG_61
+
+
+def test_a_tree_whose_makefile_lacks_the_release_line_is_the_labs_error(tmp_path):
+    t = tmp_path / "linux"
+    t.mkdir()
+    (t / "Makefile").write_text("VERSION = 6\n")
+    with pytest.raises(InfraError, match="KERNELRELEASE"):
+        srctree.prepare_tree(t, kernel(tmp_path))
+
+
+def test_the_original_build_uses_kpatch_builds_own_flags():
+    argv = srctree.make_argv(2)
+    assert "KCFLAGS=-I/opt/kpatch/share/kpatch/patch -ffunction-sections -fdata-sections" in argv
+    assert "CC=/opt/kpatch/libexec/kpatch/kpatch-cc gcc" in argv and argv[-2:] == ["-j2", "vmlinux"]
+
+
+def test_an_original_build_that_does_not_reproduce_the_kernels_crcs_is_not_trusted(tmp_path):
+    k = kernel(tmp_path, release="6.1.0-57-amd64")
+    (k.build_dir / "Module.symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
+                                                "0x2\tkfree\tvmlinux\tEXPORT_SYMBOL\t\n"
+                                                "0x9\tfoo\tdrivers/foo\tEXPORT_SYMBOL\t\n")
+    t = srctree.Tree(k.name, k.version, k.release, tmp_path / "entry", "linux-source-6.1 6.1.192-2", "x")
+    (t.linux / "include/generated").mkdir(parents=True)
+    (t.linux / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-57-amd64"\n')
+    (t.linux / "Module.symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
+                                            "0x3\tkfree\tvmlinux\tEXPORT_SYMBOL\t\n")
+    with pytest.raises(InfraError, match=r"1 of 2 vmlinux symbols differ.*kfree"):
+        srctree.check_build(t, k)
+    (t.linux / "Module.symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
+                                            "0x2\tkfree\tvmlinux\tEXPORT_SYMBOL\t\n")
+    srctree.check_build(t, k)
+    (t.linux / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.192"\n')
+    with pytest.raises(InfraError, match="not 6.1.0-57-amd64"):
+        srctree.check_build(t, k)
+
+
+# kpatch-build's own output, as it prints it (abridged)
+EARLY = """Using source directory at /build/linux
+Testing patch file(s)
+Reading special section data
+Building original source
+ERROR: kpatch build failed. Check /build/run/cache/build.log for more details.
+"""
+REFUSED = """Using source directory at /build/linux
+Testing patch file(s)
+Reading special section data
+Building original source
+Building patched source
+Extracting new and modified ELF sections
+sys.o: changed section .data.overflowuid not selected for inclusion
+sys.o: 1 unsupported section change(s)
+ERROR: 1 error(s) encountered. Check /build/run/cache/build.log for more details.
+"""
+UNSUPPORTED = """Using source directory at /build/linux
+Testing patch file(s)
+WARNING: fix.patch: unsupported patch to lib/: lib/string.c
+ERROR: Unsupported changes detected.
+"""
+
+
+def test_a_failure_before_the_patched_build_is_the_labs_and_after_it_the_diffs():
+    assert not kpatch.diff_at_fault(EARLY)
+    assert kpatch.diff_at_fault(REFUSED)
+    assert kpatch.diff_at_fault(UNSUPPORTED)
+    assert kpatch.last_phase(REFUSED) == "Extracting new and modified ELF sections"
+
+
+def test_the_builders_own_words_are_quoted():
+    words = kpatch.builder_words(REFUSED)
+    assert "changed section .data.overflowuid not selected for inclusion" in words
+    assert "Using source directory" not in words
+
+
+def _diff(tmp_path) -> srcdiff.Diff:
+    p = tmp_path / "fix.patch"
+    p.write_text("--- a/fs/proc/cmdline.c\n+++ b/fs/proc/cmdline.c\n@@ -7,2 +7,2 @@\n x\n-a\n+b\n"
+                 "@@ -20,1 +20,1 @@\n-c\n+d\n")
+    return srcdiff.load(p)
+
+
+def _raise(d, k, output, rc=1):
+    exc = HostCommandError("kpatch-build", ["kpatch-build"], rc, output)
+    kpatch._raise_for(exc, output, output, Path("/log"), d, k)
+
+
+def test_a_refusal_is_the_diffs_build_failure_and_an_early_failure_or_timeout_the_labs(tmp_path):
+    d, k = _diff(tmp_path), kernel(tmp_path)
+    with pytest.raises(kpatch.BuildRefused) as e:
+        _raise(d, k, REFUSED)
+    assert e.value.fault == "patch" and "not selected for inclusion" in str(e.value)
+    with pytest.raises(InfraError, match="before the diff was built"):
+        _raise(d, k, EARLY)
+    with pytest.raises(InfraError):
+        _raise(d, k, REFUSED, rc=None)    # killed at its deadline: never the diff's fault
+
+
+def test_a_hunk_that_does_not_apply_is_named_with_its_header_and_line(tmp_path):
+    d, k = _diff(tmp_path), kernel(tmp_path)
+    out = "checking file fs/proc/cmdline.c\nHunk #2 FAILED at 20.\n1 out of 2 hunks FAILED\n"
+    text = kpatch.explain_rejects(out, d, k, "linux-source-6.1 6.1.192-2")
+    assert "fs/proc/cmdline.c: hunk #2 (@@ -20,1 +20,1 @@, diff line 7) fails at line 20" in text
+    assert "linux-source-6.1 6.1.192-2" in text
+    missing = kpatch.explain_rejects("can't find file to patch at input line 3\n", d, k, "src")
+    assert "no such file in this kernel's source" in missing
+
+
+def test_built_modules_are_kept_per_diff_kernel_version_and_targets(tmp_path):
+    d, k = _diff(tmp_path), kernel(tmp_path)
+    again = srcdiff.load(d.path)                    # the same bytes read again: the same entry
+    assert kpatch.cache_key(again, k, ()) == kpatch.cache_key(d, k, ())
+    assert kpatch.cache_key(d, k, ()) != kpatch.cache_key(d, k, ("fs/binfmt_misc.ko",))
+    other = kernel(tmp_path / "o", version="6.1.192-3")
+    assert kpatch.cache_key(d, k, ()) != kpatch.cache_key(d, other, ())
