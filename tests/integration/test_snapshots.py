@@ -58,7 +58,10 @@ def test_a_restored_copy_has_the_hosts_time_its_own_randomness_and_leaves_nothin
     assert store_listing(on, guest.restored_from) == [guest.restored_from]
 
 
-@pytest.mark.parametrize("name", ["good", pytest.param("hang", marks=pytest.mark.long), "panic"])
+# panic in .ci/run (a guest that dies must be judged alike); good and hang, two more pairs of
+# runs, in the matrix workflow (`long`)
+@pytest.mark.parametrize("name", [pytest.param("good", marks=pytest.mark.long),
+                                  pytest.param("hang", marks=pytest.mark.long), "panic"])
 def test_a_scenario_judges_a_restored_guest_as_it_judges_a_booted_one(
         name, on, lab_kernel, lab_image, tmp_path, no_leftovers):
     sc = scenario.load(REPO / "scenarios" / f"{name}.yaml")

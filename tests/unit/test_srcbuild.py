@@ -165,3 +165,100 @@ def test_built_modules_are_kept_per_diff_kernel_version_and_targets(tmp_path):
     assert kpatch.cache_key(d, k, ()) != kpatch.cache_key(d, k, ("fs/binfmt_misc.ko",))
     other = kernel(tmp_path / "o", version="6.1.192-3")
     assert kpatch.cache_key(d, k, ()) != kpatch.cache_key(d, other, ())
+
+
+# --- the orchestration, with the build root replaced by a model of kpatch-build ---------
+class Orchestration:
+    """kpatch.build's world: a kept tree and build root that exist, and a build root whose
+    commands are answered here (``patch --dry-run`` and kpatch-build), recording each call."""
+
+    def __init__(self, tmp_path, monkeypatch):
+        from livepatch_lab.core.settings import Settings
+        from livepatch_lab.supply import buildroot
+        self.settings = Settings(cache_dir=tmp_path / "cache")
+        self.kernel = kernel(tmp_path / "k")
+        self.tree = srctree.Tree(self.kernel.name, self.kernel.version, self.kernel.release, tmp_path / "entry",
+                                 "linux-source-6.1 6.1.192-2", "abc", {"seconds": 1400})
+        self.calls: list[tuple[list[str], list[str]]] = []
+        self.applies, self.builder = True, "ok"
+        addon = buildroot.AddOn("kpatch-0.9.10", (), lambda tree: {})
+        monkeypatch.setattr(kpatch.srctree, "prepared", lambda k, s: self.tree)
+        monkeypatch.setattr(kpatch.srctree, "built", lambda k, s, a: self.tree)
+        monkeypatch.setattr(kpatch.kpatchtool, "addon", lambda s, cc: addon)
+        monkeypatch.setattr(kpatch.buildroot, "ensure_buildroot", lambda *a, **kw: {})
+        monkeypatch.setattr(kpatch.buildroot, "run_in", self.run_in)
+        monkeypatch.setattr(kpatch.modinfo, "inspect", lambda path, *a: type("M", (), {"path": path})())
+
+    def run_in(self, tc, binds, argv, *, what, settings, addon=None, timeout=None, setup=()):
+        import shlex
+        self.calls.append((list(argv), list(setup)))
+        run = next(Path(p[2]) for p in map(shlex.split, setup) if p[:2] == ["mount", "--bind"]
+                   and p[3].endswith(kpatch.RUN_INSIDE))
+        if argv[0] == "patch":
+            if not self.applies:
+                raise HostCommandError(what, argv, 1, "checking file fs/proc/cmdline.c\nHunk #1 FAILED at 7.\n")
+            return ""
+        (run / "cache" / "build.log").write_text("make output\n")
+        if self.builder == "refuse":
+            raise HostCommandError(what, argv, 1, REFUSED)
+        (run / "out" / "livepatch-fix.ko").write_bytes(b"\x7fELF module")
+        return "Building patch module: livepatch-fix.ko\nSUCCESS\n"
+
+    def kpatch_runs(self):
+        return [c for c in self.calls if c[0][0] == "env"]
+
+    def left_over(self):
+        return sorted(p.name for p in kpatch.modules_dir(self.settings, self.kernel).glob(".*"))
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    return Orchestration(tmp_path, monkeypatch)
+
+
+def test_a_diff_is_built_over_an_overlay_of_the_kept_tree_then_cached(world, tmp_path):
+    d = _diff(tmp_path)
+    built = kpatch.build(d, world.kernel, world.settings)
+    assert built.module.path.name == "livepatch-fix.ko" and not built.cached
+    assert built.source == "linux-source-6.1 6.1.192-2" and built.diff_sha256 == d.sha256
+    assert "SUCCESS" in built.log.read_text() and "make output" in built.log.read_text()
+    (argv, setup), = world.kpatch_runs()
+    assert argv[argv.index("-s") + 1] == srctree.INSIDE and argv[argv.index("-v") + 1] == srctree.VMLINUX_INSIDE
+    assert argv[argv.index("-t") + 1] == "vmlinux" and argv[-1].endswith("/fix.patch")
+    overlay = next(line for line in setup if line.startswith("mount -t overlay"))
+    assert f"lowerdir={world.tree.linux}," in overlay and f"upperdir={world.tree.path}" not in overlay
+    assert world.left_over() == []                          # the scratch layer went with the run
+    again = kpatch.build(d, world.kernel, world.settings)
+    assert again.cached and len(world.kpatch_runs()) == 1    # no second kpatch-build
+
+
+def test_a_module_target_is_passed_on_to_kpatch_build(world, tmp_path):
+    kpatch.build(_diff(tmp_path), world.kernel, world.settings, targets=("fs/binfmt_misc.ko",))
+    (argv, _), = world.kpatch_runs()
+    assert argv[argv.index("fs/binfmt_misc.ko") - 1] == "-t"
+
+
+def test_a_refused_diff_keeps_the_builders_log_and_caches_nothing(world, tmp_path):
+    world.builder = "refuse"
+    with pytest.raises(kpatch.BuildRefused) as e:
+        kpatch.build(_diff(tmp_path), world.kernel, world.settings)
+    assert "not selected for inclusion" in e.value.log_path.read_text()
+    assert e.value.log_path.name.endswith(".failed.log") and world.left_over() == []
+    with pytest.raises(kpatch.BuildRefused):                  # not cached: built (and refused) again
+        kpatch.build(_diff(tmp_path), world.kernel, world.settings)
+    assert len(world.kpatch_runs()) == 2
+
+
+def test_a_diff_that_does_not_apply_fails_before_the_original_build(world, tmp_path, monkeypatch):
+    world.applies = False
+    monkeypatch.setattr(kpatch.srctree, "built", lambda *a: pytest.fail("no original build for a stale diff"))
+    with pytest.raises(kpatch.DiffDoesNotApply, match=r"hunk #1 \(@@ -7,2 \+7,2 @@"):
+        kpatch.build(_diff(tmp_path), world.kernel, world.settings)
+    assert world.kpatch_runs() == []
+
+
+def test_an_ibt_kernel_is_refused_before_anything_runs(world, tmp_path):
+    world.kernel = kernel(tmp_path / "ibt", CONFIG_61 + "CONFIG_X86_KERNEL_IBT=y\n")
+    with pytest.raises(ConfigError, match="IBT"):
+        kpatch.build(_diff(tmp_path), world.kernel, world.settings)
+    assert world.calls == []

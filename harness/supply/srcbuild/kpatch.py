@@ -16,6 +16,7 @@ it does not support (lib/, assembly). The builder's own words are quoted.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -109,15 +110,15 @@ def build(d: Diff, kernel: Kernel, settings: Settings, *, targets: Sequence[str]
     if hit is not None:
         return hit
 
-    def make() -> None:
-        _build(d, kernel, settings, tuple(targets), final)
+    def make() -> Built:
+        return _build(d, kernel, settings, tuple(targets), final)
 
     return cacheentry.obtain(lambda: _from_manifest(final), make,
                              lock=settings.locks_dir / f"diff-{final.name}.lock", timeout=settings.timeouts.lock,
                              what=f"building {d.path.name} for {kernel.name}")
 
 
-def _build(d: Diff, kernel: Kernel, settings: Settings, targets: tuple[str, ...], final: Path) -> None:
+def _build(d: Diff, kernel: Kernel, settings: Settings, targets: tuple[str, ...], final: Path) -> Built:
     tc = srctree.toolchain(kernel)
     tree = srctree.prepared(kernel, settings)
     addon = kpatchtool.addon(settings, tc.cc)
@@ -169,6 +170,10 @@ def _build(d: Diff, kernel: Kernel, settings: Settings, targets: tuple[str, ...]
         (out / MANIFEST).write_text(json.dumps(man, indent=2) + "\n")
         cacheentry.publish(out, final)
     log.info("kpatch-build made %s for %s in %.0f s", man["ko"], kernel.name, seconds)
+    made = _from_manifest(final)
+    if made is None:
+        raise InfraError(f"{final}: the module kpatch-build made is not where it was put")
+    return dataclasses.replace(made, cached=False)
 
 
 def _module_stem(d: Diff) -> str:
