@@ -69,6 +69,7 @@ def run(sc: Scenario, kernel_spec: str, settings: Settings, out_dir: Path,
     try:
         kernel = kernelfetch.fetch(kerneldefs.get_definition(kernel_spec), settings)
         kernel_info = kernel.describe()
+        modules.refuse_early(sc, kernel)
         debug = memdebug.for_kernel(sc.debug, kernel)
         rec.debug = debug.describe()
         for name, why in debug.absent.items():

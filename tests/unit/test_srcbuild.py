@@ -54,6 +54,16 @@ def test_the_tree_is_made_to_build_debians_release_string_with_no_btf(tmp_path):
     assert (t / ".config").read_text() == CONFIG_61
 
 
+def test_a_tree_from_before_module_btf_needs_no_modfinal_edit(tmp_path):
+    t = tmp_path / "linux"                  # 5.10: BTF for modules came with 5.11
+    (t / "scripts").mkdir(parents=True)
+    (t / "Makefile").write_text("KERNELRELEASE = $(shell cat include/config/kernel.release)\n")
+    (t / "scripts/link-vmlinux.sh").write_text('if [ -n "${CONFIG_DEBUG_INFO_BTF}" ]; then\n')
+    (t / "scripts/Makefile.modfinal").write_text("quiet_cmd_ld_ko_o = LD [M]  $@\n")
+    srctree.prepare_tree(t, kernel(tmp_path, release="5.10.0-46-amd64"))
+    assert (t / "scripts/Makefile.modfinal").read_text() == "quiet_cmd_ld_ko_o = LD [M]  $@\n"
+
+
 def test_a_tree_whose_makefile_lacks_the_release_line_is_the_labs_error(tmp_path):
     t = tmp_path / "linux"
     t.mkdir()

@@ -13,7 +13,7 @@ from ...core.settings import Settings
 from ...supply import kbuild, modinfo, signing
 from ...supply.kernels import defs as kerneldefs, fetch as kernelfetch, source as kernelsource
 from ...supply.kernels.kernel import Kernel
-from ...supply.srcbuild import diff as srcdiff, kpatch as srckpatch
+from ...supply.srcbuild import diff as srcdiff, kpatch as srckpatch, tree as srctree
 from .faults import Failed
 from .record import Reason
 from ..scenario.specs import ModuleSpec, Scenario
@@ -103,6 +103,14 @@ def _compatible(module: modinfo.Module, kernel: Kernel, what: str = "") -> None:
         modinfo.check_compatible(module, kernel)
     except modinfo.CompatError as exc:
         raise Failed(Reason("compat", f"{what}{exc}")) from None
+
+
+def refuse_early(sc: Scenario, kernel: Kernel) -> None:
+    """A kernel the scenario's source diffs cannot be built for (IBT, no debug info, a local
+    build) is refused as soon as the kernel is known, before the image or any module is made."""
+    specs = [sc.patch, *([sc.upgrade_from] if sc.upgrade_from else []), *sc.patches.values()]
+    if any(s.diff is not None for s in specs):
+        srctree.check_input(kernel)
 
 
 def prepare(sc: Scenario, kernel: Kernel, settings: Settings, artifacts: Optional[Path] = None) -> Modules:

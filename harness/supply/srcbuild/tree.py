@@ -203,8 +203,8 @@ def prepare_tree(tree: Path, kernel: Kernel) -> None:
     shutil.copyfile(kernel.config, tree / ".config")
     _edit(tree / "Makefile", r"^KERNELRELEASE = .*$", f"KERNELRELEASE = {kernel.release}")
     _edit(tree / "scripts/link-vmlinux.sh", r"CONFIG_DEBUG_INFO_BTF\b", "DISABLED_FOR_KPATCH_BUILD", count=0)
-    modfinal = tree / "scripts/Makefile.modfinal"
-    if modfinal.is_file():
+    modfinal = tree / "scripts/Makefile.modfinal"   # BTF for modules: Linux 5.11 on
+    if modfinal.is_file() and "CONFIG_DEBUG_INFO_BTF_MODULES" in modfinal.read_text():
         _edit(modfinal, r"CONFIG_DEBUG_INFO_BTF_MODULES\b", "DISABLED_FOR_KPATCH_BUILD", count=0)
 
 
