@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from livepatch_lab.core.errors import ConfigError, HostCommandError, InfraError
-from livepatch_lab.supply.srcbuild import diff as srcdiff, kpatch, tree as srctree
+from livepatch_lab.supply.srcbuild import diff as srcdiff, kpatch, kpatchtool, tree as srctree
 from tests.unit.fakes.kernels import fake_kernel
 
 CONFIG_61 = "CONFIG_LIVEPATCH=y\nCONFIG_DEBUG_INFO=y\n# CONFIG_X86_KERNEL_IBT is not set\n"
@@ -73,8 +73,8 @@ def test_a_tree_whose_makefile_lacks_the_release_line_is_the_labs_error(tmp_path
 
 
 def test_the_original_build_uses_kpatch_builds_own_flags():
-    argv = srctree.make_argv(2)
-    assert "KCFLAGS=-I/opt/kpatch/share/kpatch/patch -ffunction-sections -fdata-sections" in argv
+    argv = srctree.make_argv(2, kpatchtool.KCFLAGS + " -gz=none")
+    assert "KCFLAGS=-I/opt/kpatch/share/kpatch/patch -ffunction-sections -fdata-sections -gz=none" in argv
     assert "CC=/opt/kpatch/libexec/kpatch/kpatch-cc gcc" in argv and argv[-2:] == ["-j2", "vmlinux"]
 
 
@@ -86,12 +86,12 @@ def test_an_original_build_that_does_not_reproduce_the_kernels_crcs_is_not_trust
     t = srctree.Tree(k.name, k.version, k.release, tmp_path / "entry", "linux-source-6.1 6.1.192-2", "x")
     (t.linux / "include/generated").mkdir(parents=True)
     (t.linux / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.0-57-amd64"\n')
-    (t.linux / "Module.symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
-                                            "0x3\tkfree\tvmlinux\tEXPORT_SYMBOL\t\n")
+    (t.linux / "vmlinux.symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
+                                             "0x3\tkfree\tvmlinux\tEXPORT_SYMBOL\t\n")
     with pytest.raises(InfraError, match=r"1 of 2 vmlinux symbols differ.*kfree"):
         srctree.check_build(t, k)
-    (t.linux / "Module.symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
-                                            "0x2\tkfree\tvmlinux\tEXPORT_SYMBOL\t\n")
+    (t.linux / "vmlinux.symvers").write_text("0x1\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n"
+                                             "0x2\tkfree\tvmlinux\tEXPORT_SYMBOL\t\n")
     srctree.check_build(t, k)
     (t.linux / "include/generated/utsrelease.h").write_text('#define UTS_RELEASE "6.1.192"\n')
     with pytest.raises(InfraError, match="not 6.1.0-57-amd64"):
@@ -210,12 +210,16 @@ class Orchestration:
             return ""
         (run / "cache" / "build.log").write_text("make output\n")
         if self.builder == "refuse":
-            raise HostCommandError(what, argv, 1, REFUSED)
+            (run / kpatch.OUTPUT).write_text(REFUSED)
+            raise HostCommandError(what, argv, 1, "")
         (run / "out" / "livepatch-fix.ko").write_bytes(b"\x7fELF module")
-        return "Building patch module: livepatch-fix.ko\nSUCCESS\n"
+        (run / kpatch.OUTPUT).write_text("Building patch module: livepatch-fix.ko\nSUCCESS\n")
+        return ""
 
     def kpatch_runs(self):
-        return [c for c in self.calls if c[0][0] == "env"]
+        """kpatch-build's command lines (the shell's redirection left off)."""
+        import shlex
+        return [(shlex.split(c[0][2].split(" > ")[0]), c[1]) for c in self.calls if c[0][0] == "sh"]
 
     def left_over(self):
         return sorted(p.name for p in kpatch.modules_dir(self.settings, self.kernel).glob(".*"))

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 FORMAT = 1
 MANIFEST = "manifest.json"
 RUN_INSIDE = "/build/run"
+OUTPUT = "kpatch-build.out"      # kpatch-build's stdout and stderr, in the run directory
 # kpatch-build's progress lines, in order; from PATCH_PHASE on, a failure is the diff's
 PHASES = ("Using source directory", "Testing patch file(s)", "Reading special section data",
           "Building original source", "Building patched source", "Extracting new and modified ELF sections",
@@ -132,21 +133,23 @@ def _build(d: Diff, kernel: Kernel, settings: Settings, targets: tuple[str, ...]
             (run / sub).mkdir(parents=True)
         name = _module_stem(d)
         shutil.copyfile(d.path, run / f"{name}.patch")
-        argv = ["env", f"CACHEDIR={RUN_INSIDE}/cache", kpatchtool.KPATCH_BUILD, "-s", srctree.INSIDE,
-                "-v", srctree.VMLINUX_INSIDE, "-j", str(max(1, settings.cpu_capacity)), "-o", f"{RUN_INSIDE}/out",
-                "-t", "vmlinux", *[a for t in targets for a in ("-t", t)], f"{RUN_INSIDE}/{name}.patch"]
+        cmd = ["env", f"CACHEDIR={RUN_INSIDE}/cache", kpatchtool.KPATCH_BUILD, "-s", srctree.INSIDE,
+               "-v", srctree.VMLINUX_INSIDE, "-j", str(max(1, settings.cpu_capacity)), "-o", f"{RUN_INSIDE}/out",
+               "-t", "vmlinux", *[a for t in targets for a in ("-t", t)], f"{RUN_INSIDE}/{name}.patch"]
+        # its progress lines into a file, read while it runs (the progress line's phase)
+        argv = ["sh", "-c", f"{shlex.join(cmd)} > {RUN_INSIDE}/{OUTPUT} 2>&1"]
         setup = srctree.mounts(tree, root, upper=run / "upper", work=run / "work") + _run_mount(run, root)
         start = time.monotonic()
-        output, failed = "", None
+        failed: Optional[HostCommandError] = None
         with progress.ticking(f"kpatch-build {d.path.name} for {kernel.name}",
-                              done=lambda: _phase(_read(run / "cache" / "build.log")),
+                              done=lambda: _phase(_read(run / OUTPUT)),
                               usually="~3-5 min over a kept original build on 2 cores"):
             try:
-                output = buildroot.run_in(tc, [], argv, what=f"kpatch-build {d.path.name} for {kernel.name}",
-                                          settings=settings, addon=addon, setup=setup,
-                                          timeout=settings.timeouts.livepatch_build)
+                buildroot.run_in(tc, [], argv, what=f"kpatch-build {d.path.name} for {kernel.name}",
+                                 settings=settings, addon=addon, setup=setup, timeout=settings.timeouts.livepatch_build)
             except HostCommandError as exc:
-                output, failed = exc.output, exc
+                failed = exc
+        output = _read(run / OUTPUT)
         seconds = time.monotonic() - start
         out = work / "keep"
         out.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core import hostcmd
-from ...core.errors import InfraError
+from ...core.errors import HostCommandError, InfraError
 from ...core.settings import Settings
 from .. import apt, aptsources, debversion
 from ..buildroot import AddOn
@@ -38,8 +38,11 @@ PACKAGES = ("bc", "bison", "flex", "libelf-dev", "libssl-dev", "dwarves", "gawk"
             "binutils", "python3", "cpio", "kmod", "rsync", "openssl", "xz-utils")
 # the make variables kpatch-build builds with (its "Building original source"); the kept
 # original build is made with exactly these, so that kpatch-build's own pass over it finds
-# nothing to do
+# nothing to do (a difference in one flag recompiles the whole kernel). kpatch-build adds
+# -gz=none when the compiler takes it (its gcc_version_check): KCFLAGS_GZ, decided per
+# build root when it is made and recorded in its manifest as "kcflags".
 KCFLAGS = f"-I{DATA}/patch -ffunction-sections -fdata-sections"
+KCFLAGS_GZ = "-gz=none"
 MAKE_VARS = (f"CC={TOOLS}/kpatch-cc gcc", f"LD={TOOLS}/kpatch-cc ld")
 
 
@@ -57,6 +60,17 @@ def tarball(settings: Settings) -> tuple[Path, str]:
                          f"{[f.name for f in rec.files]}")
     dest = settings.downloads_dir / PACKAGE / orig[0].name
     return aptsources.download_source_file(root, orig[0], dest), rec.version
+
+
+def kcflags(tree: Path, settings: Settings) -> str:
+    """KCFLAGS as kpatch-build will set them with this build root's compiler."""
+    probe = "echo 'void f(void) {}' > /tmp/gz.c && gcc -c -gz=none -o /tmp/gz.o /tmp/gz.c; rc=$?; rm -f /tmp/gz.*; exit $rc"
+    try:
+        hostcmd.run(["chroot", str(tree), "env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin", "sh", "-c", probe],
+                    what="does the compiler take -gz=none", timeout=settings.timeouts.host_command)
+    except HostCommandError:
+        return KCFLAGS
+    return f"{KCFLAGS} {KCFLAGS_GZ}"
 
 
 def addon(settings: Settings, compiler: str) -> AddOn:
@@ -87,6 +101,6 @@ def addon(settings: Settings, compiler: str) -> AddOn:
                     timeout=settings.timeouts.image_build)
         if not (tree / KPATCH_BUILD.lstrip("/")).is_file():
             raise InfraError(f"building kpatch {upstream} installed no {KPATCH_BUILD}")
-        return {"kpatch": upstream, "kpatch_tarball": path.name}
+        return {"kpatch": upstream, "kpatch_tarball": path.name, "kcflags": kcflags(tree, settings)}
 
     return AddOn(f"kpatch-{upstream}", PACKAGES, finish)

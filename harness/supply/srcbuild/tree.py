@@ -13,9 +13,10 @@ One entry per kernel version under ``settings.source_builds_dir/<line>/<version>
 - ``prepared.json``: written last when the above is complete (the entry is published then).
 - ``built.json``: the original build, ``make vmlinux`` with kpatch-build's own flags, made
   in place once (~25 min on 2 cores) and checked against the kernel before it is trusted:
-  its release string and every vmlinux symbol's CRC in ``Module.symvers`` must equal the
-  kernel's headers'. A killed build leaves no ``built.json``; the next one carries on where
-  make stopped.
+  its release string and every vmlinux symbol's CRC (``vmlinux.symvers``) must equal the
+  kernel's headers' ``Module.symvers``, which then becomes the tree's (kpatch-build reads
+  it; a vmlinux-only build makes none). A killed build leaves no ``built.json``; the next
+  one carries on where make stopped.
 
 Inside a build root the tree is always mounted at ``/build/linux``: kbuild records absolute
 paths (objtool's among them), and a tree seen at another path would be rebuilt from scratch.
@@ -233,10 +234,9 @@ def _extract_vmlinux(deb: Path, release: str, dest: Path, work: Path, settings: 
 
 
 # --- the original build ----------------------------------------------------------
-def make_argv(jobs: int, targets: tuple[str, ...] = ("vmlinux",)) -> list[str]:
+def make_argv(jobs: int, kcflags: str, targets: tuple[str, ...] = ("vmlinux",)) -> list[str]:
     """The original build, as kpatch-build's own first pass makes it (same CC, LD, KCFLAGS)."""
-    return ["env", f"KCFLAGS={kpatchtool.KCFLAGS}", "make", "-C", INSIDE, *kpatchtool.MAKE_VARS,
-            f"-j{jobs}", *targets]
+    return ["env", f"KCFLAGS={kcflags}", "make", "-C", INSIDE, *kpatchtool.MAKE_VARS, f"-j{jobs}", *targets]
 
 
 def mounts(tree: Tree, root: Path, *, upper: Optional[Path] = None, work: Optional[Path] = None,
@@ -273,11 +273,15 @@ def built(kernel: Kernel, settings: Settings, addon: buildroot.AddOn) -> Tree:
 
 def _build(kernel: Kernel, tree: Tree, settings: Settings, addon: buildroot.AddOn) -> Tree:
     tc = toolchain(kernel)
-    buildroot.ensure_buildroot(tc, kernel, settings, addon)
+    made = buildroot.ensure_buildroot(tc, kernel, settings, addon)
     root = settings.toolchains_dir / buildroot.root_id(tc, addon) / "root"
     log_path = tree.path / BUILD_LOG
     jobs = max(1, settings.cpu_capacity)
-    argv = ["sh", "-c", " ".join(shlex.quote(a) for a in make_argv(jobs)) + f" >> /build/{BUILD_LOG} 2>&1"]
+    kcflags = made.get("kcflags")
+    if not kcflags:
+        raise InfraError(f"build root {buildroot.root_id(tc, addon)} records no kcflags: remove "
+                         f"{settings.toolchains_dir / buildroot.root_id(tc, addon)} to make it again")
+    argv = ["sh", "-c", shlex.join(make_argv(jobs, kcflags)) + f" >> /build/{BUILD_LOG} 2>&1"]
     log.info("building %s %s once for source diffs (vmlinux, %d jobs); later diffs reuse it; log: %s",
              kernel.name, kernel.version, jobs, log_path)
     start = time.monotonic()
@@ -295,8 +299,12 @@ def _build(kernel: Kernel, tree: Tree, settings: Settings, addon: buildroot.AddO
                              f"host's fault: no diff is applied yet): {exc}\n{tail}") from None
     seconds = time.monotonic() - start
     check_build(tree, kernel)
+    # kpatch-build reads the tree's Module.symvers (a vmlinux-only build has none): the
+    # kernel's own, every export of vmlinux and of its modules with Debian's CRCs
+    shutil.copyfile(kernel.build_dir / "Module.symvers", tree.linux / "Module.symvers")
     disk = progress.size_of(tree.linux)
     info: dict[str, Any] = {"seconds": round(seconds, 1), "objects": _compiled(log_path), "jobs": jobs,
+            "kcflags": kcflags,
             "disk_bytes": disk, "toolchain": buildroot.root_id(tc, addon),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     (tree.path / BUILT).write_text(json.dumps(info, indent=2) + "\n")
@@ -336,7 +344,8 @@ def check_build(tree: Tree, kernel: Kernel) -> None:
     uts = (tree.linux / "include/generated/utsrelease.h").read_text()
     if f'"{kernel.release}"' not in uts:
         raise InfraError(f"the original build of {kernel.name} says {uts.strip()!r}, not {kernel.release}")
-    ours = symvers(tree.linux / "Module.symvers")
+    # `make vmlinux` writes vmlinux.symvers; Module.symvers comes with `make modules`
+    ours = symvers(tree.linux / "vmlinux.symvers") or symvers(tree.linux / "Module.symvers")
     theirs = symvers(kernel.build_dir / "Module.symvers")
     if not theirs:
         raise InfraError(f"{kernel.name}: the headers have no Module.symvers to check the build against")
