@@ -285,9 +285,10 @@ def _build(kernel: Kernel, tree: Tree, settings: Settings, addon: buildroot.AddO
     log.info("building %s %s once for source diffs (vmlinux, %d jobs); later diffs reuse it; log: %s",
              kernel.name, kernel.version, jobs, log_path)
     start = time.monotonic()
+    before = _compiled(log_path)    # the log is appended to: a carried-on build counts from here
     with diskspace.guard(tree.path, f"the original build of {kernel.name}"), \
             progress.ticking(f"original build of {kernel.name} {kernel.version}",
-                             done=lambda: f"~{_compiled(log_path)}/{OBJECTS_ESTIMATE} objects",
+                             done=lambda: f"~{_compiled(log_path) - before}/{OBJECTS_ESTIMATE} objects",
                              usually="~25 min on 2 cores, once per kernel version", every=60):
         try:
             buildroot.run_in(tc, [], argv, what=f"the original build of {kernel.name}",
@@ -303,7 +304,7 @@ def _build(kernel: Kernel, tree: Tree, settings: Settings, addon: buildroot.AddO
     # kernel's own, every export of vmlinux and of its modules with Debian's CRCs
     shutil.copyfile(kernel.build_dir / "Module.symvers", tree.linux / "Module.symvers")
     disk = progress.size_of(tree.linux)
-    info: dict[str, Any] = {"seconds": round(seconds, 1), "objects": _compiled(log_path), "jobs": jobs,
+    info: dict[str, Any] = {"seconds": round(seconds, 1), "objects": _compiled(log_path) - before, "jobs": jobs,
             "kcflags": kcflags,
             "disk_bytes": disk, "toolchain": buildroot.root_id(tc, addon),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
