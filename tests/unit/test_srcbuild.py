@@ -75,7 +75,7 @@ def test_a_tree_whose_makefile_lacks_the_release_line_is_the_labs_error(tmp_path
 def test_the_original_build_uses_kpatch_builds_own_flags():
     argv = srctree.make_argv(2, kpatchtool.KCFLAGS + " -gz=none")
     assert "KCFLAGS=-I/opt/kpatch/share/kpatch/patch -ffunction-sections -fdata-sections -gz=none" in argv
-    assert "CC=/opt/kpatch/libexec/kpatch/kpatch-cc gcc" in argv and argv[-2:] == ["-j2", "vmlinux"]
+    assert "CC=/opt/kpatch/libexec/kpatch/kpatch-cc gcc" in argv and argv[-3:] == ["-j2", "vmlinux", "modules_prepare"]
 
 
 def test_an_original_build_that_does_not_reproduce_the_kernels_crcs_is_not_trusted(tmp_path):
@@ -122,7 +122,20 @@ ERROR: Unsupported changes detected.
 """
 
 
+MODULE_LINK = """Building original source
+Building patched source
+Extracting new and modified ELF sections
+cmdline.o: changed function: cmdline_proc_show
+Patched objects: vmlinux
+Building patch module: livepatch-proc_cmdline.ko
+ld: cannot open linker script file -o: No such file or directory
+ERROR: kpatch build failed. Check /build/run/cache/build.log for more details.
+"""
+
+
 def test_a_failure_before_the_patched_build_is_the_labs_and_after_it_the_diffs():
+    assert not kpatch.diff_at_fault(MODULE_LINK)     # linking the module: the tools' (seen here)
+    assert kpatch.diff_at_fault(MODULE_LINK.replace("ld: cannot open", "ERROR: Undefined symbols: x\nld: "))
     assert not kpatch.diff_at_fault(EARLY)
     assert kpatch.diff_at_fault(REFUSED)
     assert kpatch.diff_at_fault(UNSUPPORTED)

@@ -48,7 +48,10 @@ PHASES = ("Using source directory", "Testing patch file(s)", "Reading special se
           "Building original source", "Building patched source", "Extracting new and modified ELF sections",
           "Patched objects:", "Building patch module:", "SUCCESS")
 PATCH_PHASE = PHASES.index("Building patched source")
+MODULE_PHASE = PHASES.index("Building patch module:")
 _DIFF_REFUSALS = ("Unsupported changes detected", "unsupported patch to")
+# what kpatch-build says when, linking the patch module, the diff itself is the cause
+_MODULE_REFUSALS = ("Undefined symbols", "altered exported kernel symbols")
 _HUNK_FAILED = re.compile(r"^Hunk #(\d+) FAILED at (\d+)", re.M)
 _FILE = re.compile(r"^(?:checking|patching) file '?([^'\n]+)'?$", re.M)
 
@@ -217,7 +220,11 @@ def diff_at_fault(output: str) -> bool:
     if any(r in output for r in _DIFF_REFUSALS):
         return True
     phase = last_phase(output)
-    return phase is not None and PHASES.index(phase) >= PATCH_PHASE
+    if phase is None or PHASES.index(phase) < PATCH_PHASE:
+        return False
+    if PHASES.index(phase) >= MODULE_PHASE:    # linking the module: the tools', unless it says why
+        return any(r in output for r in _MODULE_REFUSALS)
+    return True
 
 
 def builder_words(output: str, lines: int = 12) -> str:

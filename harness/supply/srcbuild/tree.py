@@ -234,7 +234,9 @@ def _extract_vmlinux(deb: Path, release: str, dest: Path, work: Path, settings: 
 
 
 # --- the original build ----------------------------------------------------------
-def make_argv(jobs: int, kcflags: str, targets: tuple[str, ...] = ("vmlinux",)) -> list[str]:
+# modules_prepare: scripts/module.lds and the rest a module link needs, which `make vmlinux`
+# alone does not make (kpatch-build links the livepatch module against this tree)
+def make_argv(jobs: int, kcflags: str, targets: tuple[str, ...] = ("vmlinux", "modules_prepare")) -> list[str]:
     """The original build, as kpatch-build's own first pass makes it (same CC, LD, KCFLAGS)."""
     return ["env", f"KCFLAGS={kcflags}", "make", "-C", INSIDE, *kpatchtool.MAKE_VARS, f"-j{jobs}", *targets]
 
