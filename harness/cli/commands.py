@@ -56,7 +56,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     """Build a kbuild directory against each kernel's own headers and compiler, as ``check`` does,
     and leave the .ko in ``--out`` (``OUT/KERNEL/`` for more than one kernel)."""
     from ..lab.matrix import DEFAULT_KERNEL
-    from ..supply import kbuild, modinfo
+    from ..supply import kbuild
     from ..supply.kernels import defs as kerneldefs, fetch as kernelfetch
     from ..supply.srcbuild import diff as srcdiff, kpatch as srckpatch
     settings = settings_for(args)
@@ -79,10 +79,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             except (srckpatch.BuildRefused, srckpatch.DiffDoesNotApply) as exc:
                 print(f"{k.name}: {exc}", file=sys.stderr)
                 return 1
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(built.module.path, dest / built.module.path.name)
-            shutil.copyfile(built.log, dest / (built.module.path.name + ".build.log"))
-            module = modinfo.inspect(dest / built.module.path.name)
+            module = kbuild.deliver(built.module, dest)
+            shutil.copyfile(built.log, dest / (module.path.name + ".build.log"))
         print(f"{module.path}\t{k.name}\t{k.version}\t{module.vermagic}")
     return 0
 

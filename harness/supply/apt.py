@@ -10,12 +10,9 @@ update of a private root never runs the host's hooks.
 """
 from __future__ import annotations
 
-import bz2
-import gzip
 import hashlib
 import json
 import logging
-import lzma
 import os
 import re
 import shutil
@@ -29,7 +26,7 @@ from ..core import atomic, diskspace, hostcmd, progress, retry
 from ..core.errors import ConfigError, HostCommandError, InfraError
 from ..core.locks import file_lock
 from ..core.settings import Settings
-from . import debversion, mirror
+from . import aptlists, debversion, mirror
 
 log = logging.getLogger(__name__)
 
@@ -231,46 +228,7 @@ def env() -> dict[str, str]:
     return env
 
 
-# --- reading the lists ------------------------------------------------------
-def read_index(path: Path, settings: Settings) -> str:
-    name = path.name
-    if name.endswith(".gz"):
-        return gzip.decompress(path.read_bytes()).decode("utf-8", "replace")
-    if name.endswith(".xz"):
-        return lzma.decompress(path.read_bytes()).decode("utf-8", "replace")
-    if name.endswith(".bz2"):
-        return bz2.decompress(path.read_bytes()).decode("utf-8", "replace")
-    if name.endswith((".lz4", ".zst")):
-        # no stdlib decoder: apt's own helper knows every format apt stores
-        return hostcmd.run(["/usr/lib/apt/apt-helper", "cat-file", path], what="apt-helper cat-file",
-                           timeout=settings.timeouts.host_command)
-    return path.read_text("utf-8", "replace")
-
-
-def index_files(root: AptRoot, kind: str = "Packages") -> list[Path]:
-    """The ``Packages`` (or ``Sources``) indexes of this root (the lists dir holds nothing else
-    of ours)."""
-    if not root.lists.is_dir():
-        return []
-    return sorted(p for p in root.lists.iterdir()
-                  if re.search(rf"_{kind}(\.(gz|xz|bz2|lz4|zst))?$", p.name))
-
-
-def field_map(stanza: str) -> dict[str, str]:
-    fields: dict[str, str] = {}
-    last = None
-    for line in stanza.splitlines():
-        if line[:1] in (" ", "\t"):
-            if last:
-                fields[last] += "\n" + line.strip()
-            continue
-        key, sep, value = line.partition(":")
-        if sep:
-            last = key.strip()
-            fields[last] = value.strip()
-    return fields
-
-
+# --- reading the lists (aptlists) ---------------------------------------------
 def parse_packages(text: str, want: Callable[[str], bool] = lambda _: True) -> Iterator[PackageRecord]:
     """Records of a Packages index whose package name passes ``want``."""
     for stanza in re.split(r"\n\s*\n", text):
@@ -280,7 +238,7 @@ def parse_packages(text: str, want: Callable[[str], bool] = lambda _: True) -> I
         name = stanza[len("Package:"):stanza.find("\n") if "\n" in stanza else None].strip()
         if not want(name):
             continue
-        f = field_map(stanza)
+        f = aptlists.field_map(stanza)
         try:
             yield PackageRecord(
                 package=name, version=f["Version"],
@@ -292,20 +250,9 @@ def parse_packages(text: str, want: Callable[[str], bool] = lambda _: True) -> I
 
 
 def packages(root: AptRoot, want: Callable[[str], bool] = lambda _: True) -> list[PackageRecord]:
-    """Every (package, version) in the root's lists that passes ``want``, deduplicated.
-
-    Does not update: call ``update`` first. Takes the root's lock so that it
-    never reads lists half replaced by another process's update.
-    """
-    seen: dict[tuple[str, str], PackageRecord] = {}
-    with file_lock(root.lock, timeout=root.settings.timeouts.lock, what=f"apt lists {root.name}"):
-        files = index_files(root)
-        if not files:
-            raise InfraError(f"apt root {root.path} has no package lists; run an update first")
-        for path in files:
-            for rec in parse_packages(read_index(path, root.settings), want):
-                seen.setdefault((rec.package, rec.version), rec)
-    return list(seen.values())
+    """Every (package, version) in the root's lists that passes ``want``, deduplicated."""
+    return aptlists.read_lists(root.lists, root.lock, root.settings, "Packages",
+                               lambda text: parse_packages(text, want))
 
 
 # --- downloads ---------------------------------------------------------------

@@ -17,8 +17,7 @@ from typing import Callable, Iterator
 
 from ..core import diskspace, hostcmd, retry
 from ..core.errors import InfraError
-from ..core.locks import file_lock
-from . import apt, mirror
+from . import apt, aptlists, mirror
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class SourceRecord:
 def parse_sources(text: str, base: str, want: Callable[[str], bool] = lambda _: True) -> Iterator[SourceRecord]:
     """Records of a Sources index whose package passes ``want``; file URLs under ``base``."""
     for stanza in re.split(r"\n\s*\n", text):
-        f = apt.field_map(stanza.strip("\n"))
+        f = aptlists.field_map(stanza.strip("\n"))
         if "Package" not in f or not want(f["Package"]) or "Version" not in f:
             continue
         files = []
@@ -55,15 +54,8 @@ def parse_sources(text: str, base: str, want: Callable[[str], bool] = lambda _: 
 def sources(root: apt.AptRoot, want: Callable[[str], bool] = lambda _: True) -> list[SourceRecord]:
     """Every source package version in a ``deb-src`` root's lists that passes ``want``."""
     base = mirror.debian_mirrors(root.settings.debian_mirror).archive
-    seen: dict[tuple[str, str], SourceRecord] = {}
-    with file_lock(root.lock, timeout=root.settings.timeouts.lock, what=f"apt lists {root.name}"):
-        files = apt.index_files(root, "Sources")
-        if not files:
-            raise InfraError(f"apt root {root.path} has no source lists; run an update first")
-        for path in files:
-            for rec in parse_sources(apt.read_index(path, root.settings), base, want):
-                seen.setdefault((rec.package, rec.version), rec)
-    return list(seen.values())
+    return aptlists.read_lists(root.lists, root.lock, root.settings, "Sources",
+                               lambda text: parse_sources(text, base, want))
 
 
 def download_source_file(root: apt.AptRoot, f: SourceFile, dest: Path) -> Path:

@@ -125,12 +125,17 @@ def root_id(tc: Toolchain, addon: Optional[AddOn] = None) -> str:
     return f"{tc.id}-{addon.name}" if addon else tc.id
 
 
+def entry_dir(tc: Toolchain, settings: Settings, addon: Optional[AddOn] = None) -> Path:
+    """The build root's cache entry (its manifest beside ``root/``, the tree)."""
+    return settings.toolchains_dir / root_id(tc, addon)
+
+
 def ensure_buildroot(tc: Toolchain, kernel: Kernel, settings: Settings, addon: Optional[AddOn] = None) -> dict:
     """The build root for ``tc`` (made once with mmdebstrap; file-locked, atomic), with
     ``addon`` if given. Returns its manifest (``root``, ``cc_version``, ``packages``, ``seconds``)."""
     assert tc.kind == "buildroot" and tc.suite
     rid = root_id(tc, addon)
-    final = settings.toolchains_dir / rid
+    final = entry_dir(tc, settings, addon)
 
     def make() -> None:
         if os.geteuid() != 0:
@@ -220,7 +225,7 @@ def run_in(tc: Toolchain, binds: Sequence[tuple[Path, bool]], argv: Sequence[str
            setup: Sequence[str] = ()) -> str:
     """Run ``argv`` in ``tc``'s build root (with ``addon``) with ``binds`` mounted; its output.
     ``setup``: more shell lines run before the chroot, in its private mount namespace."""
-    root = settings.toolchains_dir / root_id(tc, addon) / "root"
+    root = entry_dir(tc, settings, addon) / "root"
     script = chroot_script(root, binds, argv, setup)
     try:
         return hostcmd.run([*_UNSHARE, "sh", "-c", script], what=what,

@@ -138,7 +138,8 @@ def _from_manifest(directory: Path, *, warn: bool = True) -> Optional[Module]:
                   kernel_release=m["kernel_release"], toolchain=m.get("toolchain"))
 
 
-def _deliver(mod: Module, out_dir: Optional[Path]) -> Module:
+def deliver(mod: Module, out_dir: Optional[Path]) -> Module:
+    """``mod`` copied into ``out_dir`` (atomically; the module as it is there), or itself."""
     if out_dir is None:
         return mod
     out_dir = Path(out_dir)
@@ -202,7 +203,7 @@ def build(source: Path, kernel: Kernel, settings: Settings, *,
     found = cacheentry.obtain(lambda: _from_manifest(final, warn=next(warn, False)), make,
                               lock=settings.locks_dir / f"module-{kernel.release}-{key[:24]}.lock",
                               timeout=settings.timeouts.lock, what=f"building {source.name} for {kernel.name}")
-    return _deliver(found, out_dir)
+    return deliver(found, out_dir)
 
 
 def build_info(module: Module) -> dict:

@@ -117,6 +117,8 @@ _STEP = {**{a: Field(NUM if a == "hold" else str, check=_seconds if a == "hold" 
             for a in ACTIONS},
          "probe": Field(str, check=_regex, doc="what the probe shows in the hold after this step"),
          "expect": Field(str, default="ok", check=_one_of(OUTCOMES))}
+
+
 def _build_targets(v: list) -> Optional[str]:
     return next((f"a build target is a module's path in the kernel tree (fs/nfsd/nfsd.ko), not {t!r}"
                  for t in v if not re.fullmatch(r"[A-Za-z0-9_./-]+\.ko", t) or ".." in t.split("/")), None)

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ...core import cacheentry, hostcmd, progress
+from ...core import cacheentry, progress
 from ...core.errors import PATCH, HarnessError, HostCommandError, InfraError
 from ...core.settings import Settings
 from .. import buildroot, modinfo
 from ..kernels.kernel import Kernel
+from ..toolchains import Toolchain
 from . import kpatchtool, tree as srctree
 from .diff import Diff
 
@@ -127,9 +128,9 @@ def _build(d: Diff, kernel: Kernel, settings: Settings, targets: tuple[str, ...]
     tree = srctree.prepared(kernel, settings)
     addon = kpatchtool.addon(settings, tc.cc)
     buildroot.ensure_buildroot(tc, kernel, settings, addon)
-    check_applies(d, kernel, tree, settings, addon)
+    check_applies(d, kernel, tree, settings, tc, addon)
     tree = srctree.built(kernel, settings, addon)
-    root = settings.toolchains_dir / buildroot.root_id(tc, addon) / "root"
+    root = buildroot.entry_dir(tc, settings, addon) / "root"
     with cacheentry.staging(final.parent, f".{final.name}-", f"building {d.path.name} for {kernel.name}") as work:
         run = work / "run"
         for sub in ("upper", "work", "cache", "out"):
@@ -246,12 +247,11 @@ def _raise_for(exc: HostCommandError, output: str, log_text: str, log_path: Path
                        f"\"{last_phase(output)}\":\n{builder_words(output)}", log_text, log_path)
 
 
-def check_applies(d: Diff, kernel: Kernel, tree: srctree.Tree, settings: Settings,
+def check_applies(d: Diff, kernel: Kernel, tree: srctree.Tree, settings: Settings, tc: Toolchain,
                   addon: buildroot.AddOn) -> None:
     """``DiffDoesNotApply`` naming the file and hunk when ``d`` does not apply to the kernel's
     exact source (checked with ``patch --dry-run`` in the build root, the tree read-only)."""
-    tc = srctree.toolchain(kernel)
-    root = settings.toolchains_dir / buildroot.root_id(tc, addon) / "root"
+    root = buildroot.entry_dir(tc, settings, addon) / "root"
     with tempfile.TemporaryDirectory(prefix="lab-diff-") as tmp:
         shutil.copyfile(d.path, Path(tmp) / "fix.patch")
         setup = srctree.mounts(tree, root, writable=False) + _run_mount(Path(tmp), root)

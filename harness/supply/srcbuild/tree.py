@@ -276,13 +276,13 @@ def built(kernel: Kernel, settings: Settings, addon: buildroot.AddOn) -> Tree:
 def _build(kernel: Kernel, tree: Tree, settings: Settings, addon: buildroot.AddOn) -> Tree:
     tc = toolchain(kernel)
     made = buildroot.ensure_buildroot(tc, kernel, settings, addon)
-    root = settings.toolchains_dir / buildroot.root_id(tc, addon) / "root"
+    root = buildroot.entry_dir(tc, settings, addon) / "root"
     log_path = tree.path / BUILD_LOG
     jobs = max(1, settings.cpu_capacity)
     kcflags = made.get("kcflags")
     if not kcflags:
         raise InfraError(f"build root {buildroot.root_id(tc, addon)} records no kcflags: remove "
-                         f"{settings.toolchains_dir / buildroot.root_id(tc, addon)} to make it again")
+                         f"{buildroot.entry_dir(tc, settings, addon)} to make it again")
     argv = ["sh", "-c", shlex.join(make_argv(jobs, kcflags)) + f" >> /build/{BUILD_LOG} 2>&1"]
     log.info("building %s %s once for source diffs (vmlinux, %d jobs); later diffs reuse it; log: %s",
              kernel.name, kernel.version, jobs, log_path)
